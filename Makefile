@@ -1,0 +1,67 @@
+# plmkit developer entry points. Each target works on a fresh checkout by itself: it creates .venv
+# (with $(PYTHON)) when absent and installs the package once; a stamp file keeps later runs fast.
+#
+#   make test    lint + the test suite
+#   make demo    train a tiny model on CPU and generate from it
+#   make lint    ruff only
+#   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv
+#
+# torch: without a CUDA GPU (no `nvidia-smi`) the CPU build torch==2.13.0 is installed first, because
+# other torch specs may pull a multi-GB CUDA build. GPU users choose their own build, e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+# or install torch into .venv themselves before the first `make`.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PIP := $(BIN)/python -m pip
+# pip -q still warns "Location '...' is ignored" once per package on machines whose pip config names
+# an extra index folder that doesn't exist; drop that noise (pipefail keeps pip's exit status).
+QUIET := 2>&1 | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+
+ifeq ($(shell command -v nvidia-smi 2>/dev/null),)
+TORCH_SPEC ?= torch==2.13.0
+else
+TORCH_SPEC ?=
+endif
+
+# Lint only the folders that exist: git keeps no empty folders, so a fresh clone may lack one.
+LINT_PATHS := $(wildcard src tests benchmarks)
+
+.PHONY: test demo lint install clean distclean
+
+test: lint
+	$(BIN)/python -m pytest
+
+demo: $(STAMP)
+	$(BIN)/plm demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINT_PATHS)
+
+install: $(STAMP)
+
+# A new venv gets a current pip: editable installs from pyproject.toml need pip >= 21.3.
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+		|| { echo "plmkit needs Python >= 3.10; run e.g. make PYTHON=python3.11" >&2; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip $(QUIET) || echo "warning: could not upgrade pip; continuing" >&2
+
+# Re-installs when pyproject.toml changes (new dependencies); the source is installed editable,
+# so code changes need no re-install.
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(if $(strip $(TORCH_SPEC)),$(PIP) install -q $(TORCH_SPEC) $(QUIET))
+	$(PIP) install -q -e '.[dev]' $(QUIET)
+	@touch $@
+
+clean:
+	rm -rf build dist .pytest_cache .ruff_cache src/*.egg-info
+	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+
+distclean: clean
+	rm -rf $(VENV)

@@ -1,0 +1,51 @@
+"""plmkit: pre-train, fine-tune and align Transformer language models of all four families.
+
+Public API (see DESIGN.md): everything listed in `_EXPORTS` is importable from `plmkit` directly,
+e.g. `from plmkit import build_model`. Names are loaded lazily on first use (PEP 562) so that
+`import plmkit` (and therefore `plm --help`) stays fast and does not import torch.
+
+To export a name, add one line `"name": "plmkit.module",` to `_EXPORTS`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it. Note: `generate`/`stream` are not exported here because
+# `plmkit.generate` is also a submodule name; use `from plmkit.generate import generate`.
+_EXPORTS: dict[str, str] = {
+    "PlmkitError": "plmkit.errors",
+    "ConfigError": "plmkit.errors",
+    "ShapeError": "plmkit.errors",
+    "DataError": "plmkit.errors",
+    "CheckpointError": "plmkit.errors",
+    "ModelConfig": "plmkit.model",
+    "build_model": "plmkit.model",
+    "ModelOutput": "plmkit.model",
+    "CausalLM": "plmkit.model",
+    "MaskedLM": "plmkit.model",
+    "PrefixLM": "plmkit.model",
+    "Seq2SeqLM": "plmkit.model",
+    "Tokenizer": "plmkit.tokenizer",
+    "save": "plmkit.io",
+    "load": "plmkit.io",
+    "GenerationConfig": "plmkit.generate",
+}
+
+__all__ = ["__version__", *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plmkit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,184 @@
+"""The `plm` command line.
+
+Each subcommand is a pair of small functions: `_add_<name>(subparsers)` declares its arguments and
+`_run_<name>(args) -> int` makes one call into the library. Heavy imports (torch, the model) happen
+inside the `_run_` functions so that `plm --help` answers at once. To add a subcommand, write the
+pair and append `_add_<name>` to `SUBCOMMANDS`.
+
+User errors (`PlmkitError`) print one line `error: <message>` to stderr and exit with code 2;
+Ctrl-C exits with 130. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from plmkit import __version__
+from plmkit.errors import ConfigError, PlmkitError, did_you_mean
+
+# --------------------------------------------------------------------------- generate
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate text from a saved model", description=(
+        "Continue PROMPT with a model saved by plmkit (greedy by default; --sample to sample)."))
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (plmkit.io.save)")
+    p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
+    p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="default: 32")
+    p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default: 1.0")
+    p.add_argument("--top-k", type=int, default=0, metavar="K", help="sample from the K best (0: all)")
+    p.add_argument("--top-p", type=float, default=1.0, metavar="P", help="nucleus sampling (1.0: off)")
+    p.add_argument("--num-beams", type=int, default=1, metavar="N", help="beam search width (1: off)")
+    p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X", help="1.0: off")
+    p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
+    p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed for sampling")
+    p.add_argument("--stop", action="append", default=[], metavar="STR",
+                   help="stop when this text appears (repeatable)")
+    p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.set_defaults(run=_run_generate)
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    from plmkit.io import load
+
+    model, tokenizer = load(args.model)  # CheckpointError when DIR is missing or not a checkpoint
+    from plmkit.generate import generate, stream
+    options = dict(
+        max_new_tokens=args.max_new_tokens,
+        do_sample=args.sample,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        num_beams=args.num_beams,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        stop=tuple(args.stop),
+    )
+    if args.stream:
+        print(args.prompt, end="", flush=True)
+        for piece in stream(model, tokenizer, args.prompt, **options):
+            print(piece, end="", flush=True)
+        print()
+    else:
+        print(args.prompt + generate(model, tokenizer, args.prompt, **options))
+    return 0
+
+
+# --------------------------------------------------------------------------- info
+
+
+def _add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="show a preset's or checkpoint's architecture and size",
+                       description="Print the family, sizes and exact parameter count of a preset or "
+                                   "a checkpoint directory.")
+    p.add_argument("target", metavar="TARGET", help="preset name (e.g. gpt2) or checkpoint directory")
+    p.set_defaults(run=_run_info)
+
+
+# Shown first, in this order, when the config has them.
+_INFO_KEYS = ("family", "vocab_size", "d_model", "n_layer", "n_head", "max_positions")
+
+
+def _run_info(args: argparse.Namespace) -> int:
+    import torch
+
+    from plmkit.model import build_model
+    from plmkit.model.presets import PRESETS
+
+    target = args.target
+    if target in PRESETS:
+        source = "preset"
+        try:  # no memory for the weights: a 7B preset is counted as fast as a tiny one
+            with torch.device("meta"):
+                model = build_model(target)
+        except Exception:  # an init that needs real values: build it for real
+            model = build_model(target)
+    elif Path(target).is_dir():
+        from plmkit.io import load
+
+        source = "checkpoint"
+        model, _ = load(target)
+    else:
+        raise ConfigError(
+            f'"{target}" is neither a preset name nor a checkpoint directory{did_you_mean(target, PRESETS)}'
+        )
+    config = model.config
+    print(f"{target} ({source})")
+    for key in _INFO_KEYS:
+        if hasattr(config, key):
+            print(f"{key}: {getattr(config, key)}")
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
+    print(f"parameters: {n_params:,}")
+    return 0
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="train a tiny model on CPU and generate from it",
+                       description="End-to-end tour in a few minutes on a laptop CPU: train a "
+                                   "tokenizer and a small model, save it, load it, generate.")
+    p.add_argument("--steps", type=int, default=None, metavar="N", help="training steps")
+    p.add_argument("--out", default=None, metavar="DIR", help="output directory")
+    p.add_argument("--data", default=None, metavar="PATH", help="text file to train on")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from plmkit.demo import run_demo
+
+    # Only what the user gave: run_demo owns the defaults.
+    options = {k: v for k, v in dict(steps=args.steps, out=args.out, data=args.data).items() if v is not None}
+    run_demo(**options)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
+    _add_generate,
+    _add_info,
+    _add_demo,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="plm",
+        description="plmkit: pre-train, fine-tune and align Transformer language models.",
+    )
+    parser.add_argument("--version", action="version", version=f"plm {__version__}")
+    sub = parser.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    for add in SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors: keep argparse's code (0 or 2)
+        return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.run(args)
+    except PlmkitError as exc:
+        # One line whatever the message, so scripts can grep it.
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        print(f"error: {message or type(exc).__name__}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # `plm generate ... | head`: the reader left; exit quietly
+        # Point stdout at devnull so the interpreter's final flush doesn't fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

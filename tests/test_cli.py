@@ -8,8 +8,6 @@ import sys
 import types
 from pathlib import Path
 
-import pytest
-
 import plmkit
 from plmkit.cli import main
 from plmkit.errors import ConfigError
@@ -185,7 +183,6 @@ def test_generate_missing_model_dir(tmp_path, capsys):
 
 
 def test_generate_end_to_end(tmp_path):
-    pytest.importorskip("plmkit.generate")  # TODO(lead): drop once generate.py lands
     from plmkit.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)

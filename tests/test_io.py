@@ -183,9 +183,12 @@ def test_refuses_to_overwrite_a_folder_that_is_not_a_checkpoint(tmp_path):
 
 
 # ---- errors ----------------------------------------------------------------------------------------
-def test_missing_header_points_to_convert(tmp_path):
-    (tmp_path / "config.json").write_text("{}")  # looks like a Hugging Face folder
-    with pytest.raises(CheckpointError, match=r"not a plmkit checkpoint: no plmkit.json.*plm convert"):
+def test_folder_that_is_no_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(CheckpointError, match=r"neither plmkit.json \(plmkit\) nor config.json"):
+        plmio.load(tmp_path)
+    (tmp_path / "config.json").write_text("{}")  # looks like a Hugging Face folder, but has no model_type
+    with pytest.raises(CheckpointError, match="model_type"):
         plmio.load(tmp_path)
     with pytest.raises(CheckpointError, match="does not exist"):
         plmio.load(tmp_path / "nowhere")
@@ -275,11 +278,19 @@ def test_registered_model_class_round_trips(tmp_path):
     assert torch.equal(logits(loaded), logits(model))
 
 
-@pytest.mark.parametrize("head", ["SequenceClassifier", "SpanQA", "RewardModel"])
+HEAD_KWARGS = {
+    "SequenceClassifier": {"num_labels": 3, "pooling": "mean", "pooler_dense": True},
+    "TokenClassifier": {"num_labels": 4},
+    "SpanQA": {},
+    "RewardModel": {},
+}
+
+
+@pytest.mark.parametrize("head", sorted(HEAD_KWARGS))
 def test_task_head_round_trips_with_its_arguments(head, tmp_path):
     from plmkit.model import MODEL_CLASSES
 
-    kwargs = {"num_labels": 3, "pooling": "mean"} if head == "SequenceClassifier" else {}
+    kwargs = HEAD_KWARGS[head]
     torch.manual_seed(0)
     model = MODEL_CLASSES[head](ModelConfig(family="masked", **TINY), **kwargs).eval()
     plmio.save(model, None, tmp_path)

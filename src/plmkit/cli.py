@@ -26,7 +26,8 @@ from plmkit.errors import ConfigError, PlmkitError, did_you_mean
 def _add_generate(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("generate", help="generate text from a saved model", description=(
         "Continue PROMPT with a model saved by plmkit (greedy by default; --sample to sample)."))
-    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint directory (plmkit.io.save)")
+    p.add_argument("--model", required=True, metavar="DIR",
+                   help="plmkit checkpoint or Hugging Face model folder")
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="default: 32")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default: 1.0")
@@ -138,12 +139,45 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- convert
+
+
+def _add_convert(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("convert", help="convert checkpoints to and from the Hugging Face format",
+                       description="--from-hf DIR: a Hugging Face model folder (config.json + weights + "
+                                   "tokenizer files) becomes a plmkit checkpoint. --to-hf CKPT: a plmkit "
+                                   "checkpoint becomes a folder that transformers' from_pretrained loads.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-hf", metavar="DIR", help="Hugging Face model folder to import")
+    source.add_argument("--to-hf", metavar="CKPT", help="plmkit checkpoint folder to export")
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    p.set_defaults(run=_run_convert)
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from plmkit.io import load, save
+    from plmkit.model.hf import load_hf, save_hf
+
+    if args.from_hf:
+        model, tokenizer = load_hf(args.from_hf)
+        save(model, tokenizer, args.out)
+        source = args.from_hf
+    else:
+        model, tokenizer = load(args.to_hf)
+        save_hf(model, tokenizer, args.out)
+        source = args.to_hf
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"converted {source} -> {args.out} ({type(model).__name__}, {n_params:,} parameters)")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_generate,
     _add_info,
     _add_demo,
+    _add_convert,
 )
 
 

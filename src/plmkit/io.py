@@ -195,15 +195,20 @@ def detect_format(directory: str | Path) -> str | None:
 
 
 def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any | None]:
-    """Rebuild (model in eval mode, tokenizer or None) from a folder written by `save`."""
+    """Rebuild (model in eval mode, tokenizer or None) from a folder written by `save`, or from a
+    Hugging Face model folder (see plmkit.model.hf)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
     kind = detect_format(directory)
+    if kind == "hf":  # a Hugging Face folder (config.json + weights) is read directly
+        from plmkit.model.hf import load_hf
+
+        model, tokenizer = load_hf(directory)
+        return model.to(device), tokenizer
     if kind != "plmkit":
-        # Hook: Hugging Face folders ("hf") get loaded through plmkit.model.hf here in a later version.
-        raise CheckpointError(f"{directory} is not a plmkit checkpoint: no {CONFIG_FILE} "
-                              "(for Hugging Face folders see `plm convert`)")
+        raise CheckpointError(f"{directory} is not a model checkpoint: it has neither {CONFIG_FILE} (plmkit) "
+                              "nor config.json (Hugging Face)")
     model = build_from_header(directory / CONFIG_FILE)
     weights = directory / WEIGHTS_FILE
     dtype = _stored_float_dtype(weights)

@@ -171,6 +171,9 @@ def test_beam_search_eos_and_length_penalty():
     model = scripted_lm(table)
     out = generate_ids(model, torch.tensor([[2, 2, 2]]), max_new_tokens=8, num_beams=3, eos_token_id=1)
     assert out.tolist() == [[4, 1]]  # finished early; the output is trimmed to the best hypothesis
+    ids, mask = left_pad([[2], [2, 2, 2, 2, 2]], pad=0)  # rows reach EOS's positions at different steps
+    batch = generate_ids(model, ids, mask, max_new_tokens=8, num_beams=3, eos_token_id=1, pad_token_id=0)
+    assert batch.tolist() == [[4, 4, 4, 1], [1, 0, 0, 0]]
 
     table[:, 1] = 1.8  # EOS is always the runner-up
     model = scripted_lm(table)
@@ -282,6 +285,16 @@ def test_stream_joins_to_generate(byte_tokenizer):
         assert not any(s in "".join(pieces) for s in stop)
 
 
+def test_stream_leaves_no_state_behind(byte_tokenizer):
+    tok = byte_tokenizer
+    model = scripted_lm(script(tok.encode("hello world"), 1, tok.vocab_size)).train()
+    pieces = stream(model, tok, "a", max_new_tokens=10)
+    assert next(pieces) == "h"
+    assert not torch.is_inference_mode_enabled() and not model.training  # between pieces: generating
+    pieces.close()  # the reader stops early
+    assert model.training and model.check_inputs
+
+
 def test_stream_matches_generate_with_a_random_model(bpe_tokenizer):
     torch.manual_seed(0)
     model = build_model(ModelConfig(**{**SMALL, "vocab_size": bpe_tokenizer.vocab_size},
@@ -346,6 +359,7 @@ def test_bad_inputs():
     (dict(temprature=0.5), 'did you mean "temperature"'),
 ])
 def test_invalid_config(options, message):
+    assert GenerationConfig(stop="x", eos_token_id=(3, 4)) == GenerationConfig(stop=("x",), eos_token_id=[3, 4])
     with pytest.raises(ConfigError, match=message):
         generate_ids(tiny(), torch.tensor([[1, 2]]), **options)
 

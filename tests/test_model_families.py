@@ -116,14 +116,12 @@ def test_causal_kv_cache_left_padded_batch(variant):
         close(full[row, mask[row].bool()], alone)
 
 
-# BUG (model): the API contract says left-padded batches use position_ids = cumsum(mask) - 1, which puts
-# -1 at the pads; with learned (or sinusoidal) positions Embeddings indexes the table at -1 and raises a
-# bare IndexError ("index out of range in self"). Rotary accepts it. Fix: clamp position ids at 0 in
-# Embeddings.forward (pads are masked, their position is irrelevant), as HF does with masked_fill(mask==0, 1).
-@pytest.mark.xfail(strict=True, reason="BUG: learned positions crash on position id -1 at left pads")
+# Left-padded batches may use position_ids = cumsum(mask) - 1, which is -1 at the pads: absolute
+# position tables must accept it (the pads are masked, so their position is irrelevant).
+@pytest.mark.parametrize("position", ["learned", "sinusoidal", "rotary"])
 @torch.no_grad()
-def test_left_padding_negative_position_ids():
-    model = tiny("causal")
+def test_left_padding_negative_position_ids(position):
+    model = tiny("causal", position=position)
     ids = random_ids((2, 6))
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
     positions = mask.cumsum(-1) - 1  # the contract's convention, -1 at the pads

@@ -14,8 +14,9 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> module that defines it. Note: `generate`/`stream` are not exported here because
-# `plmkit.generate` is also a submodule name; use `from plmkit.generate import generate`.
+# name -> module that defines it. `plmkit.generate` is the generate module, which is callable:
+# `plmkit.generate(model, tok, prompt)` calls `plmkit.generate.generate`.
+_MODULES = ("generate",)
 _EXPORTS: dict[str, str] = {
     "PlmkitError": "plmkit.errors",
     "ConfigError": "plmkit.errors",
@@ -44,10 +45,12 @@ _EXPORTS: dict[str, str] = {
     "GenerationConfig": "plmkit.generate",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = ["__version__", *_MODULES, *_EXPORTS]
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return importlib.import_module(f"plmkit.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'plmkit' has no attribute {name!r}")
@@ -57,4 +60,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))

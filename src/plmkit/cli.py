@@ -60,8 +60,9 @@ def _run_generate(args: argparse.Namespace) -> int:
         stop=tuple(args.stop),
     )
     if args.stream:
+        pieces = stream(model, tokenizer, args.prompt, **options)  # validates options before printing
         print(args.prompt, end="", flush=True)
-        for piece in stream(model, tokenizer, args.prompt, **options):
+        for piece in pieces:
             print(piece, end="", flush=True)
         print()
     else:

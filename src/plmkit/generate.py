@@ -14,7 +14,10 @@ token sits in the last column; positions count real tokens only (cumsum(mask) - 
 from __future__ import annotations
 
 import dataclasses
+import sys
+import types
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -155,8 +158,7 @@ class _Decoder:
 
     def _call(self, fn, **kwargs):
         # the prompt was checked once up front; per-step checks would cost a device sync each
-        saved = getattr(self.model, "check_inputs", None)
-        self.model.check_inputs = False
+        saved, self.model.check_inputs = self.model.check_inputs, False
         try:
             return fn(**kwargs)
         finally:
@@ -206,6 +208,17 @@ class _Decoder:
             value = getattr(self, name)
             if value is not None:
                 setattr(self, name, value.index_select(0, index))
+
+
+@contextmanager
+def _eval_mode(model: PretrainedModel) -> Iterator[None]:
+    """Dropout off while generating; the caller's train/eval mode comes back afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 # ---- logits processing -----------------------------------------------------------------------------
@@ -263,9 +276,7 @@ def _sample_steps(
     """Greedy / sampled decoding, one step per iteration: yields (tokens (B,), active (B,) bool), where
     inactive rows had already finished and got the pad id. `stop_rows(tokens, active)` may end more
     rows (stop strings). The only per-step host sync is the "all rows finished?" check."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         decoder = _Decoder(model, input_ids, attention_mask)
         seen = _prompt_seen(model, input_ids, attention_mask, config)
         eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=input_ids.device)
@@ -294,8 +305,6 @@ def _sample_steps(
             if seen is not None:
                 seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
             logits = decoder.step(tokens)
-    finally:
-        model.train(was_training)
 
 
 # ---- beam search -----------------------------------------------------------------------------------
@@ -306,9 +315,7 @@ def _beam_search(model: PretrainedModel, input_ids: torch.Tensor, attention_mask
 
     Hypotheses are ranked by sum(log p) / n_new_tokens**length_penalty (EOS counts as a token).
     A prompt is done when it has K finished hypotheses and none is worse than the best running beam."""
-    was_training = model.training
-    model.eval()
-    try:
+    with _eval_mode(model):
         k, n_max, pad = config.num_beams, config.max_new_tokens, config.pad_token_id
         lp = config.length_penalty
         device = input_ids.device
@@ -379,8 +386,6 @@ def _beam_search(model: PretrainedModel, input_ids: torch.Tensor, attention_mask
         has_eos = torch.isin(best, eos)
         lengths = torch.where(has_eos.any(dim=1), has_eos.long().argmax(dim=1) + 1, length)
         return best[:, : int(lengths.max())]
-    finally:
-        model.train(was_training)
 
 
 # ---- public API ------------------------------------------------------------------------------------
@@ -518,3 +523,14 @@ def _stream_pieces(model, tokenizer, input_ids, attention_mask, config) -> Itera
         steps.close()  # ends the loop (restores the model's mode) when the reader stops early
     if len(text) > len(emitted):
         yield text[len(emitted):]
+
+
+class _CallableModule(types.ModuleType):
+    """`plmkit.generate(model, tok, prompt)` is the documented one-liner, while `plmkit.generate` is
+    also this module (`from plmkit.generate import stream`): calling the module calls `generate`."""
+
+    def __call__(self, *args, **kwargs):
+        return generate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

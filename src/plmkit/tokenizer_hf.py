@@ -38,14 +38,36 @@ def _token_text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def special_tokens_from_config(directory: Path, vocab: dict[str, int]) -> SpecialTokens:
+# The roles transformers' tokenizer classes assume when tokenizer_config.json does not name them.
+DEFAULT_ROLES: dict[str, dict[str, str]] = {
+    "gpt2": {"bos": "<|endoftext|>", "eos": "<|endoftext|>", "unk": "<|endoftext|>"},
+    "bert": {"unk": "[UNK]", "sep": "[SEP]", "pad": "[PAD]", "cls": "[CLS]", "mask": "[MASK]"},
+    "roberta": {
+        "bos": "<s>",
+        "eos": "</s>",
+        "sep": "</s>",
+        "cls": "<s>",
+        "unk": "<unk>",
+        "pad": "<pad>",
+        "mask": "<mask>",
+    },
+    "t5": {"eos": "</s>", "unk": "<unk>", "pad": "<pad>"},
+    "llama": {"bos": "<s>", "eos": "</s>", "unk": "<unk>"},
+}
+DEFAULT_ROLES["bart"] = DEFAULT_ROLES["roberta"]
+
+
+def special_tokens_from_config(directory: Path, vocab: dict[str, int], model_type: str = "") -> SpecialTokens:
+    """Roles named in special_tokens_map.json / tokenizer_config.json, else the model type's defaults;
+    a role whose token is not in the vocabulary is left unset."""
     merged = {
         **_read_json(directory / "special_tokens_map.json"),
         **_read_json(directory / "tokenizer_config.json"),
     }
+    defaults = DEFAULT_ROLES.get(model_type, {})
     roles = {}
     for role, key in HF_KEYS.items():
-        token = _token_text(merged.get(key))
+        token = _token_text(merged.get(key)) if key in merged else defaults.get(role)
         if token is not None and token in vocab:
             roles[role] = token
     return SpecialTokens(**roles)
@@ -90,10 +112,12 @@ def _byte_level_bpe(directory: Path, config: dict[str, Any], model_type: str) ->
     add_prefix_space = bool(config.get("add_prefix_space", False))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)
     backend.decoder = decoders.ByteLevel()
-    bos, eos = _token_text(config.get("bos_token")), _token_text(config.get("eos_token"))
+    defaults = DEFAULT_ROLES.get(model_type, {})
+    bos = _token_text(config.get("bos_token")) or defaults.get("bos")
+    eos = _token_text(config.get("eos_token")) or defaults.get("eos")
     if model_type in ("roberta", "bart") and bos in vocab and eos in vocab:  # <s> A </s>
         backend.post_processor = processors.RobertaProcessing(
-            sep=(eos, vocab[eos]), cls=(bos, vocab[bos]), add_prefix_space=add_prefix_space
+            (eos, vocab[eos]), (bos, vocab[bos]), add_prefix_space=add_prefix_space
         )
     else:
         backend.post_processor = processors.ByteLevel(trim_offsets=False)
@@ -132,8 +156,10 @@ def load_hf_tokenizer(
             backend = BackendTokenizer.from_file(str(directory / "tokenizer.json"))
         elif (directory / "vocab.txt").is_file():
             backend = _wordpiece(directory, config)
+            model_type = model_type or "bert"  # a bare vocab.txt is a BERT tokenizer
         elif (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file():
             backend = _byte_level_bpe(directory, config, model_type)
+            model_type = model_type or "gpt2"  # bare vocab.json + merges.txt: GPT-2's tokenizer
         elif (directory / "spiece.model").is_file():
             backend = _sentencepiece(directory)
         elif required:
@@ -148,7 +174,12 @@ def load_hf_tokenizer(
     except Exception as e:  # malformed vocabulary files
         raise CheckpointError(f"{directory}: cannot read the tokenizer files: {e}") from e
     vocab = backend.get_vocab(with_added_tokens=True)
-    return Tokenizer(backend, special_tokens_from_config(directory, vocab))
+    special = special_tokens_from_config(directory, vocab, model_type)
+    if not (directory / "tokenizer.json").is_file():
+        # legacy files: the special tokens must be known to the backend as such, so that "[MASK]" in a
+        # text stays one token and decode(skip_special_tokens=True) drops them (tokenizer.json has them)
+        backend.add_special_tokens(sorted(set(special.tokens())))
+    return Tokenizer(backend, special)
 
 
 def save_hf_tokenizer(

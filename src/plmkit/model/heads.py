@@ -49,15 +49,22 @@ class _HeadModel(PretrainedModel):
 
 
 class TransformerModel(_HeadModel):
-    """The bare stack: hidden states only (sentence encoders such as all-MiniLM, feature extraction).
-    `embed()` gives pooled sentence embeddings (mean pooling by default, as sentence-transformers)."""
+    """The bare stack: hidden states (sentence encoders such as all-MiniLM, feature extraction).
+    `embed()` gives pooled sentence embeddings (mean pooling by default, as sentence-transformers).
+    With `pooler=True` it also carries BERT's pooler (dense + tanh on the first token) -> out.pooled."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, pooler: bool = False) -> None:
         super().__init__(config)
+        self.pooler = nn.Linear(config.d_model, config.d_model) if pooler else None
         self._init_weights()
 
+    def init_kwargs(self) -> dict:
+        return {"pooler": self.pooler is not None}
+
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> ModelOutput:
-        return ModelOutput(hidden_states=self._hidden(input_ids, attention_mask, token_type_ids))
+        h = self._hidden(input_ids, attention_mask, token_type_ids)
+        pooled = torch.tanh(self.pooler(h[:, 0])) if self.pooler is not None else None
+        return ModelOutput(hidden_states=h, pooled=pooled)
 
     def embed(
         self, input_ids, attention_mask=None, token_type_ids=None, pooling: str = "mean"

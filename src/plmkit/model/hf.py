@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from plmkit.errors import CheckpointError, did_you_mean
 from plmkit.model.config import ModelConfig
 from plmkit.model.heads import TransformerModel
-from plmkit.model.hf_arch import ARCHITECTURES, Architecture, Rule
+from plmkit.model.hf_arch import ARCHITECTURES, Architecture, Rule, pooler_rules
 from plmkit.model.transformer import CausalLM, MaskedLM, PretrainedModel, Seq2SeqLM
 
 FAMILY_CLASS = {"causal": CausalLM, "masked": MaskedLM, "seq2seq": Seq2SeqLM}
@@ -151,18 +151,28 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[Pr
     config = arch.to_config(hf_config)
     config.extra = {"hf_model_type": arch.model_type}
     files = WeightFiles(directory)
+    if "final_logits_bias" in files and files.get("final_logits_bias").any():
+        config.lm_head_bias = True  # BART: a non-zero output bias is part of the model
 
-    rules = _resolve_prefix(files, arch.weights(config, True))
+    rules = _resolve_prefix(files, arch.weights(config, True) + pooler_rules(arch.model_type))
     head = [t for r in rules if r.ours.startswith("lm_head.") for t in r.theirs]
     has_head = all(t in files for t in head)
-    if not has_head:
-        rules = [r for r in rules if not r.ours.startswith("lm_head.")]
+    has_pooler = any(r.ours.startswith("pooler.") and r.theirs[0] in files for r in rules)
+    if has_head:
+        model: PretrainedModel = FAMILY_CLASS[config.family](config)
+        rules = [r for r in rules if not r.ours.startswith("pooler.")]  # the LM does not use it
+    else:
         if config.family == "seq2seq":
             raise CheckpointError(
                 f"{directory}: the checkpoint has no LM head weights ({head[0]}); "
                 "encoder-decoder models are loaded with their head"
             )
-    model = FAMILY_CLASS[config.family](config) if has_head else TransformerModel(config)
+        model = TransformerModel(config, pooler=has_pooler)
+        rules = [
+            r
+            for r in rules
+            if not r.ours.startswith("lm_head.") and (has_pooler or not r.ours.startswith("pooler."))
+        ]
     _load_rules(model, files, rules, directory)
     if dtype is not None:
         model.to(dtype)
@@ -183,19 +193,23 @@ def _load_rules(model: PretrainedModel, files: WeightFiles, rules: list[Rule], d
                 f"{directory}: weight {missing[0]} is missing from the checkpoint (needed for {rule.ours}); "
                 "the files are incomplete or the config.json does not describe them"
             )
+        if rule.ours not in state:
+            raise CheckpointError(f"internal mapping error: {rule.ours} is not a plmkit parameter")
+        target = state[rule.ours]
         parts = [files.get(t) for t in rule.theirs]
         if rule.transpose:
             parts = [p.t() for p in parts]
+        if rule.row and parts[0].dim() == 2 and parts[0].shape[0] == 1:
+            parts = [parts[0][0]]
+        # each stored tensor must have exactly the shape its slice of our (possibly fused) tensor has
+        expected = [tuple(p.shape) for p in _split(target, rule, model.config)]
+        for name, part, want in zip(rule.theirs, parts, expected):
+            if tuple(part.shape) != want:
+                raise CheckpointError(
+                    f"{directory}: weight {name} has shape {list(part.shape)} but config.json implies "
+                    f"{list(want)}; the weights do not match the config"
+                )
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        if rule.ours not in state:
-            raise CheckpointError(f"internal mapping error: {rule.ours} is not a plmkit parameter")
-        want = tuple(state[rule.ours].shape)
-        if tuple(tensor.shape) != want:
-            found = " + ".join(str(list(p.shape)) for p in parts)
-            raise CheckpointError(
-                f"{directory}: weight {', '.join(rule.theirs)} has shape {found} but {rule.ours} needs "
-                f"{list(want)}; the weights do not match config.json"
-            )
         with torch.no_grad():
             state[rule.ours].copy_(tensor)
         loaded.add(rule.ours)
@@ -237,9 +251,11 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     }
     # check that the exported config describes this model exactly (every switch has an HF equivalent)
     roundtrip = arch.to_config(hf_config)
+    weight_defined = {"lm_head_bias"} if arch.model_type == "bart" else set()  # from final_logits_bias
     differences = [
         k
         for k, v in c.to_dict().items()
+        if k not in weight_defined
         if k not in ("extra", "dropout", "attention_dropout", "initializer_range", "family")
         and roundtrip.to_dict()[k] != v
     ]
@@ -249,16 +265,21 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
             f"{', '.join(differences)} have no equivalent there"
         )
     state = model.state_dict()
-    rules = arch.weights(c, has_head) if has_head else arch.weights(c, False)
+    rules = arch.weights(c, has_head)
+    if not has_head:
+        rules = [r for r in rules if not r.ours.startswith("lm_head.")]
+        if getattr(model, "pooler", None) is not None:
+            rules += pooler_rules(arch.model_type)
     out: dict[str, torch.Tensor] = {}
     for rule in rules:
         tensor = state[rule.ours]
         parts = _split(tensor, rule, c)
         for name, part in zip(rule.theirs, parts, strict=True):
-            out[name] = (part.t() if rule.transpose else part).contiguous()
+            part = part.t() if rule.transpose else part
+            out[name] = (part[None] if rule.row else part).contiguous()
     if has_head and c.tie_embeddings:
         _add_tied_names(out, arch, c)
-    if arch.model_type == "bart" and has_head:
+    if arch.model_type == "bart" and has_head and "final_logits_bias" not in out:
         out["final_logits_bias"] = torch.zeros(1, c.vocab_size, dtype=next(model.parameters()).dtype)
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_unshare(out), str(directory / "model.safetensors"), metadata={"format": "pt"})

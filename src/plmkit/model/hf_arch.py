@@ -23,6 +23,7 @@ class Rule:
     ours: str
     theirs: tuple[str, ...]
     transpose: bool = False  # GPT-2 Conv1D: (in, out) on disk
+    row: bool = False  # a vector stored as a (1, N) row (BART's final_logits_bias)
 
 
 @dataclass(frozen=True)
@@ -383,6 +384,8 @@ def _bart_weights(c: ModelConfig, head: bool) -> list[Rule]:
     rules = _rules("", pairs)
     if head and not c.tie_embeddings:
         rules.append(Rule("lm_head.decoder.weight", ("lm_head.weight",)))
+    if head and c.lm_head_bias:  # transformers keeps it as a buffer, zero unless a checkpoint set it
+        rules.append(Rule("lm_head.decoder.bias", ("final_logits_bias",), row=True))
     return rules
 
 
@@ -485,6 +488,14 @@ def _t5_weights(c: ModelConfig, head: bool) -> list[Rule]:
     if head and not c.tie_embeddings:
         rules.append(Rule("lm_head.decoder.weight", ("lm_head.weight",)))
     return rules
+
+
+def pooler_rules(model_type: str) -> list[Rule]:
+    """BERT/RoBERTa's pooler (dense + tanh on [CLS]), kept by bare-model checkpoints (BertModel)."""
+    base = {"bert": "bert.", "roberta": "roberta."}.get(model_type)
+    if base is None:
+        return []
+    return [Rule(f"pooler.{p}", (f"{base}pooler.dense.{p}",)) for p in ("weight", "bias")]
 
 
 ARCHITECTURES: dict[str, Architecture] = {

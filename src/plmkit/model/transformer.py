@@ -41,6 +41,7 @@ class ModelOutput:
     end_logits: torch.Tensor | None = None
     values: torch.Tensor | None = None  # value head, per token (B, T)
     scores: torch.Tensor | None = None  # reward head, per sequence (B,)
+    pooled: torch.Tensor | None = None  # BERT pooler output (B, C)
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -178,13 +179,29 @@ class LMHead(nn.Module):
         self.transform_norm = make_norm(config) if transform else None
         self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self.scale = config.d_model**-0.5 if config.tied_output_scale else 1.0
+        self._decode_weight: torch.Tensor | None = None  # (C, V) copy of decoder.weight, see below
+        self._decode_key: tuple = ()
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             h = self.transform_norm(self.transform_act(self.transform(h)))
         if self.scale != 1.0:
             h = h * self.scale
+        if h.device.type == "cpu" and not torch.is_grad_enabled() and h.shape[:-1].numel() <= 32:
+            return self._decode_projection(h)
         return self.decoder(h)
+
+    def _decode_projection(self, h: torch.Tensor) -> torch.Tensor:
+        """Decoding multiplies a few rows by the (V, C) output matrix, a matrix-vector product that
+        CPU BLAS runs 2-3x faster on a contiguous (C, V) layout. Keep such a copy while no gradient is
+        needed; it is rebuilt whenever the weight changes (its version counter moves on every update)."""
+        weight = self.decoder.weight
+        key = (weight.data_ptr(), weight._version, weight.dtype)
+        if self._decode_key != key:
+            self._decode_weight = weight.detach().t().contiguous()
+            self._decode_key = key
+        logits = h @ self._decode_weight
+        return logits if self.decoder.bias is None else logits + self.decoder.bias
 
 
 class PretrainedModel(nn.Module):

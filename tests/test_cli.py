@@ -198,3 +198,150 @@ def test_demo_passes_only_given_options(monkeypatch):
     assert main(["demo"]) == 0
     assert main(["demo", "--steps", "3", "--out", "o", "--data", "d.txt"]) == 0
     assert calls == [{}, {"steps": 3, "out": "o", "data": "d.txt"}]
+
+
+def _one_error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and captured.err.count("\n") == 1, captured.err
+    assert "Traceback" not in captured.err
+    return captured.err
+
+
+def test_generate_past_max_positions_exits_2(tmp_path, capsys):
+    from plmkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)
+    path = tiny_checkpoint(tmp_path / "ckpt", tokenizer)  # max_positions=64
+    assert main(["generate", "--model", str(path), "--prompt", "hello", "--max-new-tokens", "100"]) == 2
+    assert "max_positions" in _one_error_line(capsys)
+
+
+def test_generate_tokenizer_bigger_than_model_vocab_exits_2(tmp_path, capsys):
+    import plmkit.io
+    from plmkit.model import build_model
+    from plmkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)
+    model = build_model("gpt2-tiny", vocab_size=260, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64)
+    plmkit.io.save(model, tokenizer, tmp_path / "ckpt")
+    assert main(["generate", "--model", str(tmp_path / "ckpt"), "--prompt", "hello there world"]) == 2
+    assert "vocab" in _one_error_line(capsys)
+
+
+def test_convert_round_trip_via_cli(tmp_path, capsys):
+    from plmkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)
+    path = tiny_checkpoint(tmp_path / "ckpt", tokenizer)
+    assert main(["convert", "--to-hf", str(path), "--out", str(tmp_path / "hf")]) == 0
+    assert (tmp_path / "hf" / "config.json").is_file()
+    assert main(["convert", "--from-hf", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    assert "converted" in capsys.readouterr().out
+    import plmkit.io
+
+    (a, _), (b, _) = plmkit.io.load(path), plmkit.io.load(tmp_path / "back")
+    assert all(
+        (x - y).abs().max() == 0 for x, y in zip(a.state_dict().values(), b.state_dict().values())
+    )
+
+
+# ---------------------------------------------------------------- tokenizer train
+
+_TOK_LINES = ["the quick brown fox jumps over the lazy dog", "今天天气真好，我们一起出去玩吧",
+              "players played unbelievable games today", "今天天气不好，我们在家读书"]
+
+
+def _corpus_files(root: Path) -> Path:
+    """root/ with a.txt, b.jsonl, c.txt.gz and d.jsonl.gz (plus a README the folder walk ignores)."""
+    import gzip
+    import json
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "a.txt").write_text("\n".join(_TOK_LINES * 5) + "\n\n", encoding="utf-8")
+    jsonl = "".join(json.dumps({"id": i, "body": t}, ensure_ascii=False) + "\n" for i, t in enumerate(_TOK_LINES))
+    (root / "b.jsonl").write_text(jsonl, encoding="utf-8")
+    (root / "c.txt.gz").write_bytes(gzip.compress("龘 only in the gzip file\n".encode()))
+    (root / "d.jsonl.gz").write_bytes(gzip.compress(jsonl.encode()))
+    (root / "README.md").write_text("not training text")
+    return root
+
+
+def test_tokenizer_train_from_files_folder_and_glob(tmp_path, capsys):
+    from plmkit.tokenizer import Tokenizer
+
+    data = _corpus_files(tmp_path / "data")
+    files = [str(data / n) for n in ("a.txt", "b.jsonl", "c.txt.gz", "d.jsonl.gz")]
+    for name, sources, kind in [("files", files, "wordpiece"), ("folder", [str(data)], "bpe"),
+                                ("glob", [str(data / "*.gz"), str(data / "a.*")], "unigram")]:
+        out = tmp_path / name
+        argv = ["tokenizer", "train", "--data", *sources, "--kind", kind, "--vocab-size", "300",
+                "--out", str(out), "--text-field", "body", "--sentinels", "4"]
+        assert main(argv) == 0, capsys.readouterr().err
+        summary = capsys.readouterr().out
+        assert summary.count("\n") == 1 and kind in summary and str(out / "tokenizer.json") in summary
+        assert (out / "tokenizer.json").is_file() and (out / "tokenizer_config.json").is_file()
+        tok = Tokenizer.load(out)
+        assert tok.decode(tok.encode("龘")) == "龘"  # from the .gz file
+        assert str(tok.vocab_size) in summary
+    wordpiece = Tokenizer.load(tmp_path / "files")
+    assert [wordpiece.id_to_token(i) for i in wordpiece.encode("今天天气真好")] == list("今天天气真好")
+    assert wordpiece.cls_id is not None  # default family for wordpiece: bert
+    assert Tokenizer.load(tmp_path / "glob").sentinel_ids(4)[0] == Tokenizer.load(tmp_path / "glob").vocab_size - 1
+
+
+def test_tokenizer_train_family_picks_kind_and_tokens(tmp_path, capsys):
+    from plmkit.tokenizer import Tokenizer
+
+    data = _corpus_files(tmp_path / "data")
+    argv = ["tokenizer", "train", "--data", str(data / "a.txt"), "--family", "glm", "--vocab-size", "200",
+            "--out", str(tmp_path / "glm"), "--min-frequency", "1"]
+    assert main(argv) == 0
+    assert "wordpiece" in capsys.readouterr().out
+    tok = Tokenizer.load(tmp_path / "glm")
+    assert tok.special_token_id("[gMASK]") in tok.all_special_ids
+
+
+def test_tokenizer_without_action_prints_help_and_exits_2(capsys):
+    assert main(["tokenizer"]) == 2
+    err = capsys.readouterr().err
+    assert "usage: plm tokenizer" in err and "train" in err
+
+
+def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
+    root.mkdir()
+    (root / "empty.txt").write_text("\n  \n")
+    (root / "bad.txt").write_bytes("fine line\n第二行\nbroken ".encode() + b"\xff\xfe here\n")
+    (root / "bad.jsonl").write_text('{"text": "ok"}\n{"text": \n')
+    (root / "notext.jsonl").write_text('{"txt": "ok"}\n')
+    (root / "good.txt").write_text("hello world\n" * 5)
+    (root / "data.csv").write_text("a,b\n")
+    return {  # case -> (--data and extra args, text the error line must contain)
+        "missing file": ([str(root / "nope.txt")], "nope.txt does not exist"),
+        "empty file": ([str(root / "empty.txt")], "empty.txt is empty"),
+        "invalid utf-8": ([str(root / "good.txt"), str(root / "bad.txt")], "bad.txt:3: invalid UTF-8"),
+        "malformed jsonl": ([str(root / "bad.jsonl")], "bad.jsonl:2: malformed JSON"),
+        "missing field": ([str(root / "notext.jsonl")], 'notext.jsonl:1: no "text" field (did you mean "txt"?)'),
+        "glob matches nothing": ([str(root / "*.parquet")], "no files match"),
+        "unsupported type": ([str(root / "data.csv")], "data.csv: unsupported file type"),
+        "unknown kind": ([str(root / "good.txt"), "--kind", "wordpeice"], 'did you mean "wordpiece"'),
+        "unknown family": ([str(root / "good.txt"), "--family", "bret"], 'did you mean "bert"'),
+        "vocab too small": ([str(root / "good.txt"), "--vocab-size", "10"], "vocab_size=10 is too small"),
+    }
+
+
+def test_tokenizer_train_bad_input_exits_2_with_one_line(tmp_path, capsys):
+    for case, (args, expected) in _bad_inputs(tmp_path / "bad").items():
+        argv = ["tokenizer", "train", "--vocab-size", "300", "--out", str(tmp_path / "out"), "--data", *args]
+        assert main(argv) == 2, case
+        line = _one_error_line(capsys)
+        assert expected in line, (case, line)
+    assert not (tmp_path / "out").exists()  # nothing written on error
+
+
+def test_tokenizer_train_error_subprocess(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
+    result = run_plm("tokenizer", "train", "--data", str(tmp_path / "bad.txt"), "--vocab-size", "300",
+                     "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"error: {tmp_path / 'bad.txt'}:2: invalid UTF-8 at byte 0; "
+                                          "re-encode the file as UTF-8"]

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from plmkit import __version__
@@ -172,6 +172,195 @@ def _run_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- tokenizer
+
+
+def _add_tokenizer(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("tokenizer", help="train a tokenizer",
+                       description="Tokenizer tools. `plm tokenizer train --help` for training.")
+    p.set_defaults(run=lambda args: _print_help(p))  # `plm tokenizer` alone: its help, exit 2
+    actions = p.add_subparsers(dest="action", title="actions", metavar="ACTION")
+    t = actions.add_parser("train", help="train a tokenizer on text files", description=(
+        "Train a byte-level BPE (GPT-2), WordPiece (Chinese BERT: one token per CJK character) or "
+        "Unigram (T5) tokenizer and write tokenizer.json + tokenizer_config.json to --out."))
+    t.add_argument("--data", nargs="+", required=True, metavar="PATH",
+                   help=".txt (a document per line), .jsonl (--text-field), .gz of those, folders, globs")
+    t.add_argument("--kind", default=None, metavar="KIND",
+                   help="bpe | wordpiece | unigram (default: the family's, else bpe)")
+    t.add_argument("--vocab-size", type=int, required=True, metavar="N",
+                   help="vocabulary size, special tokens included")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    t.add_argument("--family", default=None, metavar="NAME",
+                   help="special tokens of bert | roberta | bart | gpt2 | t5 | glm | llama")
+    t.add_argument("--min-frequency", type=int, default=2, metavar="N",
+                   help="minimum pair frequency for a merge (bpe, wordpiece; default: 2)")
+    t.add_argument("--text-field", default="text", metavar="KEY", help="JSONL field with the text")
+    t.add_argument("--cased", action="store_true", help="wordpiece: keep case (default: lowercase)")
+    t.add_argument("--sentinels", type=int, default=100, metavar="N", help="t5: sentinel count (100)")
+    t.set_defaults(run=_run_tokenizer_train)
+
+
+def _print_help(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _run_tokenizer_train(args: argparse.Namespace) -> int:
+    from plmkit.tokenizer import CONFIG_FILE, TOKENIZER_FILE, Tokenizer
+    from plmkit.tokenizer_train import train_tokenizer
+
+    files = _text_files(args.data)  # checked before training: a typo fails at once
+    texts = (text for path in files for text in _read_texts(path, args.text_field))
+    tokenizer: Tokenizer = train_tokenizer(
+        texts, args.kind, vocab_size=args.vocab_size, family=args.family, min_frequency=args.min_frequency,
+        lowercase=not args.cased, n_sentinels=args.sentinels)
+    tokenizer.save(args.out)
+    kind = args.kind or type(tokenizer.backend.model).__name__.lower()
+    print(f"trained {kind} tokenizer, vocab size {tokenizer.vocab_size}, on {len(files)} file(s) -> "
+          f"{Path(args.out) / TOKENIZER_FILE} (+ {CONFIG_FILE})")
+    return 0
+
+
+# A small reader for `tokenizer train`. TODO: switch to plmkit.data.sources (iter_texts) once it exists.
+_TEXT_SUFFIXES = (".txt", ".jsonl")
+
+
+def _text_files(patterns: Sequence[str]) -> list[Path]:
+    """Files named by paths, folders (their .txt/.jsonl[.gz] files, recursively) and globs."""
+    import glob
+
+    from plmkit.errors import DataError
+
+    files: list[Path] = []
+    for pattern in patterns:
+        path = Path(pattern)
+        if glob.has_magic(pattern):
+            matches = sorted(Path(p) for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matches:
+                raise DataError(f"no files match {pattern}")
+        elif path.is_dir():
+            matches = sorted(p for p in path.rglob("*") if p.is_file() and _text_format(p))
+            if not matches:
+                raise DataError(f"{path} has no {', '.join(_TEXT_SUFFIXES)} files (or .gz of them)")
+        elif path.is_file():
+            matches = [path]
+        else:
+            raise DataError(f"{path} does not exist")
+        for match in matches:
+            if not _text_format(match):
+                raise DataError(f"{match}: unsupported file type; expected {', '.join(_TEXT_SUFFIXES)} "
+                                "or .gz of them")
+        files += matches
+    return files
+
+
+def _text_format(path: Path) -> str | None:
+    """".txt" or ".jsonl" for a.txt, a.jsonl, a.txt.gz, ...; None for anything else."""
+    suffixes = path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]
+    return suffixes[0] if suffixes and suffixes[0] in _TEXT_SUFFIXES else None
+
+
+def _read_texts(path: Path, text_field: str) -> Iterator[str]:
+    """The documents of one file: a non-blank line of .txt, the `text_field` of a .jsonl line."""
+    import gzip
+
+    from plmkit.errors import DataError
+
+    found = False
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise DataError(f"{path}:{number}: invalid UTF-8 at byte {e.start}; "
+                                    "re-encode the file as UTF-8") from None
+                if not line.strip():
+                    continue
+                if _text_format(path) == ".jsonl":
+                    line = _jsonl_text(line, text_field, f"{path}:{number}")
+                found = True
+                yield line.rstrip("\r\n")
+    except (OSError, EOFError) as e:  # unreadable, or a corrupt / truncated .gz
+        raise DataError(f"{path}: cannot read: {e}") from None
+    if not found:
+        raise DataError(f"{path} is empty: no text to train on")
+
+
+def _jsonl_text(line: str, field: str, where: str) -> str:
+    import json
+
+    from plmkit.errors import DataError
+
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: malformed JSON: {e.msg} (column {e.colno})") from None
+    if not isinstance(record, dict) or field not in record:
+        keys = list(record) if isinstance(record, dict) else []
+        raise DataError(f'{where}: no "{field}" field{did_you_mean(field, keys)}; '
+                        "choose the field with --text-field")
+    if not isinstance(record[field], str):
+        raise DataError(f'{where}: "{field}" is {type(record[field]).__name__}, not a string')
+    return record[field]
+
+
+# --------------------------------------------------------------------------- pretrain / eval
+
+
+def _add_pretrain(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pretrain", help="pre-train any family with any objective from a YAML recipe",
+                       description="Train from RECIPE.yaml (see recipes/). Override any key with dotted "
+                                   "key=value pairs, e.g. train.steps=100 model.n_layer=2 resume=true.")
+    p.add_argument("recipe", metavar="RECIPE.yaml", help="recipe file")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
+    p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
+                   help="continue the run from its latest checkpoint (or from CKPT)")
+    p.set_defaults(run=_run_pretrain)
+
+
+def _run_pretrain(args: argparse.Namespace) -> int:
+    import json
+
+    from plmkit.config import load_config
+    from plmkit.train.config import RecipeConfig
+    from plmkit.train.pretrain import pretrain
+
+    overrides = list(args.overrides)
+    if args.resume is not None:
+        overrides.append("resume=true" if args.resume is True else f"resume={args.resume}")
+    config = load_config(RecipeConfig, args.recipe, overrides)
+    result = pretrain(config)
+    print(json.dumps(result))
+    return 0
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text file",
+                       description="Stream FILE through the checkpoint's objective and report loss/perplexity.")
+    p.add_argument("checkpoint", metavar="CKPT", help="plmkit checkpoint or Hugging Face folder")
+    p.add_argument("--data", required=True, metavar="FILE", help="text file (.txt, .jsonl, ...)")
+    p.add_argument("--objective", default=None, help="default: clm / mlm / prefix_lm / t5_span by family")
+    p.add_argument("--block-size", type=int, default=None, metavar="N")
+    p.add_argument("--batch-size", type=int, default=8, metavar="N")
+    p.add_argument("--max-batches", type=int, default=None, metavar="N")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    import json
+
+    from plmkit.evaluate import evaluate_loss
+    from plmkit.io import load
+
+    model, tokenizer = load(args.checkpoint)
+    result = evaluate_loss(model, tokenizer, args.data, args.objective, args.block_size, args.batch_size,
+                           args.max_batches)
+    print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, **result}))
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -179,6 +368,9 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_info,
     _add_demo,
     _add_convert,
+    _add_tokenizer,
+    _add_pretrain,
+    _add_eval,
 )
 
 

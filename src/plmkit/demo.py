@@ -55,7 +55,7 @@ def perplexity(model: CausalLM, tokens: torch.Tensor, block: int, batch: int = 1
 
 
 def run_demo(
-    steps: int = 800,
+    steps: int = 600,
     out: str = "runs/demo",
     data: str | None = None,
     seed: int = 0,

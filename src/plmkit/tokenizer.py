@@ -6,23 +6,24 @@ adds what the rest of plmkit needs and the backend does not know: ids by role, p
 tensors, and a small `tokenizer_config.json` that records the roles next to the backend's
 `tokenizer.json`.
 
-Training a new tokenizer: `Tokenizer.train_bpe(texts, vocab_size)` builds a GPT-2-style byte-level
-BPE. Every string round-trips exactly (`decode(encode(s)) == s`): text is split into UTF-8 bytes, so
-no character (Chinese, emoji, control characters) is ever unknown, and no normalizer or prefix space
-alters the input.
+Training a new tokenizer: `Tokenizer.train(texts, kind, vocab_size=N, family=...)` with kind
+"bpe" (GPT-2 byte-level BPE, exact round trips), "wordpiece" (Chinese-BERT style: one token per CJK
+character, `##` continuations) or "unigram" (T5-style SentencePiece); see `plmkit.tokenizer_train`.
+Each model family has its default special tokens (`family_special_tokens`), in the id order of
+its reference tokenizer.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
 
 from plmkit.errors import ConfigError, DataError, ShapeError, did_you_mean
 
@@ -65,9 +66,65 @@ class SpecialTokens:
         return cls(**d)
 
 
-# GPT-2 convention: one <|endoftext|> separates documents; no bos. We add a separate pad token so
-# padding can never be confused with a real end of text.
-DEFAULT_BPE_SPECIAL_TOKENS = SpecialTokens(eos="<|endoftext|>", pad="<|pad|>")
+# ---- special tokens per model family ---------------------------------------------------------------
+# (token, roles) in the id order of the family's reference tokenizer: a trained tokenizer gives its
+# special tokens the first ids in this order (BERT [PAD]=0, T5 <pad>=0 which T5 also uses as the
+# decoder start, fairseq's <s> <pad> </s> <unk> for RoBERTa/BART, LLaMA <unk> <s> </s>).
+_BERT = (("[PAD]", "pad"), ("[UNK]", "unk"), ("[CLS]", "cls"), ("[SEP]", "sep"), ("[MASK]", "mask"))
+_ROBERTA = (("<s>", "bos cls"), ("<pad>", "pad"), ("</s>", "eos sep"), ("<unk>", "unk"), ("<mask>", "mask"))
+_FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {
+    # GPT-2 has one <|endoftext|> between documents and no bos; we add a pad so that padding is
+    # never confused with a real end of text.
+    "gpt2": (("<|endoftext|>", "eos"), ("<|pad|>", "pad")),
+    "bert": _BERT,
+    "roberta": _ROBERTA,
+    "bart": _ROBERTA,
+    "t5": (("<pad>", "pad"), ("</s>", "eos"), ("<unk>", "unk")),  # + sentinels, see below
+    "glm": _BERT + (("[gMASK]", "additional"), ("[sMASK]", "additional"), ("<sop>", "additional"),
+                    ("<eop>", "additional")),
+    "llama": (("<unk>", "unk"), ("<s>", "bos"), ("</s>", "eos")),
+}
+FAMILIES = tuple(_FAMILIES)
+
+# T5 sentinels <extra_id_0> ... <extra_id_{n-1}> replace corrupted spans. As in T5's vocabulary they
+# take the LAST ids, in reverse: <extra_id_0> is the highest id, <extra_id_1> the one below, ...
+SENTINEL = "<extra_id_{}>"
+SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
+
+
+def family_special_tokens(family: str, n_sentinels: int = 100) -> SpecialTokens:
+    """The default special tokens of `family` (one of FAMILIES); t5 gets `n_sentinels` sentinels."""
+    if family not in _FAMILIES:
+        raise ConfigError(f'unknown tokenizer family "{family}"{did_you_mean(family, FAMILIES)}; '
+                          f"known: {', '.join(FAMILIES)}")
+    special = SpecialTokens()
+    for token, roles in _FAMILIES[family]:
+        for role in roles.split():
+            if role == "additional":
+                special.additional.append(token)
+            else:
+                setattr(special, role, token)
+    if family == "t5":
+        if n_sentinels < 0:
+            raise ConfigError(f"n_sentinels must be >= 0, got {n_sentinels}")
+        special.additional += [SENTINEL.format(i) for i in range(n_sentinels)]
+    return special
+
+
+def special_token_order(special_tokens: SpecialTokens, family: str | None = None) -> list[str]:
+    """The order in which training gives `special_tokens` their ids.
+
+    First the tokens of `family`'s reference order, then the others in `SpecialTokens.tokens()`
+    order, and T5 sentinels (`<extra_id_N>`) last with the highest N first (so <extra_id_0> gets
+    the highest id of the vocabulary, as in T5).
+    """
+    tokens = special_tokens.tokens()
+    reference = [token for token, _ in _FAMILIES.get(family or "", ())]
+    sentinels = sorted((t for t in tokens if SENTINEL_PATTERN.fullmatch(t)),
+                       key=lambda t: -int(SENTINEL_PATTERN.fullmatch(t).group(1)))
+    first = [t for t in reference if t in tokens]
+    rest = [t for t in tokens if t not in first and t not in sentinels]
+    return first + rest + sentinels
 
 
 class Tokenizer:
@@ -84,6 +141,13 @@ class Tokenizer:
             if token not in vocab:
                 raise ConfigError(f'special token "{token}" is not in the vocabulary'
                                   f"{did_you_mean(token, vocab)}; add it to the tokenizer or fix the config")
+        # Every special token, `additional` ones included, must be special to the backend too: then
+        # "<sop>" in a text stays one token and decode(skip_special_tokens=True) drops it. Ids of
+        # tokens already in the vocabulary do not change.
+        registered = {t.content for t in backend.get_added_tokens_decoder().values() if t.special}
+        missing = [t for t in self.special_tokens.tokens() if t not in registered]
+        if missing:
+            backend.add_special_tokens(missing)
 
     # ---- vocabulary -------------------------------------------------------------------------------
     @property
@@ -105,6 +169,25 @@ class Tokenizer:
             raise ConfigError(f'unknown special token role "{role}"{did_you_mean(role, ROLES)}')
         token = getattr(self.special_tokens, role)
         return None if token is None else self.backend.token_to_id(token)
+
+    def special_token_id(self, token: str) -> int:
+        """Id of a special token by its string, e.g. "[gMASK]" or "<sop>" (ConfigError when the
+        tokenizer has no such special token)."""
+        specials = self.special_tokens.tokens()
+        if token not in specials:
+            raise ConfigError(f'the tokenizer has no special token "{token}"{did_you_mean(token, specials)}; '
+                              "train it with that token (e.g. family=\"glm\") or add it to special_tokens")
+        return self.backend.token_to_id(token)
+
+    def sentinel_ids(self, n: int) -> list[int]:
+        """Ids of the T5 sentinels <extra_id_0> ... <extra_id_{n-1}> (descending, T5's order)."""
+        specials = set(self.special_tokens.tokens())
+        missing = [SENTINEL.format(i) for i in range(n) if SENTINEL.format(i) not in specials]
+        if missing:
+            raise ConfigError(f"the tokenizer has no special token {missing[0]} ({n} sentinels needed: "
+                              f"{SENTINEL.format(0)}..{SENTINEL.format(n - 1)}); train it with "
+                              f'family="t5" and n_sentinels >= {n}')
+        return [self.backend.token_to_id(SENTINEL.format(i)) for i in range(n)]
 
     @property
     def all_special_ids(self) -> list[int]:
@@ -169,38 +252,30 @@ class Tokenizer:
 
     # ---- training ---------------------------------------------------------------------------------
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int, special_tokens: SpecialTokens | None = None,
-                  min_frequency: int = 2) -> Tokenizer:
-        """Train a GPT-2-style byte-level BPE on `texts`.
+    def train(cls, texts: Iterable[str], kind: str | None = None, *, vocab_size: int,
+              special_tokens: SpecialTokens | None = None, family: str | None = None,
+              min_frequency: int = 2, lowercase: bool = True, n_sentinels: int = 100) -> Tokenizer:
+        """Train a new tokenizer of `kind` ("bpe", "wordpiece" or "unigram") on `texts`.
 
-        Default special tokens: eos="<|endoftext|>", pad="<|pad|>", no bos (GPT-2 convention).
-        Special tokens get the first ids (0, 1, ...), then the 256 byte symbols, then merges.
-        `encode(text, add_special_tokens=True)` appends eos (and prepends bos when one is set).
+        `vocab_size` counts every token, special ones included (an upper bound: a small corpus
+        may give fewer). `family` ("gpt2", "bert", "roberta", "bart", "t5", "glm", "llama") picks the
+        default special tokens when `special_tokens` is None, and the kind when `kind` is None
+        (bert/glm: wordpiece, t5: unigram, others: bpe); with neither, a GPT-2 byte-level BPE.
+        `lowercase` applies to wordpiece, `min_frequency` to bpe and wordpiece merges,
+        `n_sentinels` to the t5 family. Details in `plmkit.tokenizer_train.train_tokenizer`.
         """
-        special_tokens = special_tokens or dataclasses.replace(DEFAULT_BPE_SPECIAL_TOKENS)
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-        minimum = len(alphabet) + len(special_tokens.tokens())
-        if vocab_size < minimum:
-            raise ConfigError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs at least "
-                              f"{minimum} (256 bytes + {minimum - 256} special tokens)")
-        backend = BackendTokenizer(models.BPE(unk_token=special_tokens.unk))
-        # add_prefix_space=False: a leading space would be invented on encode and break round trips.
-        backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        backend.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=special_tokens.tokens(), initial_alphabet=alphabet,
-                                      show_progress=False)
-        return cls._train(backend, trainer, texts, special_tokens)
+        from plmkit.tokenizer_train import train_tokenizer
+
+        return train_tokenizer(texts, kind, vocab_size=vocab_size, special_tokens=special_tokens,
+                               family=family, min_frequency=min_frequency, lowercase=lowercase,
+                               n_sentinels=n_sentinels)
 
     @classmethod
-    def _train(cls, backend: BackendTokenizer, trainer: trainers.Trainer, texts: Iterable[str],
-               special_tokens: SpecialTokens) -> Tokenizer:
-        """Shared tail of every train_* method: train, then install the bos/eos template."""
-        backend.train_from_iterator(iter(texts), trainer=trainer)
-        post_processor = _bos_eos_template(backend, special_tokens)
-        if post_processor is not None:
-            backend.post_processor = post_processor
-        return cls(backend, special_tokens)
+    def train_bpe(cls, texts: Iterable[str], vocab_size: int, special_tokens: SpecialTokens | None = None,
+                  min_frequency: int = 2) -> Tokenizer:
+        """Shorthand for `train(texts, "bpe", ...)`: GPT-2-style byte-level BPE, exact round trips."""
+        return cls.train(texts, "bpe", vocab_size=vocab_size, special_tokens=special_tokens,
+                         min_frequency=min_frequency)
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -244,17 +319,3 @@ class Tokenizer:
         roles = {r: getattr(self.special_tokens, r) for r in ROLES if getattr(self.special_tokens, r)}
         return f"Tokenizer(vocab_size={self.vocab_size}, special_tokens={roles})"
 
-
-def _bos_eos_template(backend: BackendTokenizer,
-                      special_tokens: SpecialTokens) -> processors.TemplateProcessing | None:
-    """`[bos] $A [eos]` (pairs: `[bos] $A [eos] $B [eos]`) for causal-LM style tokenizers."""
-    bos, eos = special_tokens.bos, special_tokens.eos
-    if bos is None and eos is None:
-        return None
-    head = f"{bos} " if bos else ""
-    tail = f" {eos}" if eos else ""
-    tail_b = f" {eos}:1" if eos else ""
-    used = [t for t in (bos, eos) if t is not None]
-    return processors.TemplateProcessing(
-        single=f"{head}$A{tail}", pair=f"{head}$A{tail} $B:1{tail_b}",
-        special_tokens=[(t, backend.token_to_id(t)) for t in used])

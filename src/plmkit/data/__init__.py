@@ -1,0 +1,24 @@
+"""plmkit.data: text sources, the tokenized store, packing, sampling and the pre-training objectives."""
+
+from plmkit.data.mixture import MixtureSampler
+from plmkit.data.packing import DocumentDataset, PackedDataset
+from plmkit.data.pipeline import PretrainingData, build_pretraining_data
+from plmkit.data.sampler import ResumableSampler
+from plmkit.data.sources import Document, SkipReport, SourceSpec, iter_documents, resolve_files
+from plmkit.data.store import TokenStore, default_cache_dir
+
+__all__ = [
+    "Document",
+    "DocumentDataset",
+    "MixtureSampler",
+    "PackedDataset",
+    "PretrainingData",
+    "ResumableSampler",
+    "SkipReport",
+    "SourceSpec",
+    "TokenStore",
+    "build_pretraining_data",
+    "default_cache_dir",
+    "iter_documents",
+    "resolve_files",
+]

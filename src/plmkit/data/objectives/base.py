@@ -1,0 +1,89 @@
+"""What every pre-training objective shares: a collator with its own seeded random generator.
+
+An objective turns a list of token-id sequences into the batch dict its model family consumes
+(`model(**batch)`), with -100 marking labels that carry no loss. All randomness comes from
+`self.generator`, so a batch is reproducible from the seed and `state_dict()` lets a resumed run
+draw exactly the masks an uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from plmkit.errors import ConfigError, DataError
+
+Example = Sequence[int] | dict[str, Any]
+
+
+class Objective:
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""  # causal | masked | prefix | seq2seq: the model family that consumes it
+
+    def __init__(self, tokenizer: Any, seed: int = 0) -> None:
+        self.tokenizer = tokenizer
+        self.seed = seed
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # ---- resumability --------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    # ---- helpers shared by the objectives ------------------------------------------------------
+    @property
+    def pad_id(self) -> int:
+        pad = self.tokenizer.pad_id
+        if pad is None:
+            pad = self.tokenizer.eos_id
+        if pad is None:
+            raise ConfigError(f"objective {self.name!r} needs a tokenizer with a pad (or eos) token")
+        return pad
+
+    def special_ids(self) -> torch.Tensor:
+        """Ids that are never masked or corrupted (all special tokens of the tokenizer)."""
+        ids = {i for i in self.tokenizer.all_special_ids if i is not None}
+        return torch.tensor(sorted(ids), dtype=torch.long)
+
+    def required_id(self, role: str) -> int:
+        token_id = self.tokenizer.special_id(role)
+        if token_id is None:
+            raise ConfigError(
+                f"objective {self.name!r} needs a {role} token, but the tokenizer has none; "
+                f"train the tokenizer with the {role} special token"
+            )
+        return token_id
+
+    @staticmethod
+    def ids_of(example: Example) -> list[int]:
+        if isinstance(example, dict):
+            if "input_ids" not in example:
+                raise DataError(f"an example dict has no 'input_ids' (keys: {', '.join(map(str, example))})")
+            ids = example["input_ids"]
+        else:
+            ids = example
+        if len(ids) == 0:
+            raise DataError("an example with no tokens reached the collator; filter empty documents first")
+        return [int(i) for i in ids]
+
+    def uniform(self, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=self.generator)
+
+    def pad_right(self, sequences: Sequence[Sequence[int]], value: int) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        out = torch.full((len(sequences), width), value, dtype=torch.long)
+        for row, seq in enumerate(sequences):
+            out[row, : len(seq)] = torch.as_tensor(list(seq), dtype=torch.long)
+        return out
+
+    def attention_mask(self, sequences: Sequence[Sequence[int]]) -> torch.Tensor:
+        width = max(len(s) for s in sequences)
+        lengths = torch.tensor([len(s) for s in sequences])
+        return (torch.arange(width)[None, :] < lengths[:, None]).long()

@@ -1,0 +1,115 @@
+"""Training checkpoints: everything needed to continue a run exactly, written atomically.
+
+    RUN/checkpoints/step-00000500/
+        plmkit.json, model.safetensors, tokenizer.*   the model (a normal plmkit checkpoint)
+        training_state.pt     optimizer, scheduler, RNG states, sampler and objective positions
+        trainer_state.json    step, tokens seen, recipe (human-readable; written last)
+
+The folder is assembled under a temporary name and renamed into place, so a run killed while
+writing leaves at most a stale temporary folder, never a half checkpoint: `latest_checkpoint`
+only considers complete `step-*` folders, and the previous checkpoint stays valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from plmkit.errors import CheckpointError
+from plmkit.io import save as save_model
+
+STATE_FILE = "training_state.pt"
+TRAINER_FILE = "trainer_state.json"
+
+
+def rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    numpy_state = {
+        "name": name,
+        "keys": torch.from_numpy(keys.astype(np.int64)),
+        "pos": int(pos),
+        "has_gauss": int(has_gauss),
+        "cached": float(cached),
+    }  # plain values: loadable weights_only
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": numpy_state}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    n = state["numpy"]
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"])
+    )
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    state: dict[str, Any],
+    info: dict[str, Any],
+    keep_last: int,
+) -> Path:
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last`."""
+    folder = run_dir / "checkpoints"
+    final = folder / f"step-{step:08d}"
+    tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    save_model(model, tokenizer, tmp)  # creates tmp itself (atomically)
+    torch.save(state, tmp / STATE_FILE)
+    (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")
+    for path in tmp.iterdir():  # durable before the rename makes it visible
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [p for p in folder.glob("step-*") if p.is_dir() and (p / TRAINER_FILE).is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def load_training_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(training_state, trainer_info) of a checkpoint folder."""
+    try:
+        info = json.loads((checkpoint / TRAINER_FILE).read_text(encoding="utf-8"))
+        # weights_only: tensors, numbers, strings and containers only; nothing is executed
+        state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
+    except FileNotFoundError as e:
+        raise CheckpointError(
+            f"{checkpoint} is not a training checkpoint: {Path(e.filename).name} is missing"
+        ) from None
+    except Exception as e:
+        raise CheckpointError(
+            f"{checkpoint}: the training state cannot be read ({e}); resume from an earlier checkpoint"
+        ) from e
+    return state, info

@@ -1,0 +1,123 @@
+"""The recipe: one YAML file names everything a pre-training run needs (see recipes/*.yaml).
+
+    name: gpt-clm
+    model: {preset: gpt2-tiny, n_layer: 4}          # a preset and/or ModelConfig fields
+    tokenizer: {train: {kind: bpe, vocab_size: 8192}}  # or {path: runs/tok}
+    data: {sources: [{path: corpus.txt}], block_size: 256}
+    objective: {name: clm}
+    optim: {lr: 6.0e-4, weight_decay: 0.1}
+    schedule: {kind: cosine, warmup_steps: 100}
+    train: {steps: 2000, batch_size: 16, accumulation: 1, precision: bf16}
+
+Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class SourceConfig:
+    path: str
+    weight: float = 1.0  # mixture weight (GPT-3 style quality weighting)
+    text_field: str = "text"  # JSON/CSV/Parquet column holding the text
+    on_error: str = "raise"  # raise | skip (skips are counted and reported)
+
+
+@dataclass
+class TokenizerConfig:
+    path: str | None = None  # an existing tokenizer (or checkpoint) folder
+    kind: str = "bpe"  # when training: bpe | wordpiece | unigram
+    vocab_size: int = 8192
+    family: str | None = None  # special tokens of a family (bert, t5, glm, ...)
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    validation: list[SourceConfig] = field(default_factory=list)  # empty: hold out validation_fraction
+    validation_fraction: float = 0.05  # of the documents, when no validation sources are given
+    block_size: int = 256
+    cache_dir: str | None = None  # tokenized-store cache; default .cache/plmkit in the working directory
+
+
+@dataclass
+class ObjectiveConfig:
+    name: str = "clm"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 3e-4
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    eps: float = 1e-8
+    decay_embeddings: bool = False  # embeddings decay like matrices only when True
+    fused: bool | None = None  # None: fused AdamW where the device supports it
+
+
+@dataclass
+class ScheduleConfig:
+    kind: str = "cosine"  # linear | cosine | constant | wsd (warmup-stable-decay)
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.1  # cosine/linear/wsd end at lr * min_lr_ratio
+    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 16  # sequences per micro-batch
+    accumulation: int = 1  # micro-batches per optimizer step
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
+    clip_grad: float | None = 1.0
+    compile: bool = False  # torch.compile the model
+    gradient_checkpointing: bool = False
+    max_bad_steps: int = 10  # abort after this many non-finite losses in a row
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: int | None = None  # torch.set_num_threads on CPU
+
+
+@dataclass
+class EvalConfig:
+    every: int = 200  # optimizer steps between evaluations (0: only before and after)
+    batches: int = 50  # at most this many validation batches per evaluation
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # optimizer steps between checkpoints (the final one is always written)
+    keep_last: int = 2
+
+
+@dataclass
+class LogConfig:
+    every: int = 10  # steps between progress lines and metric rows
+    tensorboard: bool = True  # when the tensorboard package is installed
+    plot: bool = True  # loss-curve PNG at the end (when matplotlib is installed)
+
+
+@dataclass
+class RecipeConfig:
+    name: str = "run"
+    out_dir: str = "runs/{name}"
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=dict)  # preset + ModelConfig fields
+    init_from: str | None = None  # continual pre-training: a plmkit or Hugging Face checkpoint
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    resume: bool | str = False  # true: the latest checkpoint in out_dir; a path: that checkpoint
+
+    @property
+    def run_dir(self) -> str:
+        return self.out_dir.format(name=self.name)

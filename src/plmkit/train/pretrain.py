@@ -1,0 +1,198 @@
+"""The pre-training recipe: `plm pretrain RECIPE.yaml [key=value ...]`.
+
+Read it top to bottom. Setup builds the tokenizer, model, objective, data, optimizer and schedule
+from the recipe (setup.py); the loop is plain PyTorch:
+
+    for each step:  micro-batches -> forward -> loss (weighted by target tokens) -> backward
+                    -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plmkit.config import to_dict
+from plmkit.errors import PlmkitError
+from plmkit.train.checkpoint import latest_checkpoint, list_checkpoints, rng_state, save_checkpoint
+from plmkit.train.config import RecipeConfig
+from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
+from plmkit.train.setup import Run, build_run, restore_run
+
+
+class TrainingError(PlmkitError):
+    """Training cannot continue (e.g. the loss stayed non-finite)."""
+
+
+@dataclass
+class Progress:
+    step: int = 0  # optimizer steps done
+    tokens: int = 0  # input tokens consumed
+    bad_steps: int = 0  # non-finite losses in a row
+    skipped_steps: int = 0  # non-finite losses in total
+    history: list[float] = field(default_factory=list)
+
+
+def count_targets(model: torch.nn.Module, labels: torch.Tensor | None) -> int:
+    """Target tokens the model's loss averages over (CausalLM shifts its labels by one)."""
+    if labels is None:
+        return 1
+    if getattr(model, "shift_labels", False):
+        labels = labels[:, 1:]
+    return int((labels != -100).sum())
+
+
+def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+    """One optimizer step over the micro-batches; returns the mean loss per target token (nan if skipped).
+
+    Each micro-batch's mean loss is weighted by its share of the step's target tokens, so
+    accumulating k micro-batches gives exactly the gradient of one big batch."""
+    model, precision = run.model, run.precision
+    counts = [count_targets(model, batch.get("labels")) for batch in micro_batches]
+    total = max(sum(counts), 1)
+    step_loss = 0.0
+    finite = True
+    for batch, count in zip(micro_batches, counts):
+        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+        with precision.autocast():
+            loss = model(**batch).loss * (count / total)
+        if not torch.isfinite(loss):
+            finite = False
+            break
+        precision.scaler.scale(loss).backward()
+        step_loss += loss.item()
+    if finite:
+        precision.scaler.unscale_(run.optimizer)
+        if run.config.train.clip_grad:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.train.clip_grad)
+        precision.scaler.step(run.optimizer)
+        precision.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    return step_loss if finite else math.nan
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> dict[str, float]:
+    """Validation loss and perplexity, streamed batch by batch (no logits are kept)."""
+    if run.val_batches is None:
+        return {}
+    model = run.model
+    was_training = model.training
+    model.eval()
+    run.eval_objective.generator.manual_seed(run.config.seed + 1)  # same masks at every evaluation
+    loss_sum, count = 0.0, 0
+    for blocks in run.val_batches(run.config.eval.batches):
+        batch = {k: v.to(run.device) for k, v in run.eval_objective(blocks).items()}
+        n = count_targets(model, batch.get("labels"))
+        with run.precision.autocast():
+            loss = model(**batch).loss
+        loss_sum += loss.float().item() * n
+        count += n
+    model.train(was_training)
+    if count == 0:
+        return {}
+    mean = loss_sum / count
+    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+
+
+def checkpoint(run: Run, progress: Progress) -> Path:
+    state = {
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.precision.scaler.state_dict(),
+        "rng": rng_state(),
+        "data": run.train_data.state_dict(),
+        "objective": run.objective.state_dict(),
+    }
+    info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
+    return save_checkpoint(
+        run.run_dir, progress.step, run.model, run.tokenizer, state, info, run.config.checkpoint.keep_last
+    )
+
+
+def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
+    """Run (or resume) the recipe; returns the final metrics."""
+    run = build_run(config)
+    progress = Progress()
+    if config.resume:
+        resume_from = latest_checkpoint(run.run_dir) if config.resume is True else Path(str(config.resume))
+        if resume_from is not None:
+            progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from)
+    logger = RunLogger(run.run_dir, config.train.steps, tensorboard=config.log.tensorboard, stream=stream)
+    _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
+    logger.print(run.describe())
+    if progress.step:
+        logger.print(f"resumed from step {progress.step} ({list_checkpoints(run.run_dir)[-1]})")
+
+    first = evaluate(run) if progress.step == 0 else {}
+    if first:
+        logger.log(0, first)
+    run.model.train()
+    logger.begin(progress.step)
+    last_log = time.time()
+    tokens_at_log = progress.tokens
+    while progress.step < config.train.steps:
+        micro_batches = [run.objective(run.train_data.next_batch()) for _ in range(config.train.accumulation)]
+        progress.tokens += sum(int(b["input_ids"].numel()) for b in micro_batches)
+        loss = train_step(run, micro_batches)
+        progress.step += 1
+        if math.isnan(loss):
+            progress.bad_steps += 1
+            progress.skipped_steps += 1
+            if progress.bad_steps >= config.train.max_bad_steps:
+                raise TrainingError(
+                    f"the loss was not finite for {progress.bad_steps} steps in a row (step {progress.step}); "
+                    "lower optim.lr, use train.precision=fp32 or check the data"
+                )
+        else:
+            progress.bad_steps = 0
+            progress.history.append(loss)
+        metrics: dict[str, Any] = {}
+        if progress.step % config.log.every == 0 or progress.step == config.train.steps:
+            now = time.time()
+            metrics = {
+                "loss": loss,
+                "lr": run.scheduler.get_last_lr()[0],
+                "tokens": progress.tokens,
+                "tokens_per_s": (progress.tokens - tokens_at_log) / max(now - last_log, 1e-9),
+                "skipped_steps": progress.skipped_steps,
+            }
+            last_log, tokens_at_log = now, progress.tokens
+        if (
+            config.eval.every
+            and progress.step % config.eval.every == 0
+            and progress.step < config.train.steps
+        ):
+            metrics.update(evaluate(run))
+        if metrics:
+            logger.log(progress.step, metrics)
+        if config.checkpoint.every and progress.step % config.checkpoint.every == 0:
+            checkpoint(run, progress)
+
+    final = evaluate(run)
+    if final:
+        logger.log(progress.step, final)
+    path = checkpoint(run, progress)
+    logger.close()
+    plot = plot_loss_curve(run.run_dir) if config.log.plot else None
+    result = {"step": progress.step, "tokens": progress.tokens, "checkpoint": str(path), **final}
+    if first:
+        result["initial_val_loss"], result["initial_val_ppl"] = first["val_loss"], first["val_ppl"]
+    if plot:
+        result["loss_curve"] = str(plot)
+    return result
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop their old rows."""
+    rows = [r for r in read_metrics(path) if r["step"] <= step] if step else []
+    if path.exists() or rows:
+        import json
+
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

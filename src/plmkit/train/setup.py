@@ -1,0 +1,222 @@
+"""Recipe setup: turn a RecipeConfig into the parts the loop uses (a `Run`), and restore a checkpoint.
+
+Small builder functions, one per part, so a reader can see where each piece comes from:
+tokenizer -> model -> objective -> data -> optimizer / schedule -> precision.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from plmkit.data.objectives import build_objective, objective_class
+from plmkit.data.objectives.base import Objective
+from plmkit.errors import CheckpointError, ConfigError, DataError
+from plmkit.model import ModelConfig, build_model, get_preset
+from plmkit.train.checkpoint import load_training_state, set_rng_state
+from plmkit.train.config import RecipeConfig
+from plmkit.train.data import TrainData, build_train_data, iter_source_texts
+from plmkit.train.optim import build_optimizer, build_scheduler
+from plmkit.train.precision import Precision, resolve_device, resolve_precision
+
+
+@dataclass
+class Run:
+    config: RecipeConfig
+    run_dir: Path
+    device: torch.device
+    precision: Precision
+    tokenizer: Any
+    model: torch.nn.Module
+    objective: Objective
+    eval_objective: Objective
+    train_data: TrainData
+    val_batches: Callable[[int], Iterator[list[torch.Tensor]]] | None
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def describe(self) -> str:
+        c = self.config
+        n_params = sum(p.numel() for p in self.model.parameters())
+        mc = getattr(self.model, "config", None)
+        arch = (
+            f"{type(self.model).__name__} ({mc.family}, {mc.n_layer}x{mc.d_model})"
+            if mc
+            else type(self.model).__name__
+        )
+        return (
+            f"run {c.name} -> {self.run_dir}\n"
+            f"model: {arch}, {n_params:,} parameters; tokenizer: {self.tokenizer.vocab_size:,} tokens\n"
+            f"objective: {c.objective.name}; data: {self.train_data.describe()}\n"
+            f"train: {c.train.steps} steps x {c.train.accumulation} x {c.train.batch_size} x {c.data.block_size} "
+            f"tokens on {self.device} in {self.precision.name}; optim lr {c.optim.lr} ({c.schedule.kind} schedule)"
+        )
+
+
+# ---- tokenizer -------------------------------------------------------------------------------------
+def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
+    """An existing tokenizer (recipe path, the init checkpoint's, or this run's), else one trained now."""
+    from plmkit.tokenizer import Tokenizer
+
+    own = run_dir / "tokenizer"
+    path = config.tokenizer.path or config.init_from
+    if path:
+        return _load_tokenizer(Path(path))
+    if (own / "tokenizer.json").is_file():  # trained by an earlier start of this run
+        return Tokenizer.load(own)
+    if not config.data.sources:
+        raise ConfigError(
+            "the recipe has no data.sources to train a tokenizer on; add data.sources or tokenizer.path"
+        )
+    t = config.tokenizer
+    tokenizer = Tokenizer.train(
+        iter_source_texts(config.data.sources), kind=t.kind, vocab_size=t.vocab_size, family=t.family
+    )
+    tokenizer.save(own)
+    return tokenizer
+
+
+def _load_tokenizer(path: Path) -> Any:
+    from plmkit.tokenizer import Tokenizer
+    from plmkit.tokenizer_hf import load_hf_tokenizer
+
+    if not path.exists():
+        raise DataError(f"tokenizer path {path} does not exist")
+    if (path / "tokenizer_config.json").is_file():
+        try:
+            return Tokenizer.load(path)
+        except DataError:
+            pass  # a Hugging Face folder: its tokenizer_config.json is not ours
+    return load_hf_tokenizer(path)
+
+
+# ---- model -----------------------------------------------------------------------------------------
+def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
+    fields = dict(config.model)
+    preset = fields.pop("preset", None)
+    base = get_preset(preset) if preset else ModelConfig()
+    vocab = fields.get("vocab_size", tokenizer.vocab_size)
+    if vocab != tokenizer.vocab_size:
+        raise ConfigError(
+            f"model.vocab_size={vocab} but the tokenizer has {tokenizer.vocab_size:,} tokens; "
+            "remove model.vocab_size (it defaults to the tokenizer's) or use a matching tokenizer"
+        )
+    fields["vocab_size"] = vocab
+    for role in ("pad", "bos", "eos"):
+        fields.setdefault(f"{role}_token_id", getattr(tokenizer, f"{role}_id"))
+    if base.family == "seq2seq" or fields.get("family") == "seq2seq":
+        fields.setdefault(
+            "decoder_start_token_id", tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.bos_id
+        )
+    fields.setdefault("max_positions", max(base.max_positions, config.data.block_size + 8))
+    return base.replace(**fields)
+
+
+def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
+    if config.init_from:  # continual pre-training: a plmkit or Hugging Face checkpoint
+        from plmkit.io import load
+
+        model, _ = load(config.init_from)
+        if model.config.vocab_size != tokenizer.vocab_size:
+            raise ConfigError(
+                f"init_from {config.init_from} has vocab_size {model.config.vocab_size} but the tokenizer has "
+                f"{tokenizer.vocab_size}; use the checkpoint's own tokenizer (leave tokenizer.path empty)"
+            )
+        return model
+    if config.objective.name == "electra":
+        from plmkit.data.objectives.electra import build_electra
+
+        return build_electra(
+            build_model_config(config, tokenizer), **config.objective.options.get("model", {})
+        )
+    return build_model(build_model_config(config, tokenizer))
+
+
+def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
+    wanted = objective_class(config.objective.name).family
+    family = getattr(getattr(model, "config", None), "family", None)
+    if wanted and family and wanted != family:
+        raise ConfigError(
+            f"objective {config.objective.name!r} trains {wanted} models but model.family={family!r}; "
+            f"set model.family={wanted} or choose another objective"
+        )
+
+
+# ---- the run ---------------------------------------------------------------------------------------
+def build_run(config: RecipeConfig) -> Run:
+    torch.manual_seed(config.seed)
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
+    run_dir = Path(config.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.json").write_text(json.dumps(_plain(config), indent=2) + "\n", encoding="utf-8")
+    device = resolve_device(config.train.device)
+    precision = Precision(resolve_precision(config.train.precision, device), device)
+
+    tokenizer = build_tokenizer(config, run_dir)
+    model = build_recipe_model(config, tokenizer)
+    check_family(config, model)
+    model.to(device)
+    if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):
+        model.set_gradient_checkpointing(True)
+    options = {k: v for k, v in config.objective.options.items() if k != "model"}
+    objective = build_objective(config.objective.name, tokenizer, seed=config.seed, **options)
+    eval_objective = build_objective(config.objective.name, tokenizer, seed=config.seed + 1, **options)
+    train_data, val_batches = build_train_data(config, tokenizer)
+    optimizer = build_optimizer(model, config.optim, device)
+    scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
+    if config.train.compile:
+        model = torch.compile(model)
+    return Run(
+        config,
+        run_dir,
+        device,
+        precision,
+        tokenizer,
+        model,
+        objective,
+        eval_objective,
+        train_data,
+        val_batches,
+        optimizer,
+        scheduler,
+    )
+
+
+def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
+    """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
+    from plmkit.io import load_weights_into, read_header
+
+    if not checkpoint.is_dir():
+        raise CheckpointError(f"resume checkpoint {checkpoint} does not exist")
+    header = read_header(checkpoint / "plmkit.json")
+    model = getattr(run.model, "_orig_mod", run.model)
+    ours = model.config.to_dict() if hasattr(model, "config") else {}
+    theirs = header.get("model", {})
+    differing = [k for k in ours if k != "extra" and theirs.get(k) != ours[k]]
+    if header.get("model_class") != type(model).__name__ or differing:
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it holds a {header.get('model_class')} with a different architecture "
+            f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differing[:3]) or 'another class'}); "
+            "resume with the recipe that wrote it, or start a new run (out_dir)"
+        )
+    load_weights_into(model, checkpoint / "model.safetensors")
+    state, info = load_training_state(checkpoint)
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    run.precision.scaler.load_state_dict(state["scaler"])
+    run.train_data.load_state_dict(state["data"])
+    run.objective.load_state_dict(state["objective"])
+    set_rng_state(state["rng"])
+    return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))
+
+
+def _plain(config: RecipeConfig) -> dict:
+    from plmkit.config import to_dict
+
+    return to_dict(config)

@@ -1,6 +1,6 @@
 """Tokenization throughput: plmkit's TokenStore.build vs transformers' fast tokenizer, same run.
 
-    python benchmarks/bench_tokenize.py [--copies 3] [--repeats 3] [--vocab-size 16000]
+    python benchmarks/bench_tokenize.py [--copies 3] [--repeats 5] [--vocab-size 16000]
 
 The corpus is WikiText-2 (wiki.test.raw, tokens.valid.txt, tokens.test.txt) plus the CLUECorpusSmall
 sample from ../shared/data, one document per non-blank line, written `--copies` times into one file.
@@ -33,19 +33,23 @@ FILES = ["wikitext2/wiki.test.raw", "wikitext2/tokens.valid.txt", "wikitext2/tok
          "cluecorpussmall_sample/cluecorpussmall_sampled.txt"]
 
 
-def median_time(fn, repeats: int):
-    times, out = [], None
+def interleaved_medians(fns: list, repeats: int) -> tuple[list[float], list]:
+    """Median seconds of each function, run in turns (A, B, A, B, ...) so that a change in machine
+    load during the run affects every side alike."""
+    times: list[list[float]] = [[] for _ in fns]
+    outs: list = [None] * len(fns)
     for _ in range(repeats):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), out
+        for k, fn in enumerate(fns):
+            start = time.perf_counter()
+            outs[k] = fn()
+            times[k].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times], outs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=3, help="times the corpus is repeated")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--vocab-size", type=int, default=16000)
     parser.add_argument("--batch", type=int, default=1000, help="documents per transformers call")
     args = parser.parse_args()
@@ -93,9 +97,8 @@ def main() -> None:
 
         plmkit_build()  # warm-up both sides (file cache, thread pools)
         transformers_encode()
-        ours_s, store = median_time(plmkit_build, args.repeats)
-        cached_s, _ = median_time(plmkit_cached, args.repeats)
-        theirs_s, (hf_tokens, hf_docs) = median_time(transformers_encode, args.repeats)
+        (ours_s, cached_s, theirs_s), (store, _, (hf_tokens, hf_docs)) = interleaved_medians(
+            [plmkit_build, plmkit_cached, transformers_encode], args.repeats)
         tokens = store.num_tokens - store.num_documents  # without the eos plmkit appends
         if (tokens, store.num_documents) != (hf_tokens, hf_docs):
             raise SystemExit(f"mismatch: plmkit {tokens} tokens / {store.num_documents} documents, "

@@ -109,7 +109,7 @@ def test_csv_quoted_fields_may_span_lines_and_tsv_keeps_quotes(tmp_path):
 
 
 def test_json_locations_name_the_record(tmp_path):
-    path = write(tmp_path / "a.json", json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
+    path = write(tmp_path / "a.json", "\ufeff" + json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
     assert [d.where for d in iter_documents(SourceSpec(str(path)))] == [f"{path}: data[0]", f"{path}: data[1]"]
 
 

@@ -46,9 +46,10 @@ def register_model_class(cls: type) -> type:
 def model_classes() -> dict[str, type]:
     """Name -> class of every model `load` can rebuild from `plmkit.json`."""
     # Imported here, not at module top, so that plmkit.io stays importable while plmkit.model imports it.
+    from plmkit.data.objectives.electra import ElectraPretrainer  # a model-level objective
     from plmkit.model import MODEL_CLASSES  # the four families and the task heads
 
-    return {**MODEL_CLASSES, **_EXTRA_MODEL_CLASSES}
+    return {**MODEL_CLASSES, "ElectraPretrainer": ElectraPretrainer, **_EXTRA_MODEL_CLASSES}
 
 
 def init_kwargs(model: torch.nn.Module) -> dict[str, Any]:
@@ -250,8 +251,9 @@ def build_from_header(path: Path) -> torch.nn.Module:
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{path}: invalid model config: {e}") from e
     kwargs = header.get("model_kwargs", {})
+    cls = classes[name]
     try:
-        return classes[name](config, **kwargs)
+        return getattr(cls, "from_config", cls)(config, **kwargs)
     except TypeError as e:
         raise CheckpointError(f"{path}: cannot build {name} with model_kwargs {kwargs}: {e}") from e
 

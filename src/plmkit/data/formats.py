@@ -163,7 +163,7 @@ def _read_json(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Call
         data = stream.read()
         progress(tell())
     try:
-        content = json.loads(data.decode("utf-8"))
+        content = json.loads(data.decode("utf-8-sig"))  # -sig: a leading BOM is not JSON
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         policy.bad("invalid UTF-8", f"{path}:{line}", "invalid UTF-8", "convert the file to UTF-8")

@@ -110,6 +110,8 @@ def checkpoint(run: Run, progress: Progress) -> Path:
         "data": run.train_data.state_dict(),
         "objective": run.objective.state_dict(),
     }
+    if hasattr(run.model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
+        state["model_rng"] = run.model.rng_state_dict()
     info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
     return save_checkpoint(
         run.run_dir, progress.step, run.model, run.tokenizer, state, info, run.config.checkpoint.keep_last

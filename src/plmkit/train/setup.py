@@ -109,10 +109,10 @@ def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
     fields["vocab_size"] = vocab
     for role in ("pad", "bos", "eos"):
         fields.setdefault(f"{role}_token_id", getattr(tokenizer, f"{role}_id"))
-    if base.family == "seq2seq" or fields.get("family") == "seq2seq":
-        fields.setdefault(
-            "decoder_start_token_id", tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.bos_id
-        )
+    if fields.get("family", base.family) == "seq2seq":
+        # BART starts decoding from </s> (its labels begin with <s>); T5, which has no bos, from <pad>
+        start = tokenizer.eos_id if tokenizer.bos_id is not None else tokenizer.pad_id
+        fields.setdefault("decoder_start_token_id", start)
     fields.setdefault("max_positions", max(base.max_positions, config.data.block_size + 8))
     return base.replace(**fields)
 
@@ -213,6 +213,8 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
     run.train_data.load_state_dict(state["data"])
     run.objective.load_state_dict(state["objective"])
     set_rng_state(state["rng"])
+    if "model_rng" in state:
+        model.load_rng_state_dict(state["model_rng"])
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))
 
 

@@ -71,6 +71,8 @@ class Objective:
             ids = example
         if len(ids) == 0:
             raise DataError("an example with no tokens reached the collator; filter empty documents first")
+        if hasattr(ids, "tolist"):  # tensors and numpy arrays: one C call instead of a Python loop
+            return ids.tolist()
         return [int(i) for i in ids]
 
     def uniform(self, *shape: int) -> torch.Tensor:

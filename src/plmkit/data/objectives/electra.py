@@ -109,7 +109,26 @@ class ElectraPretrainer(nn.Module):
         self.temperature = temperature
         self.seed = seed
         self.sampling_generator = sampling_generator  # created lazily on the model's device
+        self.config = discriminator.config  # what checkpoints record (plmkit.io, resume checks)
         self.tie_embeddings()
+
+    @classmethod
+    def from_config(cls, config: ModelConfig, **kwargs) -> ElectraPretrainer:
+        """Rebuild from a checkpoint's config and init_kwargs (see plmkit.io)."""
+        return build_electra(config, **kwargs)
+
+    def init_kwargs(self) -> dict:
+        g = self.generator.config
+        return {"generator_layers": g.n_layer, "generator_heads": g.n_head, "generator_d_ff": g.d_ff,
+                "disc_weight": self.disc_weight, "temperature": self.temperature, "seed": self.seed}
+
+    def rng_state_dict(self) -> dict:
+        """The replacement sampler's state, so a resumed run draws the same replacements."""
+        return {"sampling": None if self.sampling_generator is None else self.sampling_generator.get_state()}
+
+    def load_rng_state_dict(self, state: dict) -> None:
+        if state.get("sampling") is not None:
+            self._rng(next(self.parameters()).device).set_state(state["sampling"])
 
     def tie_embeddings(self) -> None:
         """Generator and discriminator share token, position and segment embeddings (same Parameters);

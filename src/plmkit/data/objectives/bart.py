@@ -74,12 +74,7 @@ class BartDenoisingObjective(Objective):
     # ---- the noising functions, each on a list of ids ------------------------------------------
     def body(self, ids: list[int]) -> list[int]:
         """The document without a leading bos/cls and a trailing eos/sep (they are re-added once)."""
-        start, end = 0, len(ids)
-        if end - start > 1 and ids[start] in self._leading:
-            start += 1
-        if end - start > 1 and ids[end - 1] in self._trailing:
-            end -= 1
-        return ids[start:end]
+        return self.strip_ends(ids, self._leading, self._trailing)
 
     def permute(self, ids: list[int]) -> list[int]:
         """Shuffle the sentences (each ends at a sentence-end token; the last may have none)."""

@@ -75,6 +75,16 @@ class Objective:
             return ids.tolist()
         return [int(i) for i in ids]
 
+    @staticmethod
+    def strip_ends(ids: list[int], leading: set[int], trailing: set[int]) -> list[int]:
+        """ids without one leading bos/cls and one trailing eos/sep (objectives re-add them once)."""
+        start, end = 0, len(ids)
+        if end - start > 1 and ids[start] in leading:
+            start += 1
+        if end - start > 1 and ids[end - 1] in trailing:
+            end -= 1
+        return ids[start:end]
+
     def uniform(self, *shape: int) -> torch.Tensor:
         return torch.rand(*shape, generator=self.generator)
 

@@ -23,7 +23,7 @@ width. After pre-training, `pretrainer.discriminator` is the model to fine-tune 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F

@@ -71,12 +71,7 @@ class GLMObjective(Objective):
         return token_id
 
     def text(self, ids: list[int]) -> list[int]:
-        start, end = 0, len(ids)
-        if end - start > 1 and ids[start] in self._leading:
-            start += 1
-        if end - start > 1 and ids[end - 1] in self._trailing:
-            end -= 1
-        return ids[start:end]
+        return self.strip_ends(ids, self._leading, self._trailing)
 
     # ---- sampling ---------------------------------------------------------------------------------
     def sample_spans(self, ids: list[int]) -> list[Span]:

@@ -172,6 +172,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
              "transformers": Trainer(reference, precision, compiled, args.lr)}
     losses: dict[str, list[float]] = {name: [] for name in sides}
     times: dict[str, list[float]] = {name: [] for name in sides}
+    shares: dict[str, list[float]] = {name: [] for name in sides}  # CPU time / (wall x threads)
     first_step_s: dict[str, float] = {}
     errors: dict[str, str] = {}
     graphs: dict[str, dict] = {}
@@ -184,7 +185,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                 from torch._dynamo.utils import counters
 
                 counters.clear()
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             try:
                 loss = trainer.step(batch)
             except Exception as e:  # noqa: BLE001 - a compile failure is a result to report
@@ -193,6 +194,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                 errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
                 continue
             elapsed = time.perf_counter() - start
+            cpu_share = (time.process_time() - cpu_start) / (elapsed * torch.get_num_threads())
             losses[name].append(loss)
             if i == 0:
                 first_step_s[name] = elapsed
@@ -200,6 +202,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                     graphs[name] = graph_stats()
             if i >= args.warmup:
                 times[name].append(elapsed)
+                shares[name].append(cpu_share)
 
     tokens = args.batch * args.seq
     flops_6n = 6 * n_ours
@@ -218,6 +221,9 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
         rate = tokens / step_s
         result[f"{name}_tokens_per_s"] = round(rate, 1)
         result[f"{name}_ms_per_step"] = round(1000 * step_s, 1)
+        result[f"{name}_ms_min"] = round(1000 * min(times[name]), 1)
+        result[f"{name}_ms_steps"] = [round(1000 * t) for t in times[name]]
+        result[f"{name}_cpu_share"] = round(statistics.median(shares[name]), 2)
         result[f"{name}_mfu"] = round(flops_6n * rate / (peak * 1e9), 3)
         result[f"{name}_mfu_attn"] = round(flops_attn * rate / (peak * 1e9), 3)
         if compiled:
@@ -225,6 +231,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
             result[f"{name}_graphs"] = graphs.get(name)
     if not errors:
         result["speedup"] = round(result["plmkit_tokens_per_s"] / result["transformers_tokens_per_s"], 3)
+        result["speedup_min"] = round(result["transformers_ms_min"] / result["plmkit_ms_min"], 3)
         result["step1_loss_plmkit"] = round(losses["plmkit"][0], 6)
         result["step1_loss_transformers"] = round(losses["transformers"][0], 6)
         result["step1_loss_abs_diff"] = float(f"{abs(losses['plmkit'][0] - losses['transformers'][0]):.2e}")
@@ -290,7 +297,7 @@ def main() -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--no-compile", action="store_true", help="eager only (compiling takes minutes on 2 cores)")
     parser.add_argument("--compile-only", action="store_true", help="compiled cases only")
-    parser.add_argument("--steps", type=int, default=5, help="timed steps per side and case")
+    parser.add_argument("--steps", type=int, default=6, help="timed steps per side and case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (the compile happens here)")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--layers", type=int, default=6)

@@ -79,7 +79,6 @@ def tiny_overrides(recipe: Path, corpus: Path, tmp_path: Path, steps: int = 3, v
         "model.d_model=32",
         "model.n_head=2",
         "model.d_ff=64",
-        "model.head_dim=16",
         f"tokenizer.vocab_size={vocab}",
         f"data.sources=[{{path: {json.dumps(str(corpus))}}}]",
         "data.validation=[]",
@@ -88,7 +87,7 @@ def tiny_overrides(recipe: Path, corpus: Path, tmp_path: Path, steps: int = 3, v
         f"data.cache_dir={tmp_path / 'cache'}",
         f"out_dir={tmp_path / 'runs' / '{name}'}",
         f"train.steps={steps}",
-        "train.batch_size=4",
+        "train.batch_size=8",
         "train.accumulation=1",
         "schedule.warmup_steps=0",
         "eval.every=0",
@@ -97,6 +96,8 @@ def tiny_overrides(recipe: Path, corpus: Path, tmp_path: Path, steps: int = 3, v
         "log.every=1",
         *COMMON,
     ]
+    if "head_dim" in model:  # T5 decouples head_dim from d_model / n_head
+        out.append("model.head_dim=16")
     if "n_kv_head" in model:
         out.append("model.n_kv_head=1")
     if "n_decoder_layer" in model:

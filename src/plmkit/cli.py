@@ -277,6 +277,38 @@ def _run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- merge-lora
+
+
+def _add_merge_lora(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights",
+                       description="Load the base checkpoint, apply the LoRA adapter saved by "
+                                   "plmkit.peft.save_adapter, merge it into the weights (W += s·BA) and "
+                                   "write a plain plmkit checkpoint that needs no PEFT code to run.")
+    p.add_argument("--base", required=True, metavar="CKPT",
+                   help="base model: plmkit checkpoint or Hugging Face model folder")
+    p.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (adapter_config.json)")
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    p.set_defaults(run=_run_merge_lora)
+
+
+def _run_merge_lora(args: argparse.Namespace) -> int:
+    from plmkit.io import load, save
+    from plmkit.peft import load_adapter, merge
+    from plmkit.peft.io import read_adapter_config
+
+    method = read_adapter_config(args.adapter)["method"]  # CheckpointError when DIR is not an adapter
+    if method != "lora":
+        raise ConfigError(f"{args.adapter} holds a {method} adapter; only LoRA adapters can be merged "
+                          "into the base weights")
+    model, tokenizer = load(args.base)
+    model = merge(load_adapter(model, args.adapter), unload=True)
+    save(model, tokenizer, args.out)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"merged {args.adapter} into {args.base} -> {args.out} ({type(model).__name__}, {n_params:,} parameters)")
+    return 0
+
+
 # --------------------------------------------------------------------------- main
 
 SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
@@ -287,6 +319,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_tokenizer,
     _add_pretrain,
     _add_eval,
+    _add_merge_lora,
 )
 
 

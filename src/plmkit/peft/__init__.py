@@ -1,0 +1,137 @@
+"""plmkit.peft: parameter-efficient tuning — LoRA, bottleneck adapters, BitFit, prompt tuning.
+
+    model = plmkit.peft.apply(model, method="lora", r=8, target="attn.qkv")   # base frozen
+    print(plmkit.peft.trainable_report(model))      # gpt2-small: trainable: 294,912 / total: 124,734,720 (0.2364%)
+    ... train as usual (only requires_grad parameters change) ...
+    plmkit.peft.save_adapter(model, "out/adapter")  # a small folder; the base stays where it is
+    model = plmkit.peft.load_adapter(base, "out/adapter")
+    plmkit.peft.merge(model)                        # LoRA folded into the weights; unmerge() undoes it
+    plmkit.peft.export_peft(model, "out/peft", base_directory="out/hf")   # for transformers + peft
+
+Methods and their options (all JSON values; `train_head` for every method: also train a task head
+such as SequenceClassifier's classifier in full; default True for task models, False otherwise):
+  lora     r=8, alpha=2r, dropout=0.0, target="attn.qkv", rslora=False            (lora.py)
+  adapter  kind="houlsby"|"pfeiffer", size=d_model//reduction, reduction=16, activation="gelu"  (adapter.py)
+  bitfit   (biases only)                                                            (bitfit.py)
+  prompt   n_tokens=20, init_text=None (+ tokenizer=...), init_ids=None             (prompt.py)
+LoRA, adapters and BitFit change the model in place; prompt tuning returns a wrapper: always use the
+returned model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from torch import nn
+
+from plmkit.errors import ConfigError, did_you_mean
+from plmkit.peft import lora as _lora
+from plmkit.peft.adapter import AdapterLinear, AdapterOptions, apply_adapters
+from plmkit.peft.base import (
+    PeftConfig,
+    default_train_head,
+    get_config,
+    mark_only_peft_trainable,
+    peft_parameter_names,
+    require_config,
+    trainable_report,
+)
+from plmkit.peft.bitfit import check_bitfit
+from plmkit.peft.export import export_peft
+from plmkit.peft.io import load_adapter, save_adapter
+from plmkit.peft.lora import LoRALinear, LoraOptions
+from plmkit.peft.prompt import PromptTunedModel, apply_prompt
+
+METHODS = ("lora", "adapter", "bitfit", "prompt")
+_PROMPT_OPTIONS = ("n_tokens", "init_text", "init_ids")
+
+
+def _options(method: str, cls: type | None, names: tuple[str, ...], options: dict[str, Any]):
+    valid = [f.name for f in dataclasses.fields(cls)] if cls is not None else list(names)
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"unknown {method} option {key!r}{did_you_mean(key, valid)}; "
+                              f"options: {', '.join([*valid, 'train_head'])}")
+    return cls(**options) if cls is not None else options
+
+
+def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
+    """Add the PEFT method to `model`, freeze everything else, and return the model to train."""
+    if get_config(model) is not None:
+        raise ConfigError(f"this model already carries {get_config(model).method}; apply one PEFT method "
+                          "to a plain base model")
+    if not hasattr(model, "config"):
+        raise ConfigError(f"plmkit.peft.apply needs a plmkit model, got {type(model).__name__}")
+    train_head = options.pop("train_head", None)
+    train_head = default_train_head(model) if train_head is None else bool(train_head)
+    if method == "lora":
+        lora_options = _options(method, LoraOptions, (), options)
+        _lora.apply_lora(model, lora_options)
+        record = dataclasses.asdict(lora_options)
+    elif method == "adapter":
+        adapter_options = _options(method, AdapterOptions, (), options)
+        apply_adapters(model, adapter_options)
+        record = dataclasses.asdict(adapter_options)
+    elif method == "bitfit":
+        _options(method, None, (), options)
+        check_bitfit(model, train_head)
+        record = {}
+    elif method == "prompt":
+        tokenizer = options.pop("tokenizer", None)
+        record = _options(method, None, _PROMPT_OPTIONS, options)
+        model = apply_prompt(model, tokenizer=tokenizer, **record)
+        record = {"n_tokens": model.n_tokens, **record}
+    else:
+        raise ConfigError(f"unknown PEFT method {method!r}{did_you_mean(method, METHODS)}; "
+                          f"methods: {', '.join(METHODS)}")
+    record["train_head"] = train_head
+    model.peft_config = PeftConfig(method, record)
+    return mark_only_peft_trainable(model)
+
+
+def merge(model: nn.Module, unload: bool = False) -> nn.Module:
+    """Fold every LoRA update into its base weight (W += s·BA): same outputs, no extra cost per token.
+    With `unload`, also drop the LoRA modules and return a plain plmkit model (what `plm merge-lora`
+    saves); every parameter is trainable again."""
+    config = require_config(model, "merge")
+    if config.method != "lora":
+        raise ConfigError(f"only LoRA can be merged into the base weights; {config.method} adds layers or "
+                          "inputs that have no place in them")
+    for _, module in _lora.lora_modules(model):
+        module.merge()
+    if unload:
+        _lora.unload(model)
+        del model.peft_config
+        for param in model.parameters():
+            param.requires_grad_(True)
+    return model
+
+
+def unmerge(model: nn.Module) -> nn.Module:
+    """Undo `merge` (W -= s·BA): the base weights come back (to float rounding) and LoRA trains again."""
+    config = require_config(model, "unmerge")
+    if config.method != "lora":
+        raise ConfigError(f"only LoRA can be unmerged; this model carries {config.method}")
+    for _, module in _lora.lora_modules(model):
+        module.unmerge()
+    return model
+
+
+__all__ = [
+    "METHODS",
+    "AdapterLinear",
+    "LoRALinear",
+    "PeftConfig",
+    "PromptTunedModel",
+    "apply",
+    "export_peft",
+    "get_config",
+    "load_adapter",
+    "mark_only_peft_trainable",
+    "merge",
+    "peft_parameter_names",
+    "save_adapter",
+    "trainable_report",
+    "unmerge",
+]

@@ -1,0 +1,139 @@
+"""Every recipe in recipes/ runs a few steps on tiny sizes (a new recipe is covered automatically), its
+checkpoint loads and resumes exactly, and the loss falls on a memorisable corpus."""
+
+from __future__ import annotations
+
+import io
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import train_helpers as h
+from plmkit.config import load_config
+from plmkit.errors import ConfigError
+from plmkit.train.config import RecipeConfig
+from plmkit.train.pretrain import pretrain
+
+
+def _tokenizer_has_no_eos(recipe: Path) -> bool:
+    from plmkit.tokenizer import family_special_tokens
+
+    family = (h.recipe_data(recipe).get("tokenizer") or {}).get("family")
+    return family is not None and family_special_tokens(family).eos is None
+
+
+NO_EOS_BUG = pytest.mark.xfail(
+    strict=True,
+    raises=ConfigError,
+    reason="BUG: train/data.py _packed builds every TokenStore with add_eos=True, which raises "
+    "'add_eos=True needs a tokenizer with an eos token' for tokenizer families without eos (bert, glm): "
+    "every BERT-style recipe fails before its first step; pack with the [SEP] id instead "
+    "(TokenStore.build(add_eos=False) + PackedDataset(eos_id=tokenizer.sep_id))",
+)
+
+
+def _recipe_param(recipe: Path):
+    return pytest.param(recipe, id=recipe.stem, marks=[NO_EOS_BUG] if _tokenizer_has_no_eos(recipe) else [])
+
+
+RECIPE_PARAMS = [_recipe_param(r) for r in h.RECIPES]
+
+
+def test_recipes_are_discovered():
+    assert len(h.RECIPES) >= 11
+    names = {r.stem for r in h.RECIPES}
+    assert {"gpt-clm", "bert-mlm", "t5-span", "electra", "llama-clm"} <= names
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    return {"en": h.write_english(root / "en.txt", 30_000), "zh": h.write_chinese(root / "zh.txt")}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, corpora):
+    """recipe -> (config, result) of a 6-step tiny run with checkpoints at steps 3 and 6 (run once)."""
+    done: dict[Path, tuple[RecipeConfig, dict]] = {}
+
+    def run(recipe: Path):
+        if recipe not in done:
+            tmp = tmp_path_factory.mktemp(recipe.stem)
+            corpus = corpora["zh" if h.is_chinese(recipe) else "en"]
+            overrides = h.tiny_overrides(recipe, corpus, tmp, steps=6) + [
+                "checkpoint.every=3", "checkpoint.keep_last=5", "model.dropout=0.1",
+            ]
+            config = load_config(RecipeConfig, recipe, overrides)
+            done[recipe] = (config, pretrain(config, stream=io.StringIO()))
+        return done[recipe]
+
+    return run
+
+
+@pytest.mark.parametrize("recipe", RECIPE_PARAMS)
+def test_recipe_runs_on_tiny_sizes(recipe, tiny_run):
+    from plmkit.io import load
+
+    config, result = tiny_run(recipe)
+    run_dir = Path(config.run_dir)
+    assert result["step"] == 6
+    rows = h.read_metrics(run_dir)
+    assert result["tokens"] == rows[-2]["tokens"] > 0  # input tokens seen (seq2seq inputs are shorter)
+    losses = h.losses_by_step(run_dir)
+    assert sorted(losses) == [1, 2, 3, 4, 5, 6]
+    assert all(isinstance(v, float) and math.isfinite(v) and v > 0 for v in losses.values()), losses
+    assert math.isfinite(result["val_loss"]) and math.isfinite(result["initial_val_loss"])
+    checkpoints = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert checkpoints == ["step-00000003", "step-00000006"]
+    assert Path(result["checkpoint"]).name == "step-00000006"
+    model, tokenizer = load(result["checkpoint"])  # a normal plmkit checkpoint
+    assert tokenizer is not None and tokenizer.vocab_size == model.config.vocab_size
+
+
+@pytest.mark.parametrize("recipe", RECIPE_PARAMS)
+def test_recipe_resumes_exactly(recipe, tiny_run, tmp_path):
+    """Resuming from the step-3 checkpoint replays steps 4-6 bit for bit (dropout on, fp32, CPU):
+    sampler, objective, model (e.g. ELECTRA's sampler) and global RNG states all travel."""
+    config, _ = tiny_run(recipe)
+    original = Path(config.run_dir)
+    copy = tmp_path / "resumed"
+    shutil.copytree(original, copy)
+    overrides = h.tiny_overrides(recipe, Path(config.data.sources[0].path), tmp_path, steps=6) + [
+        "checkpoint.every=3", "checkpoint.keep_last=5", "model.dropout=0.1",
+        f"data.cache_dir={config.data.cache_dir}", f"out_dir={copy}",
+        f"resume={copy / 'checkpoints' / 'step-00000003'}",
+    ]
+    resumed = pretrain(load_config(RecipeConfig, recipe, overrides), stream=io.StringIO())
+    want = [r for r in h.read_metrics(original)]
+    got = [r for r in h.read_metrics(copy)]
+    keys = ("step", "loss", "lr", "tokens", "skipped_steps", "val_loss")
+    assert [{k: r.get(k) for k in keys} for r in got] == [{k: r.get(k) for k in keys} for r in want]
+    assert resumed["step"] == 6
+
+
+MEMORISE = {
+    "clm": ("gpt-clm", []),
+    # MLM on a tokenizer family with an eos token (see test_recipe_runs_on_tiny_sizes for BERT's own)
+    "mlm": ("bert-mlm", ["tokenizer.family=roberta", "tokenizer.kind=bpe"]),
+    "t5_span": ("t5-span", []),
+}
+
+
+@pytest.mark.parametrize("objective", list(MEMORISE))
+def test_loss_falls_on_a_memorisable_corpus(objective, tmp_path):
+    name, extra = MEMORISE[objective]
+    recipe = h.ROOT / "recipes" / f"{name}.yaml"
+    corpus = h.write_memorisable(tmp_path / "memorise.txt")
+    overrides = h.tiny_overrides(recipe, corpus, tmp_path, steps=60, vocab=300) + [
+        "optim.lr=3e-3", "schedule.kind=constant", "model.dropout=0.0", *extra,
+    ]
+    config = load_config(RecipeConfig, recipe, overrides)
+    assert config.objective.name == objective
+    result = pretrain(config, stream=io.StringIO())
+    losses = h.losses_by_step(Path(config.run_dir))
+    first = sum(losses[s] for s in range(1, 6)) / 5
+    last = sum(losses[s] for s in range(56, 61)) / 5
+    assert last < first - 0.5, f"{objective}: loss {first:.3f} -> {last:.3f} did not fall"
+    assert result["val_loss"] < result["initial_val_loss"] - 0.5

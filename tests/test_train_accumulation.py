@@ -188,12 +188,6 @@ def test_count_targets():
 
 
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a micro-batch with no target tokens (all labels -100) has loss nan (cross_entropy over "
-    "nothing); train_step multiplies it by 0 -> nan, so the whole optimizer step is skipped as "
-    "non-finite instead of the micro-batch contributing nothing (pretrain.train_step)",
-)
 def test_micro_batch_without_targets_contributes_nothing():
     model = tiny("masked")
     big = masked_batch()

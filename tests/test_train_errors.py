@@ -103,6 +103,13 @@ def test_model_vocab_size_differs_from_the_tokenizer(capsys, tmp_path, corpus):
     assert "tokenizer" in line
 
 
+def test_fp16_needs_cuda(capsys, tmp_path, corpus):
+    code, _, err = pretrain_cli(capsys, tmp_path, corpus, "train.precision=fp16", "train.device=cpu")
+    assert_user_error(code, err, "fp16", "bf16")
+    code, _, err = pretrain_cli(capsys, tmp_path, corpus, "train.precision=fp8")
+    assert_user_error(code, err, "fp8")
+
+
 # ---- resume from another architecture ------------------------------------------------------------
 @pytest.fixture(scope="module")
 def one_layer_checkpoint(tmp_path_factory, corpus):

@@ -100,16 +100,8 @@ def test_plm_eval_bad_input(trained, capsys, tmp_path):
 
 
 # ---- validation during training sees the weights the optimizer just changed ---------------------
-STALE_HEAD_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="BUG: LMHead._decode_projection caches decoder.weight.t() keyed by (data_ptr, _version); the "
-    "fused AdamW that build_optimizer picks on CPU updates weights in place without bumping _version, so "
-    "no-grad forwards of <= 32 rows (small validation batches, T5 decoder targets, generation) keep using "
-    "the output weights of the first such forward",
-)
 
 
-@STALE_HEAD_BUG
 def test_no_grad_forward_after_an_optimizer_step_uses_the_new_weights():
     from plmkit.model import ModelConfig, build_model
     from plmkit.train.config import OptimConfig
@@ -128,7 +120,6 @@ def test_no_grad_forward_after_an_optimizer_step_uses_the_new_weights():
     assert torch.allclose(after, model(x).logits.detach(), atol=1e-6)  # with grad: the plain path
 
 
-@STALE_HEAD_BUG
 def test_final_validation_loss_equals_a_fresh_evaluation_of_the_checkpoint(tmp_path):
     from plmkit.io import load_weights_into
     from plmkit.train.pretrain import evaluate

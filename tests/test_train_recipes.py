@@ -9,10 +9,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import train_helpers as h
 from plmkit.config import load_config
-from plmkit.errors import ConfigError
 from plmkit.train.config import RecipeConfig
 from plmkit.train.pretrain import pretrain
 
@@ -24,18 +24,10 @@ def _tokenizer_has_no_eos(recipe: Path) -> bool:
     return family is not None and family_special_tokens(family).eos is None
 
 
-NO_EOS_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=ConfigError,
-    reason="BUG: train/data.py _packed builds every TokenStore with add_eos=True, which raises "
-    "'add_eos=True needs a tokenizer with an eos token' for tokenizer families without eos (bert, glm): "
-    "every BERT-style recipe fails before its first step; pack with the [SEP] id instead "
-    "(TokenStore.build(add_eos=False) + PackedDataset(eos_id=tokenizer.sep_id))",
-)
 
 
 def _recipe_param(recipe: Path):
-    return pytest.param(recipe, id=recipe.stem, marks=[NO_EOS_BUG] if _tokenizer_has_no_eos(recipe) else [])
+    return pytest.param(recipe, id=recipe.stem, marks=[])
 
 
 RECIPE_PARAMS = [_recipe_param(r) for r in h.RECIPES]
@@ -137,3 +129,42 @@ def test_loss_falls_on_a_memorisable_corpus(objective, tmp_path):
     last = sum(losses[s] for s in range(56, 61)) / 5
     assert last < first - 0.5, f"{objective}: loss {first:.3f} -> {last:.3f} did not fall"
     assert result["val_loss"] < result["initial_val_loss"] - 0.5
+
+
+def test_bf16_autocast_with_accumulation_and_checkpointing_tracks_fp32(tmp_path, corpora):
+    """bf16 autocast on CPU (the default where the CPU has AMX) trains like fp32."""
+    recipe = h.ROOT / "recipes" / "gpt-clm.yaml"
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        overrides = h.tiny_overrides(recipe, corpora["en"], tmp_path, steps=5) + [
+            f"out_dir={tmp_path / precision}",
+            "train.accumulation=2",
+            "train.gradient_checkpointing=true",
+            f"train.precision={precision}",  # after COMMON's fp32
+        ]
+        config = load_config(RecipeConfig, recipe, overrides)
+        assert config.train.precision == precision
+        pretrain(config, stream=io.StringIO())
+        losses[precision] = h.losses_by_step(tmp_path / precision)
+    for step in range(1, 6):
+        assert losses["bf16"][step] == pytest.approx(losses["fp32"][step], abs=0.05), step
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_mixed_precision_on_cuda(precision, tmp_path, corpora):
+    """fp16 trains with a GradScaler (its state travels in the checkpoint); bf16 with plain autocast."""
+    from plmkit.train.checkpoint import load_training_state
+
+    recipe = h.ROOT / "recipes" / "gpt-clm.yaml"
+    overrides = h.tiny_overrides(recipe, corpora["en"], tmp_path, steps=4) + [
+        "train.device=cuda", f"train.precision={precision}", "train.accumulation=2",
+    ]
+    config = load_config(RecipeConfig, recipe, overrides)
+    result = pretrain(config, stream=io.StringIO())
+    losses = h.losses_by_step(Path(config.run_dir))
+    assert sorted(losses) == [1, 2, 3, 4] and all(math.isfinite(v) for v in losses.values())
+    assert math.isfinite(result["val_loss"])
+    state, _ = load_training_state(Path(result["checkpoint"]))
+    assert bool(state["scaler"]) == (precision == "fp16")  # an enabled scaler has a scale to save

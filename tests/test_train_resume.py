@@ -211,13 +211,6 @@ def test_resume_true_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
     assert json.loads(out.strip().splitlines()[-1])["step"] == 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=json.JSONDecodeError,
-    reason="BUG: pretrain._truncate_metrics reads metrics.jsonl with logging.read_metrics, which json-decodes "
-    "every line: a run killed in the middle of writing a row leaves a partial last line and every resume "
-    "then dies with a JSONDecodeError traceback",
-)
 def test_a_torn_last_metrics_line_does_not_break_resume(tmp_path):
     """A kill can cut metrics.jsonl mid-line; the resumed run drops the partial row."""
     from plmkit.train.pretrain import pretrain
@@ -234,3 +227,50 @@ def test_a_torn_last_metrics_line_does_not_break_resume(tmp_path):
     assert result["step"] == 6
     steps = [r["step"] for r in h.read_metrics(run_dir) if "loss" in r]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize(
+    "kind, family",
+    [
+        ("bpe", None),
+        ("wordpiece", "bert"),
+        ("unigram", "t5"),
+    ],
+)
+def test_a_run_uses_the_tokenizer_it_saved(kind, family, tmp_path):
+    """The first start of a run and every resume must tokenize identically (same token-store key)."""
+    from plmkit.data import SourceSpec
+    from plmkit.data.store import cache_key
+    from plmkit.tokenizer import Tokenizer
+    from plmkit.train.setup import build_tokenizer
+
+    corpus = h.write_english(tmp_path / "en.txt", 30_000)
+    overrides = [f"tokenizer.kind={kind}", "tokenizer.vocab_size=400"]
+    if family:
+        overrides.append(f"tokenizer.family={family}")
+    config = tiny_config(tmp_path, corpus, *overrides)
+    run_dir = Path(config.run_dir)
+    first = build_tokenizer(config, run_dir)  # trains and saves run_dir/tokenizer
+    resumed = build_tokenizer(config, run_dir)  # loads it
+    assert isinstance(resumed, Tokenizer)
+    spec = [SourceSpec(path=str(corpus))]
+    files = [[corpus]]
+    assert cache_key(spec, files, first, False) == cache_key(spec, files, resumed, False)
+
+
+def test_resume_from_a_checkpoint_of_another_run_folder(tmp_path):
+    from plmkit.train.pretrain import pretrain
+
+    corpus = h.write_english(tmp_path / "en.txt", 20_000)
+    first = tiny_config(tmp_path, corpus, "checkpoint.every=2", f"out_dir={tmp_path / 'a'}")
+    pretrain(first, stream=io.StringIO())
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-00000004"
+    branch = tiny_config(
+        tmp_path, corpus, "train.steps=6", f"out_dir={tmp_path / 'b'}", f"resume={checkpoint}",
+        f"tokenizer.path={tmp_path / 'a' / 'tokenizer'}",
+    )
+    stream = io.StringIO()
+    result = pretrain(branch, stream=stream)
+    assert result["step"] == 6
+    assert f"resumed from step 4 ({checkpoint})" in stream.getvalue()
+    assert [r["step"] for r in h.read_metrics(tmp_path / "b") if "loss" in r] == [5, 6]

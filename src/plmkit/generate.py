@@ -13,6 +13,7 @@ token sits in the last column; positions count real tokens only (cumsum(mask) - 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import sys
 import types
@@ -213,12 +214,18 @@ class _Decoder:
 @contextmanager
 def _eval_mode(model: PretrainedModel) -> Iterator[None]:
     """Dropout off while generating; the caller's train/eval mode comes back afterwards."""
+    from plmkit.model.transformer import LMHead
+
     was_training = model.training
     model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
+    with contextlib.ExitStack() as stack:
+        for module in model.modules():  # the decode-friendly output layout, for this call only
+            if isinstance(module, LMHead):
+                stack.enter_context(module.decoding())
+        try:
+            yield
+        finally:
+            model.train(was_training)
 
 
 # ---- logits processing -----------------------------------------------------------------------------

@@ -29,8 +29,9 @@ def evaluate_loss(
     text_field: str = "text",
 ) -> dict[str, float]:
     """Mean loss per target token and its perplexity over the packed blocks of `data`."""
-    from plmkit.data import PackedDataset, SourceSpec, TokenStore
+    from plmkit.data import SourceSpec
     from plmkit.data.objectives import build_objective
+    from plmkit.train.data import packed_blocks
     from plmkit.train.pretrain import count_targets
 
     if tokenizer is None:
@@ -39,8 +40,7 @@ def evaluate_loss(
     objective = objective or DEFAULT_OBJECTIVE[family]
     collate = build_objective(objective, tokenizer, seed=seed)
     block_size = block_size or min(model.config.max_positions, 512)
-    store = TokenStore.build([SourceSpec(path=data, text_field=text_field)], tokenizer, progress=False)
-    blocks = PackedDataset(store, block_size)
+    blocks = packed_blocks(SourceSpec(path=data, text_field=text_field), tokenizer, block_size)
     model.eval()
     device = next(model.parameters()).device
     loss_sum, targets, batches = 0.0, 0, 0
@@ -54,4 +54,9 @@ def evaluate_loss(
         targets += n
         batches += 1
     mean = loss_sum / max(targets, 1)
-    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": targets, "blocks": min(len(blocks), batches * batch_size)}
+    return {
+        "loss": mean,
+        "perplexity": math.exp(min(mean, 50.0)),
+        "tokens": targets,
+        "blocks": min(len(blocks), batches * batch_size),
+    }

@@ -11,6 +11,7 @@ causal decoder with cross-attention.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, fields
 
@@ -179,29 +180,31 @@ class LMHead(nn.Module):
         self.transform_norm = make_norm(config) if transform else None
         self.decoder = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
         self.scale = config.d_model**-0.5 if config.tied_output_scale else 1.0
-        self._decode_weight: torch.Tensor | None = None  # (C, V) copy of decoder.weight, see below
-        self._decode_key: tuple = ()
+        self._decode_weight: torch.Tensor | None = None  # (C, V) copy while decoding, see `decoding`
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if self.transform is not None:
             h = self.transform_norm(self.transform_act(self.transform(h)))
         if self.scale != 1.0:
             h = h * self.scale
-        if h.device.type == "cpu" and not torch.is_grad_enabled() and h.shape[:-1].numel() <= 32:
-            return self._decode_projection(h)
+        if self._decode_weight is not None and not torch.is_grad_enabled() and h.shape[:-1].numel() <= 32:
+            logits = h @ self._decode_weight
+            return logits if self.decoder.bias is None else logits + self.decoder.bias
         return self.decoder(h)
 
-    def _decode_projection(self, h: torch.Tensor) -> torch.Tensor:
-        """Decoding multiplies a few rows by the (V, C) output matrix, a matrix-vector product that
-        CPU BLAS runs 2-3x faster on a contiguous (C, V) layout. Keep such a copy while no gradient is
-        needed; it is rebuilt whenever the weight changes (its version counter moves on every update)."""
-        weight = self.decoder.weight
-        key = (weight.data_ptr(), weight._version, weight.dtype)
-        if self._decode_key != key:
-            self._decode_weight = weight.detach().t().contiguous()
-            self._decode_key = key
-        logits = h @ self._decode_weight
-        return logits if self.decoder.bias is None else logits + self.decoder.bias
+    @contextlib.contextmanager
+    def decoding(self):
+        """While generating, multiply by a contiguous (C, V) copy of the output matrix: decoding's few
+        rows make this a matrix-vector product, which CPU BLAS runs 2-3x faster in that layout. The
+        copy lives only inside this block, so it can never go stale when the weights are trained."""
+        if self.decoder.weight.device.type != "cpu":
+            yield
+            return
+        self._decode_weight = self.decoder.weight.detach().t().contiguous()
+        try:
+            yield
+        finally:
+            self._decode_weight = None
 
 
 class PretrainedModel(nn.Module):

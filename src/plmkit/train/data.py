@@ -63,12 +63,23 @@ def _spec(source: SourceConfig):
     )
 
 
-def _packed(sources: list[SourceConfig], tokenizer: Any, config: RecipeConfig) -> list[Any]:
+def packed_blocks(spec: Any, tokenizer: Any, block_size: int, cache_dir: str | None = None) -> Any:
+    """A source tokenized into the cached store and packed into blocks. Documents are separated by
+    the tokenizer's eos, or by [SEP] for tokenizers without one (BERT-style vocabularies)."""
     from plmkit.data import PackedDataset, TokenStore
 
-    cache = config.data.cache_dir
+    if tokenizer.eos_id is not None:
+        return PackedDataset(TokenStore.build([spec], tokenizer, cache_dir), block_size)
+    separator = tokenizer.sep_id
+    if separator is None:
+        raise ConfigError("the tokenizer has neither an eos nor a sep token to separate documents; add one")
+    store = TokenStore.build([spec], tokenizer, cache_dir, add_eos=False)
+    return PackedDataset(store, block_size, eos_id=separator)
+
+
+def _packed(sources: list[SourceConfig], tokenizer: Any, config: RecipeConfig) -> list[Any]:
     return [
-        PackedDataset(TokenStore.build([_spec(s)], tokenizer, cache), config.data.block_size) for s in sources
+        packed_blocks(_spec(s), tokenizer, config.data.block_size, config.data.cache_dir) for s in sources
     ]
 
 

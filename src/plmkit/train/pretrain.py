@@ -19,7 +19,7 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.errors import PlmkitError
-from plmkit.train.checkpoint import latest_checkpoint, list_checkpoints, rng_state, save_checkpoint
+from plmkit.train.checkpoint import latest_checkpoint, rng_state, save_checkpoint
 from plmkit.train.config import RecipeConfig
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.train.setup import Run, build_run, restore_run
@@ -54,16 +54,18 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     accumulating k micro-batches gives exactly the gradient of one big batch."""
     model, precision = run.model, run.precision
     counts = [count_targets(model, batch.get("labels")) for batch in micro_batches]
-    total = max(sum(counts), 1)
+    total = sum(counts)
     step_loss = 0.0
-    finite = True
+    finite = total > 0  # a step with no target token at all has nothing to learn: skip it
     for batch, count in zip(micro_batches, counts):
+        if count == 0 or not finite:  # no targets: its (NaN) mean loss would carry zero weight anyway
+            continue
         batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
         with precision.autocast():
             loss = model(**batch).loss * (count / total)
         if not torch.isfinite(loss):
             finite = False
-            break
+            continue
         precision.scaler.scale(loss).backward()
         step_loss += loss.item()
     if finite:
@@ -122,6 +124,7 @@ def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
     run = build_run(config)
     progress = Progress()
+    resume_from: Path | None = None
     if config.resume:
         resume_from = latest_checkpoint(run.run_dir) if config.resume is True else Path(str(config.resume))
         if resume_from is not None:
@@ -130,7 +133,7 @@ def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
     logger.print(run.describe())
     if progress.step:
-        logger.print(f"resumed from step {progress.step} ({list_checkpoints(run.run_dir)[-1]})")
+        logger.print(f"resumed from step {progress.step} ({resume_from})")
 
     first = evaluate(run) if progress.step == 0 else {}
     if first:

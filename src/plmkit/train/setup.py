@@ -78,7 +78,9 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
         iter_source_texts(config.data.sources), kind=t.kind, vocab_size=t.vocab_size, family=t.family
     )
     tokenizer.save(own)
-    return tokenizer
+    # use the saved copy: a resumed run reads these files, and must see the very same tokenizer
+    # (Unigram scores can change in the last digit when written), or its token-store cache key differs
+    return Tokenizer.load(own)
 
 
 def _load_tokenizer(path: Path) -> Any:

@@ -17,15 +17,6 @@ from plmkit.train.config import RecipeConfig
 from plmkit.train.pretrain import pretrain
 
 
-def _tokenizer_has_no_eos(recipe: Path) -> bool:
-    from plmkit.tokenizer import family_special_tokens
-
-    family = (h.recipe_data(recipe).get("tokenizer") or {}).get("family")
-    return family is not None and family_special_tokens(family).eos is None
-
-
-
-
 def _recipe_param(recipe: Path):
     return pytest.param(recipe, id=recipe.stem, marks=[])
 

@@ -168,15 +168,18 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
     ours, reference = load_pair(kind, folder)
     n_ours, n_ref = ours.num_parameters(), reference.num_parameters()
     batches = make_batches(kind, args)
-    sides = {"plmkit": Trainer(ours, precision, compiled, args.lr),
-             "transformers": Trainer(reference, precision, compiled, args.lr)}
+    sides = {
+        "plmkit": Trainer(ours, precision, compiled, args.lr),
+        "transformers": Trainer(reference, precision, compiled, args.lr),
+    }
     losses: dict[str, list[float]] = {name: [] for name in sides}
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    times: dict[str, list[float]] = {name: [] for name in sides}  # timed steps (after warm-up)
     shares: dict[str, list[float]] = {name: [] for name in sides}  # CPU time / (wall x threads)
     first_step_s: dict[str, float] = {}
     errors: dict[str, str] = {}
     graphs: dict[str, dict] = {}
-    for i in range(args.warmup + args.steps):
+    i = 0
+    while True:
         batch = batches[i % len(batches)]
         for name, trainer in sides.items():  # alternate the two sides step by step
             if name in errors:
@@ -194,7 +197,6 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                 errors[name] = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"
                 continue
             elapsed = time.perf_counter() - start
-            cpu_share = (time.process_time() - cpu_start) / (elapsed * torch.get_num_threads())
             losses[name].append(loss)
             if i == 0:
                 first_step_s[name] = elapsed
@@ -202,8 +204,18 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                     graphs[name] = graph_stats()
             if i >= args.warmup:
                 times[name].append(elapsed)
-                shares[name].append(cpu_share)
+                shares[name].append((time.process_time() - cpu_start) / (elapsed * torch.get_num_threads()))
+        i += 1
+        quiet = quiet_pairs(shares, errors, args.quiet)
+        done = i - args.warmup
+        if len(errors) == len(sides) or (
+            done >= args.steps and (len(quiet) >= args.steps or done >= args.steps + args.max_extra_steps)
+        ):
+            break
 
+    # steps where every side had (nearly) all the cores; all steps if too few were quiet
+    quiet = quiet_pairs(shares, errors, args.quiet)
+    chosen = quiet if len(quiet) >= min(3, args.steps) else list(range(i - args.warmup))
     tokens = args.batch * args.seq
     flops_6n = 6 * n_ours
     flops_attn = flops_6n + 12 * args.layers * args.seq * args.d_model
@@ -211,34 +223,36 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
     result = {
         "bench": "train_step", "model": kind, "precision": precision, "mode": mode,
         "parameters": n_ours, "parameters_transformers": n_ref, "tokens_per_step": tokens,
-        "threads": torch.get_num_threads(), "timed_steps": args.steps, "peak_gflops": round(peak, 1),
+        "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
+        "timed_steps": len(chosen), "discarded_busy_steps": i - args.warmup - len(chosen),
     }
     for name in sides:
         if name in errors:
             result[f"{name}_error"] = errors[name]
             continue
-        step_s = statistics.median(times[name])
+        chosen_s = [times[name][k] for k in chosen]
+        step_s = statistics.median(chosen_s)
         rate = tokens / step_s
         result[f"{name}_tokens_per_s"] = round(rate, 1)
         result[f"{name}_ms_per_step"] = round(1000 * step_s, 1)
-        result[f"{name}_ms_min"] = round(1000 * min(times[name]), 1)
+        result[f"{name}_ms_min"] = round(1000 * min(chosen_s), 1)
         result[f"{name}_ms_steps"] = [round(1000 * t) for t in times[name]]
-        result[f"{name}_cpu_share"] = round(statistics.median(shares[name]), 2)
+        result[f"{name}_cpu_share"] = [round(x, 2) for x in shares[name]]
         result[f"{name}_mfu"] = round(flops_6n * rate / (peak * 1e9), 3)
         result[f"{name}_mfu_attn"] = round(flops_attn * rate / (peak * 1e9), 3)
-        if compiled:
-            result[f"{name}_compile_s"] = round(first_step_s[name] - step_s, 1)  # first step minus a steady one
+        if compiled:  # first step minus a steady one; small when inductor's on-disk cache has the graphs
+            result[f"{name}_compile_s"] = round(first_step_s[name] - step_s, 1)
             result[f"{name}_graphs"] = graphs.get(name)
     if not errors:
         result["speedup"] = round(result["plmkit_tokens_per_s"] / result["transformers_tokens_per_s"], 3)
         result["speedup_min"] = round(result["transformers_ms_min"] / result["plmkit_ms_min"], 3)
-        paired = [r / o for o, r in zip(times["plmkit"], times["transformers"])]  # neighbouring steps
+        paired = [times["transformers"][k] / times["plmkit"][k] for k in chosen]  # neighbouring steps
         result["speedup_paired"] = round(statistics.median(paired), 3)
+        diff = abs(losses["plmkit"][0] - losses["transformers"][0])
         result["step1_loss_plmkit"] = round(losses["plmkit"][0], 6)
         result["step1_loss_transformers"] = round(losses["transformers"][0], 6)
-        diff = abs(losses["plmkit"][0] - losses["transformers"][0])
         result["step1_loss_abs_diff"] = float(f"{diff:.2e}")
-        # fp32: the same sums in a different order; bf16: rounding of activations in different places
+        # fp32: the same sums in another order; bf16: activations rounded at different places
         result["step1_loss_match"] = diff <= (1e-4 if precision == "fp32" else 2e-3) * abs(losses["plmkit"][0])
         result["max_loss_abs_diff"] = float(
             f"{max(abs(a - b) for a, b in zip(losses['plmkit'], losses['transformers'])):.2e}"
@@ -246,6 +260,15 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
         result["last_loss_plmkit"] = round(losses["plmkit"][-1], 6)
         result["last_loss_transformers"] = round(losses["transformers"][-1], 6)
     return result
+
+
+def quiet_pairs(shares: dict[str, list[float]], errors: dict[str, str], threshold: float) -> list[int]:
+    """Indices of timed steps in which every running side got >= threshold of the cores."""
+    running = [name for name in shares if name not in errors]
+    if not running:
+        return []
+    n = min(len(shares[name]) for name in running)
+    return [k for k in range(n) if all(shares[name][k] >= threshold for name in running)]
 
 
 # ---- profile -------------------------------------------------------------------------------------
@@ -314,6 +337,12 @@ def main() -> None:
     parser.add_argument("--compile-only", action="store_true", help="compiled cases only")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side and case")
     parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (the compile happens here)")
+    parser.add_argument(
+        "--quiet", type=float, default=0.9,
+        help="time only steps in which both sides got this share of the cores (CPU time / wall / threads); "
+        "busy steps are repeated, see --max-extra-steps; 0 keeps every step",
+    )
+    parser.add_argument("--max-extra-steps", type=int, default=6, help="repeats allowed for busy steps, per case")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--d-model", type=int, default=384)

@@ -1,7 +1,8 @@
 """Training speed and model FLOPs utilisation: plmkit vs transformers (GPT-2, BERT), same weights, same run.
 
-    python benchmarks/bench_train.py [--no-compile] [--steps 5] [--warmup 2] [--threads N]
-                                     [--models gpt2 bert] [--precisions fp32 bf16] [--profile]
+    python benchmarks/bench_train.py [--no-compile | --compile-only] [--steps 6] [--warmup 2]
+                                     [--models gpt2 bert] [--precisions fp32 bf16] [--threads N]
+                                     [--no-mmap] [--profile]
 
 Both sides get identical architectures and weights: the transformers model (GPT2LMHeadModel or
 BertForMaskedLM, attn_implementation="sdpa", every dropout 0) is built with random weights, saved
@@ -13,24 +14,31 @@ One training step = forward + loss + backward + AdamW step (fused, lr 1e-4, as p
 uses on CPU) + zero_grad; no clipping, no accumulation. GPT-2: causal LM on random tokens
 (labels = inputs, both models shift inside). BERT: masked LM, 15% of positions replaced by a mask
 id and carrying labels, the rest -100. Both sides train on the same cycle of batches; the losses of
-step 1 (same weights, same batch, before any update) must agree, which shows the configs match,
-and later losses keep tracking because the updates are identical too.
+step 1 (same weights, same batch, before any update) must agree (`step1_loss_match`), which shows
+the configs match, and later losses keep tracking because the updates are identical too.
 
-Timing: steps alternate plmkit / transformers (so load from other processes on a shared machine
-hits both alike); warm-up steps excluded; the median step time is reported. Cases: each model x
-precision (fp32, bf16 autocast) x mode (eager, torch.compile of the model; the optimizer step stays
-eager). A compile failure is reported in the case's line, not raised.
+Timing: steps alternate plmkit / transformers, so load from other processes hits both alike; warm-up
+steps are excluded. A step counts only when both sides of its pair got >= --quiet of the cores
+(process CPU time / wall time / threads); busy pairs are repeated up to --max-extra-steps times, and
+if fewer than 3 pairs were quiet every pair is kept (`too_busy_to_filter`). Reported per side: the
+median step (tokens/s, `speedup`), the fastest step (`speedup_min`) and the median ratio of
+neighbouring steps (`speedup_paired`). Cases: model x precision (fp32, bf16 autocast) x mode
+(eager, torch.compile of the model; the optimizer step stays eager). `compile_s` = first step minus
+a steady one (small when inductor's on-disk cache already holds the graphs). A compile failure is
+reported in the case's line, not raised.
 
 MFU = model FLOPs/s / measured matmul peak of this machine for the case's dtype (best of several
 torch.mm of 2048x2048 in fp32 or bf16, measured at the start, before each case and at the end; a
-case line uses the best so far, the summary rescales all MFUs to the best of the run). Model FLOPs per token
-= 6·N with N = all parameters (tied embeddings counted once; the embedding lookups are counted,
-which overstates by the position/segment tables, <2% here), as the issue defines it;
-`mfu_attn` adds the attention score/value matmuls, 12·L·T·d per token (fwd + bwd, causal not halved,
-PaLM's convention).
+case line uses the best so far, the summary rescales all MFUs to the best of the run). Model FLOPs
+per token = 6·N with N = all parameters (tied embeddings counted once; the position and segment
+tables, <2% here, are counted although they are lookups), as the issue defines it; `mfu_attn` adds
+the attention score/value matmuls, 12·L·T·d per token (fwd + bwd, causal not halved, PaLM's
+convention).
 
-Prints a setup line, one JSON line per case and a summary line with the ratios plmkit / transformers.
---profile prints torch.profiler's top operators of plmkit's eager step to stderr.
+Prints a setup line, one JSON line per case and a summary line with the ratios plmkit / transformers,
+bf16 over fp32 per side, and bf16's loss minus fp32's after the same updates. --no-mmap makes glibc
+keep freed memory for reuse (both sides; shows what the allocator costs). --profile prints
+torch.profiler's top operators of plmkit's eager step to stderr instead of benchmarking.
 """
 
 from __future__ import annotations
@@ -60,6 +68,19 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, repeats: int = 6) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best / 1e9
+
+
+def keep_freed_memory() -> bool:
+    """glibc: serve every allocation from the heap and never trim it, so the large activation and
+    logits buffers of each step reuse pages instead of being mmap-ed (and page-faulted) afresh."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def cpu_features() -> dict:
@@ -206,7 +227,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
                 times[name].append(elapsed)
                 shares[name].append((time.process_time() - cpu_start) / (elapsed * torch.get_num_threads()))
         i += 1
-        quiet = quiet_pairs(shares, errors, args.quiet)
+        quiet = quiet_pairs(times, shares, errors, args.quiet)
         done = i - args.warmup
         if len(errors) == len(sides) or (
             done >= args.steps and (len(quiet) >= args.steps or done >= args.steps + args.max_extra_steps)
@@ -214,7 +235,7 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
             break
 
     # steps where every side had (nearly) all the cores; all steps if too few were quiet
-    quiet = quiet_pairs(shares, errors, args.quiet)
+    quiet = quiet_pairs(times, shares, errors, args.quiet)
     chosen = quiet if len(quiet) >= min(3, args.steps) else list(range(i - args.warmup))
     tokens = args.batch * args.seq
     flops_6n = 6 * n_ours
@@ -224,7 +245,8 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
         "bench": "train_step", "model": kind, "precision": precision, "mode": mode,
         "parameters": n_ours, "parameters_transformers": n_ref, "tokens_per_step": tokens,
         "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
-        "timed_steps": len(chosen), "discarded_busy_steps": i - args.warmup - len(chosen),
+        "timed_steps": len(chosen), "busy_steps_dropped": i - args.warmup - len(chosen),
+        "too_busy_to_filter": len(quiet) < min(3, args.steps),  # then every step is kept, noisy numbers
     }
     for name in sides:
         if name in errors:
@@ -259,16 +281,24 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
         )
         result["last_loss_plmkit"] = round(losses["plmkit"][-1], 6)
         result["last_loss_transformers"] = round(losses["transformers"][-1], 6)
+    if "plmkit" not in errors:
+        result["plmkit_losses"] = [round(x, 5) for x in losses["plmkit"]]  # every step, warm-up included
     return result
 
 
-def quiet_pairs(shares: dict[str, list[float]], errors: dict[str, str], threshold: float) -> list[int]:
-    """Indices of timed steps in which every running side got >= threshold of the cores."""
+def quiet_pairs(
+    times: dict[str, list[float]], shares: dict[str, list[float]], errors: dict[str, str], threshold: float
+) -> list[int]:
+    """Indices of timed steps in which every running side got >= threshold of the cores. Steps under
+    0.2 s always count: OpenMP threads spinning past the step's end make their CPU share meaningless."""
     running = [name for name in shares if name not in errors]
     if not running:
         return []
     n = min(len(shares[name]) for name in running)
-    return [k for k in range(n) if all(shares[name][k] >= threshold for name in running)]
+    return [
+        k for k in range(n)
+        if all(shares[name][k] >= threshold or times[name][k] < 0.2 for name in running)
+    ]
 
 
 # ---- profile -------------------------------------------------------------------------------------
@@ -322,9 +352,10 @@ def summarize(results: list[dict]) -> dict:
                 summary.setdefault("bf16_over_fp32_min", {})[f"{side}_{model}_{mode}"] = round(
                     fp32[f"{side}_ms_min"] / r[f"{side}_ms_min"], 3
                 )
-        if "last_loss_plmkit" in r and "last_loss_plmkit" in fp32:
-            summary.setdefault("bf16_minus_fp32_last_loss", {})[f"plmkit_{model}_{mode}"] = round(
-                r["last_loss_plmkit"] - fp32["last_loss_plmkit"], 4
+        if "plmkit_losses" in r and "plmkit_losses" in fp32:  # same data, same number of updates
+            n = min(len(r["plmkit_losses"]), len(fp32["plmkit_losses"]))
+            summary.setdefault("bf16_minus_fp32_loss_at_step", {})[f"plmkit_{model}_{mode}_step{n}"] = round(
+                r["plmkit_losses"][n - 1] - fp32["plmkit_losses"][n - 1], 4
             )
     return summary
 
@@ -352,12 +383,19 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--distinct-batches", type=int, default=2, help="batches cycled through")
+    parser.add_argument(
+        "--no-mmap", action="store_true",
+        help="glibc mallopt: keep freed memory for reuse (applies to both sides; measures the allocator's share)",
+    )
     parser.add_argument("--profile", action="store_true", help="print plmkit's top ops to stderr, then exit")
     parser.add_argument("--profile-rows", type=int, default=25)
     args = parser.parse_args()
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be at least 1")
     torch.set_num_threads(args.threads)
+    no_mmap = keep_freed_memory() if args.no_mmap else False
+    if args.no_mmap and not no_mmap:
+        print("warning: --no-mmap needs glibc; running with the default allocator", file=sys.stderr)
     modes = [] if args.no_compile else ["compiled"]
     if not args.compile_only:
         modes.insert(0, "eager")
@@ -382,7 +420,7 @@ def main() -> None:
         peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
         setup = {
             "bench": "train_setup", "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": args.threads, **cpu_features(),
+            "threads": args.threads, **cpu_features(), "no_mmap": no_mmap,
             "peak_gflops_start": {k: round(v, 1) for k, v in peaks.items()},
             "config": {"layers": args.layers, "d_model": args.d_model, "heads": args.heads,
                        "d_ff": 4 * args.d_model, "seq": args.seq, "batch": args.batch, "vocab": args.vocab},

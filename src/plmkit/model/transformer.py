@@ -345,8 +345,8 @@ class StackLM(PretrainedModel):
         logits = self.lm_head(h)
         loss = None
         if labels is not None:
-            if self.shift_labels:  # position t predicts token t+1
-                loss = lm_loss(logits[:, :-1], labels[:, 1:])
+            if self.shift_labels:  # position t predicts token t+1: shift the labels, not the (big) logits
+                loss = lm_loss(logits, F.pad(labels[:, 1:], (0, 1), value=-100))
             else:
                 loss = lm_loss(logits, labels)
         return ModelOutput(loss, logits, h, cache if use_cache else None)

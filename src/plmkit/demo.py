@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from plmkit.config import apply_overrides, from_dict, to_dict
+from plmkit.data.sources import SourceSpec
 from plmkit.errors import DataError
 from plmkit.train.config import RecipeConfig
 
@@ -20,8 +21,14 @@ QUICKSTART: dict[str, Any] = {
     "name": "demo",
     "out_dir": "runs/demo",
     "model": {
-        "family": "causal", "d_model": 192, "n_layer": 4, "n_head": 6, "d_ff": 768, "max_positions": 128,
-        "activation": "gelu_tanh", "position": "learned",
+        "family": "causal",
+        "d_model": 192,
+        "n_layer": 4,
+        "n_head": 6,
+        "d_ff": 768,
+        "max_positions": 128,
+        "activation": "gelu_tanh",
+        "position": "learned",
     },
     "tokenizer": {"kind": "bpe", "vocab_size": 4096},
     "data": {"sources": [], "validation_fraction": 0.05, "block_size": 128},
@@ -60,10 +67,9 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
     if data_path is not None:
         if not Path(data_path).exists():
             raise DataError(f"data={data_path}: no such file or folder")
-        config.data.sources = from_dict(RecipeConfig, {"data": {"sources": [{"path": data_path}]}}).data.sources
+        config.data.sources = [SourceSpec(data_path)]
     elif not config.data.sources:
-        corpus = write_default_corpus(Path(config.run_dir))
-        config.data.sources = from_dict(RecipeConfig, {"data": {"sources": [{"path": str(corpus)}]}}).data.sources
+        config.data.sources = [SourceSpec(str(write_default_corpus(Path(config.run_dir))))]
     return config
 
 
@@ -78,12 +84,16 @@ def run_demo(overrides: list[str] | None = None) -> dict[str, Any]:
     model, tokenizer = load(result["checkpoint"])
     before, after = result.get("initial_val_ppl"), result.get("val_ppl")
     if before and after:
-        print(f"validation perplexity: {before:,.1f} before training -> {after:,.1f} after ({before / after:.1f}x lower)")
+        print(
+            f"validation perplexity: {before:,.1f} before training -> {after:,.1f} after ({before / after:.1f}x lower)"
+        )
     print(f"checkpoint: {result['checkpoint']}")
     if "loss_curve" in result:
         print(f"loss curve: {result['loss_curve']}")
     for prompt in PROMPTS:
-        text = generate(model, tokenizer, prompt, max_new_tokens=48, do_sample=True, top_k=40, seed=config.seed)
+        text = generate(
+            model, tokenizer, prompt, max_new_tokens=48, do_sample=True, top_k=40, seed=config.seed
+        )
         print(f"--- sample ---\n{prompt}{text}")
     print(f'try: plm generate --model {result["checkpoint"]} --prompt "The while statement" --sample')
     return {**result, "config": to_dict(config)}

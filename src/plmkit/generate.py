@@ -18,7 +18,6 @@ import dataclasses
 import sys
 import types
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -211,7 +210,7 @@ class _Decoder:
                 setattr(self, name, value.index_select(0, index))
 
 
-@contextmanager
+@contextlib.contextmanager
 def _eval_mode(model: PretrainedModel) -> Iterator[None]:
     """Dropout off while generating; the caller's train/eval mode comes back afterwards."""
     from plmkit.model.transformer import LMHead

@@ -2,7 +2,7 @@
 
 from plmkit.data.mixture import MixtureSampler
 from plmkit.data.packing import DocumentDataset, PackedDataset
-from plmkit.data.pipeline import PretrainingData, build_pretraining_data
+from plmkit.data.pipeline import PretrainingData, build_pretraining_data, packed_blocks
 from plmkit.data.sampler import ResumableSampler
 from plmkit.data.sources import Document, SkipReport, SourceSpec, iter_documents, resolve_files
 from plmkit.data.store import TokenStore, default_cache_dir
@@ -20,5 +20,6 @@ __all__ = [
     "build_pretraining_data",
     "default_cache_dir",
     "iter_documents",
+    "packed_blocks",
     "resolve_files",
 ]

@@ -66,11 +66,23 @@ def build_pretraining_data(sources: Sequence[SourceSpec | Mapping[str, Any] | st
     specs = [_as_spec(s) for s in sources]
     if not specs:
         raise ConfigError("no data sources given; set data: to a list of {path: ..., weight: ...}")
-    stores = [TokenStore.build([spec], tokenizer, cache_dir, progress=progress) for spec in specs]
-    datasets = [PackedDataset(store, block_size) for store in stores]
+    datasets = [packed_blocks(spec, tokenizer, block_size, cache_dir, progress=progress) for spec in specs]
+    stores = [dataset.store for dataset in datasets]
     sampler = MixtureSampler(datasets, [s.weight for s in specs], batch_size, seed=seed, shuffle=shuffle,
                              rank=rank, world_size=world_size)
     return PretrainingData(specs, stores, datasets, sampler)
+
+
+def packed_blocks(spec: SourceSpec, tokenizer: Any, block_size: int, cache_dir: str | Path | None = None,
+                  *, progress: bool | None = None) -> PackedDataset:
+    """One source tokenized into its cached store and packed into blocks. Documents are separated by
+    the tokenizer's eos, or by [SEP] for tokenizers without one (BERT-style vocabularies)."""
+    if tokenizer.eos_id is not None:
+        return PackedDataset(TokenStore.build([spec], tokenizer, cache_dir, progress=progress), block_size)
+    if tokenizer.sep_id is None:
+        raise ConfigError("the tokenizer has neither an eos nor a sep token to separate documents; add one")
+    store = TokenStore.build([spec], tokenizer, cache_dir, add_eos=False, progress=progress)
+    return PackedDataset(store, block_size, eos_id=tokenizer.sep_id)
 
 
 def _as_spec(source: SourceSpec | Mapping[str, Any] | str) -> SourceSpec:

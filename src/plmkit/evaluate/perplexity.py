@@ -29,9 +29,8 @@ def evaluate_loss(
     text_field: str = "text",
 ) -> dict[str, float]:
     """Mean loss per target token and its perplexity over the packed blocks of `data`."""
-    from plmkit.data import SourceSpec
+    from plmkit.data import SourceSpec, packed_blocks
     from plmkit.data.objectives import build_objective
-    from plmkit.train.data import packed_blocks
     from plmkit.train.pretrain import count_targets
 
     if tokenizer is None:

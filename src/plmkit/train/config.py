@@ -17,13 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-
-@dataclass
-class SourceConfig:
-    path: str
-    weight: float = 1.0  # mixture weight (GPT-3 style quality weighting)
-    text_field: str = "text"  # JSON/CSV/Parquet column holding the text
-    on_error: str = "raise"  # raise | skip (skips are counted and reported)
+from plmkit.data.sources import SourceSpec  # path, weight, text_field, format, on_error
 
 
 @dataclass
@@ -36,8 +30,8 @@ class TokenizerConfig:
 
 @dataclass
 class DataConfig:
-    sources: list[SourceConfig] = field(default_factory=list)
-    validation: list[SourceConfig] = field(default_factory=list)  # empty: hold out validation_fraction
+    sources: list[SourceSpec] = field(default_factory=list)
+    validation: list[SourceSpec] = field(default_factory=list)  # empty: hold out validation_fraction
     validation_fraction: float = 0.05  # of the documents, when no validation sources are given
     block_size: int = 256
     cache_dir: str | None = None  # tokenized-store cache; default .cache/plmkit in the working directory

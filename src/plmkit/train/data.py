@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
+from plmkit.data.sources import SourceSpec
 from plmkit.errors import ConfigError
-from plmkit.train.config import RecipeConfig, SourceConfig
+from plmkit.train.config import RecipeConfig
 
 
 class BlockRange:
@@ -46,41 +47,19 @@ class TrainData:
         return self.description
 
 
-def iter_source_texts(sources: list[SourceConfig]) -> Iterator[str]:
+def iter_source_texts(sources: list[SourceSpec]) -> Iterator[str]:
     """Document texts of the sources (for training a tokenizer)."""
     from plmkit.data import iter_documents
 
     for source in sources:
-        for document in iter_documents(_spec(source)):
+        for document in iter_documents(source):
             yield document.text
 
 
-def _spec(source: SourceConfig):
-    from plmkit.data import SourceSpec
+def _packed(sources: list[SourceSpec], tokenizer: Any, config: RecipeConfig) -> list[Any]:
+    from plmkit.data import packed_blocks
 
-    return SourceSpec(
-        path=source.path, weight=source.weight, text_field=source.text_field, on_error=source.on_error
-    )
-
-
-def packed_blocks(spec: Any, tokenizer: Any, block_size: int, cache_dir: str | None = None) -> Any:
-    """A source tokenized into the cached store and packed into blocks. Documents are separated by
-    the tokenizer's eos, or by [SEP] for tokenizers without one (BERT-style vocabularies)."""
-    from plmkit.data import PackedDataset, TokenStore
-
-    if tokenizer.eos_id is not None:
-        return PackedDataset(TokenStore.build([spec], tokenizer, cache_dir), block_size)
-    separator = tokenizer.sep_id
-    if separator is None:
-        raise ConfigError("the tokenizer has neither an eos nor a sep token to separate documents; add one")
-    store = TokenStore.build([spec], tokenizer, cache_dir, add_eos=False)
-    return PackedDataset(store, block_size, eos_id=separator)
-
-
-def _packed(sources: list[SourceConfig], tokenizer: Any, config: RecipeConfig) -> list[Any]:
-    return [
-        packed_blocks(_spec(s), tokenizer, config.data.block_size, config.data.cache_dir) for s in sources
-    ]
+    return [packed_blocks(s, tokenizer, config.data.block_size, config.data.cache_dir) for s in sources]
 
 
 def build_train_data(

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from plmkit.config import to_dict
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
@@ -156,7 +157,7 @@ def build_run(config: RecipeConfig) -> Run:
         torch.set_num_threads(config.train.threads)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(_plain(config), indent=2) + "\n", encoding="utf-8")
+    (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
     device = resolve_device(config.train.device)
     precision = Precision(resolve_precision(config.train.precision, device), device)
 
@@ -218,9 +219,3 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
     if "model_rng" in state:
         model.load_rng_state_dict(state["model_rng"])
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))
-
-
-def _plain(config: RecipeConfig) -> dict:
-    from plmkit.config import to_dict
-
-    return to_dict(config)

@@ -8,6 +8,7 @@ draw exactly the masks an uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -18,7 +19,7 @@ from plmkit.errors import ConfigError, DataError
 Example = Sequence[int] | dict[str, Any]
 
 
-class Objective:
+class Objective(abc.ABC):
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""  # causal | masked | prefix | seq2seq: the model family that consumes it
 
@@ -27,8 +28,9 @@ class Objective:
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
 
+    @abc.abstractmethod
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """The batch dict for `model(**batch)`; every objective module defines it."""
 
     # ---- resumability --------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

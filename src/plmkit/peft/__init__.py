@@ -71,6 +71,7 @@ def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
                           "to a plain base model")
     if not hasattr(model, "config"):
         raise ConfigError(f"plmkit.peft.apply needs a plmkit model, got {type(model).__name__}")
+    training = model.training
     train_head = options.pop("train_head", None)
     train_head = default_train_head(model) if train_head is None else bool(train_head)
     if method == "lora":
@@ -103,6 +104,7 @@ def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
                           f"methods: {', '.join(METHODS)}")
     record["train_head"] = train_head
     model.peft_config = PeftConfig(method, record)
+    model.train(training)  # new modules start in training mode: give them the model's (eval: no dropout)
     return mark_only_peft_trainable(model)
 
 

@@ -84,6 +84,8 @@ def test_a_lora_run_trains_only_the_adapter_and_its_checkpoint_serves_every_comm
                                capsys)
     assert code == 0, err
     assert out.startswith("The")
+    code, out, err = h.run_cli(["info", checkpoint], capsys)
+    assert code == 0 and f"peft: lora; {peft.trainable_report(model)}" in out, err
 
 
 @pytest.mark.parametrize("section", [

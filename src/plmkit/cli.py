@@ -115,6 +115,11 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"{key}: {getattr(config, key)}")
     n_params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
     print(f"parameters: {n_params:,}")
+    peft = getattr(model, "peft_config", None)
+    if peft is not None:  # a checkpoint of a PEFT run
+        from plmkit.peft import trainable_report
+
+        print(f"peft: {peft.method}; {trainable_report(model)}")
     return 0
 
 

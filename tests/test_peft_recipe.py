@@ -86,6 +86,10 @@ def test_a_lora_run_trains_only_the_adapter_and_its_checkpoint_serves_every_comm
     assert out.startswith("The")
     code, out, err = h.run_cli(["info", checkpoint], capsys)
     assert code == 0 and f"peft: lora; {peft.trainable_report(model)}" in out, err
+    code, out, err = h.run_cli(["convert", "--to-hf", checkpoint, "--out", tmp_path / "hf"], capsys)
+    assert code == 2 and "merge it first with plm merge-lora" in err and not (tmp_path / "hf").exists()
+    code, out, err = h.run_cli(["convert", "--to-hf", tmp_path / "merged", "--out", tmp_path / "hf"], capsys)
+    assert code == 0, err
 
 
 @pytest.mark.parametrize("section", [

@@ -169,6 +169,11 @@ def _run_convert(args: argparse.Namespace) -> int:
         source = args.from_hf
     else:
         model, tokenizer = load(args.to_hf)
+        peft = getattr(model, "peft_config", None)
+        if peft is not None:  # save_hf would write the base weights alone, silently dropping the tuning
+            fix = "merge it first with plm merge-lora" if peft.method == "lora" else "Hugging Face has no place for it"
+            raise ConfigError(f"{args.to_hf} carries {peft.method} (a PEFT run's checkpoint): {fix}; "
+                              "plmkit.peft.export_peft writes a LoRA adapter for the peft library")
         save_hf(model, tokenizer, args.out)
         source = args.to_hf
     n_params = sum(p.numel() for p in model.parameters())

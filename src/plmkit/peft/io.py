@@ -8,9 +8,9 @@ A folder holding
                                (e.g. transformer.blocks.0.attn.qkv.lora_A.all)
 
 `load_adapter(model, dir)` applies the recorded method to a base model (unless it already carries
-it) and copies the tensors in. Prefix-tuning adapters hold the folded prefixes (no MLP), so they load
-as `projection: false` prefixes and give the same outputs. A base of another architecture is refused with a CheckpointError that
-names the differing config fields or tensor shapes. (The file names are those of the peft library;
+it) and copies the tensors in. A base of another architecture is refused with a CheckpointError that
+names the differing config fields or tensor shapes. Prefix-tuning adapters hold the folded prefixes
+(no MLP): they load as `projection: false` prefixes and give the same outputs. (The file names are those of the peft library;
 its own format is written by `plmkit.peft.export_peft`.)
 """
 

@@ -108,7 +108,7 @@ class PrefixEncoder(PeftModule):
         # step or load_state_dict bumps a parameter's version counter; .to() gives it new memory)
         key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in self.parameters())
         if self._inference is None or self._inference[0] != key:
-            self._inference = (key, self._project())
+            self._inference = (key, self._project().contiguous())  # contiguous: as a folded model's
         return self._inference[1]
 
     def forward(self) -> list[tuple[torch.Tensor, ...]]:

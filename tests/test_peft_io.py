@@ -127,6 +127,55 @@ def test_prompt_tuned_model_saves_as_a_plmkit_checkpoint(tmp_path):
     assert peft.trainable_report(loaded) == peft.trainable_report(model)  # prompt + head, base frozen
 
 
+SAVED = {
+    "lora": (False, dict(r=4, target="all-linear")),
+    "lora-classifier": (True, dict(r=2)),
+    "adapter": (False, dict(kind="houlsby", size=4)),
+    "bitfit": (False, {}),
+    "prefix": (False, dict(n_tokens=3, hidden=8)),
+    "ptuning_v2-classifier": (True, dict(n_tokens=3, projection=False)),
+}
+
+
+@pytest.mark.parametrize("case", list(SAVED))
+def test_a_peft_model_saved_with_plmkit_save_loads_back_as_itself(case, tmp_path):
+    """plmkit.save records the method in plmkit.json; plmkit.load rebuilds the base, applies it and loads
+    every tensor (a training checkpoint is such a folder). The folder also holds the adapter alone."""
+    head, options = SAVED[case]
+    method = case.split("-")[0].replace("ptuning_v2", "prefix")
+    model = peft.apply(make(head=head), method, **options)
+    perturb_peft(model)
+    expected = logits(model)
+    plmkit.io.save(model, None, tmp_path / "ckpt")
+    header = json.loads((tmp_path / "ckpt" / "plmkit.json").read_text())
+    assert header["model_class"] == type(model).__name__ and header["peft"] == model.peft_config.to_dict()
+
+    loaded, _ = plmkit.io.load(tmp_path / "ckpt")
+    assert type(loaded) is type(model) and loaded.peft_config.to_dict() == model.peft_config.to_dict()
+    state = loaded.state_dict()
+    assert state.keys() == model.state_dict().keys()
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(logits(loaded), expected)
+    assert peft.trainable_report(loaded) == peft.trainable_report(model)
+    # the adapter beside the model: onto a fresh base it gives the tuned model again
+    again = peft.load_adapter(make(head=head), tmp_path / "ckpt")
+    assert torch.allclose(logits(again), expected, atol=1e-6, rtol=0)
+
+
+def test_a_corrupt_peft_entry_in_plmkit_json_is_a_checkpoint_error(tmp_path):
+    plmkit.io.save(peft.apply(make(), "lora", r=2), None, tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "plmkit.json"
+    header = json.loads(path.read_text())
+    header["peft"]["options"]["r"] = 0
+    path.write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match="cannot apply its lora settings.*positive integer"):
+        plmkit.io.load(tmp_path / "ckpt")
+    header["peft"] = "lora"
+    path.write_text(json.dumps(header))
+    with pytest.raises(CheckpointError, match='"peft" must be'):
+        plmkit.io.load(tmp_path / "ckpt")
+
+
 # ---- plm merge-lora --------------------------------------------------------------------------------
 def test_cli_merge_lora_writes_a_plain_merged_checkpoint(tmp_path, capsys):
     base = make(position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu", tie_embeddings=False)

@@ -170,22 +170,7 @@ def test_training_changes_only_lora_and_learns():
             assert torch.equal(param, frozen[name]), f"{name} changed"
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "bart"])
-def test_lora_trains_with_gradient_checkpointing(arch):
-    grads = []
-    for checkpointing in (False, True):
-        model = peft.apply(make(arch).train(), "lora", r=2, target="all-linear")
-        randomize_lora(model)
-        model.set_gradient_checkpointing(checkpointing)
-        ids = torch.randint(3, VOCAB, (2, 8), generator=torch.Generator().manual_seed(3))
-        kwargs = {"input_ids": ids, "labels": ids} if arch == "gpt2" else {"input_ids": ids, "labels": ids[:, :5]}
-        model(**kwargs).loss.backward()
-        named = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-        assert all(g is not None for g in named.values())
-        assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
-        grads.append(named)
-    for name, grad in grads[0].items():
-        assert torch.allclose(grads[1][name], grad, atol=1e-6), name
+# gradient checkpointing: test_peft_checkpointing.py
 
 
 def test_classifier_head_trains_in_full_by_default():
@@ -272,3 +257,13 @@ def test_a_wildcard_over_a_fused_module_and_its_parts_takes_the_whole_module():
     assert isinstance(qkv, LoRALinear) and list(qkv.parts) == ["all"]
     assert isinstance(model.transformer.blocks[0].attn.out, LoRALinear)
     assert not isinstance(model.transformer.blocks[1].attn.out, LoRALinear)
+
+
+@pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prompt"])
+def test_apply_keeps_the_models_train_or_eval_mode(method):
+    options = {"lora": dict(dropout=0.5), "adapter": {}, "prefix": dict(n_tokens=2), "prompt": dict(n_tokens=2)}
+    model = peft.apply(make("gpt2", dropout=0.5), method, **options[method])  # make() gives eval mode
+    assert not any(m.training for m in model.modules())
+    assert torch.equal(outputs(model), outputs(model))  # no dropout: deterministic
+    model = peft.apply(make("gpt2").train(), method, **options[method])
+    assert all(m.training for m in model.modules())

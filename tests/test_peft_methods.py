@@ -91,24 +91,7 @@ def test_adapter_options():
         peft.merge(model)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "t5"])
-def test_adapters_train_with_gradient_checkpointing(arch):
-    grads = []
-    for checkpointing in (False, True):
-        model = peft.apply(make(arch).train(), "adapter", size=4)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                if ".adapter.up." in name:
-                    param.normal_(0, 0.1)
-        model.set_gradient_checkpointing(checkpointing)
-        ids, _ = batch()
-        labels = ids[:, :5] if arch == "t5" else ids
-        model(input_ids=ids, labels=labels).loss.backward()
-        named = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
-        assert named and all(g is not None and g.abs().sum() > 0 for g in named.values())
-        grads.append(named)
-    for name, grad in grads[0].items():
-        assert torch.allclose(grads[1][name], grad, atol=1e-6), name
+# gradient checkpointing for every method: test_peft_checkpointing.py
 
 
 # ---- BitFit ----------------------------------------------------------------------------------------

@@ -71,7 +71,38 @@ def is_chinese(recipe: Path) -> bool:
 
 
 def tiny_overrides(recipe: Path, corpus: Path, tmp_path: Path, steps: int = 3, vocab: int = 400) -> list[str]:
-    """Overrides that turn any recipe into a tiny, fast run on `corpus` inside tmp_path."""
+    """Overrides that turn any recipe into a tiny, fast run on `corpus` inside tmp_path. A recipe that
+    continues from a checkpoint (init_from, e.g. lora-clm) gets a tiny base checkpoint instead."""
+    out = _tiny(recipe, corpus, tmp_path, steps, vocab)
+    if recipe_data(recipe).get("init_from"):
+        out.append(f"init_from={tiny_base(recipe, out, tmp_path)}")
+    return out
+
+
+def tiny_base(recipe: Path, overrides: list[str], tmp_path: Path) -> Path:
+    """A tiny model of the recipe's sizes (untrained) with a tokenizer trained on its data, saved as a
+    plmkit checkpoint: the base of an init_from recipe, whose real base is another run's output. The
+    same inputs give the same checkpoint (a resumed run must see the same tokenizer)."""
+    import torch
+
+    from plmkit.config import load_config
+    from plmkit.io import save
+    from plmkit.model import build_model
+    from plmkit.train.config import RecipeConfig
+    from plmkit.train.setup import build_model_config, build_tokenizer
+
+    base = tmp_path / "tiny-base"
+    if not (base / "plmkit.json").is_file():
+        config = load_config(RecipeConfig, recipe, [*overrides, "init_from=null"])
+        tokenizer = build_tokenizer(config, tmp_path / "tiny-base-run")
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = build_model(build_model_config(config, tokenizer))
+        save(model, tokenizer, base)
+    return base
+
+
+def _tiny(recipe: Path, corpus: Path, tmp_path: Path, steps: int, vocab: int) -> list[str]:
     data = recipe_data(recipe)
     model = data.get("model") or {}
     out = [

@@ -115,6 +115,11 @@ def _run_info(args: argparse.Namespace) -> int:
             print(f"{key}: {getattr(config, key)}")
     n_params = sum(p.numel() for p in model.parameters())  # tied weights are counted once
     print(f"parameters: {n_params:,}")
+    peft = getattr(model, "peft_config", None)
+    if peft is not None:  # a checkpoint of a PEFT run
+        from plmkit.peft import trainable_report
+
+        print(f"peft: {peft.method}; {trainable_report(model)}")
     return 0
 
 
@@ -164,6 +169,11 @@ def _run_convert(args: argparse.Namespace) -> int:
         source = args.from_hf
     else:
         model, tokenizer = load(args.to_hf)
+        peft = getattr(model, "peft_config", None)
+        if peft is not None:  # save_hf would write the base weights alone, silently dropping the tuning
+            fix = "merge it first with plm merge-lora" if peft.method == "lora" else "Hugging Face has no place for it"
+            raise ConfigError(f"{args.to_hf} carries {peft.method} (a PEFT run's checkpoint): {fix}; "
+                              "plmkit.peft.export_peft writes a LoRA adapter for the peft library")
         save_hf(model, tokenizer, args.out)
         source = args.to_hf
     n_params = sum(p.numel() for p in model.parameters())
@@ -284,10 +294,13 @@ def _add_merge_lora(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights",
                        description="Load the base checkpoint, apply the LoRA adapter saved by "
                                    "plmkit.peft.save_adapter, merge it into the weights (W += s·BA) and "
-                                   "write a plain plmkit checkpoint that needs no PEFT code to run.")
+                                   "write a plain plmkit checkpoint that needs no PEFT code to run. "
+                                   "A checkpoint of a LoRA run (plm pretrain with peft: {method: lora}) "
+                                   "holds base and adapter: give it as --base alone.")
     p.add_argument("--base", required=True, metavar="CKPT",
                    help="base model: plmkit checkpoint or Hugging Face model folder")
-    p.add_argument("--adapter", required=True, metavar="DIR", help="adapter folder (adapter_config.json)")
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="adapter folder (adapter_config.json); default: the adapter inside --base")
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
     p.set_defaults(run=_run_merge_lora)
 
@@ -297,15 +310,19 @@ def _run_merge_lora(args: argparse.Namespace) -> int:
     from plmkit.peft import load_adapter, merge
     from plmkit.peft.io import read_adapter_config
 
-    method = read_adapter_config(args.adapter)["method"]  # CheckpointError when DIR is not an adapter
+    adapter = args.adapter or args.base  # a LoRA run's checkpoint holds its adapter beside the model
+    if args.adapter is None and not (Path(args.base) / "adapter_config.json").is_file():
+        raise ConfigError(f"{args.base} holds no adapter (no adapter_config.json): give --adapter DIR, or a "
+                          "checkpoint of a LoRA run as --base")
+    method = read_adapter_config(adapter)["method"]  # CheckpointError when DIR is not an adapter
     if method != "lora":
-        raise ConfigError(f"{args.adapter} holds a {method} adapter; only LoRA adapters can be merged "
+        raise ConfigError(f"{adapter} holds a {method} adapter; only LoRA adapters can be merged "
                           "into the base weights")
-    model, tokenizer = load(args.base)
-    model = merge(load_adapter(model, args.adapter), unload=True)
+    model, tokenizer = load(args.base)  # a LoRA run's checkpoint loads with its LoRA already applied
+    model = merge(load_adapter(model, adapter), unload=True)
     save(model, tokenizer, args.out)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"merged {args.adapter} into {args.base} -> {args.out} ({type(model).__name__}, {n_params:,} parameters)")
+    print(f"merged {adapter} into {args.base} -> {args.out} ({type(model).__name__}, {n_params:,} parameters)")
     return 0
 
 

@@ -8,6 +8,12 @@ A checkpoint is a folder holding
     tokenizer.json        the tokenizer (optional), see plmkit.tokenizer
     tokenizer_config.json
 
+A model with a PEFT method applied (plmkit.peft) records it in plmkit.json as "peft": {"method",
+"options"}; `load` rebuilds the base class, applies the method and loads every tensor, so the model
+comes back exactly as saved (LoRA unmerged, prefix MLP and all). Its folder also holds the adapter
+alone (adapter_config.json + adapter_model.safetensors, see plmkit.peft.io), which `load_adapter` and
+`plm merge-lora` read directly.
+
 `save` writes the folder atomically: everything goes into a hidden temporary sibling that is renamed
 into place only when complete, so a crash or a full disk never leaves a half-written checkpoint and
 never destroys the previous one.
@@ -106,8 +112,15 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
         tmp.mkdir()
         header = {"format": FORMAT, "version": _version(), "model_class": type(model).__name__,
                   "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
+        peft = getattr(model, "peft_config", None)
+        if peft is not None:
+            header["peft"] = peft.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
         save_weights(model, tmp / WEIGHTS_FILE)
+        if peft is not None:
+            from plmkit.peft.io import save_adapter
+
+            save_adapter(model, tmp)  # the adapter alone, beside the full model
         if tokenizer is not None:
             tokenizer.save(tmp)
         _fsync_folder(tmp)
@@ -237,7 +250,7 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def build_from_header(path: Path) -> torch.nn.Module:
-    """An untrained model of the class and config recorded in plmkit.json."""
+    """An untrained model of the class and config recorded in plmkit.json (with its PEFT method)."""
     from plmkit.model import ModelConfig
 
     header = read_header(path)
@@ -253,9 +266,17 @@ def build_from_header(path: Path) -> torch.nn.Module:
     kwargs = header.get("model_kwargs", {})
     cls = classes[name]
     try:
-        return getattr(cls, "from_config", cls)(config, **kwargs)
+        model = getattr(cls, "from_config", cls)(config, **kwargs)
     except TypeError as e:
         raise CheckpointError(f"{path}: cannot build {name} with model_kwargs {kwargs}: {e}") from e
+    peft = header.get("peft")
+    if peft is not None and getattr(model, "peft_config", None) is None:  # a wrapper class rebuilds itself
+        from plmkit.peft.io import reapply
+
+        if not isinstance(peft, dict) or "method" not in peft:
+            raise CheckpointError(f'{path}: "peft" must be {{"method": ..., "options": {{...}}}}, got {peft!r}')
+        model = reapply(model, peft["method"], peft.get("options", {}), str(path))
+    return model
 
 
 def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:

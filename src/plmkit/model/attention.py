@@ -3,6 +3,10 @@
 One module serves self-attention (q, k, v from the same sequence, one fused projection) and
 cross-attention (q from the decoder, k and v from the encoder output). The attention is
 softmax(QKᵀ·scale + M)V where M is an additive mask (plus T5's position bias when used).
+
+Prefix-tuning (plmkit.peft.prefix) passes `prefix`: P extra keys and values in front of the real
+ones. They are not part of the KV cache, have no position (no rotary, no relative bias: their mask
+columns are 0) and every query sees them, whatever the mask of the real keys says.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import apply_rotary
 
@@ -47,6 +52,7 @@ class Attention(nn.Module):
         cache: tuple[torch.Tensor, torch.Tensor] | None = None,  # past k, v (B, n_kv, T_past, hd)
         memory: torch.Tensor | None = None,  # cross-attention: encoder output (B, S, C)
         is_causal: bool = False,  # let SDPA build the causal mask itself (fast path, no explicit mask)
+        prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # prefix keys, values (B|1, n_kv, P, hd)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         q_width = self.n_head * self.head_dim
         if self.cross:
@@ -69,7 +75,10 @@ class Attention(nn.Module):
             if cache is not None:
                 k = torch.cat((cache[0], k), dim=2)
                 v = torch.cat((cache[1], v), dim=2)
-        new_cache = (k, v)
+        new_cache = (k, v)  # real tokens only: the prefix is added again at every call
+        if prefix is not None:
+            k, v, mask = with_prefix(prefix, k, v, mask, is_causal, q.shape[2], q.dtype)
+            is_causal = False  # the mask is explicit now
         y = F.scaled_dot_product_attention(
             q,
             k,
@@ -82,6 +91,31 @@ class Attention(nn.Module):
         )  # (B, H, T, hd)
         b, _, t, _ = y.shape
         return self.out(y.transpose(1, 2).reshape(b, t, q_width)), new_cache
+
+
+def with_prefix(
+    prefix: tuple[torch.Tensor, torch.Tensor],
+    k: torch.Tensor,  # (B, n_kv, T_k, hd)
+    v: torch.Tensor,
+    mask: torch.Tensor | None,  # additive or boolean (B|1, H|1, T_q, T_k), or None
+    is_causal: bool,
+    t_q: int,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """k, v with the P prefix keys/values in front (B, n_kv, P + T_k, hd), and the mask with P leading
+    columns that every query may attend to. SDPA's is_causal is aligned top-left, which is wrong once
+    there are more keys than queries, so a causal mask is spelled out here (bottom-right aligned: the
+    last query sees every real key)."""
+    prefix_k, prefix_v = prefix
+    b, p, t_k = k.shape[0], prefix_k.shape[2], k.shape[2]
+    k = torch.cat((prefix_k.to(k.dtype).expand(b, -1, -1, -1), k), dim=2)
+    v = torch.cat((prefix_v.to(v.dtype).expand(b, -1, -1, -1), v), dim=2)
+    if mask is None and is_causal:
+        mask = masks.to_additive(masks.causal(t_q, t_k, t_k - t_q, k.device), dtype)
+    if mask is not None:
+        see_prefix = True if mask.dtype == torch.bool else 0.0  # allowed / additive 0 (no position bias)
+        mask = torch.cat((mask.new_full((*mask.shape[:-1], p), see_prefix), mask), dim=-1)
+    return k, v, mask
 
 
 def reference_attention(

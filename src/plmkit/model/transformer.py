@@ -84,17 +84,21 @@ class Block(nn.Module):
         memory: torch.Tensor | None = None,
         memory_mask: torch.Tensor | None = None,
         is_causal: bool = False,
+        prefix: tuple[torch.Tensor, ...] | None = None,  # prefix-tuning (k, v[, cross k, cross v])
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         self_cache = cache[:2] if cache is not None else None
+        self_prefix = prefix[:2] if prefix is not None else None
         x, new_cache = self._residual(
-            x, self.attn_norm, lambda h: self.attn(h, mask, rotary, self_cache, is_causal=is_causal)
+            x, self.attn_norm,
+            lambda h: self.attn(h, mask, rotary, self_cache, is_causal=is_causal, prefix=self_prefix),
         )
         if self.cross_attn is not None:
             cross_cache = cache[2:] if cache is not None and len(cache) == 4 else None
+            cross_prefix = prefix[2:] if prefix is not None and len(prefix) == 4 else None
             x, cross = self._residual(
                 x,
                 self.cross_norm,
-                lambda h: self.cross_attn(h, memory_mask, cache=cross_cache, memory=memory),
+                lambda h: self.cross_attn(h, memory_mask, cache=cross_cache, memory=memory, prefix=cross_prefix),
             )
             new_cache = new_cache + cross
         x, _ = self._residual(x, self.mlp_norm, self.mlp)
@@ -102,7 +106,10 @@ class Block(nn.Module):
 
 
 class Stack(nn.Module):
-    """Embeddings, blocks and the final norm. Owns the per-stack position machinery (rotary, T5 bias)."""
+    """Embeddings, blocks and the final norm. Owns the per-stack position machinery (rotary, T5 bias).
+
+    `prefix` (prefix-tuning) gives each block extra attention keys/values; plmkit.peft.prefix passes
+    it with a forward pre-hook, so the family models need not know about it."""
 
     def __init__(
         self,
@@ -136,6 +143,7 @@ class Stack(nn.Module):
         past_key_values: Cache | None = None,
         memory: torch.Tensor | None = None,
         memory_allowed: torch.Tensor | None = None,
+        prefix: list[tuple[torch.Tensor, ...]] | None = None,  # per block; plmkit.peft.prefix fills it
     ) -> tuple[torch.Tensor, Cache]:
         b, t = input_ids.shape
         past = past_key_values[0][0].shape[2] if past_key_values else 0
@@ -159,7 +167,8 @@ class Stack(nn.Module):
         new_cache: Cache = []
         for i, block in enumerate(self.blocks):
             cache = past_key_values[i] if past_key_values else None
-            args = (x, mask, rotary, cache, memory, memory_mask, fast_causal)
+            layer_prefix = prefix[i] if prefix is not None else None
+            args = (x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix)
             if self.gradient_checkpointing and self.training:
                 x, layer_cache = checkpoint(block, *args, use_reentrant=False)
             else:

@@ -1,4 +1,4 @@
-"""plmkit.peft: parameter-efficient tuning — LoRA, bottleneck adapters, BitFit, prompt tuning.
+"""plmkit.peft: parameter-efficient tuning — LoRA, bottleneck adapters, BitFit, prompt and prefix tuning.
 
     model = plmkit.peft.apply(model, method="lora", r=8, target="attn.qkv")   # base frozen
     print(plmkit.peft.trainable_report(model))      # gpt2-small: trainable: 294,912 / total: 124,734,720 (0.2364%)
@@ -14,8 +14,14 @@ such as SequenceClassifier's classifier in full; default True for task models, F
   adapter  kind="houlsby"|"pfeiffer", size=d_model//reduction, reduction=16, activation="gelu"  (adapter.py)
   bitfit   (biases only)                                                            (bitfit.py)
   prompt   n_tokens=20, init_text=None (+ tokenizer=...), init_ids=None             (prompt.py)
-LoRA, adapters and BitFit change the model in place; prompt tuning returns a wrapper: always use the
-returned model.
+  prefix   n_tokens=20, projection=True, hidden=d_model, cross_attention=True; with projection=False
+           (P-tuning v2) also init_text (+ tokenizer), init_ids                       (prefix.py)
+LoRA, adapters, BitFit and prefix tuning change the model in place; prompt tuning returns a wrapper:
+always use the returned model. `fold(model)` folds prefix-tuning's MLP away for inference.
+
+In a recipe: `peft: {method: lora, r: 8, target: all-linear}` (see `apply_spec`). A PEFT model saved
+with plmkit.save (every training checkpoint) loads back as the same PEFT model, and its folder also
+holds the adapter (save_adapter's files), so load_adapter and `plm merge-lora` read it directly.
 """
 
 from __future__ import annotations
@@ -41,10 +47,12 @@ from plmkit.peft.bitfit import check_bitfit
 from plmkit.peft.export import export_peft
 from plmkit.peft.io import load_adapter, save_adapter
 from plmkit.peft.lora import LoRALinear, LoraOptions
+from plmkit.peft.prefix import PrefixEncoder, PrefixOptions, apply_prefix, fold
 from plmkit.peft.prompt import PromptTunedModel, apply_prompt
 
-METHODS = ("lora", "adapter", "bitfit", "prompt")
+METHODS = ("lora", "adapter", "bitfit", "prompt", "prefix")
 _PROMPT_OPTIONS = ("n_tokens", "init_text", "init_ids")
+_PTUNING_V2 = ("ptuning_v2", "p_tuning_v2", "ptuningv2", "ptuning", "p_tuning", "deep_prompt")
 
 
 def _options(method: str, cls: type | None, names: tuple[str, ...], options: dict[str, Any]):
@@ -63,6 +71,7 @@ def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
                           "to a plain base model")
     if not hasattr(model, "config"):
         raise ConfigError(f"plmkit.peft.apply needs a plmkit model, got {type(model).__name__}")
+    training = model.training
     train_head = options.pop("train_head", None)
     train_head = default_train_head(model) if train_head is None else bool(train_head)
     if method == "lora":
@@ -82,12 +91,38 @@ def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
         record = _options(method, None, _PROMPT_OPTIONS, options)
         model = apply_prompt(model, tokenizer=tokenizer, **record)
         record = {"n_tokens": model.n_tokens, **record}
+    elif method == "prefix":
+        tokenizer = options.pop("tokenizer", None)
+        prefix_options = _options(method, PrefixOptions, (), options)
+        apply_prefix(model, prefix_options, tokenizer)
+        record = dataclasses.asdict(prefix_options)
+    elif method.lower().replace("-", "_") in _PTUNING_V2:
+        raise ConfigError(f"P-tuning v2 (deep prompt tuning) is method 'prefix' with projection=False, "
+                          f"not {method!r}: apply(model, 'prefix', projection=False, n_tokens=...)")
     else:
         raise ConfigError(f"unknown PEFT method {method!r}{did_you_mean(method, METHODS)}; "
                           f"methods: {', '.join(METHODS)}")
     record["train_head"] = train_head
     model.peft_config = PeftConfig(method, record)
+    model.train(training)  # new modules start in training mode: give them the model's (eval: no dropout)
     return mark_only_peft_trainable(model)
+
+
+def apply_spec(model: nn.Module, spec: dict[str, Any] | None, tokenizer: Any = None,
+               where: str = "peft") -> nn.Module:
+    """`apply` from a recipe section such as {method: lora, r: 8, target: all-linear}; an empty or
+    missing section returns the model unchanged. The tokenizer serves prompt/prefix `init_text`."""
+    if not spec:
+        return model
+    if not isinstance(spec, dict) or "method" not in spec:
+        raise ConfigError(f"{where} must be a mapping with a method, e.g. {{method: lora, r: 8}}; got {spec!r}")
+    options = {k: v for k, v in spec.items() if k != "method"}
+    if spec["method"] in ("prompt", "prefix"):
+        options["tokenizer"] = tokenizer
+    try:
+        return apply(model, spec["method"], **options)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from e
 
 
 def merge(model: nn.Module, unload: bool = False) -> nn.Module:
@@ -123,9 +158,12 @@ __all__ = [
     "AdapterLinear",
     "LoRALinear",
     "PeftConfig",
+    "PrefixEncoder",
     "PromptTunedModel",
     "apply",
+    "apply_spec",
     "export_peft",
+    "fold",
     "get_config",
     "load_adapter",
     "mark_only_peft_trainable",

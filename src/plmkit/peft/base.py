@@ -31,7 +31,7 @@ HEAD_MODEL_CLASSES = ("SequenceClassifier", "TokenClassifier", "SpanQA", "Reward
 
 @dataclass
 class PeftConfig:
-    method: str  # lora | adapter | bitfit | prompt
+    method: str  # lora | adapter | bitfit | prompt | prefix
     options: dict[str, Any] = field(default_factory=dict)  # every option, defaults filled in
 
     def to_dict(self) -> dict[str, Any]:

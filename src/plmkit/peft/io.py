@@ -9,7 +9,8 @@ A folder holding
 
 `load_adapter(model, dir)` applies the recorded method to a base model (unless it already carries
 it) and copies the tensors in. A base of another architecture is refused with a CheckpointError that
-names the differing config fields or tensor shapes. (The file names are those of the peft library;
+names the differing config fields or tensor shapes. Prefix-tuning adapters hold the folded prefixes
+(no MLP): they load as `projection: false` prefixes and give the same outputs. (The file names are those of the peft library;
 its own format is written by `plmkit.peft.export_peft`.)
 """
 
@@ -35,6 +36,7 @@ from plmkit.peft.base import (
     peft_parameter_names,
     require_config,
 )
+from plmkit.peft.prefix import fold, folded_adapter
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -50,11 +52,14 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     base = base_model(model)
     params = dict(model.named_parameters())
     tensors = {name: params[name].detach().contiguous() for name in peft_parameter_names(model)}
+    options = config.options
+    if config.method == "prefix":  # the prefixes themselves, not the MLP that computes them
+        tensors, options = folded_adapter(model, tensors, options)
     header = {
         "format": FORMAT,
         "version": __version__,
         "method": config.method,
-        "options": config.options,
+        "options": options,
         "base_model_class": type(base).__name__,
         "base_config_hash": config_hash(base.config),
         "base_config": {f: getattr(base.config, f) for f in SHAPE_FIELDS},
@@ -105,8 +110,6 @@ def _architecture_differences(header: dict, config) -> list[str]:
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Apply the adapter saved in `directory` to `model` and return the model to use (prompt tuning
     returns a wrapper, the other methods change `model` in place)."""
-    from plmkit.peft import apply
-
     directory = Path(directory)
     header = read_adapter_config(directory)
     weights = directory / WEIGHTS_FILE
@@ -120,20 +123,32 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                               f"base with {', '.join(differences)}; load it onto the base it was trained on")
     current = get_config(model)
     if current is None:
-        options = {k: v for k, v in header["options"].items() if k not in _INIT_ONLY}
-        try:
-            model = apply(model, header["method"], **options)
-        except PlmkitError as e:
-            raise CheckpointError(f"{where}: cannot apply its {header['method']} settings to this model: {e}") from e
+        model = reapply(model, header["method"], header["options"], where)
     elif current.method != header["method"]:
         raise CheckpointError(f"{where} holds a {header['method']} adapter but the model already carries "
                               f"{current.method}; load it onto a plain base model")
+    elif current.method == "prefix" and not header["options"].get("projection", True):
+        fold(model)  # the file holds folded prefixes: fold this model's MLP to match
     _copy_tensors(model, weights, where)
     if header.get("base_config_hash") not in (None, config_hash(base.config)):
         warnings.warn(f"{where}: the base model's config differs from the one the adapter was trained on "
                       "(same shapes); outputs may differ from the trained model's")
     mark_only_peft_trainable(model)
     return model
+
+
+def reapply(model: nn.Module, method: str, options: dict, where: str) -> nn.Module:
+    """Apply a recorded PEFT method (from an adapter or checkpoint header) to a plain base model; the
+    options that only chose start values are dropped (the stored weights replace those values)."""
+    from plmkit.peft import apply
+
+    if not isinstance(options, dict):
+        raise CheckpointError(f"{where}: the PEFT options must be a mapping, got {options!r}")
+    options = {k: v for k, v in options.items() if k not in _INIT_ONLY}
+    try:
+        return apply(model, method, **options)
+    except PlmkitError as e:
+        raise CheckpointError(f"{where}: cannot apply its {method} settings to this model: {e}") from e
 
 
 def _copy_tensors(model: nn.Module, weights: Path, where: str) -> None:

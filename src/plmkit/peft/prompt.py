@@ -40,24 +40,29 @@ class SoftPrompt(PeftModule):
         self.embedding = nn.Parameter(embedding.detach().clone())  # (n, C)
 
 
-def initial_prompt(tokens: nn.Embedding, n_tokens: int, init_text: str | None, init_ids: list[int] | None,
-                   tokenizer: Any) -> torch.Tensor:
-    """(n, C) start values: rows of the token embedding for the chosen (or random) vocabulary ids."""
-    vocab = tokens.num_embeddings
+def initial_ids(vocab: int, n_tokens: int, init_text: str | None, init_ids: list[int] | None, tokenizer: Any,
+                method: str = "prompt") -> torch.Tensor:
+    """(n,) vocabulary ids to start from: the tokens of `init_text` (repeated to n), or `init_ids`, or n
+    random ones. Shared by prompt tuning (their embeddings) and P-tuning v2 (their keys/values)."""
     if init_text is not None:
         if tokenizer is None:
-            raise ConfigError("prompt init_text needs the tokenizer: apply(model, 'prompt', init_text=..., "
+            raise ConfigError(f"{method} init_text needs the tokenizer: apply(model, '{method}', init_text=..., "
                               "tokenizer=tok)")
         init_ids = list(tokenizer.encode(init_text, add_special_tokens=False))
         if not init_ids:
-            raise ConfigError(f"prompt init_text {init_text!r} has no tokens")
+            raise ConfigError(f"{method} init_text {init_text!r} has no tokens")
     if init_ids is None:
-        ids = torch.randint(0, vocab, (n_tokens,))
-    else:
-        bad = [i for i in init_ids if not isinstance(i, int) or not 0 <= i < vocab]
-        if bad or not init_ids:
-            raise ConfigError(f"prompt init_ids must be token ids in [0, {vocab}), got {bad or init_ids}")
-        ids = torch.tensor(init_ids * (n_tokens // len(init_ids) + 1))[:n_tokens]  # repeat to n tokens
+        return torch.randint(0, vocab, (n_tokens,))
+    bad = [i for i in init_ids if not isinstance(i, int) or not 0 <= i < vocab]
+    if bad or not init_ids:
+        raise ConfigError(f"{method} init_ids must be token ids in [0, {vocab}), got {bad or init_ids}")
+    return torch.tensor(init_ids * (n_tokens // len(init_ids) + 1))[:n_tokens]  # repeat to n tokens
+
+
+def initial_prompt(tokens: nn.Embedding, n_tokens: int, init_text: str | None, init_ids: list[int] | None,
+                   tokenizer: Any) -> torch.Tensor:
+    """(n, C) start values: rows of the token embedding for the chosen (or random) vocabulary ids."""
+    ids = initial_ids(tokens.num_embeddings, n_tokens, init_text, init_ids, tokenizer)
     return tokens.weight.detach()[ids.to(tokens.weight.device)]
 
 
@@ -86,6 +91,10 @@ class PromptTunedModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.prompt.embedding.device
+
+    @property
+    def shift_labels(self) -> bool:  # the trainer counts target tokens as the base model does
+        return getattr(self.base, "shift_labels", False)
 
     @property
     def check_inputs(self) -> bool:

@@ -8,6 +8,7 @@
     optim: {lr: 6.0e-4, weight_decay: 0.1}
     schedule: {kind: cosine, warmup_steps: 100}
     train: {steps: 2000, batch_size: 16, accumulation: 1, precision: bf16}
+    peft: {method: lora, r: 8, target: all-linear}  # optional: parameter-efficient (plmkit.peft.apply)
 
 Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
 """
@@ -101,6 +102,7 @@ class RecipeConfig:
     seed: int = 0
     model: dict[str, Any] = field(default_factory=dict)  # preset + ModelConfig fields
     init_from: str | None = None  # continual pre-training: a plmkit or Hugging Face checkpoint
+    peft: dict[str, Any] = field(default_factory=dict)  # e.g. {method: lora, r: 8}; empty: train everything
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

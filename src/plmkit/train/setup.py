@@ -19,6 +19,7 @@ from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
 from plmkit.model import ModelConfig, build_model, get_preset
+from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.train.checkpoint import load_training_state, set_rng_state
 from plmkit.train.config import RecipeConfig
 from plmkit.train.data import TrainData, build_train_data, iter_source_texts
@@ -50,9 +51,15 @@ class Run:
             if mc
             else type(self.model).__name__
         )
+        peft = get_config(getattr(self.model, "_orig_mod", self.model))
+        tuned = ""
+        if peft:  # the recipe's options (or, for an init_from PEFT checkpoint, its recorded ones)
+            options = ", ".join(f"{k}={v}" for k, v in (c.peft or peft.options).items() if k != "method")
+            tuned = f"peft: {peft.method} ({options}); {trainable_report(self.model)}\n"
         return (
             f"run {c.name} -> {self.run_dir}\n"
             f"model: {arch}, {n_params:,} parameters; tokenizer: {self.tokenizer.vocab_size:,} tokens\n"
+            f"{tuned}"
             f"objective: {c.objective.name}; data: {self.train_data.describe()}\n"
             f"train: {c.train.steps} steps x {c.train.accumulation} x {c.train.batch_size} x {c.data.block_size} "
             f"tokens on {self.device} in {self.precision.name}; optim lr {c.optim.lr} ({c.schedule.kind} schedule)"
@@ -164,6 +171,7 @@ def build_run(config: RecipeConfig) -> Run:
     tokenizer = build_tokenizer(config, run_dir)
     model = build_recipe_model(config, tokenizer)
     check_family(config, model)
+    model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
     model.to(device)
     if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):
         model.set_gradient_checkpointing(True)

@@ -5,6 +5,11 @@
         training_state.pt     optimizer, scheduler, RNG states, sampler and objective positions
         trainer_state.json    step, tokens seen, recipe (human-readable; written last)
 
+Sharded runs (train/fsdp.py, train/zero.py) write the same folder with the weights and optimizer state
+as shards instead of model.safetensors: dcp/ (torch.distributed.checkpoint) or deepspeed/ (the engine's
+files), every rank writing into one temporary folder that rank 0 renames; `plm convert --from-sharded`
+makes a single-file checkpoint of them.
+
 The folder is assembled under a temporary name and renamed into place, so a run killed while
 writing leaves at most a stale temporary folder, never a half checkpoint: `latest_checkpoint`
 only considers complete `step-*` folders, and the previous checkpoint stays valid.

@@ -8,6 +8,7 @@
     optim: {lr: 6.0e-4, weight_decay: 0.1}
     schedule: {kind: cosine, warmup_steps: 100}
     train: {steps: 2000, batch_size: 16, accumulation: 1, precision: bf16}
+    distributed: {strategy: fsdp}                     # with plm pretrain ... --nproc N (train/distributed.py)
 
 Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
 """

@@ -18,8 +18,10 @@ reduce-scattered, so every rank keeps only its shard of parameters, gradients an
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +131,7 @@ def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
 def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
     """The model and optimizer state of a DCP folder, resharded to this run's layout (any world size,
     sharded or not)."""
+    import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
@@ -136,7 +139,9 @@ def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
         raise ConfigError(f"{folder.parent} has no {folder.name}/ folder of model and optimizer shards")
     model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's layout (DTensor shards)
     state = {"model": model_state, "optimizer": optimizer_state}
-    dcp.load(state, checkpoint_id=str(folder))  # in place, reading whichever stored shards overlap ours
+    # in place, reading whichever stored shards overlap ours (everything, for an unsharded model)
+    with _single_process_load(not dist.is_initialized()) as no_dist:
+        dcp.load(state, checkpoint_id=str(folder), no_dist=no_dist)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
 
 
@@ -146,4 +151,14 @@ def load_sharded_weights(model: torch.nn.Module, folder: Path) -> None:
     import torch.distributed.checkpoint as dcp
 
     state = model.state_dict()  # tensors that share the model's storage: loading fills the model
-    dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=True)
+    with _single_process_load(True) as no_dist:
+        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=no_dist)
+
+
+@contextlib.contextmanager
+def _single_process_load(no_dist: bool) -> Iterator[bool]:
+    """DCP warns on every load without a process group, even when asked for one; here that is the intent."""
+    with warnings.catch_warnings():
+        if no_dist:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield no_dist

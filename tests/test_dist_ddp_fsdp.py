@@ -95,7 +95,7 @@ def test_fsdp_two_ranks_equal_one_process(fsdp, reference):
     single, result = reference
     dh.assert_same_losses(dh.losses(run_dir), dh.losses(single), STEPS)
     assert dh.final_val_loss(run_dir) == pytest.approx(result["val_loss"], abs=dh.TOLERANCE)
-    assert "fsdp on 2 process(es)" in proc.stdout and "1 FSDP units + root" in proc.stdout
+    assert "fsdp on 2 process(es)" in proc.stdout and "FSDP units: 1 blocks + the root" in proc.stdout
     for step in (2, 4):
         ckpt = dh.checkpoint(run_dir, step)
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))

@@ -66,6 +66,23 @@ def test_zero2_resume_gives_the_same_next_losses(root, zero2):
     dh.assert_same_losses(dh.losses(root / "zero2-resumed"), dh.losses(run_dir), [3, 4])
 
 
+def test_a_deepspeed_checkpoint_resumes_on_its_own_number_of_processes_only(root, zero2):
+    """One process without torchrun runs DeepSpeed as a group of one; the 2-rank ZeRO partitions cannot be
+    resharded onto it (DCP can, DeepSpeed's files cannot): one error line saying what to do."""
+    import subprocess
+    import sys
+
+    run_dir, _ = zero2
+    args = [*dh.overrides(root, "zero2-on-1", batch=8, accumulation=2), "distributed.strategy=deepspeed",
+            f"resume={dh.checkpoint(run_dir, 2)}"]
+    proc = subprocess.run([sys.executable, "-m", "plmkit", "pretrain", str(dh.GPT), *args], cwd=root,
+                          env=dh.environment(), capture_output=True, text=True, timeout=300)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
+    assert "on 1 process(es): its ZeRO optimizer state is partitioned over 2; resume with --nproc 2" in errors[0]
+    assert "plm convert --from-sharded" in errors[0] and "Traceback" not in proc.stderr
+
+
 def test_a_deepspeed_checkpoint_refuses_other_strategies(root, zero2):
     run_dir, _ = zero2
     with pytest.raises(ConfigError, match="written by strategy deepspeed .*deepspeed on 2 processes"):

@@ -313,7 +313,7 @@ class ProcessGroupStrategy(Strategy):
         return "nccl" if self.device.type == "cuda" else "gloo"
 
     def describe(self) -> str:
-        launched = "torchrun" if self.world.launched else "one process, no torchrun (a group of one)"
+        launched = "torchrun" if self.world.launched else "a group of one (--nproc N starts N processes)"
         return f"distributed: {self.name} on {self.world_size} process(es), {self.backend}, {launched}"
 
     def start(self) -> None:

@@ -61,7 +61,7 @@ class FSDPStrategy(ProcessGroupStrategy):
     layout = LAYOUT_DCP
 
     def describe(self) -> str:
-        return super().describe() + f"; {self.units} FSDP units + root"
+        return super().describe() + f"; FSDP units: {self.units} blocks + the root"
 
     def prepare(
         self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path

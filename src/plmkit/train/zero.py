@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import json
 import logging
 import os
@@ -178,13 +179,23 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     def start(self) -> None:
         deepspeed = import_deepspeed(self.device)
         super().start()  # the torch process group; DeepSpeed's communication layer adopts it
+        if "LOCAL_RANK" not in os.environ:  # a group of one without torchrun: the engine insists on it
+            os.environ["LOCAL_RANK"] = "0"
+            self._set_local_rank = True
         if self.device.type == "cpu" and self.is_main:
             print("deepspeed: loading its CPU communication op (compiled once, ~40 s on the first launch)",
                   file=sys.stderr, flush=True)
-        with contextlib.redirect_stdout(sys.stderr):  # its "op built" lines, once per rank, off stdout
+        # its "op built successfully" line: rank 0's to stderr (stdout stays the run's output), the others' dropped
+        with contextlib.redirect_stdout(sys.stderr if self.is_main else io.StringIO()):
             deepspeed.init_distributed(dist_backend=self.backend, dist_init_required=False, verbose=False)
         # DeepSpeed's ZeRO still calls all_gather_into_tensor, which torch deprecates: not the user's concern
         warnings.filterwarnings("ignore", message=".*all_gather_into_tensor` is deprecated", category=FutureWarning)
+
+    def close(self) -> None:
+        super().close()
+        if getattr(self, "_set_local_rank", False):
+            os.environ.pop("LOCAL_RANK", None)
+            self._set_local_rank = False
 
     def prepare(
         self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path

@@ -16,6 +16,9 @@ pairs' ratios).
 On a 2-core CPU the ranks cannot be faster than one process using both cores (they add gradient
 communication over gloo and the per-rank Python overhead); these runs prove that the strategies work,
 GPUs show the speed-up. DeepSpeed's first launch compiles its CPU communication op (~40 s, cached).
+On a machine shared with other jobs a multi-threaded process can be several times slower than a
+single-threaded one (OpenMP threads wait for each other on oversubscribed cores), which flatters the
+ranks; `--threads 1` compares one single-threaded process with N single-threaded ranks instead.
 """
 
 from __future__ import annotations

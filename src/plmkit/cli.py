@@ -151,10 +151,14 @@ def _add_convert(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("convert", help="convert checkpoints to and from the Hugging Face format",
                        description="--from-hf DIR: a Hugging Face model folder (config.json + weights + "
                                    "tokenizer files) becomes a plmkit checkpoint. --to-hf CKPT: a plmkit "
-                                   "checkpoint becomes a folder that transformers' from_pretrained loads.")
+                                   "checkpoint becomes a folder that transformers' from_pretrained loads. "
+                                   "--from-sharded CKPT: a training checkpoint of an FSDP or DeepSpeed run "
+                                   "(weights in shards) becomes a single-file plmkit checkpoint.")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-hf", metavar="DIR", help="Hugging Face model folder to import")
     source.add_argument("--to-hf", metavar="CKPT", help="plmkit checkpoint folder to export")
+    source.add_argument("--from-sharded", metavar="CKPT",
+                        help="FSDP (dcp/) or DeepSpeed (deepspeed/) training checkpoint to gather")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(run=_run_convert)
 
@@ -163,7 +167,12 @@ def _run_convert(args: argparse.Namespace) -> int:
     from plmkit.io import load, save
     from plmkit.model.hf import load_hf, save_hf
 
-    if args.from_hf:
+    if args.from_sharded:
+        from plmkit.train.sharded import consolidate_checkpoint
+
+        _, model = consolidate_checkpoint(args.from_sharded, args.out)
+        source = args.from_sharded
+    elif args.from_hf:
         model, tokenizer = load_hf(args.from_hf)
         save(model, tokenizer, args.out)
         source = args.from_hf
@@ -243,6 +252,10 @@ def _add_pretrain(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
                    help="continue the run from its latest checkpoint (or from CKPT)")
+    p.add_argument("--nproc", default=None, metavar="N",
+                   help="start N training processes on this machine under torchrun (distributed.strategy: "
+                        "auto = ddp, or fsdp / deepspeed); the same as torchrun --nproc-per-node N -m plmkit "
+                        "pretrain ...")
     p.set_defaults(run=_run_pretrain)
 
 
@@ -256,9 +269,20 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append("resume=true" if args.resume is True else f"resume={args.resume}")
-    config = load_config(RecipeConfig, args.recipe, overrides)
+    config = load_config(RecipeConfig, args.recipe, overrides)  # a bad recipe fails before any process starts
+    if args.nproc is not None:
+        from plmkit.train.distributed import World, strategy_name
+        from plmkit.train.launch import check_nproc, launch, parse_nproc
+
+        nproc = parse_nproc(args.nproc)
+        if nproc > 1:
+            check_nproc(nproc, config.train.device)
+            strategy_name(config, World(0, nproc, 0, launched=True))  # e.g. strategy=single with --nproc 2
+            resume = [] if args.resume is None else ["--resume"] + ([] if args.resume is True else [args.resume])
+            return launch(nproc, ["pretrain", args.recipe, *args.overrides, *resume])
     result = pretrain(config)
-    print(json.dumps(result))
+    if os.environ.get("RANK", "0") == "0":  # under torchrun: rank 0 reports
+        print(json.dumps(result))
     return 0
 
 
@@ -365,8 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args)
     except PlmkitError as exc:
         # One line whatever the message, so scripts can grep it.
-        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
-        print(f"error: {message or type(exc).__name__}", file=sys.stderr)
+        message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+        from plmkit.train.launch import is_worker, report_worker_error
+
+        if is_worker():  # one of torchrun's processes: one line for all of them
+            report_worker_error(message)
+        else:
+            print(f"error: {message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

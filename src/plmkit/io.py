@@ -38,6 +38,9 @@ CONFIG_FILE = "plmkit.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "plmkit"
 TIED_KEY = "tied"  # safetensors metadata key: JSON {alias: source} of tensors stored once
+# Training checkpoints of sharded runs hold the weights in one of these folders instead of model.safetensors
+# (torch.distributed.checkpoint for FSDP, the DeepSpeed engine's own files); see plmkit.train.sharded.
+SHARDED_FOLDERS = ("dcp", "deepspeed")
 
 # Model classes defined outside plmkit.model (PEFT wrappers, user models) register here.
 _EXTRA_MODEL_CLASSES: dict[str, type] = {}
@@ -110,14 +113,9 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
     shutil.rmtree(tmp, ignore_errors=True)  # left over by an earlier crash of a process with our pid
     try:
         tmp.mkdir()
-        header = {"format": FORMAT, "version": _version(), "model_class": type(model).__name__,
-                  "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
-        peft = getattr(model, "peft_config", None)
-        if peft is not None:
-            header["peft"] = peft.to_dict()
-        (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+        (tmp / CONFIG_FILE).write_text(json.dumps(checkpoint_header(model), indent=2) + "\n", encoding="utf-8")
         save_weights(model, tmp / WEIGHTS_FILE)
-        if peft is not None:
+        if getattr(model, "peft_config", None) is not None:
             from plmkit.peft.io import save_adapter
 
             save_adapter(model, tmp)  # the adapter alone, beside the full model
@@ -131,10 +129,35 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
     return target
 
 
+def checkpoint_header(model: torch.nn.Module) -> dict[str, Any]:
+    """The plmkit.json contents that rebuild `model` (class, config, constructor arguments)."""
+    model = unwrap(model)
+    header = {"format": FORMAT, "version": _version(), "model_class": model_class_name(model),
+              "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
+    peft = getattr(model, "peft_config", None)
+    if peft is not None:
+        header["peft"] = peft.to_dict()
+    return header
+
+
+def model_class_name(model: torch.nn.Module) -> str:
+    """The class name `load` rebuilds: FSDP2's `fully_shard` swaps a module's class for a subclass
+    (FSDPCausalLM), whose name is not ours, so the first class that is not an FSDP one is taken."""
+    for cls in type(model).__mro__:
+        if not any(base.__name__ == "FSDPModule" for base in cls.__mro__):
+            return cls.__name__
+    return type(model).__name__
+
+
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    """The model inside torch.compile / DistributedDataParallel wrappers (their names are not ours)."""
+    """The model inside torch.compile / DistributedDataParallel / DeepSpeed engine wrappers (their names
+    are not ours)."""
     while True:
         if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif type(model).__module__.startswith("deepspeed.") and isinstance(
+            getattr(model, "module", None), torch.nn.Module
+        ):  # DeepSpeedEngine (checked by module name: deepspeed is an optional dependency)
             model = model.module
         elif hasattr(model, "_orig_mod"):  # torch.compile's OptimizedModule
             model = model._orig_mod
@@ -223,8 +246,13 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[tor
     if kind != "plmkit":
         raise CheckpointError(f"{directory} is not a model checkpoint: it has neither {CONFIG_FILE} (plmkit) "
                               "nor config.json (Hugging Face)")
-    model = build_from_header(directory / CONFIG_FILE)
     weights = directory / WEIGHTS_FILE
+    sharded = [name for name in SHARDED_FOLDERS if (directory / name).is_dir()]
+    if sharded and not weights.is_file():
+        raise CheckpointError(f"{directory} is a sharded training checkpoint ({sharded[0]}/, written by a "
+                              f"distributed run); make a single-file checkpoint first: plm convert "
+                              f"--from-sharded {directory} --out DIR")
+    model = build_from_header(directory / CONFIG_FILE)
     dtype = _stored_float_dtype(weights)
     if dtype is not None:
         model.to(dtype)  # a bf16 checkpoint comes back in bf16

@@ -5,6 +5,11 @@
         training_state.pt     optimizer, scheduler, RNG states, sampler and objective positions
         trainer_state.json    step, tokens seen, recipe (human-readable; written last)
 
+Sharded runs (train/fsdp.py, train/zero.py) write the same folder with the weights and optimizer state
+as shards instead of model.safetensors: dcp/ (torch.distributed.checkpoint) or deepspeed/ (the engine's
+files), every rank writing into one temporary folder that rank 0 renames; `plm convert --from-sharded`
+makes a single-file checkpoint of them.
+
 The folder is assembled under a temporary name and renamed into place, so a run killed while
 writing leaves at most a stale temporary folder, never a half checkpoint: `latest_checkpoint`
 only considers complete `step-*` folders, and the previous checkpoint stays valid.
@@ -65,17 +70,31 @@ def save_checkpoint(
     keep_last: int,
 ) -> Path:
     """Write checkpoint `step` atomically and delete all but the newest `keep_last`."""
-    folder = run_dir / "checkpoints"
-    final = folder / f"step-{step:08d}"
-    tmp = folder / f".step-{step:08d}.tmp-{os.getpid()}"
+    tmp = temp_checkpoint_dir(run_dir, step, os.getpid())
     if tmp.exists():
         shutil.rmtree(tmp)
     save_model(model, tokenizer, tmp)  # creates tmp itself (atomically)
+    return finish_checkpoint(run_dir, step, tmp, state, info, keep_last)
+
+
+def temp_checkpoint_dir(run_dir: Path, step: int, token: int) -> Path:
+    """Where checkpoint `step` is assembled before the rename (`token`: the writer's pid, so two writers
+    never share a temporary folder; the ranks of a sharded run agree on rank 0's)."""
+    return run_dir / "checkpoints" / f".step-{step:08d}.tmp-{token}"
+
+
+def finish_checkpoint(
+    run_dir: Path, step: int, tmp: Path, state: dict[str, Any], info: dict[str, Any], keep_last: int
+) -> Path:
+    """Add the training state and trainer_state.json (last) to the assembled `tmp` folder, make it durable,
+    rename it into place as step-N and prune old checkpoints."""
+    final = run_dir / "checkpoints" / f"step-{step:08d}"
     torch.save(state, tmp / STATE_FILE)
     (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")
-    for path in tmp.iterdir():  # durable before the rename makes it visible
-        with open(path, "rb") as f:
-            os.fsync(f.fileno())
+    for path in sorted(tmp.rglob("*")):  # durable before the rename makes it visible (shard folders too)
+        if path.is_file():
+            with open(path, "rb") as f:
+                os.fsync(f.fileno())
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -9,6 +9,7 @@
     schedule: {kind: cosine, warmup_steps: 100}
     train: {steps: 2000, batch_size: 16, accumulation: 1, precision: bf16}
     peft: {method: lora, r: 8, target: all-linear}  # optional: parameter-efficient (plmkit.peft.apply)
+    distributed: {strategy: fsdp}                     # with plm pretrain ... --nproc N (train/distributed.py)
 
 Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
 """
@@ -65,7 +66,7 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     steps: int = 1000
-    batch_size: int = 16  # sequences per micro-batch
+    batch_size: int = 16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
     accumulation: int = 1  # micro-batches per optimizer step
     precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
     clip_grad: float | None = 1.0
@@ -96,6 +97,28 @@ class LogConfig:
 
 
 @dataclass
+class FSDPConfig:
+    cpu_offload: bool = False  # parameters, gradients and the optimizer step live on the CPU (CUDA runs)
+    reshard_after_forward: bool = True  # free gathered parameters after forward (ZeRO-3); False: keep (ZeRO-2)
+    mixed_precision: bool = True  # bf16/fp16 runs: gather parameters in that dtype, reduce gradients in fp32
+
+
+@dataclass
+class DeepSpeedConfig:
+    stage: int = 2  # ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters
+    offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-Offload)
+    offload_params: bool = False  # parameters on the CPU between uses (stage 3 only)
+    options: dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed JSON keys (not generated ones)
+
+
+@dataclass
+class DistributedConfig:
+    strategy: str = "auto"  # auto (single, or ddp under torchrun) | single | ddp | fsdp | deepspeed
+    fsdp: FSDPConfig = field(default_factory=FSDPConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+
+
+@dataclass
 class RecipeConfig:
     name: str = "run"
     out_dir: str = "runs/{name}"
@@ -112,6 +135,7 @@ class RecipeConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     resume: bool | str = False  # true: the latest checkpoint in out_dir; a path: that checkpoint
 
     @property

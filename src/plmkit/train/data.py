@@ -63,10 +63,11 @@ def _packed(sources: list[SourceSpec], tokenizer: Any, config: RecipeConfig) -> 
 
 
 def build_train_data(
-    config: RecipeConfig, tokenizer: Any
+    config: RecipeConfig, tokenizer: Any, batch_size: int | None = None
 ) -> tuple[TrainData, Callable[[int], Iterator[list[torch.Tensor]]] | None]:
     """Training stream over the recipe's sources (mixed by weight) and a validation batch generator:
-    the validation sources, or else the last `validation_fraction` of every source's blocks."""
+    the validation sources, or else the last `validation_fraction` of every source's blocks.
+    `batch_size`: blocks per batch (default train.batch_size; several processes draw all ranks' rows)."""
     from plmkit.data import MixtureSampler
 
     if not config.data.sources:
@@ -84,7 +85,8 @@ def build_train_data(
             train_sets.append(BlockRange(dataset, 0, len(dataset) - held_out))
             val_sets.append(BlockRange(dataset, len(dataset) - held_out, len(dataset)))
     weights = [s.weight for s in config.data.sources]
-    sampler = MixtureSampler(train_sets, weights, config.train.batch_size, seed=config.seed)
+    batch_size = batch_size or config.train.batch_size
+    sampler = MixtureSampler(train_sets, weights, batch_size, seed=config.seed)
     blocks = sum(len(d) for d in train_sets)
     description = (
         f"{len(train_sets)} source(s), {blocks:,} training blocks of {config.data.block_size} tokens"
@@ -93,7 +95,6 @@ def build_train_data(
     train = TrainData(train_sets, sampler, description)
     if not val_sets:
         return train, None
-    batch_size = config.train.batch_size
 
     def validation_batches(max_batches: int) -> Iterator[list[torch.Tensor]]:
         """The first `max_batches` batches of the validation blocks, in order (the same every time)."""

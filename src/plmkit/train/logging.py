@@ -12,7 +12,12 @@ from typing import Any
 
 
 class RunLogger:
-    def __init__(self, run_dir: Path, total_steps: int, tensorboard: bool = True, stream=None) -> None:
+    """`enabled=False`: a silent logger (the ranks other than 0 of a distributed run)."""
+
+    def __init__(
+        self, run_dir: Path, total_steps: int, tensorboard: bool = True, stream=None, enabled: bool = True
+    ) -> None:
+        self.enabled = enabled
         self.run_dir = run_dir
         self.total_steps = total_steps
         self.stream = stream or sys.stdout
@@ -20,7 +25,7 @@ class RunLogger:
         self.start = time.time()
         self.start_step = 0
         self.writer = None
-        if tensorboard:
+        if tensorboard and enabled:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -32,9 +37,12 @@ class RunLogger:
         self.start, self.start_step = time.time(), step
 
     def print(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if self.enabled:
+            print(text, file=self.stream, flush=True)
 
     def log(self, step: int, metrics: dict[str, Any], show: bool = True) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, **{k: _plain(v) for k, v in metrics.items()}}
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")

@@ -5,6 +5,10 @@ from the recipe (setup.py); the loop is plain PyTorch:
 
     for each step:  micro-batches -> forward -> loss (weighted by target tokens) -> backward
                     -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
+
+On several processes the same loop runs on every rank; the strategy (train/distributed.py: ddp, fsdp,
+deepspeed) wraps the model, splits each global micro-batch into the ranks' rows, synchronises gradients
+on the last micro-batch, and writes checkpoints. Rank 0 logs.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.errors import PlmkitError
-from plmkit.train.checkpoint import latest_checkpoint, rng_state, save_checkpoint
+from plmkit.io import unwrap
+from plmkit.train.checkpoint import latest_checkpoint, rng_state
 from plmkit.train.config import RecipeConfig
+from plmkit.train.distributed import Strategy, build_strategy
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.train.setup import Run, build_run, restore_run
 
@@ -51,30 +57,35 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     """One optimizer step over the micro-batches; returns the mean loss per target token (nan if skipped).
 
     Each micro-batch's mean loss is weighted by its share of the step's target tokens, so
-    accumulating k micro-batches gives exactly the gradient of one big batch."""
+    accumulating k micro-batches gives exactly the gradient of one big batch. On several processes
+    the micro-batches are global (every rank holds all of them) and a rank trains on its own rows;
+    the factor world_size undoes the averaging of the ranks' gradients, so that together they compute
+    exactly the big batch's gradient too."""
     model, precision = run.model, run.precision
-    counts = [count_targets(model, batch.get("labels")) for batch in micro_batches]
+    strategy = getattr(run, "strategy", None) or Strategy()  # a bare Run-like object: one process
+    plain = unwrap(model)
+    counts = [count_targets(plain, batch.get("labels")) for batch in micro_batches]  # all ranks' rows
     total = sum(counts)
+    active = [i for i, count in enumerate(counts) if count > 0]  # no targets on any rank: nothing to learn
     step_loss = 0.0
     finite = total > 0  # a step with no target token at all has nothing to learn: skip it
-    for batch, count in zip(micro_batches, counts):
-        if count == 0 or not finite:  # no targets: its (NaN) mean loss would carry zero weight anyway
-            continue
-        batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-        with precision.autocast():
-            loss = model(**batch).loss * (count / total)
-        if not torch.isfinite(loss):
-            finite = False
-            continue
-        precision.scaler.scale(loss).backward()
-        step_loss += loss.item()
+    for i in active if finite else []:
+        batch = strategy.local_rows(micro_batches[i])
+        n = count_targets(plain, batch.get("labels"))  # this rank's targets (0: its gradients are zero)
+        with strategy.accumulating(model, last=i == active[-1]):  # gradient sync on the last micro-batch
+            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
+            with precision.autocast():
+                loss = model(**batch).loss * (strategy.world_size * n / total)
+            finite = finite and (n == 0 or bool(torch.isfinite(loss)))
+            if not strategy.backward(loss, precision.scaler, finite):
+                break  # the step is lost on every rank: skip its remaining micro-batches
+        if n:
+            step_loss += loss.item() / strategy.world_size
+    step_loss, finite = strategy.agree(step_loss, finite)  # the ranks' shares summed; finite on all of them
     if finite:
-        precision.scaler.unscale_(run.optimizer)
-        if run.config.train.clip_grad:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), run.config.train.clip_grad)
-        precision.scaler.step(run.optimizer)
-        precision.scaler.update()
-    run.optimizer.zero_grad(set_to_none=True)
+        strategy.optimizer_step(run)  # unscale, clip, step, zero_grad (DeepSpeed: the engine's step)
+    else:
+        strategy.skip_step(run)
     run.scheduler.step()
     return step_loss if finite else math.nan
 
@@ -85,17 +96,20 @@ def evaluate(run: Run) -> dict[str, float]:
     if run.val_batches is None:
         return {}
     model = run.model
+    strategy = getattr(run, "strategy", None) or Strategy()
     was_training = model.training
     model.eval()
     run.eval_objective.generator.manual_seed(run.config.seed + 1)  # same masks at every evaluation
     loss_sum, count = 0.0, 0
-    for blocks in run.val_batches(run.config.eval.batches):
-        batch = {k: v.to(run.device) for k, v in run.eval_objective(blocks).items()}
-        n = count_targets(model, batch.get("labels"))
+    for blocks in run.val_batches(run.config.eval.batches):  # global batches: each rank takes its rows
+        batch = {k: v.to(run.device) for k, v in strategy.local_rows(run.eval_objective(blocks)).items()}
+        n = count_targets(unwrap(model), batch.get("labels"))
         with run.precision.autocast():
             loss = model(**batch).loss
-        loss_sum += loss.float().item() * n
+        if n:  # a batch without targets has a nan mean loss and no weight
+            loss_sum += loss.float().item() * n
         count += n
+    loss_sum, count = strategy.sum_over_ranks(loss_sum, count)
     model.train(was_training)
     if count == 0:
         return {}
@@ -104,33 +118,42 @@ def evaluate(run: Run) -> dict[str, float]:
 
 
 def checkpoint(run: Run, progress: Progress) -> Path:
-    state = {
-        "optimizer": run.optimizer.state_dict(),
+    state = {  # the strategy adds the weights and optimizer state (whole, or each rank's shards)
         "scheduler": run.scheduler.state_dict(),
         "scaler": run.precision.scaler.state_dict(),
         "rng": rng_state(),
         "data": run.train_data.state_dict(),
         "objective": run.objective.state_dict(),
     }
-    if hasattr(run.model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
-        state["model_rng"] = run.model.rng_state_dict()
+    model = unwrap(run.model)
+    if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
+        state["model_rng"] = model.rng_state_dict()
     info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
-    return save_checkpoint(
-        run.run_dir, progress.step, run.model, run.tokenizer, state, info, run.config.checkpoint.keep_last
-    )
+    return run.strategy.save_checkpoint(run, progress.step, state, info)
 
 
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
-    run = build_run(config)
+    strategy = build_strategy(config)  # one process, or this process's place among torchrun's
+    try:
+        return _pretrain(config, strategy, stream)
+    finally:
+        strategy.close()  # leave the process group, also after an error
+
+
+def _pretrain(config: RecipeConfig, strategy: Strategy, stream=None) -> dict[str, Any]:
+    run = build_run(config, strategy)
     progress = Progress()
     resume_from: Path | None = None
     if config.resume:
         resume_from = latest_checkpoint(run.run_dir) if config.resume is True else Path(str(config.resume))
         if resume_from is not None:
             progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from)
-    logger = RunLogger(run.run_dir, config.train.steps, tensorboard=config.log.tensorboard, stream=stream)
-    _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
+    logger = RunLogger(
+        run.run_dir, config.train.steps, tensorboard=config.log.tensorboard, stream=stream, enabled=strategy.is_main
+    )
+    if strategy.is_main:
+        _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
     logger.print(run.describe())
     if progress.step:
         logger.print(f"resumed from step {progress.step} ({resume_from})")
@@ -185,7 +208,7 @@ def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
         logger.log(progress.step, final)
     path = checkpoint(run, progress)
     logger.close()
-    plot = plot_loss_curve(run.run_dir) if config.log.plot else None
+    plot = plot_loss_curve(run.run_dir) if config.log.plot and strategy.is_main else None
     result = {"step": progress.step, "tokens": progress.tokens, "checkpoint": str(path), **final}
     if first:
         result["initial_val_loss"], result["initial_val_ppl"] = first["val_loss"], first["val_ppl"]

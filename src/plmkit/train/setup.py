@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +18,15 @@ from plmkit.config import to_dict
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
+from plmkit.io import model_class_name, unwrap
 from plmkit.model import ModelConfig, build_model, get_preset
 from plmkit.peft import apply_spec, get_config, trainable_report
-from plmkit.train.checkpoint import load_training_state, set_rng_state
+from plmkit.train.checkpoint import load_training_state
 from plmkit.train.config import RecipeConfig
 from plmkit.train.data import TrainData, build_train_data, iter_source_texts
-from plmkit.train.optim import build_optimizer, build_scheduler
-from plmkit.train.precision import Precision, resolve_device, resolve_precision
+from plmkit.train.distributed import Strategy, build_strategy
+from plmkit.train.optim import build_scheduler
+from plmkit.train.precision import Precision, resolve_precision
 
 
 @dataclass
@@ -41,28 +43,32 @@ class Run:
     val_batches: Callable[[int], Iterator[list[torch.Tensor]]] | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
+    strategy: Strategy = field(default_factory=Strategy)  # one process, or DDP / FSDP / DeepSpeed
 
     def describe(self) -> str:
         c = self.config
-        n_params = sum(p.numel() for p in self.model.parameters())
-        mc = getattr(self.model, "config", None)
-        arch = (
-            f"{type(self.model).__name__} ({mc.family}, {mc.n_layer}x{mc.d_model})"
-            if mc
-            else type(self.model).__name__
-        )
-        peft = get_config(getattr(self.model, "_orig_mod", self.model))
+        model = unwrap(self.model)
+        # FSDP parameters are DTensors (numel is the whole tensor's); ZeRO-3 keeps the size in ds_numel
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        mc = getattr(model, "config", None)
+        name = model_class_name(model)
+        arch = f"{name} ({mc.family}, {mc.n_layer}x{mc.d_model})" if mc else name
+        peft = get_config(model)
         tuned = ""
         if peft:  # the recipe's options (or, for an init_from PEFT checkpoint, its recorded ones)
             options = ", ".join(f"{k}={v}" for k, v in (c.peft or peft.options).items() if k != "method")
-            tuned = f"peft: {peft.method} ({options}); {trainable_report(self.model)}\n"
+            tuned = f"peft: {peft.method} ({options}); {trainable_report(model)}\n"
+        processes = self.strategy.world_size
+        batch = f" x {processes} processes" if processes > 1 else ""
+        distributed = self.strategy.describe()
         return (
             f"run {c.name} -> {self.run_dir}\n"
             f"model: {arch}, {n_params:,} parameters; tokenizer: {self.tokenizer.vocab_size:,} tokens\n"
             f"{tuned}"
             f"objective: {c.objective.name}; data: {self.train_data.describe()}\n"
             f"train: {c.train.steps} steps x {c.train.accumulation} x {c.train.batch_size} x {c.data.block_size} "
-            f"tokens on {self.device} in {self.precision.name}; optim lr {c.optim.lr} ({c.schedule.kind} schedule)"
+            f"tokens{batch} on {self.device} in {self.precision.name}; optim lr {c.optim.lr} ({c.schedule.kind} schedule)"
+            + (f"\n{distributed}" if distributed else "")
         )
 
 
@@ -158,18 +164,22 @@ def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def build_run(config: RecipeConfig) -> Run:
+def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
+    """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
+    strategy = strategy or build_strategy(config)
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
-    device = resolve_device(config.train.device)
+    if strategy.is_main:
+        (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
+    device = strategy.device
     precision = Precision(resolve_precision(config.train.precision, device), device)
 
-    tokenizer = build_tokenizer(config, run_dir)
-    model = build_recipe_model(config, tokenizer)
+    with strategy.main_first():  # rank 0 trains and saves a new tokenizer; the other ranks then load it
+        tokenizer = build_tokenizer(config, run_dir)
+    model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
     check_family(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
     model.to(device)
@@ -178,8 +188,11 @@ def build_run(config: RecipeConfig) -> Run:
     options = {k: v for k, v in config.objective.options.items() if k != "model"}
     objective = build_objective(config.objective.name, tokenizer, seed=config.seed, **options)
     eval_objective = build_objective(config.objective.name, tokenizer, seed=config.seed + 1, **options)
-    train_data, val_batches = build_train_data(config, tokenizer)
-    optimizer = build_optimizer(model, config.optim, device)
+    with strategy.main_first():  # rank 0 builds the token-store cache, the others find it
+        # every rank draws the global micro-batch (all ranks' rows) and keeps its own: see train/distributed.py
+        train_data, val_batches = build_train_data(config, tokenizer, config.train.batch_size * strategy.world_size)
+    model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
+    strategy.seed_rank(config.seed)  # dropout differs between ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
     if config.train.compile:
         model = torch.compile(model)
@@ -196,34 +209,34 @@ def build_run(config: RecipeConfig) -> Run:
         val_batches,
         optimizer,
         scheduler,
+        strategy,
     )
 
 
 def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
     """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
-    from plmkit.io import load_weights_into, read_header
+    from plmkit.io import read_header
 
     if not checkpoint.is_dir():
         raise CheckpointError(f"resume checkpoint {checkpoint} does not exist")
     header = read_header(checkpoint / "plmkit.json")
-    model = getattr(run.model, "_orig_mod", run.model)
+    model = unwrap(run.model)
     ours = model.config.to_dict() if hasattr(model, "config") else {}
     theirs = header.get("model", {})
     differing = [k for k in ours if k != "extra" and theirs.get(k) != ours[k]]
-    if header.get("model_class") != type(model).__name__ or differing:
+    if header.get("model_class") != model_class_name(model) or differing:
         raise CheckpointError(
             f"cannot resume from {checkpoint}: it holds a {header.get('model_class')} with a different architecture "
             f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differing[:3]) or 'another class'}); "
             "resume with the recipe that wrote it, or start a new run (out_dir)"
         )
-    load_weights_into(model, checkpoint / "model.safetensors")
     state, info = load_training_state(checkpoint)
-    run.optimizer.load_state_dict(state["optimizer"])
+    run.strategy.load_checkpoint(run, checkpoint, state, info)  # weights and optimizer, whole or sharded
     run.scheduler.load_state_dict(state["scheduler"])
     run.precision.scaler.load_state_dict(state["scaler"])
     run.train_data.load_state_dict(state["data"])
     run.objective.load_state_dict(state["objective"])
-    set_rng_state(state["rng"])
+    run.strategy.restore_rng(state)
     if "model_rng" in state:
         model.load_rng_state_dict(state["model_rng"])
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))

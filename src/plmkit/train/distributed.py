@@ -1,0 +1,406 @@
+"""Distributed training: the strategy layer the recipe loop calls, so that it reads the same on one process
+or many.
+
+    strategy    the model the loop calls            gradients of the ranks          checkpoint
+    single      the model                           -                               model.safetensors + optimizer
+    ddp         DistributedDataParallel             all-reduced (no_sync: last      the same files, written by rank 0
+                                                    micro-batch only)
+    fsdp        fully_shard per Block, then root    reduce-scattered to shards      torch.distributed.checkpoint
+                (FSDP2; plmkit.train.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
+    deepspeed   the DeepSpeed engine, ZeRO 1/2/3    the engine                      the engine's files (deepspeed/)
+                (plmkit.train.zero)
+
+`distributed.strategy: auto` (the default) is `single` in one process and `ddp` under torchrun.
+Launch several processes with `plm pretrain RECIPE --nproc N` (it starts torchrun itself) or with your own
+`torchrun --nproc-per-node N -m plmkit pretrain RECIPE`; gloo on CPU, nccl on CUDA (one GPU per process,
+cuda:LOCAL_RANK). ddp / fsdp / deepspeed in a single process without torchrun run as a group of one, so a
+recipe's distributed code path can be tried anywhere.
+
+Batch semantics, chosen so that N processes compute exactly what one process computes:
+`train.batch_size` is the micro-batch of one process; the global batch is batch_size x processes x
+accumulation. Every rank draws the same global micro-batch (batch_size x processes blocks) from the
+seeded sampler, runs the objective (its random masks) on all of it, and trains on its own rows
+(`local_rows`). The sampler and objective states are therefore identical on every rank (rank 0 saves
+them; resuming is exact), and each rank knows the step's global target-token count without any
+communication, so it weights its mean loss by world_size * count_rank / count_total: after DDP / FSDP /
+DeepSpeed average the ranks' gradients, that is exactly the gradient of the big batch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from plmkit.errors import ConfigError, did_you_mean
+from plmkit.io import unwrap
+from plmkit.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from plmkit.train.config import RecipeConfig
+from plmkit.train.optim import build_optimizer
+from plmkit.train.precision import Precision, resolve_device
+
+if TYPE_CHECKING:
+    from plmkit.train.setup import Run
+
+STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
+TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", "dcp", "deepspeed"  # how a checkpoint holds the weights
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    launched: bool = False  # started by torchrun (its environment variables are set)
+
+    @classmethod
+    def from_env(cls) -> World:
+        if not all(name in os.environ for name in TORCHRUN_VARIABLES):
+            return cls()
+        try:
+            rank, world, local = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
+        except ValueError:
+            raise ConfigError(
+                "RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun); "
+                + ", ".join(f"{n}={os.environ[n]!r}" for n in TORCHRUN_VARIABLES)
+            ) from None
+        if not 0 <= rank < world:
+            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun or plm --nproc")
+        return cls(rank, world, local, launched=True)
+
+
+def strategy_name(config: RecipeConfig, world: World) -> str:
+    """The strategy the recipe asks for, resolved and checked against how the process was launched."""
+    name = config.distributed.strategy
+    if name not in STRATEGIES:
+        raise ConfigError(
+            f"distributed.strategy={name!r} is not one of {', '.join(STRATEGIES)}{did_you_mean(name, STRATEGIES)}"
+        )
+    if name == "auto":
+        return "ddp" if world.world_size > 1 else "single"
+    if name == "single" and world.world_size > 1:
+        raise ConfigError(
+            f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
+            "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
+        )
+    return name
+
+
+def build_strategy(config: RecipeConfig) -> Strategy:
+    """The strategy of the recipe, with its process group started (nothing to start for `single`)."""
+    world = World.from_env()
+    name = strategy_name(config, world)
+    device = resolve_device(config.train.device)
+    if device.type == "cuda" and world.launched:
+        if device.index is not None and world.world_size > 1:
+            raise ConfigError(
+                f"train.device={config.train.device!r}, but each of the {world.world_size} processes uses its own "
+                "GPU (cuda:LOCAL_RANK); set train.device=cuda or auto"
+            )
+        device = torch.device("cuda", world.local_rank)
+    if name == "single":
+        return Strategy(world, device)
+    if name == "deepspeed":
+        from plmkit.train.zero import DeepSpeedStrategy, check_deepspeed_config
+
+        check_deepspeed_config(config, device)
+        strategy: Strategy = DeepSpeedStrategy(world, device)
+    elif name == "fsdp":
+        from plmkit.train.fsdp import FSDPStrategy, check_fsdp_config
+
+        check_fsdp_config(config, device)
+        strategy = FSDPStrategy(world, device)
+    else:
+        strategy = DDPStrategy(world, device)
+    strategy.start()
+    return strategy
+
+
+class Strategy:
+    """One process, no wrapper: the plain training step. The base class of the distributed strategies,
+    which override the parts that differ (each method says what the loop needs from it)."""
+
+    name = "single"
+    layout = LAYOUT_PLAIN  # how its checkpoints hold the weights
+
+    def __init__(self, world: World | None = None, device: torch.device | None = None) -> None:
+        self.world = world or World()
+        self.device = device or torch.device("cpu")
+
+    @property
+    def rank(self) -> int:
+        return self.world.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.world.world_size
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, prints and writes the files every rank would write alike."""
+        return self.world.rank == 0
+
+    def describe(self) -> str:
+        return ""
+
+    # ---- process group ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Join the process group."""
+
+    def close(self) -> None:
+        """Leave the process group (also after an error)."""
+
+    def barrier(self) -> None:
+        """Wait until every rank has arrived here."""
+
+    @contextlib.contextmanager
+    def main_first(self) -> Iterator[None]:
+        """Rank 0 runs the block first (it may train a tokenizer or build a token cache), then the others,
+        which find its files."""
+        if not self.is_main:
+            self.barrier()
+        yield
+        if self.is_main:
+            self.barrier()
+
+    def seed_rank(self, seed: int) -> None:
+        """Give ranks other than 0 their own torch random stream (dropout), after the model (identical on
+        every rank) is built."""
+        if self.rank:
+            from plmkit.data.sampler import derive_seed
+
+            torch.manual_seed(derive_seed(seed, self.rank, 3) % 2**63)
+
+    # ---- batches --------------------------------------------------------------------------------
+    def local_rows(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """This rank's rows of a global batch (every row in one process). A rank left without rows (a short
+        last validation batch) gets one row with no targets, so that its collectives stay paired."""
+        if self.world_size == 1:
+            return batch
+        n = next(iter(batch.values())).shape[0]
+        bounds = [n * r // self.world_size for r in range(self.world_size + 1)]
+        start, stop = bounds[self.rank], bounds[self.rank + 1]
+        if start == stop:
+            rows = {k: v[:1] for k, v in batch.items()}
+            if "labels" in rows:
+                rows["labels"] = torch.full_like(rows["labels"], -100)
+            return rows
+        for key, value in batch.items():
+            if value.dim() == 0 or value.shape[0] != n:
+                raise ConfigError(f"the objective's batch entry {key!r} has shape {list(value.shape)}, not one row "
+                                  f"per example ({n}); it cannot be split over {self.world_size} processes")
+        return {k: v[start:stop] for k, v in batch.items()}
+
+    def sum_over_ranks(self, *values: float) -> tuple[float, ...]:
+        """Each value summed over the ranks."""
+        return values
+
+    # ---- model and optimizer --------------------------------------------------------------------
+    def prepare(
+        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        """(the model the loop calls, the torch optimizer the LR schedule drives), built on the model."""
+        return self.wrap(model), build_optimizer(model, config.optim, self.device)
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    # ---- the training step ----------------------------------------------------------------------
+    def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        """Context of one micro-batch's forward and backward: gradients are synchronised only on the last."""
+        return contextlib.nullcontext()
+
+    def backward(self, loss: torch.Tensor, scaler: torch.amp.GradScaler, finite: bool) -> bool:
+        """Backward of one micro-batch's weighted loss; False when the step is lost (the loop stops it).
+        `finite`: no loss of this step on this rank so far was inf or nan."""
+        if not finite:
+            return False  # nothing more to learn from this step: skip the rest of its micro-batches
+        scaler.scale(loss).backward()
+        return True
+
+    def agree(self, loss: float, finite: bool) -> tuple[float, bool]:
+        """(the step's loss: the sum of the ranks' shares, whether every rank's losses were finite)."""
+        return loss, finite
+
+    def optimizer_step(self, run: Run) -> None:
+        """Unscale (fp16), clip, step and clear the gradients."""
+        scaler, optimizer = run.precision.scaler, run.optimizer
+        scaler.unscale_(optimizer)
+        if run.config.train.clip_grad:
+            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.train.clip_grad)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    def skip_step(self, run: Run) -> None:
+        """Drop the step's gradients (a non-finite loss somewhere)."""
+        run.optimizer.zero_grad(set_to_none=True)
+
+    # ---- checkpoints ----------------------------------------------------------------------------
+    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
+        """Write checkpoint `step` (state: everything but the model and optimizer; info: trainer_state.json)."""
+        info = {**info, "distributed": {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}}
+        if self.world_size > 1:
+            state["rank_rng"] = self.gather_rng()
+        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
+        if self.is_main:  # the weights and optimizer are the same on every rank: rank 0 writes them
+            state = {"optimizer": run.optimizer.state_dict(), **state}
+            path = save_checkpoint(
+                run.run_dir, step, unwrap(run.model), run.tokenizer, state, info, run.config.checkpoint.keep_last
+            )
+        self.barrier()  # nobody moves on before the checkpoint exists
+        return path
+
+    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+        """Load the weights and optimizer state of `checkpoint` (written by save_checkpoint)."""
+        from plmkit.io import load_weights_into
+
+        self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
+        if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
+            from plmkit.train.fsdp import DCP_FOLDER, load_sharded_state
+
+            load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER)
+            return
+        load_weights_into(unwrap(run.model), checkpoint / "model.safetensors")
+        run.optimizer.load_state_dict(state["optimizer"])
+
+    def check_layout(self, checkpoint: Path, info: dict[str, Any], readable: tuple[str, ...]) -> None:
+        written = info.get("distributed", {})
+        layout = written.get("layout", LAYOUT_PLAIN)
+        if layout not in readable:
+            by = written.get("strategy", "?")
+            fits = {LAYOUT_DCP: "fsdp, ddp or single (on any number of processes)",
+                    LAYOUT_DEEPSPEED: f"deepspeed on {written.get('world_size', '?')} processes",
+                    LAYOUT_PLAIN: "single or ddp"}[layout]
+            raise ConfigError(
+                f"cannot resume {checkpoint} with distributed.strategy={self.name}: it was written by strategy "
+                f"{by} ({layout} layout); resume it with distributed.strategy={fits}, or convert it with "
+                f"`plm convert --from-sharded {checkpoint} --out DIR` and start a new run with init_from=DIR"
+            )
+
+    def restore_rng(self, state: dict[str, Any]) -> None:
+        """This rank's random streams as the checkpoint saved them (a new stream per rank when the number
+        of processes changed)."""
+        per_rank = state.get("rank_rng")
+        if per_rank is not None and len(per_rank) == self.world_size:
+            set_rng_state(per_rank[self.rank])
+            return
+        set_rng_state(state["rng"])  # rank 0's stream
+        if self.rank:
+            from plmkit.data.sampler import derive_seed
+
+            base = int(torch.randint(0, 2**62, (1,)))  # the same number on every rank, then one stream each
+            torch.manual_seed(derive_seed(base, self.rank, 4) % 2**63)
+
+    def gather_rng(self) -> list[dict[str, Any]]:
+        return [rng_state()]
+
+
+class ProcessGroupStrategy(Strategy):
+    """What every multi-process strategy shares: the process group, collectives and rank-0 files."""
+
+    @property
+    def backend(self) -> str:
+        return "nccl" if self.device.type == "cuda" else "gloo"
+
+    def describe(self) -> str:
+        launched = "torchrun" if self.world.launched else "a group of one (--nproc N starts N processes)"
+        return f"distributed: {self.name} on {self.world_size} process(es), {self.backend}, {launched}"
+
+    def start(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # e.g. a user's script that set up the group itself
+            return
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if self.world.launched:  # torchrun's environment (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE)
+            kwargs: dict[str, Any] = {"device_id": self.device} if self.device.type == "cuda" else {}
+            dist.init_process_group(self.backend, **kwargs)
+        else:  # a group of one needs no address: an in-memory store
+            dist.init_process_group(self.backend, store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=datetime.timedelta(minutes=10))
+        self._owns_group = True
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if getattr(self, "_owns_group", False) and dist.is_initialized():
+            dist.destroy_process_group()
+            self._owns_group = False
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+    def sum_over_ranks(self, *values: float) -> tuple[float, ...]:
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return tuple(t.tolist())
+
+    def agree(self, loss: float, finite: bool) -> tuple[float, bool]:
+        total, bad = self.sum_over_ranks(loss, 0.0 if finite else 1.0)
+        return total, bad == 0
+
+    def backward(self, loss: torch.Tensor, scaler: torch.amp.GradScaler, finite: bool) -> bool:
+        if self.world_size == 1:
+            return super().backward(loss, scaler, finite)
+        # Several ranks: a rank with a non-finite loss still runs backward, because the others' gradient
+        # reductions wait for its gradients; `agree` then makes every rank skip the step.
+        scaler.scale(loss).backward()
+        return True
+
+    def gather_rng(self) -> list[dict[str, Any]]:
+        import torch.distributed as dist
+
+        states: list[Any] = [None] * self.world_size
+        dist.all_gather_object(states, rng_state())
+        return states
+
+    def token(self) -> int:
+        """Rank 0's process id, the same on every rank: names the temporary folder they all write into."""
+        import torch.distributed as dist
+
+        if not hasattr(self, "_token"):
+            box = [os.getpid()]
+            dist.broadcast_object_list(box, src=0)
+            self._token = int(box[0])
+        return self._token
+
+
+class DDPStrategy(ProcessGroupStrategy):
+    """DistributedDataParallel: every rank holds the whole model; gradients are all-reduced (averaged) in
+    buckets during the backward of the last micro-batch of a step (`no_sync` on the others)."""
+
+    name = "ddp"
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        import inspect
+
+        from torch.nn.parallel import DistributedDataParallel
+
+        # plmkit's buffers are constants (rotary tables): no need to broadcast them before every forward
+        # (torch >= 2.13 names the switch forward_sync_buffers, earlier versions broadcast_buffers)
+        sync = "forward_sync_buffers"
+        if sync not in inspect.signature(DistributedDataParallel.__init__).parameters:
+            sync = "broadcast_buffers"
+        devices = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(model, device_ids=devices, **{sync: False})
+
+    def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
+        return contextlib.nullcontext() if last else model.no_sync()

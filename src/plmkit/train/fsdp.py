@@ -1,0 +1,164 @@
+"""FSDP2: the model sharded over the ranks with `torch.distributed.fsdp.fully_shard`.
+
+Each transformer Block is one FSDP unit (its parameters are all-gathered just before its forward and
+backward and freed after), the root holds the rest (embeddings, final norm, head). Gradients are
+reduce-scattered, so every rank keeps only its shard of parameters, gradients and optimizer state.
+
+- mixed precision: with train.precision bf16 (or fp16), parameters are gathered in that dtype and
+  gradients reduced in fp32 (`MixedPrecisionPolicy`); the forward still runs under autocast, so norms,
+  softmax and the loss stay in fp32 as in one process.
+- `fsdp.cpu_offload`: sharded parameters, gradients and the optimizer step live on the CPU
+  (`CPUOffloadPolicy`); meant for CUDA runs whose model does not fit otherwise.
+- gradient accumulation: `set_requires_gradient_sync(False)` on all but the last micro-batch (FSDP2's
+  `no_sync`).
+- checkpoints: `torch.distributed.checkpoint` writes every rank's shards of the model and optimizer into
+  `dcp/` (get_state_dict / set_state_dict). DCP reshards on load, so a checkpoint written by N processes
+  resumes on M; `plm convert --from-sharded` turns it into one model.safetensors.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from plmkit.errors import ConfigError
+from plmkit.io import CONFIG_FILE, checkpoint_header
+from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
+from plmkit.train.config import RecipeConfig
+from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy
+from plmkit.train.optim import build_optimizer
+from plmkit.train.precision import Precision, resolve_precision
+
+if TYPE_CHECKING:
+    from plmkit.train.setup import Run
+
+DCP_FOLDER = "dcp"
+
+
+def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
+    if resolve_precision(config.train.precision, device) == "fp16":
+        raise ConfigError(
+            "distributed.strategy=fsdp with train.precision=fp16: fp16 needs a gradient scaler that agrees over "
+            "the shards, which plmkit does not have; use train.precision=bf16 (or fp32, or strategy ddp/deepspeed)"
+        )
+
+
+def sharded_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The modules that become FSDP units: every transformer Block (of every stack)."""
+    from plmkit.model.transformer import Block
+
+    return [m for m in model.modules() if isinstance(m, Block)]
+
+
+class FSDPStrategy(ProcessGroupStrategy):
+    name = "fsdp"
+    layout = LAYOUT_DCP
+
+    def describe(self) -> str:
+        return super().describe() + f"; FSDP units: {self.units} blocks + the root"
+
+    def prepare(
+        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
+    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+        from torch.distributed.device_mesh import init_device_mesh
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+        self.header = checkpoint_header(model)  # before fully_shard changes the class
+        options: dict[str, Any] = {
+            "mesh": init_device_mesh(self.device.type, (self.world_size,)),
+            "reshard_after_forward": config.distributed.fsdp.reshard_after_forward,
+        }
+        if config.distributed.fsdp.mixed_precision and precision.name in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if precision.name == "bf16" else torch.float16
+            options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
+        if config.distributed.fsdp.cpu_offload:
+            options["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
+        # A Block also returns its key/value tensors (views, for the KV cache); FSDP2 warns that an in-place
+        # op on a returned view would skip its backward hook. plmkit never modifies them in place.
+        warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+        units = sharded_units(model)
+        for unit in units:
+            fully_shard(unit, **options)
+        fully_shard(model, **options)
+        self.units = len(units)
+        # built on the sharded (DTensor) parameters, so each rank keeps optimizer state for its shard only
+        return model, build_optimizer(model, config.optim, self.device)
+
+    def accumulating(self, model: torch.nn.Module, last: bool):
+        model.set_requires_gradient_sync(last)  # FSDP2's no_sync: keep unsharded gradients until the last
+        return super().accumulating(model, last)
+
+    # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
+    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
+        import json
+
+        info = {**info, "distributed": {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}}
+        tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed run
+            tmp.mkdir(parents=True)
+        self.barrier()
+        save_sharded_state(run.model, run.optimizer, tmp / DCP_FOLDER)
+        state["rank_rng"] = self.gather_rng()
+        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
+        if self.is_main:
+            (tmp / CONFIG_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
+            run.tokenizer.save(tmp)
+            path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
+        self.barrier()
+        return path
+
+    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+        self.check_layout(checkpoint, info, (LAYOUT_DCP,))
+        load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER)
+
+
+def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Every rank writes its shards of the model and optimizer state (a collective call)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
+
+
+def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """The model and optimizer state of a DCP folder, resharded to this run's layout (any world size,
+    sharded or not)."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    if not folder.is_dir():
+        raise ConfigError(f"{folder.parent} has no {folder.name}/ folder of model and optimizer shards")
+    model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's layout (DTensor shards)
+    state = {"model": model_state, "optimizer": optimizer_state}
+    # in place, reading whichever stored shards overlap ours (everything, for an unsharded model)
+    with _single_process_load(not dist.is_initialized()) as no_dist:
+        dcp.load(state, checkpoint_id=str(folder), no_dist=no_dist)
+    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+
+
+def load_sharded_weights(model: torch.nn.Module, folder: Path) -> None:
+    """Fill a plain (unsharded) model with the weights of a DCP folder, in one process without a process
+    group (DCP reads every shard)."""
+    import torch.distributed.checkpoint as dcp
+
+    state = model.state_dict()  # tensors that share the model's storage: loading fills the model
+    with _single_process_load(True) as no_dist:
+        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=no_dist)
+
+
+@contextlib.contextmanager
+def _single_process_load(no_dist: bool) -> Iterator[bool]:
+    """DCP warns on every load without a process group, even when asked for one; here that is the intent."""
+    with warnings.catch_warnings():
+        if no_dist:
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+        yield no_dist

@@ -1,0 +1,118 @@
+"""`plm pretrain RECIPE --nproc N`: start N training processes on this machine under torchrun.
+
+It is torchrun itself, run in this process: `python -m torch.distributed.run --standalone
+--nproc-per-node N -m plmkit pretrain RECIPE ...` (the workers are ordinary `python -m plmkit` processes,
+exactly what a user's own `torchrun ... -m plmkit pretrain ...` starts), but the launcher keeps torchrun's
+failure report to one line: a worker's user error reaches it through torchrun's error file
+(TORCHELASTIC_ERROR_FILE), the launcher prints it once as `error: ...` and exits 2.
+
+Workers: rank 0 prints and logs; a worker's PlmkitError goes to the error file (torchrun's summary shows
+it), and to stderr from rank 0 only, unless this launcher started it (then the launcher prints it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+from plmkit.errors import ConfigError
+
+LAUNCHER_VARIABLE = "PLMKIT_LAUNCHER"  # set in workers started by `plm --nproc`: the launcher reports errors
+USER_ERROR_CODE = 2
+
+
+def parse_nproc(text: str) -> int:
+    """The value of --nproc: a whole number of processes, at least 1."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--nproc {text!r}: give the number of processes to start, a whole number >= 1 (e.g. --nproc 2)")
+    return n
+
+
+def check_nproc(nproc: int, device: str) -> None:
+    if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
+        raise ConfigError("--nproc inside a process that torchrun started: drop --nproc (torchrun sets the processes)")
+    if device != "cpu":
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus and nproc > gpus:
+            raise ConfigError(f"--nproc {nproc}, but this machine has {gpus} GPU(s) (one per process); "
+                              f"use --nproc {gpus} or fewer, or train.device=cpu")
+
+
+def report_worker_error(message: str) -> None:
+    """In a worker: hand a user error to torchrun (its error file), and print it from rank 0 unless the
+    `plm --nproc` launcher will print it."""
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:  # torchrun's format (torch.distributed.elastic.multiprocessing.errors), without a traceback
+        data = {"message": {"message": message,
+                            "extraInfo": {"py_callstack": f"error: {message}", "timestamp": str(int(time.time()))}}}
+        with contextlib.suppress(OSError):
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(data, f)
+    if os.environ.get("RANK", "0") == "0" and not os.environ.get(LAUNCHER_VARIABLE):
+        print(f"error: {message}", file=sys.stderr)
+
+
+def is_worker() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run `python -m plmkit ARGV` in `nproc` processes under torchrun; returns their exit code."""
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "plmkit", *argv])
+    threads = str(max(1, (os.cpu_count() or 1) // nproc))  # torchrun's default is 1 thread per process
+    try:
+        with _environment({LAUNCHER_VARIABLE: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}), \
+                _quiet_agent():
+            torchrun.run(args)
+    except ChildFailedError as failed:
+        rank, failure = failed.get_first_failure()
+        message = failure.message.get("message", "") if isinstance(failure.message, dict) else ""
+        if failure.exitcode == USER_ERROR_CODE and message:  # a PlmkitError, reported by report_worker_error
+            print(f"error: {message}", file=sys.stderr)
+            return USER_ERROR_CODE
+        code = failure.exitcode
+        print(f"error: training process {rank} of {nproc} failed with exit code {code} (its output is above)",
+              file=sys.stderr)
+        return code if code > 0 else 1
+    return 0
+
+
+@contextlib.contextmanager
+def _environment(values: dict[str, str]) -> Iterator[None]:
+    """Variables the workers inherit, restored afterwards (the launcher may run inside a test process)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@contextlib.contextmanager
+def _quiet_agent() -> Iterator[None]:
+    """torchrun's agent logs every worker failure with a traceback of its own; the launcher reports one line."""
+    agent = logging.getLogger("torch.distributed.elastic")
+    level = agent.level
+    agent.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        agent.setLevel(level)

@@ -161,9 +161,11 @@ class Stack(nn.Module):
             cache = past_key_values[i] if past_key_values else None
             args = (x, mask, rotary, cache, memory, memory_mask, fast_causal)
             if self.gradient_checkpointing and self.training:
-                x, layer_cache = checkpoint(block, *args, use_reentrant=False)
-            else:
-                x, layer_cache = block(*args)
+                # Training never reads the cache back: holding every layer's k, v to the end of the
+                # forward would keep most of what checkpointing frees. The returned cache stays empty.
+                x, _ = checkpoint(block, *args, use_reentrant=False)
+                continue
+            x, layer_cache = block(*args)
             new_cache.append(layer_cache)
         if self.final_norm is not None:
             x = self.final_norm(x)

@@ -1,4 +1,5 @@
-"""Tensor parallelism (plmkit.train.tensor_parallel): 2 ranks equal one process (logits, loss, every
+"""Tensor parallelism (plmkit.train.tensor_parallel): 2 ranks equal one process for GPT-2- and LLaMA-like
+causal LMs, a prefix LM, a BERT-like masked LM and a classifier (logits, loss, every
 gradient to 1e-5, greedy KV-cache generation, an SGD step, the full state dict and the checkpoint written
 from it), TP x FSDP2 on a 2 x 2 mesh equals one process over optimizer steps, and bad sizes fail clearly.
 The ranks run in tests/tp_workers.py (gloo, CPU, one thread each)."""

@@ -19,6 +19,8 @@ TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_posi
 GPT2_LIKE = dict(TINY, activation="gelu_tanh")  # learned positions, GELU, biases, tied embeddings
 LLAMA_LIKE = dict(TINY, position="rotary", norm="rmsnorm", n_kv_head=2, gated_mlp=True, activation="silu",
                   attention_bias=False, mlp_bias=False, tie_embeddings=False)  # llama-tiny's architecture
+BERT_LIKE = dict(TINY, pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2,
+                 lm_head_transform=True, lm_head_bias=True)  # post-norm encoder with BERT's MLM head
 ATOL = 1e-5
 
 
@@ -48,9 +50,11 @@ def close(a: torch.Tensor, b: torch.Tensor, what: str, atol: float = ATOL) -> No
 
 
 def tiny(family: str, arch: dict, seed: int = 0):
-    from plmkit.model import ModelConfig, build_model
+    from plmkit.model import ModelConfig, SequenceClassifier, build_model
 
     torch.manual_seed(seed)
+    if family == "classifier":
+        return SequenceClassifier(ModelConfig(family="masked", **arch), num_labels=3, pooler_dense=True).train()
     return build_model(ModelConfig(family=family, **arch)).train()  # dropout is 0: train mode is exact
 
 
@@ -62,6 +66,8 @@ def padded_batch(family: str) -> dict[str, torch.Tensor]:
     batch = {"input_ids": ids, "attention_mask": mask, "labels": ids.masked_fill(mask == 0, -100)}
     if family == "prefix":
         batch["prefix_lengths"] = torch.tensor([5, 3])
+    if family == "classifier":
+        batch["labels"] = torch.tensor([0, 2])
     return batch
 
 
@@ -69,9 +75,9 @@ def padded_batch(family: str) -> dict[str, torch.Tensor]:
 def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> None:
     from torch.distributed.device_mesh import init_device_mesh
 
-    from plmkit.errors import ConfigError
+    from plmkit.errors import CheckpointError, ConfigError
     from plmkit.generate import generate_ids
-    from plmkit.io import load
+    from plmkit.io import load, save
     from plmkit.train.tensor_parallel import (
         apply_tensor_parallel,
         full_state_dict,
@@ -80,7 +86,8 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
     )
 
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
-    cases = [("causal", "gpt2", GPT2_LIKE), ("causal", "llama", LLAMA_LIKE), ("prefix", "gpt2", GPT2_LIKE)]
+    cases = [("causal", "gpt2", GPT2_LIKE), ("causal", "llama", LLAMA_LIKE), ("prefix", "gpt2", GPT2_LIKE),
+             ("masked", "bert", BERT_LIKE), ("classifier", "bert", BERT_LIKE)]
     for family, name, arch in cases:
         where = f"{family}/{name}"
         reference = tiny(family, arch)
@@ -90,6 +97,8 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
 
         # forward and backward of a padded batch: logits, loss, every parameter's gradient
         batch = padded_batch(family)
+        with torch.no_grad():  # and without a mask (the causal family's SDPA fast path)
+            close(model(batch["input_ids"]).logits, reference(batch["input_ids"]).logits, f"{where} unpadded")
         expected, got = reference(**batch), model(**batch)
         close(got.logits, expected.logits, f"{where} logits")
         close(got.loss, expected.loss, f"{where} loss")
@@ -99,25 +108,31 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
         for pname, p in reference.named_parameters():
             close(unshard(model, pname, grads[pname].grad), p.grad, f"{where} grad of {pname}")
 
-        # greedy generation with the KV cache (left-padded prompts)
-        prompt = batch["input_ids"][:, :6]
-        prompt_mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
-        ids = generate_ids(model, prompt, prompt_mask, max_new_tokens=6, eos_token_id=[])
-        ref_ids = generate_ids(reference, prompt, prompt_mask, max_new_tokens=6, eos_token_id=[])
-        assert torch.equal(ids, ref_ids), f"{where} generation: {ids.tolist()} != {ref_ids.tolist()}"
+        if family in ("causal", "prefix"):  # greedy generation with the KV cache (left-padded prompts)
+            prompt = batch["input_ids"][:, :6]
+            prompt_mask = torch.tensor([[1] * 6, [0, 0, 1, 1, 1, 1]])
+            ids = generate_ids(model, prompt, prompt_mask, max_new_tokens=6, eos_token_id=[])
+            ref_ids = generate_ids(reference, prompt, prompt_mask, max_new_tokens=6, eos_token_id=[])
+            assert torch.equal(ids, ref_ids), f"{where} generation: {ids.tolist()} != {ref_ids.tolist()}"
 
         # the full state dict is the ordinary layout; a checkpoint from it is a normal plmkit checkpoint
         state = full_state_dict(model)
         assert state.keys() == original.keys()
         for key in original:
             assert torch.equal(state[key], original[key]), f"{where} full_state_dict[{key}] differs"
+        try:  # plmkit.io.save on the sharded model itself would write fragments: refused, with the way out
+            save(model, None, tmp / f"direct-{rank}")
+        except CheckpointError as e:
+            assert "save_tensor_parallel_checkpoint" in str(e), str(e)
+        else:
+            raise AssertionError("plmkit.io.save wrote a tensor-parallel model's shards")
         folder = save_tensor_parallel_checkpoint(model, None, tmp / f"ckpt-{family}-{name}")
         if rank == 0:
             loaded, _ = load(folder)
             assert type(loaded) is type(reference)
             for key, value in loaded.state_dict().items():
                 assert torch.equal(value, original[key]), f"{where} checkpoint tensor {key} differs"
-            if arch.get("tie_embeddings", True):
+            if arch.get("tie_embeddings", True) and hasattr(loaded, "lm_head"):
                 assert loaded.lm_head.decoder.weight is loaded.transformer.embed.tokens.weight
         else:
             assert folder is None
@@ -138,6 +153,16 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
     else:
         raise AssertionError("n_kv_head=1 on 2 ranks was accepted")
     assert not hasattr(mqa, "tensor_parallel") and type(mqa.transformer.blocks[0].attn.qkv.weight) is torch.nn.Parameter
+
+    # dropout with ranks seeded differently would let the replicated activations drift apart: refused
+    torch.manual_seed(100 + rank)
+    try:
+        apply_tensor_parallel(tiny("causal", dict(GPT2_LIKE, dropout=0.1), seed=100 + rank), mesh)
+    except ConfigError as e:
+        assert "needs the same torch RNG state on every rank" in str(e), str(e)
+    else:
+        raise AssertionError("dropout with differently seeded ranks was accepted")
+    apply_tensor_parallel(tiny("causal", dict(GPT2_LIKE, dropout=0.1), seed=7), mesh)  # same seed: fine
 
 
 # ---- TP x FSDP2 on 4 ranks (2 x 2) -------------------------------------------------------------

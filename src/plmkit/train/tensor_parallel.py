@@ -21,13 +21,16 @@ of k. So before sharding the rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k
 heads and their v heads, and the model code runs unchanged on the local head counts (n_head / tp,
 n_kv_head / tp). `full_state_dict` undoes the reordering, so what comes out is the ordinary layout.
 
-Dropout: the replicated parts draw the same mask on every rank only if every rank seeds alike; the
-parallel tests run with dropout 0. Rotary positions, GQA/MQA (tp must divide n_kv_head), SwiGLU,
+Dropout: the replicated activations draw the same mask on every rank only while the ranks' RNGs agree,
+so with dropout > 0 apply_tensor_parallel checks that they do (seed every rank alike; keep the data
+order's randomness in its own generator). Attention dropout then gives each rank's heads the same mask
+pattern, which differs from a single process's draw (the parallel tests run with dropout 0). Rotary positions, GQA/MQA (tp must divide n_kv_head), SwiGLU,
 learned/sinusoidal positions and biases all work; T5's relative position bias (per-head table) does not.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -87,6 +90,24 @@ def _rank_major_order(segments: list[int], tp: int) -> torch.Tensor:
     return torch.cat(rows)
 
 
+def _check_same_rng(model: nn.Module, tp_mesh) -> None:
+    """Dropout on the replicated activations (embeddings, residual stream) must draw the same mask on
+    every rank of a tp group, or their copies drift apart: their torch RNG states must agree."""
+    import torch.distributed as dist
+
+    device = next(model.parameters()).device
+    state = torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+    digest = hashlib.sha256(state.cpu().numpy().tobytes()).hexdigest()
+    digests: list[str | None] = [None] * tp_mesh.size()
+    dist.all_gather_object(digests, digest, group=tp_mesh.get_group())
+    if len(set(digests)) > 1:
+        config = model.config
+        raise ConfigError(f"model.dropout={config.dropout} / model.attention_dropout={config.attention_dropout} "
+                          "with tensor parallelism needs the same torch RNG state on every rank of a tensor-"
+                          "parallel group, but the ranks differ: call torch.manual_seed with one seed on all "
+                          "ranks (seed data order separately), or set the dropouts to 0")
+
+
 def _stack(model: nn.Module) -> nn.Module:
     from plmkit.model.transformer import Stack
 
@@ -127,6 +148,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
                 raise ConfigError(f"{prefix}.blocks.{i}.{name} is a {type(layer).__name__}, not nn.Linear: "
                                   "tensor parallelism splits plain projections only, not PEFT or quantized "
                                   "layers; use FSDP for those")
+    if tp > 1 and (config.dropout > 0 or config.attention_dropout > 0):
+        _check_same_rng(model, tp_mesh)
     for i, block in enumerate(stack.blocks):
         if tp > 1:
             for name, segments in fused_rows.items():

@@ -191,6 +191,7 @@ def tp_rank(rank: int, args: argparse.Namespace, rendezvous: str, out: str) -> N
     times = train_steps(model, optimizer, batch, args.tp_steps, args.warmup, torch.device("cpu"))
     if rank == 0:
         Path(out).write_text(json.dumps(step_stats(times)))
+    dist.barrier()
     dist.destroy_process_group()
 
 

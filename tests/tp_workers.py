@@ -38,6 +38,7 @@ def _entry(rank: int, fn, world_size: int, tmp: str, args: tuple) -> None:
     dist.init_process_group("gloo", init_method=f"file://{tmp}/rendezvous", rank=rank, world_size=world_size)
     try:
         fn(rank, world_size, Path(tmp), *args)
+        dist.barrier()  # no rank leaves while another still talks to it
     except BaseException:
         traceback.print_exc()  # the other ranks are terminated by torch.multiprocessing
         raise
@@ -107,6 +108,13 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
         grads = dict(model.named_parameters())
         for pname, p in reference.named_parameters():
             close(unshard(model, pname, grads[pname].grad), p.grad, f"{where} grad of {pname}")
+        if name == "llama":  # gradient checkpointing recomputes the parallel blocks: the same gradients
+            model.zero_grad(set_to_none=True)
+            model.set_gradient_checkpointing(True)
+            model(**batch).loss.backward()
+            model.set_gradient_checkpointing(False)
+            for pname, p in reference.named_parameters():
+                close(unshard(model, pname, grads[pname].grad), p.grad, f"{where} checkpointed grad of {pname}")
 
         if family in ("causal", "prefix"):  # greedy generation with the KV cache (left-padded prompts)
             prompt = batch["input_ids"][:, :6]
@@ -117,6 +125,7 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
 
         # the full state dict is the ordinary layout; a checkpoint from it is a normal plmkit checkpoint
         state = full_state_dict(model)
+        assert full_state_dict(model, rank0_only=True).keys() == (original.keys() if rank == 0 else set())
         assert state.keys() == original.keys()
         for key in original:
             assert torch.equal(state[key], original[key]), f"{where} full_state_dict[{key}] differs"

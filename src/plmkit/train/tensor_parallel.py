@@ -21,6 +21,10 @@ of k. So before sharding the rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k
 heads and their v heads, and the model code runs unchanged on the local head counts (n_head / tp,
 n_kv_head / tp). `full_state_dict` undoes the reordering, so what comes out is the ordinary layout.
 
+Gradient checkpointing combines with it (the recomputed blocks repeat their collectives). Checkpoints:
+`plmkit.io.save` refuses a sharded model; `save_tensor_parallel_checkpoint` gathers the full weights to
+rank 0 and writes a normal checkpoint. To resume into a TP model, load it plainly and apply TP again.
+
 Dropout: the replicated activations draw the same mask on every rank only while the ranks' RNGs agree,
 so with dropout > 0 apply_tensor_parallel checks that they do (seed every rank alike; keep the data
 order's randomness in its own generator). Attention dropout then gives each rank's heads the same mask
@@ -211,22 +215,35 @@ def unshard(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def full_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The ordinary, unsharded state dict of a tensor-parallel (and/or FSDP2) model, on CPU, on every
-    rank. A collective: every rank must call it. A plain model gives its state dict on CPU."""
-    return {name: unshard(model, name, tensor) for name, tensor in model.state_dict().items()}
+def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:
+    """The ordinary, unsharded state dict of a tensor-parallel (and/or FSDP2) model, on CPU. A collective:
+    every rank must call it. With rank0_only the other ranks take part in the gathers but keep nothing
+    (they return {}), so only one copy of the model is held per job. A plain model gives its state dict."""
+    import torch.distributed as dist
+
+    keep = not rank0_only or not dist.is_initialized() or dist.get_rank() == 0
+    state = {}
+    for name, tensor in model.state_dict().items():
+        full = unshard(model, name, tensor)
+        if keep:
+            state[name] = full
+    return state
 
 
-def unsharded_copy(model: nn.Module) -> nn.Module:
-    """A plain (single-process, CPU) model of the same class, config and weights. Collective."""
+def unsharded_copy(model: nn.Module, rank0_only: bool = False) -> nn.Module | None:
+    """A plain (single-process, CPU) model of the same class, config and weights. A collective; with
+    rank0_only, only global rank 0 builds it and the others get None."""
     from plmkit.io import init_kwargs, model_classes
 
-    state = full_state_dict(model)
+    state = full_state_dict(model, rank0_only)
+    if not state:
+        return None
     known = set(model_classes().values())  # fully_shard swaps in a subclass (FSDPCausalLM): find ours
     cls = next((c for c in type(model).__mro__ if c in known), type(model))
     copy = cls(model.config, **init_kwargs(model))
     copy.load_state_dict(state)
-    return copy.to(next(iter(state.values())).dtype).train(model.training)
+    dtype = next(t.dtype for t in state.values() if t.is_floating_point())  # a bf16 model stays bf16
+    return copy.to(dtype).train(model.training)
 
 
 def save_tensor_parallel_checkpoint(model: nn.Module, tokenizer: Any | None, directory: str | Path) -> Path | None:
@@ -237,9 +254,8 @@ def save_tensor_parallel_checkpoint(model: nn.Module, tokenizer: Any | None, dir
 
     from plmkit.io import save
 
-    copy = unsharded_copy(model)
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    path = save(copy, tokenizer, directory) if rank == 0 else None
+    copy = unsharded_copy(model, rank0_only=True)
+    path = save(copy, tokenizer, directory) if copy is not None else None
     if dist.is_initialized():
         dist.barrier()  # nobody reads the folder before it exists
     return path

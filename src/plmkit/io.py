@@ -167,8 +167,24 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 def save_weights(model: torch.nn.Module, path: str | Path) -> None:
     """Write the state dict to a safetensors file, storing tensors that share memory only once."""
-    tensors, aliases = _dedupe_shared(unwrap(model).state_dict())
+    state = unwrap(model).state_dict()
+    _refuse_sharded(state)
+    tensors, aliases = _dedupe_shared(state)
     save_file(tensors, str(path), metadata={"format": "pt", TIED_KEY: json.dumps(aliases)})
+
+
+def _refuse_sharded(state: dict[str, torch.Tensor]) -> None:
+    """A DTensor holds one rank's shard (tensor parallel, FSDP2): saving it would write a fragment."""
+    if not torch.distributed.is_available():
+        return
+    from torch.distributed.tensor import DTensor
+
+    sharded = [name for name, tensor in state.items() if isinstance(tensor, DTensor)]
+    if sharded:
+        raise CheckpointError(f"cannot save the model: {len(sharded)} of its tensors (e.g. {sharded[0]}) are "
+                              "sharded across processes (DTensor); write a full checkpoint with "
+                              "plmkit.train.tensor_parallel.save_tensor_parallel_checkpoint(model, tokenizer, "
+                              "directory), called on every rank")
 
 
 def _dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -170,9 +170,11 @@ class Stack(nn.Module):
             layer_prefix = prefix[i] if prefix is not None else None
             args = (x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix)
             if self.gradient_checkpointing and self.training:
-                x, layer_cache = checkpoint(block, *args, use_reentrant=False)
-            else:
-                x, layer_cache = block(*args)
+                # Training never reads the cache back: holding every layer's k, v to the end of the
+                # forward would keep most of what checkpointing frees. The returned cache stays empty.
+                x, _ = checkpoint(block, *args, use_reentrant=False)
+                continue
+            x, layer_cache = block(*args)
             new_cache.append(layer_cache)
         if self.final_norm is not None:
             x = self.final_norm(x)

@@ -122,6 +122,11 @@ class ElectraPretrainer(nn.Module):
         return {"generator_layers": g.n_layer, "generator_heads": g.n_head, "generator_d_ff": g.d_ff,
                 "disc_weight": self.disc_weight, "temperature": self.temperature, "seed": self.seed}
 
+    def set_gradient_checkpointing(self, enabled: bool = True) -> None:
+        """Recompute the blocks of both stacks (generator and discriminator) during backward."""
+        self.generator.set_gradient_checkpointing(enabled)
+        self.discriminator.set_gradient_checkpointing(enabled)
+
     def rng_state_dict(self) -> dict:
         """The replacement sampler's state, so a resumed run draws the same replacements."""
         return {"sampling": None if self.sampling_generator is None else self.sampling_generator.get_state()}

@@ -82,6 +82,13 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
                               f"choose a tensor-parallel size in {fits}")
 
 
+def fused_row_segments(config: ModelConfig) -> dict[str, list[int]]:
+    """The row segments of each fused projection of a Block: q | k | v, and gate | up for a gated MLP."""
+    q_width, kv_width = config.n_head * config.dim_per_head, config.kv_heads * config.dim_per_head
+    return {"attn.qkv": [q_width, kv_width, kv_width],
+            "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff]}
+
+
 def _rank_major_order(segments: list[int], tp: int) -> torch.Tensor:
     """Row order that turns [seg_0 | seg_1 | ...] into [seg_0[r] seg_1[r] ... for each rank r], where
     seg[r] is the r-th of tp equal parts of a segment. (n_rows,) long tensor."""
@@ -139,9 +146,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
     config: ModelConfig = model.config
     tp = tp_mesh.size()
     check_tensor_parallel(config, tp)
-    q_width, kv_width = config.n_head * config.dim_per_head, config.kv_heads * config.dim_per_head
-    fused_rows = {"attn.qkv": [q_width, kv_width, kv_width],
-                  "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff]}
+    fused_rows = fused_row_segments(config)
     prefix = next(name for name, module in model.named_modules() if module is stack)
     row_orders: dict[str, torch.Tensor] = {}
     plan = {**{name: ColwiseParallel() for name in COLWISE}, **{name: RowwiseParallel() for name in ROWWISE}}
@@ -213,6 +218,51 @@ def unshard(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
         restored[info.row_orders[module]] = tensor  # sharded row k came from full row order[k]
         tensor = restored
     return tensor
+
+
+def reorder_fused_rows(model: nn.Module, optimizer: torch.optim.Optimizer | None, written: int) -> None:
+    """Move the fused rows (q|k|v, gate|up) of weights loaded from a checkpoint of a run with tensor-parallel
+    size `written` to where this model (tensor-parallel or not; sharded or not) expects them, with their
+    optimizer state (Adam's moments). Each size stores the rows in its own rank-major order, a pure
+    function of the config and the size: loading size-2 rows into a size-4 or unsplit model as they are
+    would silently scramble the heads. A collective for sharded models: every rank calls it."""
+    from plmkit.io import unwrap
+
+    plain = unwrap(model)
+    info: TensorParallelInfo | None = getattr(plain, "tensor_parallel", None)
+    tp = info.size if info is not None else 1
+    if written == tp:
+        return
+    check_tensor_parallel(plain.config, written)  # the checkpoint's size must have been able to split it
+    state = optimizer.state if optimizer is not None else {}
+    for name, segments in fused_row_segments(plain.config).items():
+        # the checkpoint's row j held full row stored[j]; this model's row k holds full row wanted[k]
+        stored, wanted = _rank_major_order(segments, written), _rank_major_order(segments, tp)
+        rows = torch.argsort(stored)[wanted]  # this model's row k = the checkpoint's row rows[k]
+        if torch.equal(rows, torch.arange(len(rows))):  # one segment: every size stores it as it is
+            continue
+        for block in _stack(plain).blocks:
+            layer = block.get_submodule(name)
+            for param in (layer.weight, layer.bias):
+                if param is None:
+                    continue
+                moments = [v for v in state.get(param, {}).values() if torch.is_tensor(v) and v.shape == param.shape]
+                for tensor in (param, *moments):
+                    _take_rows(tensor, rows)
+
+
+@torch.no_grad()
+def _take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> None:
+    """tensor[:] = tensor[rows], in place; a DTensor (any placements) is gathered whole, reordered and each
+    rank keeps its shard of the result (one full tensor in memory at a time)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(tensor, DTensor):
+        tensor.copy_(tensor[rows.to(tensor.device)])
+        return
+    full = tensor.full_tensor()
+    moved = distribute_tensor(full[rows.to(full.device)], tensor.device_mesh, tensor.placements, src_data_rank=None)
+    tensor.to_local().copy_(moved.to_local())  # src_data_rank=None: each rank slices its own shard
 
 
 def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:

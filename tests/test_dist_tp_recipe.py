@@ -68,7 +68,7 @@ def test_two_tensor_parallel_ranks_equal_one_process(root, tp, reference):
     dh.assert_same_losses(dh.losses(run_dir), dh.losses(reference), STEPS)
     assert dh.final_val_loss(run_dir) == pytest.approx(dh.final_val_loss(reference), abs=dh.TOLERANCE)
     assert "x 1 data-parallel group(s) of 2 tensor-parallel ranks" in proc.stdout
-    assert "tensor parallel: 1 data-parallel group(s) x 2 ranks" in proc.stdout
+    assert "mesh dp 1 x tp 2: each block split over 2 ranks" in proc.stdout
     final = json.loads(proc.stdout.strip().splitlines()[-1])
     assert final["tokens"] == 4 * 2 * 8 * 32  # the global batch, not doubled by the second rank
     for step in (2, 4):
@@ -136,15 +136,30 @@ def test_tensor_parallel_checkpoint_converts_to_one_safetensors_file(root, tp, r
     assert code == 0 and json.loads(stdout)["loss"] > 0, err
 
 
-def test_four_ranks_as_two_data_parallel_groups_of_two_equal_one_process(root, reference):
-    """2 x 2: each data-parallel group trains on 4 of the 8 rows; FSDP averages over the groups only."""
-    command = [sys.executable, "-m", "plmkit", "pretrain", *args(root, "tp-2x2", *TP2, batch=4), "--nproc", "4"]
+def test_four_ranks_as_two_data_parallel_groups_of_two_equal_one_process(root, capsys):
+    """2 x 2 on the GPT-2-like recipe (learned positions, biases on the fused q|k|v rows): each
+    data-parallel group trains on 4 of the 8 rows, FSDP averages over the groups only; its checkpoint
+    converts to the one-process model."""
+    import plmkit
+
+    gpt = ["model.n_head=4", f"train.clip_grad={CLIP}"]
+    dh.run_single(root, "gpt-single", *gpt, batch=8, accumulation=2)
+    command = [sys.executable, "-m", "plmkit", "pretrain", dh.GPT,
+               *dh.overrides(root, "gpt-2x2", batch=4, accumulation=2), *gpt, *TP2, "--nproc", "4"]
     proc = subprocess.run([str(c) for c in command], cwd=root, env=dh.environment(), capture_output=True, text=True,
                           timeout=300)
     dh.succeeded(proc)
     assert "x 2 data-parallel group(s) of 2 tensor-parallel ranks" in proc.stdout
-    dh.assert_same_losses(dh.losses(root / "tp-2x2"), dh.losses(reference), STEPS)
-    assert dh.final_val_loss(root / "tp-2x2") == pytest.approx(dh.final_val_loss(reference), abs=dh.TOLERANCE)
+    dh.assert_same_losses(dh.losses(root / "gpt-2x2"), dh.losses(root / "gpt-single"), STEPS)
+    assert dh.final_val_loss(root / "gpt-2x2") == pytest.approx(dh.final_val_loss(root / "gpt-single"),
+                                                                 abs=dh.TOLERANCE)
+    out = root / "gpt-2x2-converted"
+    code, _, err = h.run_cli(["convert", "--from-sharded", dh.checkpoint(root / "gpt-2x2", 4), "--out", out], capsys)
+    assert code == 0, err
+    (model, tokenizer), (plain, _) = plmkit.load(out), plmkit.load(dh.checkpoint(root / "gpt-single", 4))
+    ids = torch.tensor([tokenizer.encode("The for statement is used to iterate over the elements")])
+    with torch.no_grad():
+        assert (plain(ids).logits - model(ids).logits).abs().max().item() <= 1e-4
 
 
 @pytest.mark.parametrize("extra, nproc, needles", [
@@ -168,13 +183,15 @@ def test_bad_tensor_parallel_settings_fail_before_anything_starts(root, capsys, 
     assert not (root / "bad").exists()
 
 
-def test_tensor_parallel_with_a_seq2seq_recipe_fails_in_one_line(root, capsys):
-    t5 = h.ROOT / "recipes" / "t5-span.yaml"
-    overrides = h.tiny_overrides(t5, root / "en.txt", root) + [f"out_dir={root / 'bad-t5'}", *TP2]
-    code, _, err = h.run_cli(["pretrain", t5, *overrides, "--nproc", "2"], capsys)
+@pytest.mark.parametrize("recipe, needle", [("t5-span", "model.family=seq2seq has cross-attention"),
+                                             ("electra", "with objective electra: its generator and discriminator")])
+def test_tensor_parallel_with_a_model_it_cannot_split_fails_in_one_line(root, capsys, recipe, needle):
+    path = h.ROOT / "recipes" / f"{recipe}.yaml"
+    overrides = h.tiny_overrides(path, root / "en.txt", root) + [f"out_dir={root / f'bad-{recipe}'}", *TP2]
+    code, _, err = h.run_cli(["pretrain", path, *overrides, "--nproc", "2"], capsys)
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "model.family=seq2seq has cross-attention" in lines[0], err
-    assert not (root / "bad-t5").exists()
+    assert code == 2 and len(lines) == 1 and needle in lines[0], err
+    assert not (root / f"bad-{recipe}").exists()
 
 
 def test_the_ranks_of_a_tensor_parallel_group_share_their_rows():

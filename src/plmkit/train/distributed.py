@@ -100,37 +100,10 @@ def strategy_name(config: RecipeConfig, world: World) -> str:
             f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
             "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
         )
-    check_tensor_parallel_recipe(config, world, name)
+    from plmkit.train.tensor_parallel import check_tensor_parallel_recipe
+
+    check_tensor_parallel_recipe(config, world.world_size, name)
     return name
-
-
-def check_tensor_parallel_recipe(config: RecipeConfig, world: World, strategy: str) -> None:
-    """distributed.tensor_parallel fits the strategy, the number of processes and the model's sizes."""
-    from plmkit.train.setup import recipe_architecture
-    from plmkit.train.tensor_parallel import check_tensor_parallel
-
-    tp = config.distributed.tensor_parallel
-    key = f"distributed.tensor_parallel={tp}"
-    if tp == 1:
-        return
-    if tp < 1:
-        raise ConfigError(f"{key}: give the number of ranks that split each block, a whole number >= 1 (1: none)")
-    if strategy != "fsdp":
-        raise ConfigError(f"{key} needs distributed.strategy=fsdp (tensor parallelism inside each group of {tp} "
-                          f"ranks, FSDP across the groups), not {strategy}; set distributed.strategy=fsdp")
-    if world.world_size % tp:
-        raise ConfigError(f"{key} does not divide the {world.world_size} process(es): start a multiple of {tp} "
-                          f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
-                          f"groups), or set distributed.tensor_parallel to a divisor of {world.world_size}")
-    if config.peft:
-        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
-                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
-    architecture = recipe_architecture(config)
-    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
-        try:
-            check_tensor_parallel(architecture, tp)
-        except ConfigError as e:
-            raise ConfigError(f"{key}: {e}") from None
 
 
 def build_strategy(config: RecipeConfig) -> Strategy:

@@ -77,7 +77,7 @@ class FSDPStrategy(ProcessGroupStrategy):
     def describe(self) -> str:
         text = super().describe() + f"; FSDP units: {self.units} blocks + the root"
         if self.tensor_parallel > 1:
-            text += (f"; tensor parallel: {self.data_parallel_size} data-parallel group(s) x "
+            text += (f"; mesh dp {self.data_parallel_size} x tp {self.tensor_parallel}: each block split over "
                      f"{self.tensor_parallel} ranks")
         return text
 
@@ -184,9 +184,13 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, de
     dist.all_reduce(squares)
     total = squares.sqrt().float()
     scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch's formula: no change below max_norm
+    scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # one copy per device (CPU offload)
     for grad in grads:
         local = grad.to_local() if isinstance(grad, DTensor) else grad
-        local.mul_(scale.to(local.device, local.dtype))
+        key = (local.device, local.dtype)
+        if key not in scales:
+            scales[key] = scale.to(*key)
+        local.mul_(scales[key])
     return total
 
 

@@ -21,9 +21,14 @@ of k. So before sharding the rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k
 heads and their v heads, and the model code runs unchanged on the local head counts (n_head / tp,
 n_kv_head / tp). `full_state_dict` undoes the reordering, so what comes out is the ordinary layout.
 
+In a recipe, `distributed.strategy: fsdp` with `distributed.tensor_parallel: T` does the 2-D version
+(plmkit.train.fsdp), launched with `plm pretrain RECIPE --nproc N` (N a multiple of T).
+
 Gradient checkpointing combines with it (the recomputed blocks repeat their collectives). Checkpoints:
 `plmkit.io.save` refuses a sharded model; `save_tensor_parallel_checkpoint` gathers the full weights to
 rank 0 and writes a normal checkpoint. To resume into a TP model, load it plainly and apply TP again.
+A recipe's sharded (DCP) checkpoints keep the rows in T's rank-major order; `reorder_fused_rows` moves
+them (and their optimizer state) for another T on resume, or for none on conversion.
 
 Dropout: the replicated activations draw the same mask on every rank only while the ranks' RNGs agree,
 so with dropout > 0 apply_tensor_parallel checks that they do (seed every rank alike; keep the data
@@ -44,6 +49,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
+from plmkit.train.config import RecipeConfig
 
 # the projections of one Block, and how they are split
 COLWISE = ("attn.qkv", "mlp.fc_in")  # output rows sharded: local heads / hidden units
@@ -80,6 +86,39 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
                     and config.d_ff % d == 0]
             raise ConfigError(f"{key}={value} is not divisible by the tensor-parallel size {tp} ({why}); "
                               f"choose a tensor-parallel size in {fits}")
+
+
+def check_tensor_parallel_recipe(config: RecipeConfig, world_size: int, strategy: str) -> None:
+    """The recipe's distributed.tensor_parallel fits its strategy, the number of processes and the model's
+    sizes (checked by every rank before any waits on another, and by `plm pretrain --nproc` before it
+    starts them)."""
+    from plmkit.train.setup import recipe_architecture
+
+    tp = config.distributed.tensor_parallel
+    key = f"distributed.tensor_parallel={tp}"
+    if tp == 1:
+        return
+    if tp < 1:
+        raise ConfigError(f"{key}: give the number of ranks that split each block, a whole number >= 1 (1: none)")
+    if strategy != "fsdp":
+        raise ConfigError(f"{key} needs distributed.strategy=fsdp (tensor parallelism inside each group of {tp} "
+                          f"ranks, FSDP across the groups), not {strategy}; set distributed.strategy=fsdp")
+    if world_size % tp:
+        raise ConfigError(f"{key} does not divide the {world_size} process(es): start a multiple of {tp} "
+                          f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
+                          f"groups), or set distributed.tensor_parallel to a divisor of {world_size}")
+    if config.objective.name == "electra":
+        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
+                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
+    if config.peft:
+        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
+                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
+    architecture = recipe_architecture(config)
+    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
+        try:
+            check_tensor_parallel(architecture, tp)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
 
 
 def fused_row_segments(config: ModelConfig) -> dict[str, list[int]]:

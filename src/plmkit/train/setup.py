@@ -59,9 +59,10 @@ class Run:
             options = ", ".join(f"{k}={v}" for k, v in (c.peft or peft.options).items() if k != "method")
             tuned = f"peft: {peft.method} ({options}); {trainable_report(model)}\n"
         shares, tp = self.strategy.data_parallel_size, self.strategy.tensor_parallel
-        batch = f" x {shares} processes" if shares > 1 and tp == 1 else ""
         if tp > 1:  # the ranks of a tensor-parallel group train on the same rows
             batch = f" x {shares} data-parallel group(s) of {tp} tensor-parallel ranks"
+        else:
+            batch = f" x {shares} processes" if shares > 1 else ""
         distributed = self.strategy.describe()
         return (
             f"run {c.name} -> {self.run_dir}\n"
@@ -210,7 +211,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         global_batch = config.train.batch_size * strategy.data_parallel_size
         train_data, val_batches = build_train_data(config, tokenizer, global_batch)
     model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
-    strategy.seed_rank(config.seed)  # dropout differs between ranks
+    strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
     if config.train.compile:
         model = torch.compile(model)

@@ -1,11 +1,12 @@
 """Sharded training checkpoints -> one plmkit checkpoint (`plm convert --from-sharded CKPT --out DIR`).
 
 An FSDP run's checkpoints hold the weights as torch.distributed.checkpoint shards (dcp/; with tensor
-parallelism the fused q|k|v and gate|up rows in the rank-major order of the tensor-parallel size that
-trainer_state.json records, put back in order here), a DeepSpeed run's as the engine's files (deepspeed/). Both are gathered here, in one process without a process group,
-into a normal plmkit checkpoint (plmkit.json + model.safetensors + tokenizer) that `plmkit.load`,
-`plm generate`, `plm eval` and `init_from` read. A checkpoint that already has model.safetensors (single,
-DDP) is simply copied the same way.
+parallelism the fused q|k|v and gate|up rows are in the rank-major order of the tensor-parallel size
+that trainer_state.json records, and are put back in order here), a DeepSpeed run's as the engine's
+files (deepspeed/). Both are gathered here, in one process without a process group, into a normal
+plmkit checkpoint (plmkit.json + model.safetensors + tokenizer) that `plmkit.load`, `plm generate`,
+`plm eval` and `init_from` read. A checkpoint that already has model.safetensors (single, DDP) is simply
+copied the same way.
 """
 
 from __future__ import annotations

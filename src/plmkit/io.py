@@ -106,6 +106,8 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
         tmp.mkdir()
         header = {"format": FORMAT, "version": _version(), "model_class": type(model).__name__,
                   "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
+        if getattr(model, "quant_config", None) is not None:  # plmkit.quant: load rebuilds the layers
+            header["quantization"] = model.quant_config.to_dict()
         (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
         save_weights(model, tmp / WEIGHTS_FILE)
         if tokenizer is not None:
@@ -237,7 +239,7 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def build_from_header(path: Path) -> torch.nn.Module:
-    """An untrained model of the class and config recorded in plmkit.json."""
+    """An untrained model of the class and config recorded in plmkit.json (quantized layers included)."""
     from plmkit.model import ModelConfig
 
     header = read_header(path)
@@ -253,9 +255,17 @@ def build_from_header(path: Path) -> torch.nn.Module:
     kwargs = header.get("model_kwargs", {})
     cls = classes[name]
     try:
-        return getattr(cls, "from_config", cls)(config, **kwargs)
+        model = getattr(cls, "from_config", cls)(config, **kwargs)
     except TypeError as e:
         raise CheckpointError(f"{path}: cannot build {name} with model_kwargs {kwargs}: {e}") from e
+    if "quantization" in header:  # int8 / NF4 layers (plmkit.quant), filled by the weights file
+        from plmkit.quant import rebuild
+
+        try:
+            rebuild(model, header["quantization"], str(path))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from e
+    return model
 
 
 def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = True) -> None:

@@ -104,6 +104,17 @@ def test_int8pack_kernel_equals_the_dequantized_reference():
         assert torch.allclose(y.float(), reference, rtol=2**-7, atol=2**-7 * reference.abs().max().item())
 
 
+def test_int8pack_is_used_only_where_it_is_right():
+    """torch 2.13's bf16 _weight_int8pack_mm is wrong unless in_features % 16 == 0 (and crashes for some):
+    other widths take the dequantize-then-matmul path and still match the reference."""
+    torch.manual_seed(0)
+    for n_in in (24, 50, 100):
+        q, scale = formats.quantize_int8(torch.randn(30, n_in))
+        x = torch.randn(5, n_in)
+        reference = x @ formats.dequantize_int8(q, scale).t()
+        assert torch.allclose(modules._weight_only_int8(x, q, scale), reference, atol=1e-5), n_in
+
+
 def test_weight_only_falls_back_to_dequantize_then_matmul(monkeypatch):
     torch.manual_seed(0)
     q, scale = formats.quantize_int8(torch.randn(32, 48))
@@ -131,12 +142,31 @@ def test_gradients_reach_the_input_not_the_frozen_weights():
         q = QuantLinear.from_linear(linear, spec)
         x = torch.randn(5, 32, requires_grad=True)
         q(x).square().sum().backward()
-        # the backward multiplies by the dequantized weight (straight-through for the activation rounding)
-        xr = x.detach().clone().requires_grad_()
-        y = q(xr.detach())  # forward value, then the gradient of (y²) through the dequantized matrix
-        expected = (2 * y) @ modules.dequantize_weight(q)
+        # d(Σy²)/dx = 2y · W with W dequantized (straight-through for dynamic mode's activation rounding)
+        expected = (2 * q(x.detach())) @ modules.dequantize_weight(q)
         assert torch.allclose(x.grad, expected, atol=1e-5), spec
         assert all(not p.requires_grad and p.grad is None for p in q.parameters())
+
+
+def test_backward_dequantizes_in_row_chunks(monkeypatch):
+    """The backward never holds a whole float weight: chunks of rows (NF4: block-aligned) give the same grad."""
+    torch.manual_seed(0)
+    for n_in, n_out in ((48, 100), (100, 90)):
+        linear = torch.nn.Linear(n_in, n_out)
+        for spec in (QuantSpec("int8"), QuantSpec("nf4")):
+            q = QuantLinear.from_linear(linear, spec)
+            chunks = modules.row_chunks(q, max_elements=500)
+            assert len(chunks) > 1 and chunks[0].start == 0 and chunks[-1].stop == n_out
+            parts = torch.cat([modules.dequantize_weight(q, rows=rows) for rows in chunks])
+            assert torch.equal(parts, modules.dequantize_weight(q))
+            x = torch.randn(3, n_in, requires_grad=True)
+            q(x).sum().backward()
+            whole = x.grad.clone()
+            x.grad = None
+            monkeypatch.setattr(modules, "row_chunks", lambda m, chunks=chunks: chunks)
+            q(x).sum().backward()
+            monkeypatch.undo()
+            assert torch.allclose(x.grad, whole, atol=1e-6)
 
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "bert-tiny", "bart-base"])
@@ -158,6 +188,23 @@ def test_quantize_every_family_and_reload_exactly(preset, tmp_path):
         assert loaded.quant_config == q.quant_config
         with torch.no_grad():
             assert torch.equal(loaded(**inputs).logits, logits)
+
+
+def test_a_bf16_quantized_model_stays_bf16_through_a_checkpoint(tmp_path):
+    model = tiny()
+    ids = torch.randint(0, 256, (2, 9), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        reference = model(ids).logits
+    q = quantize(copy.deepcopy(model).to(torch.bfloat16), "int8")
+    assert q.transformer.blocks[0].mlp.fc_in.weight_scale.dtype == torch.bfloat16
+    with torch.no_grad():
+        logits = q(ids).logits
+    assert logits.dtype == torch.bfloat16 and (logits.float() - reference).abs().max() < 0.05
+    plmkit.save(q, None, tmp_path / "bf16")
+    loaded, _ = plmkit.load(tmp_path / "bf16")
+    assert loaded.transformer.embed.tokens.weight_scale.dtype == torch.bfloat16
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, logits)
 
 
 def test_checkpoint_stores_integers_and_the_tied_head_once(tmp_path):

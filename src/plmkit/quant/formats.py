@@ -53,6 +53,8 @@ def nf4_levels() -> torch.Tensor:
 
 NF4_LEVELS = nf4_levels()
 _NF4_MIDPOINTS = (NF4_LEVELS[1:] + NF4_LEVELS[:-1]) / 2  # rounding to the nearest level = bucketize here
+# byte b -> (level of its high nibble, level of its low nibble): one gather decodes two weights
+_NF4_PAIRS = torch.stack((NF4_LEVELS.repeat_interleave(16), NF4_LEVELS.repeat(16)), dim=1)  # (256, 2)
 
 
 def nf4_sizes(numel: int, block: int = NF4_BLOCK) -> tuple[int, int]:
@@ -80,9 +82,8 @@ def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int,
                    dtype: torch.dtype | None = None, block: int = NF4_BLOCK) -> torch.Tensor:
     """The float weight of `shape` back from (codes, absmax), in `dtype` (default: absmax's)."""
     dtype = dtype or absmax.dtype
-    codes = torch.stack((packed >> 4, packed & 0x0F), dim=1).reshape(-1).long()  # (n_blocks * block,)
-    levels = NF4_LEVELS.to(device=packed.device, dtype=dtype)
-    values = levels[codes].view(-1, block) * absmax.to(dtype)[:, None]
+    pairs = _NF4_PAIRS.to(device=packed.device, dtype=dtype)
+    values = pairs.index_select(0, packed.int()).view(-1, block) * absmax.to(dtype)[:, None]  # (blocks, block)
     numel = 1
     for size in shape:
         numel *= size

@@ -10,8 +10,9 @@ Kernels (measured on torch 2.13, CPU with AVX-512; see benchmarks/bench_quant.py
   * int8 weight-only: `torch._weight_int8pack_mm(x, W_int8 (N, K), scales (N,))` needs x and scales of
     one dtype. Its bf16 kernel is vectorised (1.3–1.9× faster than an fp32 matmul for decoding's few
     rows); its fp32 kernel is scalar (~10× slower than fp32), so fp32 activations are rounded to bf16 for
-    it (an extra relative error ≤ 2⁻⁸ on x and on the output). Where the op is missing (some devices),
-    the weight is dequantized and multiplied.
+    it (an extra relative error ≤ 2⁻⁸ on x and on the output). The bf16 kernel is only right when K is a
+    multiple of 16 (other K give wrong values, K not a multiple of 8 crashes), any M and N. Elsewhere
+    (other K, devices without the op) the weight is dequantized and multiplied.
   * int8 dynamic: each row (token) of x is quantized to int8 with its own absmax at run time, then
     `torch._int_mm` (int8 × int8 → int32, oneDNN/VNNI on CPU; on CUDA it needs M > 16 and K, N
     multiples of 8) and a rescale by s_x · s_W. Fastest on this CPU (2–3× an fp32 matmul).
@@ -25,6 +26,7 @@ frozen integers and never get a gradient.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -137,14 +139,31 @@ def float_dtype(module: nn.Module) -> torch.dtype:
     return module.weight.dtype if spec is None else getattr(module, spec.scale_name).dtype
 
 
-def dequantize_weight(module: nn.Module, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """The (out, in) float weight of a QuantLinear (or a wrapper holding its tensors)."""
+def dequantize_weight(module: nn.Module, dtype: torch.dtype | None = None, rows: slice | None = None
+                      ) -> torch.Tensor:
+    """The (out, in) float weight of a QuantLinear (or a wrapper holding its tensors); with `rows`, only
+    those output rows (for NF4 the slice must start and end on block boundaries, see `row_chunks`)."""
     spec = module.quant
     scale = getattr(module, spec.scale_name)
+    start, stop = (0, module.out_features) if rows is None else (rows.start, rows.stop)
     if spec.kind == "int8":
-        return formats.dequantize_int8(module.weight, scale, dtype)
-    return formats.dequantize_nf4(module.weight, scale, (module.out_features, module.in_features), dtype,
-                                  spec.block)
+        return formats.dequantize_int8(module.weight[start:stop], scale[start:stop], dtype)
+    n_in, block = module.in_features, spec.block
+    if start * n_in % block:
+        raise ValueError(f"NF4 rows from {start} do not start on a block boundary; use row_chunks")
+    first, last = start * n_in // block, -(-stop * n_in // block)  # the blocks holding these rows
+    return formats.dequantize_nf4(module.weight[first * block // 2:last * block // 2], scale[first:last],
+                                  (stop - start, n_in), dtype, block)
+
+
+def row_chunks(module: nn.Module, max_elements: int = 1 << 22) -> list[slice]:
+    """Output-row slices of at most ~max_elements weights each (NF4: aligned to its blocks)."""
+    n_out, n_in = module.out_features, module.in_features
+    step = max(1, max_elements // n_in)
+    if module.quant.kind == "nf4":  # a chunk must start on a block boundary: rows·in divisible by block
+        align = module.quant.block // math.gcd(n_in, module.quant.block)
+        step = max(align, step // align * align)
+    return [slice(start, min(start + step, n_out)) for start in range(0, n_out, step)]
 
 
 @torch.no_grad()
@@ -184,8 +203,14 @@ class _QuantizedMatmul(torch.autograd.Function):
         return quantized_matmul(module, x)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad @ dequantize_weight(ctx.module, grad.dtype), None
+    def backward(ctx, grad: torch.Tensor):  # grad (M, out) -> (M, in)
+        module = ctx.module
+        # a chunk of rows at a time: a (V, C) LM head never exists in float at once (memory stays flat)
+        grad_x = None
+        for rows in row_chunks(module):
+            part = grad[:, rows] @ dequantize_weight(module, grad.dtype, rows)
+            grad_x = part if grad_x is None else grad_x.add_(part)
+        return grad_x, None
 
 
 def quantized_matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -205,11 +230,14 @@ def quantized_matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
 _UNSUPPORTED: set[tuple[str, str, torch.dtype]] = set()  # (op, device type, dtype) that raised once
 
 
+INT8PACK_K_MULTIPLE = 16  # torch 2.13 CPU: other in_features give wrong bf16 results (or crash if not 8k)
+
+
 def _weight_only_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     # the fp32 CPU kernel is scalar: run fp32 activations through the vectorised bf16 one
     compute = torch.bfloat16 if x.dtype == torch.float32 and x.device.type == "cpu" else x.dtype
     key = ("int8pack", x.device.type, compute)
-    if key not in _UNSUPPORTED:
+    if key not in _UNSUPPORTED and q.shape[1] % INT8PACK_K_MULTIPLE == 0:
         try:
             y = torch._weight_int8pack_mm(x.to(compute).contiguous(), q, scale.to(compute))
             return y.to(x.dtype)

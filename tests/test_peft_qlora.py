@@ -170,6 +170,20 @@ def test_plm_merge_lora_on_a_quantized_base(qlora_int8, tmp_path, capsys):
     assert not (tmp_path / "m2").exists()
 
 
+def test_qlora_on_a_llama_base_without_biases():
+    torch.manual_seed(0)
+    llama = build_model("llama-tiny", vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128,
+                        max_positions=64)
+    model = peft.apply(quantize(llama, "nf4"), "lora", r=4, target="attn.q,attn.v,mlp.gate,mlp.up,mlp.fc_out")
+    assert model.transformer.blocks[0].mlp.fc_in.bias is None
+    losses = train(model, 3)
+    assert losses[-1] < losses[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = peft.merge(model, unload=True)
+    assert isinstance(merged.transformer.blocks[0].mlp.fc_in, QuantLinear) and merged.lm_head.decoder.bias is None
+
+
 def test_part_targets_and_adapters_on_a_quantized_base():
     reference = quantize(base(), "nf4").eval()
     with torch.no_grad():

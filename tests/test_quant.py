@@ -229,6 +229,17 @@ def test_checkpoint_stores_integers_and_the_tied_head_once(tmp_path):
         assert f.get_slice("transformer.blocks.0.mlp.fc_in.weight").get_dtype() == "U8"
 
 
+def test_embeddings_false_keeps_the_tables_and_the_head_in_float():
+    model = quantize(tiny(), "int8", embeddings=False)
+    assert isinstance(model.transformer.embed.tokens, torch.nn.Embedding)
+    assert isinstance(model.lm_head.decoder, torch.nn.Linear)
+    assert model.lm_head.decoder.weight is model.transformer.embed.tokens.weight  # still tied
+    full = plmkit.quant.report(quantize(tiny(), "int8"))
+    partial = plmkit.quant.report(model)
+    assert partial.embeddings == 0 and partial.linears == full.linears - 1  # the tied head
+    assert partial.float_bytes == full.float_bytes and partial.ratio < full.ratio
+
+
 def test_generation_on_a_quantized_model_and_the_lm_head_decoding_path():
     from plmkit.generate import generate_ids
 

@@ -109,13 +109,13 @@ def quantize(model: nn.Module, mode: str = "int8", *, embeddings: bool = True, b
                           "then plmkit.peft.apply(model, 'lora', ...) (QLoRA)")
     if not hasattr(model, "config"):
         raise ConfigError(f"plmkit.quant.quantize needs a plmkit model, got {type(model).__name__}")
-    targets = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and _in_block(n)]
+    targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _in_block(n)]
     if not targets:
         raise ConfigError(f"{type(model).__name__} has no Linear layers inside transformer blocks to quantize")
     spec = config.linear_spec()
     with torch.no_grad():
-        for name, module in targets:
-            _set(model, name, QuantLinear.from_linear(module, spec))
+        for name in targets:  # one layer at a time: each float weight is freed as soon as it is replaced
+            _set(model, name, QuantLinear.from_linear(model.get_submodule(name), spec))
         if embeddings:
             _quantize_embeddings(model, config.head_spec())
     model.quant_config = config

@@ -35,8 +35,6 @@ from torch import nn
 
 from plmkit.quant import formats
 
-KINDS = ("int8", "nf4")
-INT8_MODES = ("weight", "dynamic")
 BACKENDS = ("torch", "bitsandbytes")
 
 
@@ -62,8 +60,9 @@ class QuantSpec:
 
 
 def _frozen(tensor: torch.Tensor) -> nn.Parameter:
-    # Parameters, not buffers: `model.to(device)` then keeps tied tensors (embedding = LM head) tied
-    return nn.Parameter(tensor, requires_grad=False)
+    # Parameters, not buffers: `model.to(device)` then keeps tied tensors (embedding = LM head) tied;
+    # an existing Parameter is kept as it is (shared with another module)
+    return tensor if isinstance(tensor, nn.Parameter) else nn.Parameter(tensor, requires_grad=False)
 
 
 class QuantLinear(nn.Module):
@@ -73,9 +72,9 @@ class QuantLinear(nn.Module):
                  scale: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.in_features, self.out_features, self.quant = in_features, out_features, spec
-        self.weight = weight if isinstance(weight, nn.Parameter) else _frozen(weight)
-        self.register_parameter(spec.scale_name, scale if isinstance(scale, nn.Parameter) else _frozen(scale))
-        self.bias = None if bias is None else bias if isinstance(bias, nn.Parameter) else _frozen(bias)
+        self.weight = _frozen(weight)  # int8 (out, in) or NF4 codes (numel/2,)
+        self.register_parameter(spec.scale_name, _frozen(scale))  # (out,) or (blocks,)
+        self.register_parameter("bias", None if bias is None else _frozen(bias))  # registered even if None
 
     @classmethod
     def from_linear(cls, linear: nn.Linear, spec: QuantSpec) -> QuantLinear:
@@ -106,8 +105,8 @@ class QuantEmbedding(nn.Module):
         super().__init__()
         self.num_embeddings, self.embedding_dim = weight.shape
         self.padding_idx = padding_idx
-        self.weight = weight if isinstance(weight, nn.Parameter) else _frozen(weight)  # (V, C) int8
-        self.weight_scale = scale if isinstance(scale, nn.Parameter) else _frozen(scale)  # (V,)
+        self.weight = _frozen(weight)  # (V, C) int8
+        self.weight_scale = _frozen(scale)  # (V,)
 
     @classmethod
     def from_embedding(cls, embedding: nn.Embedding) -> QuantEmbedding:
@@ -190,7 +189,7 @@ def linear(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         y = _QuantizedMatmul.apply(x2, module)
     else:
         y = quantized_matmul(module, x2)
-    y = y.view(*shape[:-1], module.out_features)
+    y = y.reshape(*shape[:-1], module.out_features)
     return y if module.bias is None else y + module.bias.to(y.dtype)
 
 

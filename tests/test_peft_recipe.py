@@ -119,3 +119,28 @@ def test_a_bad_peft_section_is_one_error_line(corpus, tmp_path, capsys):
     assert err.startswith('error: peft: lora target "attn.qvk" matches no Linear module') and "attn.qkv" in err
     code, _, err = h.run_cli(["pretrain", LORA, *overrides(corpus, tmp_path, "peft={r: 8}")], capsys)
     assert code == 2 and "peft must be a mapping with a method" in err
+
+
+def test_a_qlora_run_trains_lora_on_a_frozen_int8_base_and_resumes_exactly(corpus, tmp_path):
+    config, _, printed = run(corpus, tmp_path, "quantize.mode=int8")
+    assert "peft: lora (r=8, dropout=0.05, target=all-linear) on a frozen int8 base; trainable: " in printed
+    checkpoints = Path(config.run_dir) / "checkpoints"
+    first = load_file(checkpoints / "step-00000003" / "model.safetensors")
+    final = load_file(checkpoints / "step-00000006" / "model.safetensors")
+    int8 = [k for k, v in final.items() if v.dtype == torch.int8]
+    assert int8 and all(torch.equal(final[k], first[k]) for k in int8)  # the quantized base never moves
+    assert all(not torch.equal(final[k], first[k]) for k in final if ".lora_B." in k)
+    model, _ = load(checkpoints / "step-00000006")  # quantized layers rebuilt, then LoRA on top
+    assert model.quant_config.mode == "int8" and model.peft_config.method == "lora"
+    copy = tmp_path / "resumed"
+    shutil.copytree(Path(config.run_dir), copy)
+    run(corpus, tmp_path, "quantize.mode=int8", f"out_dir={copy}", f"resume={copy / 'checkpoints' / 'step-00000003'}")
+    keys = ("step", "loss", "lr", "tokens", "val_loss")
+    rows = [[{k: r.get(k) for k in keys} for r in h.read_metrics(d)] for d in (Path(config.run_dir), copy)]
+    assert rows[0] == rows[1]
+
+
+def test_quantize_without_peft_is_one_error_line(corpus, tmp_path, capsys):
+    args = ["pretrain", LORA, *overrides(corpus, tmp_path, "peft={}", "quantize.mode=int8")]
+    code, _, err = h.run_cli(args, capsys)
+    assert code == 2 and err.count("\n") == 1 and "quantize.mode=int8 freezes the base" in err, err

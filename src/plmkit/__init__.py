@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 # name -> module that defines it. `plmkit.generate` is the generate module, which is callable:
 # `plmkit.generate(model, tok, prompt)` calls `plmkit.generate.generate`.
-_MODULES = ("generate", "peft")
+_MODULES = ("generate", "peft", "quant")
 _EXPORTS: dict[str, str] = {
     "PlmkitError": "plmkit.errors",
     "ConfigError": "plmkit.errors",

@@ -120,6 +120,10 @@ def _run_info(args: argparse.Namespace) -> int:
         from plmkit.peft import trainable_report
 
         print(f"peft: {peft.method}; {trainable_report(model)}")
+    if getattr(model, "quant_config", None) is not None:
+        from plmkit.quant import report
+
+        print(f"quantization: {report(model)}")
     return 0
 
 
@@ -326,10 +330,14 @@ def _add_merge_lora(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--adapter", default=None, metavar="DIR",
                    help="adapter folder (adapter_config.json); default: the adapter inside --base")
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    p.add_argument("--max-logits-error", type=float, default=None, metavar="X",
+                   help="quantized base: refuse when requantizing changes the logits by more than X")
     p.set_defaults(run=_run_merge_lora)
 
 
 def _run_merge_lora(args: argparse.Namespace) -> int:
+    import warnings
+
     from plmkit.io import load, save
     from plmkit.peft import load_adapter, merge
     from plmkit.peft.io import read_adapter_config
@@ -343,10 +351,59 @@ def _run_merge_lora(args: argparse.Namespace) -> int:
         raise ConfigError(f"{adapter} holds a {method} adapter; only LoRA adapters can be merged "
                           "into the base weights")
     model, tokenizer = load(args.base)  # a LoRA run's checkpoint loads with its LoRA already applied
-    model = merge(load_adapter(model, adapter), unload=True)
+    with warnings.catch_warnings():  # a quantized base's merge report is printed below instead
+        warnings.simplefilter("ignore")
+        model = merge(load_adapter(model, adapter), unload=True, max_logits_error=args.max_logits_error)
+    if getattr(model, "merge_report", None) is not None:  # a quantized base was requantized
+        print(model.merge_report)
     save(model, tokenizer, args.out)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"merged {adapter} into {args.base} -> {args.out} ({type(model).__name__}, {n_params:,} parameters)")
+    return 0
+
+
+# --------------------------------------------------------------------------- quantize
+
+
+def _add_quantize(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("quantize", help="quantize a checkpoint's weights to int8 or 4-bit NF4",
+                       description="Load CKPT, quantize the Linear layers of its transformer blocks (and its "
+                                   "embeddings and LM head as int8 rows), and save a plmkit checkpoint that "
+                                   "`plm generate` and `plm eval` use as it is. Prints the sizes on disk.")
+    p.add_argument("checkpoint", metavar="CKPT", help="plmkit checkpoint or Hugging Face model folder")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--int8", dest="mode", action="store_const", const="int8",
+                      help="weight-only int8, one scale per output channel")
+    mode.add_argument("--int8-dynamic", dest="mode", action="store_const", const="int8-dynamic",
+                      help="int8 weights and int8 activations per token (int8 x int8 matmuls)")
+    mode.add_argument("--nf4", dest="mode", action="store_const", const="nf4",
+                      help="4-bit NormalFloat (QLoRA), blocks of 64")
+    mode.add_argument("--mode", dest="mode", metavar="MODE", help="int8 | int8-dynamic | nf4")
+    p.add_argument("--backend", default="torch", metavar="NAME",
+                   help="torch (default) | bitsandbytes (LLM.int8 / 4-bit kernels, CUDA)")
+    p.add_argument("--no-embeddings", action="store_true",
+                   help="keep the embeddings and the LM head in float")
+    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    p.set_defaults(run=_run_quantize, mode=None)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from plmkit.io import WEIGHTS_FILE, load, save
+    from plmkit.quant import MODES, quantize, report
+
+    if args.mode is None:
+        raise ConfigError(f"choose a quantization mode: --int8, --int8-dynamic or --nf4 (modes: {', '.join(MODES)})")
+    source, out = Path(args.checkpoint), Path(args.out)
+    if out.exists() and source.exists() and out.resolve() == source.resolve():
+        raise ConfigError(f"--out {out} is the input checkpoint; write the quantized copy to another folder")
+    model, tokenizer = load(source)
+    quantize(model, args.mode, embeddings=not args.no_embeddings, backend=args.backend)
+    save(model, tokenizer, out)
+    before = sum(f.stat().st_size for f in source.glob("*.safetensors"))  # shards too; 0 for legacy .bin
+    after = (out / WEIGHTS_FILE).stat().st_size
+    print(f"quantized {source} -> {out}: {report(model)}")
+    if before:
+        print(f"weights on disk: {before:,} -> {after:,} bytes ({before / after:.2f}x smaller)")
     return 0
 
 
@@ -361,6 +418,7 @@ SUBCOMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     _add_pretrain,
     _add_eval,
     _add_merge_lora,
+    _add_quantize,
 )
 
 

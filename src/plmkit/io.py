@@ -134,6 +134,8 @@ def checkpoint_header(model: torch.nn.Module) -> dict[str, Any]:
     model = unwrap(model)
     header = {"format": FORMAT, "version": _version(), "model_class": model_class_name(model),
               "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
+    if getattr(model, "quant_config", None) is not None:  # plmkit.quant: load rebuilds the layers
+        header["quantization"] = model.quant_config.to_dict()
     peft = getattr(model, "peft_config", None)
     if peft is not None:
         header["peft"] = peft.to_dict()
@@ -294,7 +296,8 @@ def read_header(path: Path) -> dict[str, Any]:
 
 
 def build_from_header(path: Path) -> torch.nn.Module:
-    """An untrained model of the class and config recorded in plmkit.json (with its PEFT method)."""
+    """An untrained model of the class and config recorded in plmkit.json: quantized layers first, then
+    the PEFT method on top (a QLoRA checkpoint is LoRA on an int8 / NF4 base)."""
     from plmkit.model import ModelConfig
 
     header = read_header(path)
@@ -313,6 +316,13 @@ def build_from_header(path: Path) -> torch.nn.Module:
         model = getattr(cls, "from_config", cls)(config, **kwargs)
     except TypeError as e:
         raise CheckpointError(f"{path}: cannot build {name} with model_kwargs {kwargs}: {e}") from e
+    if "quantization" in header:  # int8 / NF4 layers (plmkit.quant), filled by the weights file
+        from plmkit.quant import rebuild
+
+        try:
+            rebuild(model, header["quantization"], str(path))
+        except ConfigError as e:
+            raise CheckpointError(str(e)) from e
     peft = header.get("peft")
     if peft is not None and getattr(model, "peft_config", None) is None:  # a wrapper class rebuilds itself
         from plmkit.peft.io import reapply

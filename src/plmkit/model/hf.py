@@ -239,6 +239,11 @@ def _hf_architecture_for(model: PretrainedModel) -> Architecture:
 
 def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Path:
     """Write a folder that transformers' `from_pretrained` loads: config.json, model.safetensors, tokenizer."""
+    if getattr(model, "quant_config", None) is not None:  # plmkit.quant
+        raise CheckpointError(
+            f"this model is quantized ({model.quant_config.mode}) and Hugging Face checkpoints hold float weights; "
+            "save it with plmkit.save, or export the float model (plmkit.quant.dequantize(model) first: "
+            "the dequantized values)")
     directory = Path(directory)
     arch = _hf_architecture_for(model)
     c = model.config

@@ -208,8 +208,8 @@ class LMHead(nn.Module):
         """While generating, multiply by a contiguous (C, V) copy of the output matrix: decoding's few
         rows make this a matrix-vector product, which CPU BLAS runs 2-3x faster in that layout. The
         copy lives only inside this block, so it can never go stale when the weights are trained."""
-        if self.decoder.weight.device.type != "cpu":
-            yield
+        if self.decoder.weight.device.type != "cpu" or not isinstance(self.decoder, nn.Linear):
+            yield  # (a quantized head, plmkit.quant, multiplies by its int8 rows with its own kernel)
             return
         self._decode_weight = self.decoder.weight.detach().t().contiguous()
         try:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
 from torch import nn
 
 from plmkit.errors import ConfigError, did_you_mean
@@ -36,6 +37,7 @@ from plmkit.peft import lora as _lora
 from plmkit.peft.adapter import AdapterLinear, AdapterOptions, apply_adapters
 from plmkit.peft.base import (
     PeftConfig,
+    base_model,
     default_train_head,
     get_config,
     mark_only_peft_trainable,
@@ -49,6 +51,7 @@ from plmkit.peft.io import load_adapter, save_adapter
 from plmkit.peft.lora import LoRALinear, LoraOptions
 from plmkit.peft.prefix import PrefixEncoder, PrefixOptions, apply_prefix, fold
 from plmkit.peft.prompt import PromptTunedModel, apply_prompt
+from plmkit.peft.qlora import MergeReport, merge_quantized
 
 METHODS = ("lora", "adapter", "bitfit", "prompt", "prefix")
 _PROMPT_OPTIONS = ("n_tokens", "init_text", "init_ids")
@@ -125,21 +128,33 @@ def apply_spec(model: nn.Module, spec: dict[str, Any] | None, tokenizer: Any = N
         raise ConfigError(f"{where}: {e}") from e
 
 
-def merge(model: nn.Module, unload: bool = False) -> nn.Module:
+def merge(model: nn.Module, unload: bool = False, *, probe: torch.Tensor | None = None,
+          max_logits_error: float | None = None) -> nn.Module:
     """Fold every LoRA update into its base weight (W += s·BA): same outputs, no extra cost per token.
     With `unload`, also drop the LoRA modules and return a plain plmkit model (what `plm merge-lora`
-    saves); every parameter is trainable again."""
+    saves); every parameter is trainable again.
+
+    On a quantized base (QLoRA) the merged weight is quantized again, which changes the outputs a little:
+    the largest logits change on `probe` (token ids; default a seeded random batch) is reported as a
+    warning and as `model.merge_report`, and above `max_logits_error` the merge is refused (see qlora.py).
+    Such a base stays frozen after unloading."""
     config = require_config(model, "merge")
     if config.method != "lora":
         raise ConfigError(f"only LoRA can be merged into the base weights; {config.method} adds layers or "
                           "inputs that have no place in them")
-    for _, module in _lora.lora_modules(model):
-        module.merge()
+    base = base_model(model)
+    quantization = getattr(base, "quant_config", None)
+    modules = [module for _, module in _lora.lora_modules(model)]
+    if quantization is not None:
+        model.merge_report = merge_quantized(model, base, modules, quantization.mode, probe, max_logits_error)
+    else:
+        for module in modules:
+            module.merge()
     if unload:
         _lora.unload(model)
         del model.peft_config
         for param in model.parameters():
-            param.requires_grad_(True)
+            param.requires_grad_(quantization is None)
     return model
 
 
@@ -157,6 +172,7 @@ __all__ = [
     "METHODS",
     "AdapterLinear",
     "LoRALinear",
+    "MergeReport",
     "PeftConfig",
     "PrefixEncoder",
     "PromptTunedModel",

@@ -19,7 +19,7 @@ from torch import nn
 from plmkit.errors import ConfigError
 from plmkit.model.config import ACTIVATIONS
 from plmkit.model.layers import activation_fn
-from plmkit.peft.base import LinearWrapper, set_submodule
+from plmkit.peft.base import LinearWrapper, is_linear, set_submodule
 
 KINDS = {"houlsby": ("attn.out", "cross_attn.out", "mlp.fc_out"), "pfeiffer": ("mlp.fc_out",)}
 
@@ -67,9 +67,9 @@ class AdapterLinear(LinearWrapper):
 
     peft_children = ("adapter",)
 
-    def __init__(self, base: nn.Linear, size: int, activation: str) -> None:
+    def __init__(self, base: nn.Module, size: int, activation: str) -> None:
         super().__init__(base)
-        self.adapter = Bottleneck(self.out_features, size, activation, base.weight)
+        self.adapter = Bottleneck(self.out_features, size, activation, self.float_like())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_forward(x)
@@ -80,7 +80,7 @@ def apply_adapters(model: nn.Module, options: AdapterOptions) -> list[str]:
     options.validate()
     suffixes = KINDS[options.kind]
     names = [n for n, m in model.named_modules()
-             if isinstance(m, nn.Linear) and ".blocks." in f".{n}" and n.endswith(suffixes)]
+             if is_linear(m) and ".blocks." in f".{n}" and n.endswith(suffixes)]
     if not names:
         raise ConfigError(f"{type(model).__name__} has no {' / '.join(suffixes)} layers for adapters")
     for name in names:

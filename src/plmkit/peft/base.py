@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from plmkit.errors import ConfigError
+from plmkit.quant.modules import QuantLinear
+from plmkit.quant.modules import linear as quant_linear
 
 # Top-level children that belong to the pretrained model; any other child with parameters is a task head.
 BODY_CHILDREN = ("transformer", "encoder", "decoder", "lm_head")
@@ -72,24 +73,39 @@ class PeftModule(nn.Module):
 
 
 class LinearWrapper(PeftModule):
-    """Replaces an nn.Linear in place, keeping its parameters under the same names (`weight`, `bias`), so
-    the base state dict, plmkit.io checkpoints and the Hugging Face export still see the original
-    layer. `to_linear()` gives the plain nn.Linear back (with the same parameter objects)."""
+    """Replaces a linear layer in place — an nn.Linear, or a frozen int8 / NF4 QuantLinear of plmkit.quant
+    (LoRA on it is QLoRA) — keeping its tensors under the same names (`weight`, `bias`, and a quantized
+    layer's `weight_scale` / `weight_absmax`), so the base state dict, plmkit.io checkpoints and the
+    Hugging Face export still see the original layer. The base output is `plmkit.quant.linear`, the one
+    function that multiplies by every kind of weight. `to_linear()` gives the original kind of layer
+    back (with the same tensor objects)."""
 
-    def __init__(self, base: nn.Linear) -> None:
+    def __init__(self, base: nn.Module) -> None:
         super().__init__()
         self.in_features, self.out_features = base.in_features, base.out_features
-        self.weight = base.weight  # (out, in)
-        self.bias = base.bias
+        self.quant = getattr(base, "quant", None)  # how a quantized base stores W; None: a float nn.Linear
+        for name, tensor in base._parameters.items():  # weight (out, in) or its quantized form, scales, bias
+            self.register_parameter(name, tensor)
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        return quant_linear(self, x)
 
-    def to_linear(self) -> nn.Linear:
+    def float_like(self) -> torch.Tensor:
+        """A float tensor on the base's device in its compute dtype: new PEFT layers are made like it."""
+        return self.weight if self.quant is None else getattr(self, self.quant.scale_name)
+
+    def to_linear(self) -> nn.Module:
+        if self.quant is not None:
+            return QuantLinear.adopt(self)
         linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device="meta")
         linear.weight = self.weight
         linear.bias = self.bias
         return linear
+
+
+def is_linear(module: nn.Module) -> bool:
+    """A layer LoRA and adapters can wrap: an nn.Linear or a quantized linear (plmkit.quant)."""
+    return isinstance(module, (nn.Linear, QuantLinear))
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

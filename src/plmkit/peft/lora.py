@@ -35,7 +35,8 @@ from torch import nn
 from plmkit.errors import ConfigError, did_you_mean
 from plmkit.model.attention import Attention
 from plmkit.model.layers import MLP
-from plmkit.peft.base import LinearWrapper, set_submodule
+from plmkit.peft.base import LinearWrapper, is_linear, set_submodule
+from plmkit.quant.modules import dequantize_weight, requantize_
 
 FULL = "all"  # part name of a LoRA on the whole output of its Linear
 
@@ -70,12 +71,13 @@ class LoRALinear(LinearWrapper):
 
     peft_children = ("lora_A", "lora_B")
 
-    def __init__(self, base: nn.Linear, parts: dict[str, tuple[int, int]], r: int, scaling: float,
+    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], r: int, scaling: float,
                  dropout: float = 0.0) -> None:
         super().__init__(base)
         self.r, self.scaling = r, scaling
         self.parts = dict(sorted(parts.items(), key=lambda item: item[1]))
-        factory = dict(device=base.weight.device, dtype=base.weight.dtype)
+        like = self.float_like()
+        factory = dict(device=like.device, dtype=like.dtype)
         self.lora_A = nn.ParameterDict()
         self.lora_B = nn.ParameterDict()
         for name, (start, end) in self.parts.items():
@@ -111,13 +113,23 @@ class LoRALinear(LinearWrapper):
 
     @torch.no_grad()
     def merge(self) -> None:
-        if not self.merged:
+        if self.merged:
+            return
+        if self.quant is not None:  # a quantized base: dequantize -> add s·BA -> quantize again
+            weight = dequantize_weight(self, torch.float32)
+            for name, (start, end) in self.parts.items():
+                weight[start:end] += self.delta_weight(name)
+            requantize_(self, weight)
+        else:
             for name, (start, end) in self.parts.items():
                 self.weight[start:end] += self.delta_weight(name).to(self.weight.dtype)
-            self.merged = True
+        self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
+        if self.merged and self.quant is not None:
+            raise ConfigError("cannot unmerge LoRA from a quantized base: merging requantized its weights, which "
+                              "cannot be undone exactly; load the quantized checkpoint and the adapter again")
         if self.merged:
             for name, (start, end) in self.parts.items():
                 self.weight[start:end] -= self.delta_weight(name).to(self.weight.dtype)
@@ -142,10 +154,10 @@ def fused_parts(model: nn.Module) -> dict[str, tuple[str, str, tuple[int, int]]]
             else:
                 blocks = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
                 fused = "qkv"
-            if isinstance(getattr(module, fused), nn.Linear):
+            if is_linear(getattr(module, fused)):
                 for part, rows in blocks.items():
                     parts[prefix + part] = (prefix + fused, part, rows)
-        elif isinstance(module, MLP) and module.gated and isinstance(module.fc_in, nn.Linear):
+        elif isinstance(module, MLP) and module.gated and is_linear(module.fc_in):
             d_ff = module.fc_in.out_features // 2
             parts[prefix + "gate"] = (prefix + "fc_in", "gate", (0, d_ff))
             parts[prefix + "up"] = (prefix + "fc_in", "up", (d_ff, 2 * d_ff))
@@ -179,7 +191,7 @@ def split_patterns(target: str | list[str] | tuple[str, ...]) -> list[str]:
 
 def resolve_targets(model: nn.Module, target: str | list[str] | tuple[str, ...]) -> dict[str, dict]:
     """{Linear name: {part: rows}} selected by the patterns; every pattern must select something."""
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    linears = {n: m for n, m in model.named_modules() if is_linear(m)}
     virtual = fused_parts(model)
     whole: set[str] = set()
     chosen_parts: dict[str, dict[str, tuple[int, int]]] = {}

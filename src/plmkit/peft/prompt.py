@@ -61,9 +61,11 @@ def initial_ids(vocab: int, n_tokens: int, init_text: str | None, init_ids: list
 
 def initial_prompt(tokens: nn.Embedding, n_tokens: int, init_text: str | None, init_ids: list[int] | None,
                    tokenizer: Any) -> torch.Tensor:
-    """(n, C) start values: rows of the token embedding for the chosen (or random) vocabulary ids."""
+    """(n, C) start values: rows of the token embedding for the chosen (or random) vocabulary ids (looked
+    up through the module, so an int8 embedding of a quantized base gives its dequantized rows)."""
     ids = initial_ids(tokens.num_embeddings, n_tokens, init_text, init_ids, tokenizer)
-    return tokens.weight.detach()[ids.to(tokens.weight.device)]
+    with torch.no_grad():
+        return tokens(ids.to(tokens.weight.device))
 
 
 @register_model_class

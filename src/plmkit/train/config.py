@@ -9,6 +9,7 @@
     schedule: {kind: cosine, warmup_steps: 100}
     train: {steps: 2000, batch_size: 16, accumulation: 1, precision: bf16}
     peft: {method: lora, r: 8, target: all-linear}  # optional: parameter-efficient (plmkit.peft.apply)
+    quantize: {mode: int8}                            # optional, with peft: QLoRA on a frozen int8 / nf4 base
     distributed: {strategy: fsdp}                     # with plm pretrain ... --nproc N (train/distributed.py)
 
 Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
@@ -47,6 +48,7 @@ class ObjectiveConfig:
 
 @dataclass
 class OptimConfig:
+    name: str = "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
     lr: float = 3e-4
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -120,6 +122,15 @@ class DistributedConfig:
 
 
 @dataclass
+class QuantizeConfig:
+    """QLoRA: the base (built or init_from) is quantized before `peft` is applied (plmkit.quant.quantize)."""
+
+    mode: str | None = None  # None: no quantization | int8 | int8-dynamic | nf4
+    embeddings: bool = True  # embedding tables and the LM head as int8 rows too
+    backend: str = "torch"  # torch | bitsandbytes
+
+
+@dataclass
 class RecipeConfig:
     name: str = "run"
     out_dir: str = "runs/{name}"
@@ -127,6 +138,7 @@ class RecipeConfig:
     model: dict[str, Any] = field(default_factory=dict)  # preset + ModelConfig fields
     init_from: str | None = None  # continual pre-training: a plmkit or Hugging Face checkpoint
     peft: dict[str, Any] = field(default_factory=dict)  # e.g. {method: lora, r: 8}; empty: train everything
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)  # QLoRA's frozen quantized base
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

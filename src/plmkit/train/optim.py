@@ -1,4 +1,4 @@
-"""AdamW with the usual parameter groups, and learning-rate schedules with warmup."""
+"""AdamW (or 8-bit AdamW) with the usual parameter groups, and learning-rate schedules with warmup."""
 
 from __future__ import annotations
 
@@ -31,12 +31,35 @@ def parameter_groups(model: nn.Module, weight_decay: float, decay_embeddings: bo
     ]
 
 
-def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.AdamW:
+OPTIMIZERS = ("adamw", "adamw8bit")
+
+
+def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device) -> torch.optim.Optimizer:
+    from plmkit.quant import check_trainable
+
+    check_trainable(model)  # a quantized model's integer weights cannot train (QLoRA: LoRA on top)
+    if config.name not in OPTIMIZERS:
+        raise ConfigError(f"optim.name={config.name!r} is not one of {', '.join(OPTIMIZERS)}"
+                          f"{did_you_mean(config.name, OPTIMIZERS)}")
     groups = parameter_groups(model, config.weight_decay, config.decay_embeddings)
+    if config.name == "adamw8bit":
+        return adamw8bit(groups, config)
     fused = config.fused
     if fused is None:  # fused kernels: one launch per step instead of one per tensor
         fused = device.type in ("cuda", "cpu")
     return torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps, fused=fused)
+
+
+def adamw8bit(groups: list[dict], config: OptimConfig) -> torch.optim.Optimizer:
+    """AdamW whose two moments are stored in 8 bits, block-wise quantized (Dettmers et al. 2022): the
+    optimizer state shrinks ~4x. bitsandbytes rather than torchao: its state dict is plain uint8 / float
+    tensors, so training checkpoints load with torch.load(weights_only=True) and resume exactly, and it
+    needs no torch.compile (torchao's AdamW8bit compiles its step: slow first step, noisy logs). Tensors
+    under 4096 elements (biases, norms) keep 32-bit states, as bitsandbytes does by default."""
+    from plmkit.quant.bnb import require
+
+    bitsandbytes = require("optim.name=adamw8bit", "use optim.name=adamw")
+    return bitsandbytes.optim.AdamW8bit(groups, lr=config.lr, betas=tuple(config.betas), eps=config.eps)
 
 
 SCHEDULES = ("linear", "cosine", "constant", "wsd")

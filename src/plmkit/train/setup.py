@@ -57,7 +57,8 @@ class Run:
         tuned = ""
         if peft:  # the recipe's options (or, for an init_from PEFT checkpoint, its recorded ones)
             options = ", ".join(f"{k}={v}" for k, v in (c.peft or peft.options).items() if k != "method")
-            tuned = f"peft: {peft.method} ({options}); {trainable_report(model)}\n"
+            base = f" on a frozen {c.quantize.mode} base" if c.quantize.mode else ""
+            tuned = f"peft: {peft.method} ({options}){base}; {trainable_report(model)}\n"
         shares, tp = self.strategy.data_parallel_size, self.strategy.tensor_parallel
         if tp > 1:  # the ranks of a tensor-parallel group train on the same rows
             batch = f" x {shares} data-parallel group(s) of {tp} tensor-parallel ranks"
@@ -180,6 +181,21 @@ def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
         )
 
 
+def quantize_base(config: RecipeConfig, model: torch.nn.Module) -> torch.nn.Module:
+    """QLoRA: quantize the frozen base before the PEFT method goes on top (recipe section `quantize`)."""
+    q = config.quantize
+    if q.mode is None:
+        return model
+    if not config.peft:
+        raise ConfigError(
+            f"quantize.mode={q.mode} freezes the base in integers, so there is nothing left to train; add a peft "
+            "section (e.g. peft={method: lora, r: 8, target: all-linear}: QLoRA) or remove quantize"
+        )
+    from plmkit.quant import quantize
+
+    return quantize(model, q.mode, embeddings=q.embeddings, backend=q.backend)
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
@@ -198,6 +214,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         tokenizer = build_tokenizer(config, run_dir)
     model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
     check_family(config, model)
+    model = quantize_base(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
     model.to(device)
     if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):

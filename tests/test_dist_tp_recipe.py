@@ -202,3 +202,11 @@ def test_the_ranks_of_a_tensor_parallel_group_share_their_rows():
     assert rows == [[0, 2, 4, 6], [0, 2, 4, 6], [8, 10, 12, 14], [8, 10, 12, 14]]
     pure = FSDPStrategy(World(1, 2, 1, True), tensor_parallel=2)  # dp = 1: every rank takes every row
     assert pure.local_rows(batch) is batch
+
+
+def test_fsdp_refuses_8bit_adamw_in_one_line(root, capsys):
+    """bitsandbytes' kernels cannot step DTensor shards (FSDP alone or with TP): refused before training."""
+    code, _, err = h.run_cli(["pretrain", *args(root, "bad-8bit", "distributed.strategy=fsdp", "optim.name=adamw8bit",
+                                                batch=8)], capsys)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "fsdp with optim.name=adamw8bit" in lines[0], err

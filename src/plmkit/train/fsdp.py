@@ -57,6 +57,11 @@ def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
             "distributed.strategy=fsdp with train.precision=fp16: fp16 needs a gradient scaler that agrees over "
             "the shards, which plmkit does not have; use train.precision=bf16 (or fp32, or strategy ddp/deepspeed)"
         )
+    if config.optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
+        raise ConfigError(
+            "distributed.strategy=fsdp with optim.name=adamw8bit: bitsandbytes' 8-bit AdamW cannot step FSDP's "
+            "sharded (DTensor) parameters; use optim.name=adamw with fsdp, or strategy ddp for 8-bit AdamW"
+        )
 
 
 def sharded_units(model: torch.nn.Module) -> list[torch.nn.Module]:

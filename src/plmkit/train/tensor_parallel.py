@@ -285,7 +285,12 @@ def reorder_fused_rows(model: nn.Module, optimizer: torch.optim.Optimizer | None
             for param in (layer.weight, layer.bias):
                 if param is None:
                     continue
-                moments = [v for v in state.get(param, {}).values() if torch.is_tensor(v) and v.shape == param.shape]
+                moments = [v for v in state.get(param, {}).values() if torch.is_tensor(v) and v.dim()]
+                if any(v.shape != param.shape for v in moments):  # e.g. a block-quantized state: no rows to move
+                    raise ConfigError(f"the optimizer keeps state of another shape than {name}'s {list(param.shape)}, "
+                                      "which cannot be moved to another tensor-parallel size; resume with "
+                                      f"distributed.tensor_parallel={written}, or plm convert --from-sharded the "
+                                      "checkpoint and start a new run with init_from")
                 for tensor in (param, *moments):
                     _take_rows(tensor, rows)
 

@@ -1,12 +1,14 @@
-"""Training throughput of one process vs N ranks (DDP, FSDP2, DeepSpeed ZeRO-2) on the same recipe.
+"""Training throughput of one process vs N ranks (DDP, FSDP2, DeepSpeed ZeRO-2, FSDP2 x tensor parallelism)
+on the same recipe.
 
     python benchmarks/bench_distributed.py [--nproc 2] [--threads T] [--steps 30] [--batch 16]
                                            [--d-model 128] [--layers 2] [--block 128]
-                                           [--strategies ddp fsdp deepspeed] [--device cpu|cuda]
+                                           [--strategies ddp fsdp deepspeed fsdp-tp] [--device cpu|cuda]
                                            [--repeats 1]
 
 Every run is a real `plm pretrain` on the same GPT recipe, corpus, tokenizer and global batch (one
-process: batch `batch`; N ranks: batch / N each), fp32. The baseline process gets all T threads, each
+process: batch `batch`; N ranks: batch / N each; `fsdp-tp`: tensor parallelism over all N ranks,
+distributed.tensor_parallel=N, so every rank computes its heads of all `batch` rows), fp32. The baseline process gets all T threads, each
 rank T / N, so both sides use the same cores. Tokens/s is the median of the per-step rates in
 metrics.jsonl after the first 5 steps (no checkpoints or evaluations inside the timed steps). Each
 strategy's ranks run right after a fresh one-process run (interleaved, `--repeats` pairs). Prints one
@@ -80,7 +82,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp", "deepspeed"])
+    parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp", "deepspeed", "fsdp-tp"])
     parser.add_argument("--repeats", type=int, default=1, help="pairs (one process, then the ranks) per strategy")
     args = parser.parse_args()
     if args.batch % args.nproc:
@@ -101,8 +103,11 @@ def main() -> None:
                 run([*plm, *overrides(args, work, f"single-{strategy}-{repeat}", args.batch, args.threads)],
                     args.threads)
                 singles.append(tokens_per_s(work / f"single-{strategy}-{repeat}"))
-                options = overrides(args, work, f"{strategy}-{repeat}", args.batch // args.nproc, per_rank)
-                run([*plm, *options, f"distributed.strategy={strategy}", "--nproc", str(args.nproc)], per_rank)
+                tp = strategy == "fsdp-tp"  # one data-parallel group of N tensor-parallel ranks: all rows each
+                options = overrides(args, work, f"{strategy}-{repeat}", args.batch // (1 if tp else args.nproc), per_rank)
+                options += ["distributed.strategy=fsdp", f"distributed.tensor_parallel={args.nproc}"] if tp else \
+                    [f"distributed.strategy={strategy}"]
+                run([*plm, *options, "--nproc", str(args.nproc)], per_rank)
                 ranks.append(tokens_per_s(work / f"{strategy}-{repeat}"))
             print(json.dumps({
                 "bench": "distributed", "strategy": strategy, "nproc": args.nproc, "device": args.device,

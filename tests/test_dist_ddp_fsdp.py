@@ -99,7 +99,7 @@ def test_fsdp_two_ranks_equal_one_process(fsdp, reference):
     for step in (2, 4):
         ckpt = dh.checkpoint(run_dir, step)
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        assert state["distributed"] == {"strategy": "fsdp", "world_size": 2, "layout": "dcp"}
+        assert state["distributed"] == {"strategy": "fsdp", "world_size": 2, "layout": "dcp", "tensor_parallel": 1}
         assert (ckpt / "dcp" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
     assert not list((run_dir / "checkpoints").glob(".step-*"))  # no temporary folder left behind
 

@@ -179,6 +179,7 @@ def fsdp_tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path
     from torch.distributed.device_mesh import init_device_mesh
 
     from plmkit.io import load
+    from plmkit.train.fsdp import clip_grad_norm
     from plmkit.train.tensor_parallel import (
         apply_fsdp_tensor_parallel,
         full_state_dict,
@@ -196,11 +197,16 @@ def fsdp_tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path
         ids = torch.randint(3, VOCAB, (4, 10), generator=g)  # the global batch; each dp group gets 2 rows
         ref_loss = reference(ids, labels=ids).loss
         ref_loss.backward()
+        # clipping on the parameters of two meshes ((dp, tp) projections, dp-only rest): the same norm and
+        # (checked through the SGD updates, which a wrong scale would change) the same clipped gradients;
+        # 0.5 is below every step's norm (about 1.4)
+        ref_norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
         ref_opt.step()
         ref_opt.zero_grad()
         local = ids[2 * dp_rank : 2 * dp_rank + 2]
         loss = model(local, labels=local).loss
         loss.backward()  # FSDP2 averages the gradients over dp: the same token count per group = global mean
+        close(clip_grad_norm(model.parameters(), 0.5, torch.device("cpu")), ref_norm, f"2d grad norm at step {step}")
         opt.step()
         opt.zero_grad()
         global_loss = loss.detach().clone()

@@ -116,6 +116,7 @@ class DeepSpeedConfig:
 @dataclass
 class DistributedConfig:
     strategy: str = "auto"  # auto (single, or ddp under torchrun) | single | ddp | fsdp | deepspeed
+    tensor_parallel: int = 1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

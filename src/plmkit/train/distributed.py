@@ -7,6 +7,8 @@ or many.
                                                     micro-batch only)
     fsdp        fully_shard per Block, then root    reduce-scattered to shards      torch.distributed.checkpoint
                 (FSDP2; plmkit.train.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
+    fsdp + tp   blocks split over T ranks (TP),     FSDP over the dp groups; TP     dcp/ as fsdp, with T recorded
+                then fully_shard over dp groups     grads are already the group's   (any world size or T on resume)
     deepspeed   the DeepSpeed engine, ZeRO 1/2/3    the engine                      the engine's files (deepspeed/)
                 (plmkit.train.zero)
 
@@ -17,13 +19,18 @@ cuda:LOCAL_RANK). ddp / fsdp / deepspeed in a single process without torchrun ru
 recipe's distributed code path can be tried anywhere.
 
 Batch semantics, chosen so that N processes compute exactly what one process computes:
-`train.batch_size` is the micro-batch of one process; the global batch is batch_size x processes x
-accumulation. Every rank draws the same global micro-batch (batch_size x processes blocks) from the
-seeded sampler, runs the objective (its random masks) on all of it, and trains on its own rows
+`train.batch_size` is the micro-batch of one data-parallel rank; the global batch is batch_size x
+data_parallel_size x accumulation. Every process is its own data-parallel rank (data_rank = rank,
+data_parallel_size = world_size) except with tensor parallelism (`distributed.tensor_parallel: T`,
+strategy fsdp), where the T consecutive ranks of a group share one model replica, train on the same rows
+and count as one data-parallel rank (data_rank = rank // T, data_parallel_size = world_size / T).
+Every rank draws the same global micro-batch (batch_size x data_parallel_size blocks) from the seeded
+sampler, runs the objective (its random masks) on all of it, and trains on its data-parallel rank's rows
 (`local_rows`). The sampler and objective states are therefore identical on every rank (rank 0 saves
 them; resuming is exact), and each rank knows the step's global target-token count without any
-communication, so it weights its mean loss by world_size * count_rank / count_total: after DDP / FSDP /
-DeepSpeed average the ranks' gradients, that is exactly the gradient of the big batch.
+communication, so it weights its mean loss by data_parallel_size * count_rank / count_total: after DDP /
+FSDP / DeepSpeed average the gradients over the data-parallel ranks, that is exactly the gradient of the
+big batch.
 """
 
 from __future__ import annotations
@@ -79,19 +86,23 @@ class World:
 
 
 def strategy_name(config: RecipeConfig, world: World) -> str:
-    """The strategy the recipe asks for, resolved and checked against how the process was launched."""
+    """The strategy the recipe asks for, resolved and checked against how the process was launched (also
+    the tensor-parallel size: before any process waits on another, so every rank fails alike)."""
     name = config.distributed.strategy
     if name not in STRATEGIES:
         raise ConfigError(
             f"distributed.strategy={name!r} is not one of {', '.join(STRATEGIES)}{did_you_mean(name, STRATEGIES)}"
         )
     if name == "auto":
-        return "ddp" if world.world_size > 1 else "single"
-    if name == "single" and world.world_size > 1:
+        name = "ddp" if world.world_size > 1 else "single"
+    elif name == "single" and world.world_size > 1:
         raise ConfigError(
             f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
             "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
         )
+    from plmkit.train.tensor_parallel import check_tensor_parallel_recipe
+
+    check_tensor_parallel_recipe(config, world.world_size, name)
     return name
 
 
@@ -118,7 +129,7 @@ def build_strategy(config: RecipeConfig) -> Strategy:
         from plmkit.train.fsdp import FSDPStrategy, check_fsdp_config
 
         check_fsdp_config(config, device)
-        strategy = FSDPStrategy(world, device)
+        strategy = FSDPStrategy(world, device, config.distributed.tensor_parallel)
     else:
         strategy = DDPStrategy(world, device)
     strategy.start()
@@ -131,6 +142,7 @@ class Strategy:
 
     name = "single"
     layout = LAYOUT_PLAIN  # how its checkpoints hold the weights
+    tensor_parallel = 1  # ranks that hold one model replica between them and train on the same rows
 
     def __init__(self, world: World | None = None, device: torch.device | None = None) -> None:
         self.world = world or World()
@@ -143,6 +155,16 @@ class Strategy:
     @property
     def world_size(self) -> int:
         return self.world.world_size
+
+    @property
+    def data_rank(self) -> int:
+        """Which rows of the global batch this rank trains on (ranks of one tensor-parallel group: the same)."""
+        return self.world.rank // self.tensor_parallel
+
+    @property
+    def data_parallel_size(self) -> int:
+        """Into how many row shares a global batch is split: the model replicas whose gradients are averaged."""
+        return self.world.world_size // self.tensor_parallel
 
     @property
     def is_main(self) -> bool:
@@ -173,22 +195,24 @@ class Strategy:
             self.barrier()
 
     def seed_rank(self, seed: int) -> None:
-        """Give ranks other than 0 their own torch random stream (dropout), after the model (identical on
-        every rank) is built."""
-        if self.rank:
+        """Give data-parallel ranks other than 0 their own torch random stream (dropout), after the model
+        (identical on every rank) is built. The ranks of a tensor-parallel group keep one stream: their
+        replicated activations must draw the same dropout masks."""
+        if self.data_rank:
             from plmkit.data.sampler import derive_seed
 
-            torch.manual_seed(derive_seed(seed, self.rank, 3) % 2**63)
+            torch.manual_seed(derive_seed(seed, self.data_rank, 3) % 2**63)
 
     # ---- batches --------------------------------------------------------------------------------
     def local_rows(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """This rank's rows of a global batch (every row in one process). A rank left without rows (a short
-        last validation batch) gets one row with no targets, so that its collectives stay paired."""
-        if self.world_size == 1:
+        """This data-parallel rank's rows of a global batch (every row in one process). A rank left without
+        rows (a short last validation batch) gets one row with no targets, so that its collectives stay paired."""
+        shares = self.data_parallel_size
+        if shares == 1:
             return batch
         n = next(iter(batch.values())).shape[0]
-        bounds = [n * r // self.world_size for r in range(self.world_size + 1)]
-        start, stop = bounds[self.rank], bounds[self.rank + 1]
+        bounds = [n * r // shares for r in range(shares + 1)]
+        start, stop = bounds[self.data_rank], bounds[self.data_rank + 1]
         if start == stop:
             rows = {k: v[:1] for k, v in batch.items()}
             if "labels" in rows:
@@ -197,7 +221,7 @@ class Strategy:
         for key, value in batch.items():
             if value.dim() == 0 or value.shape[0] != n:
                 raise ConfigError(f"the objective's batch entry {key!r} has shape {list(value.shape)}, not one row "
-                                  f"per example ({n}); it cannot be split over {self.world_size} processes")
+                                  f"per example ({n}); it cannot be split over {shares} data-parallel ranks")
         return {k: v[start:stop] for k, v in batch.items()}
 
     def sum_over_ranks(self, *values: float) -> tuple[float, ...]:
@@ -236,10 +260,14 @@ class Strategy:
         scaler, optimizer = run.precision.scaler, run.optimizer
         scaler.unscale_(optimizer)
         if run.config.train.clip_grad:
-            torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.train.clip_grad)
+            self.clip_gradients(run.model, run.config.train.clip_grad)
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
+
+    def clip_gradients(self, model: torch.nn.Module, max_norm: float) -> None:
+        """Scale the gradients down so that their total 2-norm is at most max_norm."""
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
     def skip_step(self, run: Run) -> None:
         """Drop the step's gradients (a non-finite loss somewhere)."""
@@ -248,7 +276,7 @@ class Strategy:
     # ---- checkpoints ----------------------------------------------------------------------------
     def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
         """Write checkpoint `step` (state: everything but the model and optimizer; info: trainer_state.json)."""
-        info = {**info, "distributed": {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}}
+        info = {**info, "distributed": self.checkpoint_info()}
         if self.world_size > 1:
             state["rank_rng"] = self.gather_rng()
         path = run.run_dir / "checkpoints" / f"step-{step:08d}"
@@ -260,15 +288,19 @@ class Strategy:
         self.barrier()  # nobody moves on before the checkpoint exists
         return path
 
+    def checkpoint_info(self) -> dict[str, Any]:
+        """How the checkpoint was written (trainer_state.json's "distributed")."""
+        return {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}
+
     def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
         """Load the weights and optimizer state of `checkpoint` (written by save_checkpoint)."""
         from plmkit.io import load_weights_into
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.fsdp import DCP_FOLDER, load_sharded_state
+            from plmkit.train.fsdp import DCP_FOLDER, load_sharded_state, written_tensor_parallel
 
-            load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER)
+            load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
             return
         load_weights_into(unwrap(run.model), checkpoint / "model.safetensors")
         run.optimizer.load_state_dict(state["optimizer"])
@@ -288,18 +320,19 @@ class Strategy:
             )
 
     def restore_rng(self, state: dict[str, Any]) -> None:
-        """This rank's random streams as the checkpoint saved them (a new stream per rank when the number
-        of processes changed)."""
+        """This rank's random streams as the checkpoint saved them (a new stream per data-parallel rank when
+        the layout of the processes changed)."""
         per_rank = state.get("rank_rng")
-        if per_rank is not None and len(per_rank) == self.world_size:
+        same_layout = state.get("rank_rng_tensor_parallel", 1) == self.tensor_parallel  # a group shares a stream
+        if per_rank is not None and len(per_rank) == self.world_size and same_layout:
             set_rng_state(per_rank[self.rank])
             return
         set_rng_state(state["rng"])  # rank 0's stream
-        if self.rank:
+        if self.data_rank:
             from plmkit.data.sampler import derive_seed
 
             base = int(torch.randint(0, 2**62, (1,)))  # the same number on every rank, then one stream each
-            torch.manual_seed(derive_seed(base, self.rank, 4) % 2**63)
+            torch.manual_seed(derive_seed(base, self.data_rank, 4) % 2**63)
 
     def gather_rng(self) -> list[dict[str, Any]]:
         return [rng_state()]

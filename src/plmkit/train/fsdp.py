@@ -14,14 +14,23 @@ reduce-scattered, so every rank keeps only its shard of parameters, gradients an
 - checkpoints: `torch.distributed.checkpoint` writes every rank's shards of the model and optimizer into
   `dcp/` (get_state_dict / set_state_dict). DCP reshards on load, so a checkpoint written by N processes
   resumes on M; `plm convert --from-sharded` turns it into one model.safetensors.
+- tensor parallelism (`distributed.tensor_parallel: T`, 2-D): the ranks form a (dp, tp) mesh of
+  world_size / T data-parallel groups of T consecutive ranks. Each block is split over its group's tp
+  ranks (plmkit.train.tensor_parallel: attention heads and MLP units), then FSDP2 shards every unit over
+  the dp dimension only; the ranks of one group train on the same rows (`data_rank`). Gradient clipping
+  sums each parameter's shard norms over the ranks that hold distinct pieces (`clip_grad_norm`: the
+  parameters live on two meshes, which torch's clip_grad_norm_ cannot stack). The checkpoint records T
+  (trainer_state.json), because the fused q|k|v and gate|up rows are stored in T's rank-major order:
+  a resume with another T (or none) and the conversion move them back where the new layout wants them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,9 +40,10 @@ from plmkit.errors import ConfigError
 from plmkit.io import CONFIG_FILE, checkpoint_header
 from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
 from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy
+from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy, World
 from plmkit.train.optim import build_optimizer
 from plmkit.train.precision import Precision, resolve_precision
+from plmkit.train.tensor_parallel import reorder_fused_rows
 
 if TYPE_CHECKING:
     from plmkit.train.setup import Run
@@ -46,6 +56,11 @@ def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
         raise ConfigError(
             "distributed.strategy=fsdp with train.precision=fp16: fp16 needs a gradient scaler that agrees over "
             "the shards, which plmkit does not have; use train.precision=bf16 (or fp32, or strategy ddp/deepspeed)"
+        )
+    if config.optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
+        raise ConfigError(
+            "distributed.strategy=fsdp with optim.name=adamw8bit: bitsandbytes' 8-bit AdamW cannot step FSDP's "
+            "sharded (DTensor) parameters; use optim.name=adamw with fsdp, or strategy ddp for 8-bit AdamW"
         )
 
 
@@ -60,8 +75,16 @@ class FSDPStrategy(ProcessGroupStrategy):
     name = "fsdp"
     layout = LAYOUT_DCP
 
+    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1):
+        super().__init__(world, device)
+        self.tensor_parallel = tensor_parallel  # ranks per data-parallel group (1: FSDP alone)
+
     def describe(self) -> str:
-        return super().describe() + f"; FSDP units: {self.units} blocks + the root"
+        text = super().describe() + f"; FSDP units: {self.units} blocks + the root"
+        if self.tensor_parallel > 1:
+            text += (f"; mesh dp {self.data_parallel_size} x tp {self.tensor_parallel}: each block split over "
+                     f"{self.tensor_parallel} ranks")
+        return text
 
     def prepare(
         self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
@@ -70,8 +93,18 @@ class FSDPStrategy(ProcessGroupStrategy):
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         self.header = checkpoint_header(model)  # before fully_shard changes the class
+        if self.tensor_parallel > 1:  # 2-D: TP inside each group of consecutive ranks, FSDP across the groups
+            from plmkit.train.tensor_parallel import apply_tensor_parallel
+
+            mesh = init_device_mesh(self.device.type, (self.data_parallel_size, self.tensor_parallel),
+                                    mesh_dim_names=("dp", "tp"))
+            assert mesh["dp"].get_local_rank() == self.data_rank  # the rows local_rows gives this rank
+            apply_tensor_parallel(model, mesh["tp"])
+            fsdp_mesh = mesh["dp"]
+        else:
+            fsdp_mesh = init_device_mesh(self.device.type, (self.world_size,))
         options: dict[str, Any] = {
-            "mesh": init_device_mesh(self.device.type, (self.world_size,)),
+            "mesh": fsdp_mesh,
             "reshard_after_forward": config.distributed.fsdp.reshard_after_forward,
         }
         if config.distributed.fsdp.mixed_precision and precision.name in ("bf16", "fp16"):
@@ -94,11 +127,17 @@ class FSDPStrategy(ProcessGroupStrategy):
         model.set_requires_gradient_sync(last)  # FSDP2's no_sync: keep unsharded gradients until the last
         return super().accumulating(model, last)
 
+    def clip_gradients(self, model: torch.nn.Module, max_norm: float) -> None:
+        clip_grad_norm(model.parameters(), max_norm, self.device)
+
+    def checkpoint_info(self) -> dict[str, Any]:
+        return {**super().checkpoint_info(), "tensor_parallel": self.tensor_parallel}
+
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
     def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
         import json
 
-        info = {**info, "distributed": {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}}
+        info = {**info, "distributed": self.checkpoint_info()}
         tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed run
@@ -106,6 +145,7 @@ class FSDPStrategy(ProcessGroupStrategy):
         self.barrier()
         save_sharded_state(run.model, run.optimizer, tmp / DCP_FOLDER)
         state["rank_rng"] = self.gather_rng()
+        state["rank_rng_tensor_parallel"] = self.tensor_parallel
         path = run.run_dir / "checkpoints" / f"step-{step:08d}"
         if self.is_main:
             (tmp / CONFIG_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
@@ -116,7 +156,47 @@ class FSDPStrategy(ProcessGroupStrategy):
 
     def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))
-        load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER)
+        load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
+
+
+def written_tensor_parallel(info: dict[str, Any]) -> int:
+    """The tensor-parallel size of the run that wrote a checkpoint (its trainer_state.json)."""
+    return int(info.get("distributed", {}).get("tensor_parallel", 1))
+
+
+def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:
+    """torch.nn.utils.clip_grad_norm_ (2-norm) for gradients that are DTensors on different meshes (with
+    tensor parallelism: (dp, tp) for the split projections, dp for the rest), which torch's cannot stack.
+    Each rank adds the squares of its local shards, each divided by the number of ranks holding that same
+    shard (replicated pieces count once), and one all-reduce sums them. Returns the total norm."""
+    import torch.distributed as dist
+    from torch.distributed.tensor import DTensor, Replicate
+
+    grads = [p.grad for p in parameters if p.grad is not None]
+    world = dist.get_world_size()
+    squares = torch.zeros((), dtype=torch.float64, device=device)
+    for grad in grads:
+        if isinstance(grad, DTensor):
+            if any(p.is_partial() for p in grad.placements):  # pending sums: finish them first
+                grad = grad.redistribute(grad.device_mesh, [Replicate() if p.is_partial() else p for p in grad.placements])
+            mesh = grad.device_mesh
+            copies = world // mesh.size()  # ranks outside the mesh hold the same shards
+            copies *= math.prod(mesh.size(d) for d, p in enumerate(grad.placements) if p.is_replicate())
+            local = grad.to_local()
+        else:
+            copies, local = world, grad  # the same whole tensor on every rank
+        squares += local.detach().double().square().sum().to(device) / copies
+    dist.all_reduce(squares)
+    total = squares.sqrt().float()
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)  # torch's formula: no change below max_norm
+    scales: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}  # one copy per device (CPU offload)
+    for grad in grads:
+        local = grad.to_local() if isinstance(grad, DTensor) else grad
+        key = (local.device, local.dtype)
+        if key not in scales:
+            scales[key] = scale.to(*key)
+        local.mul_(scales[key])
+    return total
 
 
 def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
@@ -128,9 +208,11 @@ def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
 
 
-def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+def load_sharded_state(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path, written_tensor_parallel: int = 1
+) -> None:
     """The model and optimizer state of a DCP folder, resharded to this run's layout (any world size,
-    sharded or not)."""
+    sharded or not, any tensor-parallel size: the fused rows are moved from the writer's order to ours)."""
     import torch.distributed as dist
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
@@ -143,16 +225,18 @@ def load_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     with _single_process_load(not dist.is_initialized()) as no_dist:
         dcp.load(state, checkpoint_id=str(folder), no_dist=no_dist)
     set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
+    reorder_fused_rows(model, optimizer, written_tensor_parallel)
 
 
-def load_sharded_weights(model: torch.nn.Module, folder: Path) -> None:
+def load_sharded_weights(model: torch.nn.Module, folder: Path, written_tensor_parallel: int = 1) -> None:
     """Fill a plain (unsharded) model with the weights of a DCP folder, in one process without a process
-    group (DCP reads every shard)."""
+    group (DCP reads every shard); the fused rows of a tensor-parallel run are put back in their order."""
     import torch.distributed.checkpoint as dcp
 
     state = model.state_dict()  # tensors that share the model's storage: loading fills the model
     with _single_process_load(True) as no_dist:
         dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=no_dist)
+    reorder_fused_rows(model, None, written_tensor_parallel)
 
 
 @contextlib.contextmanager

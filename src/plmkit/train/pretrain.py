@@ -7,8 +7,9 @@ from the recipe (setup.py); the loop is plain PyTorch:
                     -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
 
 On several processes the same loop runs on every rank; the strategy (train/distributed.py: ddp, fsdp,
-deepspeed) wraps the model, splits each global micro-batch into the ranks' rows, synchronises gradients
-on the last micro-batch, and writes checkpoints. Rank 0 logs.
+deepspeed; fsdp with tensor parallelism) wraps the model, splits each global micro-batch into the
+data-parallel ranks' rows (the ranks of a tensor-parallel group share theirs), synchronises gradients on
+the last micro-batch, and writes checkpoints. Rank 0 logs.
 """
 
 from __future__ import annotations
@@ -58,9 +59,9 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
 
     Each micro-batch's mean loss is weighted by its share of the step's target tokens, so
     accumulating k micro-batches gives exactly the gradient of one big batch. On several processes
-    the micro-batches are global (every rank holds all of them) and a rank trains on its own rows;
-    the factor world_size undoes the averaging of the ranks' gradients, so that together they compute
-    exactly the big batch's gradient too."""
+    the micro-batches are global (every rank holds all of them) and a rank trains on its data-parallel
+    rank's rows; the factor data_parallel_size undoes the averaging of the gradients over the
+    data-parallel ranks, so that together they compute exactly the big batch's gradient too."""
     model, precision = run.model, run.precision
     strategy = getattr(run, "strategy", None) or Strategy()  # a bare Run-like object: one process
     plain = unwrap(model)
@@ -71,15 +72,15 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     finite = total > 0  # a step with no target token at all has nothing to learn: skip it
     for i in active if finite else []:
         batch = strategy.local_rows(micro_batches[i])
-        n = count_targets(plain, batch.get("labels"))  # this rank's targets (0: its gradients are zero)
+        n = count_targets(plain, batch.get("labels"))  # this share's targets (0: its gradients are zero)
         with strategy.accumulating(model, last=i == active[-1]):  # gradient sync on the last micro-batch
             batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
             with precision.autocast():
-                loss = model(**batch).loss * (strategy.world_size * n / total)
+                loss = model(**batch).loss * (strategy.data_parallel_size * n / total)
             finite = finite and (n == 0 or bool(torch.isfinite(loss)))
             if not strategy.backward(loss, precision.scaler, finite):
                 break  # the step is lost on every rank: skip its remaining micro-batches
-        if n:
+        if n:  # summed over all ranks by `agree`: each data-parallel share once per rank that trained on it
             step_loss += loss.item() / strategy.world_size
     step_loss, finite = strategy.agree(step_loss, finite)  # the ranks' shares summed; finite on all of them
     if finite:
@@ -109,7 +110,7 @@ def evaluate(run: Run) -> dict[str, float]:
         if n:  # a batch without targets has a nan mean loss and no weight
             loss_sum += loss.float().item() * n
         count += n
-    loss_sum, count = strategy.sum_over_ranks(loss_sum, count)
+    loss_sum, count = strategy.sum_over_ranks(loss_sum, count)  # tensor parallel: both counted T times
     model.train(was_training)
     if count == 0:
         return {}

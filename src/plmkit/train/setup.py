@@ -59,8 +59,11 @@ class Run:
             options = ", ".join(f"{k}={v}" for k, v in (c.peft or peft.options).items() if k != "method")
             base = f" on a frozen {c.quantize.mode} base" if c.quantize.mode else ""
             tuned = f"peft: {peft.method} ({options}){base}; {trainable_report(model)}\n"
-        processes = self.strategy.world_size
-        batch = f" x {processes} processes" if processes > 1 else ""
+        shares, tp = self.strategy.data_parallel_size, self.strategy.tensor_parallel
+        if tp > 1:  # the ranks of a tensor-parallel group train on the same rows
+            batch = f" x {shares} data-parallel group(s) of {tp} tensor-parallel ranks"
+        else:
+            batch = f" x {shares} processes" if shares > 1 else ""
         distributed = self.strategy.describe()
         return (
             f"run {c.name} -> {self.run_dir}\n"
@@ -132,6 +135,20 @@ def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
         fields.setdefault("decoder_start_token_id", start)
     fields.setdefault("max_positions", max(base.max_positions, config.data.block_size + 8))
     return base.replace(**fields)
+
+
+def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
+    """The model's architecture before any tokenizer exists (its vocabulary size and special ids are still
+    the preset's), for checks that must run before the processes wait on each other: the recipe's model
+    section, or an init_from plmkit checkpoint's header (None for a Hugging Face folder)."""
+    if config.init_from:
+        from plmkit.io import CONFIG_FILE, read_header
+
+        header = Path(config.init_from) / CONFIG_FILE
+        return ModelConfig.from_dict(read_header(header)["model"]) if header.is_file() else None
+    fields = dict(config.model)
+    preset = fields.pop("preset", None)
+    return (get_preset(preset) if preset else ModelConfig()).replace(**fields)
 
 
 def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
@@ -206,10 +223,12 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     objective = build_objective(config.objective.name, tokenizer, seed=config.seed, **options)
     eval_objective = build_objective(config.objective.name, tokenizer, seed=config.seed + 1, **options)
     with strategy.main_first():  # rank 0 builds the token-store cache, the others find it
-        # every rank draws the global micro-batch (all ranks' rows) and keeps its own: see train/distributed.py
-        train_data, val_batches = build_train_data(config, tokenizer, config.train.batch_size * strategy.world_size)
+        # every rank draws the global micro-batch (all data-parallel ranks' rows) and keeps its share:
+        # see train/distributed.py
+        global_batch = config.train.batch_size * strategy.data_parallel_size
+        train_data, val_batches = build_train_data(config, tokenizer, global_batch)
     model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
-    strategy.seed_rank(config.seed)  # dropout differs between ranks
+    strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
     if config.train.compile:
         model = torch.compile(model)

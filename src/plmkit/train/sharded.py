@@ -1,10 +1,12 @@
 """Sharded training checkpoints -> one plmkit checkpoint (`plm convert --from-sharded CKPT --out DIR`).
 
-An FSDP run's checkpoints hold the weights as torch.distributed.checkpoint shards (dcp/), a DeepSpeed
-run's as the engine's files (deepspeed/). Both are gathered here, in one process without a process group,
-into a normal plmkit checkpoint (plmkit.json + model.safetensors + tokenizer) that `plmkit.load`,
-`plm generate`, `plm eval` and `init_from` read. A checkpoint that already has model.safetensors (single,
-DDP) is simply copied the same way.
+An FSDP run's checkpoints hold the weights as torch.distributed.checkpoint shards (dcp/; with tensor
+parallelism the fused q|k|v and gate|up rows are in the rank-major order of the tensor-parallel size
+that trainer_state.json records, and are put back in order here), a DeepSpeed run's as the engine's
+files (deepspeed/). Both are gathered here, in one process without a process group, into a normal
+plmkit checkpoint (plmkit.json + model.safetensors + tokenizer) that `plmkit.load`, `plm generate`,
+`plm eval` and `init_from` read. A checkpoint that already has model.safetensors (single, DDP) is simply
+copied the same way.
 """
 
 from __future__ import annotations
@@ -51,15 +53,30 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
         return save(model, tokenizer, out), model
     model = build_from_header(checkpoint / CONFIG_FILE)
     if layout == "dcp":
-        from plmkit.train.fsdp import load_sharded_weights
+        from plmkit.train.fsdp import load_sharded_weights, written_tensor_parallel
 
-        load_sharded_weights(model, checkpoint / layout)
+        info = _trainer_info(checkpoint)  # a tensor-parallel run's fused rows are in its rank-major order
+        load_sharded_weights(model, checkpoint / layout, written_tensor_parallel(info))
     else:
         load_deepspeed_weights(model, checkpoint, layout)
     from plmkit.tokenizer import TOKENIZER_FILE, Tokenizer
 
     tokenizer = Tokenizer.load(checkpoint) if (checkpoint / TOKENIZER_FILE).is_file() else None
     return save(model.eval(), tokenizer, out), model
+
+
+def _trainer_info(checkpoint: Path) -> dict:
+    import json
+
+    from plmkit.train.checkpoint import TRAINER_FILE
+
+    path = checkpoint / TRAINER_FILE
+    if not path.is_file():  # it records how the shards were written (e.g. the tensor-parallel size)
+        raise CheckpointError(f"{checkpoint} has shards but no {TRAINER_FILE}; give a complete training checkpoint")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt: {e}") from e
 
 
 def load_deepspeed_weights(model: torch.nn.Module, checkpoint: Path, tag: str) -> None:

@@ -21,9 +21,14 @@ of k. So before sharding the rows are reordered rank-major ([q_0 k_0 v_0 | q_1 k
 heads and their v heads, and the model code runs unchanged on the local head counts (n_head / tp,
 n_kv_head / tp). `full_state_dict` undoes the reordering, so what comes out is the ordinary layout.
 
+In a recipe, `distributed.strategy: fsdp` with `distributed.tensor_parallel: T` does the 2-D version
+(plmkit.train.fsdp), launched with `plm pretrain RECIPE --nproc N` (N a multiple of T).
+
 Gradient checkpointing combines with it (the recomputed blocks repeat their collectives). Checkpoints:
 `plmkit.io.save` refuses a sharded model; `save_tensor_parallel_checkpoint` gathers the full weights to
 rank 0 and writes a normal checkpoint. To resume into a TP model, load it plainly and apply TP again.
+A recipe's sharded (DCP) checkpoints keep the rows in T's rank-major order; `reorder_fused_rows` moves
+them (and their optimizer state) for another T on resume, or for none on conversion.
 
 Dropout: the replicated activations draw the same mask on every rank only while the ranks' RNGs agree,
 so with dropout > 0 apply_tensor_parallel checks that they do (seed every rank alike; keep the data
@@ -44,6 +49,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
+from plmkit.train.config import RecipeConfig
 
 # the projections of one Block, and how they are split
 COLWISE = ("attn.qkv", "mlp.fc_in")  # output rows sharded: local heads / hidden units
@@ -80,6 +86,46 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
                     and config.d_ff % d == 0]
             raise ConfigError(f"{key}={value} is not divisible by the tensor-parallel size {tp} ({why}); "
                               f"choose a tensor-parallel size in {fits}")
+
+
+def check_tensor_parallel_recipe(config: RecipeConfig, world_size: int, strategy: str) -> None:
+    """The recipe's distributed.tensor_parallel fits its strategy, the number of processes and the model's
+    sizes (checked by every rank before any waits on another, and by `plm pretrain --nproc` before it
+    starts them)."""
+    from plmkit.train.setup import recipe_architecture
+
+    tp = config.distributed.tensor_parallel
+    key = f"distributed.tensor_parallel={tp}"
+    if tp == 1:
+        return
+    if tp < 1:
+        raise ConfigError(f"{key}: give the number of ranks that split each block, a whole number >= 1 (1: none)")
+    if strategy != "fsdp":
+        raise ConfigError(f"{key} needs distributed.strategy=fsdp (tensor parallelism inside each group of {tp} "
+                          f"ranks, FSDP across the groups), not {strategy}; set distributed.strategy=fsdp")
+    if world_size % tp:
+        raise ConfigError(f"{key} does not divide the {world_size} process(es): start a multiple of {tp} "
+                          f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
+                          f"groups), or set distributed.tensor_parallel to a divisor of {world_size}")
+    if config.objective.name == "electra":
+        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
+                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
+    if config.peft:
+        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
+                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
+    architecture = recipe_architecture(config)
+    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
+        try:
+            check_tensor_parallel(architecture, tp)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+
+
+def fused_row_segments(config: ModelConfig) -> dict[str, list[int]]:
+    """The row segments of each fused projection of a Block: q | k | v, and gate | up for a gated MLP."""
+    q_width, kv_width = config.n_head * config.dim_per_head, config.kv_heads * config.dim_per_head
+    return {"attn.qkv": [q_width, kv_width, kv_width],
+            "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff]}
 
 
 def _rank_major_order(segments: list[int], tp: int) -> torch.Tensor:
@@ -139,9 +185,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
     config: ModelConfig = model.config
     tp = tp_mesh.size()
     check_tensor_parallel(config, tp)
-    q_width, kv_width = config.n_head * config.dim_per_head, config.kv_heads * config.dim_per_head
-    fused_rows = {"attn.qkv": [q_width, kv_width, kv_width],
-                  "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff]}
+    fused_rows = fused_row_segments(config)
     prefix = next(name for name, module in model.named_modules() if module is stack)
     row_orders: dict[str, torch.Tensor] = {}
     plan = {**{name: ColwiseParallel() for name in COLWISE}, **{name: RowwiseParallel() for name in ROWWISE}}
@@ -213,6 +257,56 @@ def unshard(model: nn.Module, name: str, tensor: torch.Tensor) -> torch.Tensor:
         restored[info.row_orders[module]] = tensor  # sharded row k came from full row order[k]
         tensor = restored
     return tensor
+
+
+def reorder_fused_rows(model: nn.Module, optimizer: torch.optim.Optimizer | None, written: int) -> None:
+    """Move the fused rows (q|k|v, gate|up) of weights loaded from a checkpoint of a run with tensor-parallel
+    size `written` to where this model (tensor-parallel or not; sharded or not) expects them, with their
+    optimizer state (Adam's moments). Each size stores the rows in its own rank-major order, a pure
+    function of the config and the size: loading size-2 rows into a size-4 or unsplit model as they are
+    would silently scramble the heads. A collective for sharded models: every rank calls it."""
+    from plmkit.io import unwrap
+
+    plain = unwrap(model)
+    info: TensorParallelInfo | None = getattr(plain, "tensor_parallel", None)
+    tp = info.size if info is not None else 1
+    if written == tp:
+        return
+    check_tensor_parallel(plain.config, written)  # the checkpoint's size must have been able to split it
+    state = optimizer.state if optimizer is not None else {}
+    for name, segments in fused_row_segments(plain.config).items():
+        # the checkpoint's row j held full row stored[j]; this model's row k holds full row wanted[k]
+        stored, wanted = _rank_major_order(segments, written), _rank_major_order(segments, tp)
+        rows = torch.argsort(stored)[wanted]  # this model's row k = the checkpoint's row rows[k]
+        if torch.equal(rows, torch.arange(len(rows))):  # one segment: every size stores it as it is
+            continue
+        for block in _stack(plain).blocks:
+            layer = block.get_submodule(name)
+            for param in (layer.weight, layer.bias):
+                if param is None:
+                    continue
+                moments = [v for v in state.get(param, {}).values() if torch.is_tensor(v) and v.dim()]
+                if any(v.shape != param.shape for v in moments):  # e.g. a block-quantized state: no rows to move
+                    raise ConfigError(f"the optimizer keeps state of another shape than {name}'s {list(param.shape)}, "
+                                      "which cannot be moved to another tensor-parallel size; resume with "
+                                      f"distributed.tensor_parallel={written}, or plm convert --from-sharded the "
+                                      "checkpoint and start a new run with init_from")
+                for tensor in (param, *moments):
+                    _take_rows(tensor, rows)
+
+
+@torch.no_grad()
+def _take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> None:
+    """tensor[:] = tensor[rows], in place; a DTensor (any placements) is gathered whole, reordered and each
+    rank keeps its shard of the result (one full tensor in memory at a time)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(tensor, DTensor):
+        tensor.copy_(tensor[rows.to(tensor.device)])
+        return
+    full = tensor.full_tensor()
+    moved = distribute_tensor(full[rows.to(full.device)], tensor.device_mesh, tensor.placements, src_data_rank=None)
+    tensor.to_local().copy_(moved.to_local())  # src_data_rank=None: each rank slices its own shard
 
 
 def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, torch.Tensor]:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -414,6 +414,33 @@ class ProcessGroupStrategy(Strategy):
             dist.broadcast_object_list(box, src=0)
             self._token = int(box[0])
         return self._token
+
+    def save_sharded_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any],
+                                header: dict[str, Any], write_shards: Callable[[Path], None]) -> Path:
+        """Checkpoint `step` of a sharded strategy (fsdp, deepspeed): every rank writes its shards with
+        `write_shards(folder)` into one temporary folder; rank 0 adds plmkit.json (`header`), the tokenizer
+        and the training state and renames it into place, atomically like a one-process checkpoint."""
+        import json
+        import shutil
+
+        from plmkit.io import CONFIG_FILE
+        from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
+
+        info = {**info, "distributed": self.checkpoint_info()}
+        tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
+        if self.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed run
+            tmp.mkdir(parents=True)
+        self.barrier()
+        write_shards(tmp)
+        state["rank_rng"] = self.gather_rng()
+        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
+        if self.is_main:
+            (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
+            run.tokenizer.save(tmp)
+            path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
+        self.barrier()
+        return path
 
 
 class DDPStrategy(ProcessGroupStrategy):

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import shutil
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -37,8 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import CONFIG_FILE, checkpoint_header
-from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
+from plmkit.io import checkpoint_header
 from plmkit.train.config import RecipeConfig
 from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy, World
 from plmkit.train.optim import build_optimizer
@@ -135,24 +133,10 @@ class FSDPStrategy(ProcessGroupStrategy):
 
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
     def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        import json
-
-        info = {**info, "distributed": self.checkpoint_info()}
-        tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed run
-            tmp.mkdir(parents=True)
-        self.barrier()
-        save_sharded_state(run.model, run.optimizer, tmp / DCP_FOLDER)
-        state["rank_rng"] = self.gather_rng()
         state["rank_rng_tensor_parallel"] = self.tensor_parallel
-        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
-        if self.is_main:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
-            run.tokenizer.save(tmp)
-            path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
-        self.barrier()
-        return path
+        return self.save_sharded_checkpoint(
+            run, step, state, info, self.header,
+            lambda folder: save_sharded_state(run.model, run.optimizer, folder / DCP_FOLDER))
 
     def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))

@@ -29,7 +29,6 @@ import io
 import json
 import logging
 import os
-import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -38,8 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import CONFIG_FILE, checkpoint_header
-from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
+from plmkit.io import checkpoint_header
 from plmkit.train.config import RecipeConfig
 from plmkit.train.distributed import LAYOUT_DEEPSPEED, ProcessGroupStrategy
 from plmkit.train.optim import parameter_groups
@@ -244,23 +242,13 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
                 "or train.accumulation=1 (then such a step is skipped)"
             )
 
+    def checkpoint_info(self) -> dict[str, Any]:
+        return {**super().checkpoint_info(), "zero_stage": self.ds_config["zero_optimization"]["stage"]}
+
     def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        info = {**info, "distributed": {"strategy": self.name, "world_size": self.world_size, "layout": self.layout,
-                                        "zero_stage": self.ds_config["zero_optimization"]["stage"]}}
-        tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
-        if self.is_main:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.barrier()
-        self.engine.save_checkpoint(str(tmp), tag=DEEPSPEED_FOLDER, save_latest=False)
-        state["rank_rng"] = self.gather_rng()
-        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
-        if self.is_main:
-            (tmp / CONFIG_FILE).write_text(json.dumps(self.header, indent=2) + "\n", encoding="utf-8")
-            run.tokenizer.save(tmp)
-            path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
-        self.barrier()
-        return path
+        return self.save_sharded_checkpoint(
+            run, step, state, info, self.header,
+            lambda folder: self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_FOLDER, save_latest=False))
 
     def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DEEPSPEED,))

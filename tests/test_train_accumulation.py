@@ -14,6 +14,7 @@ import torch
 from plmkit.data.objectives.clm import CLMObjective
 from plmkit.model import ModelConfig, build_model
 from plmkit.train.config import RecipeConfig
+from plmkit.train.distributed import Strategy
 from plmkit.train.precision import Precision
 from plmkit.train.pretrain import count_targets, train_step
 
@@ -53,6 +54,7 @@ def fake_run(model: torch.nn.Module, clip_grad: float | None = None) -> SimpleNa
         optimizer=optimizer,
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0),
         config=config,
+        strategy=Strategy(),
     )
 
 

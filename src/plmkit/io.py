@@ -38,9 +38,11 @@ CONFIG_FILE = "plmkit.json"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT = "plmkit"
 TIED_KEY = "tied"  # safetensors metadata key: JSON {alias: source} of tensors stored once
-# Training checkpoints of sharded runs hold the weights in one of these folders instead of model.safetensors
-# (torch.distributed.checkpoint for FSDP, the DeepSpeed engine's own files); see plmkit.train.sharded.
-SHARDED_FOLDERS = ("dcp", "deepspeed")
+# Training checkpoints of sharded runs hold the weights in one of these folders instead of model.safetensors;
+# see plmkit.train.sharded.
+DCP_FOLDER = "dcp"  # torch.distributed.checkpoint shards (FSDP, tensor parallelism)
+DEEPSPEED_FOLDER = "deepspeed"  # the DeepSpeed engine's own files
+SHARDED_FOLDERS = (DCP_FOLDER, DEEPSPEED_FOLDER)
 
 # Model classes defined outside plmkit.model (PEFT wrappers, user models) register here.
 _EXTRA_MODEL_CLASSES: dict[str, type] = {}

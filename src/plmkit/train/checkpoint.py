@@ -117,10 +117,21 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def read_trainer_info(checkpoint: Path) -> dict[str, Any]:
+    """trainer_state.json of a checkpoint folder: step, tokens, recipe, and how the weights were written."""
+    path = checkpoint / TRAINER_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{checkpoint} is not a complete training checkpoint: {TRAINER_FILE} is missing")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is corrupt ({e}); resume from an earlier checkpoint") from e
+
+
 def load_training_state(checkpoint: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """(training_state, trainer_info) of a checkpoint folder."""
+    info = read_trainer_info(checkpoint)
     try:
-        info = json.loads((checkpoint / TRAINER_FILE).read_text(encoding="utf-8"))
         # weights_only: tensors, numbers, strings and containers only; nothing is executed
         state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
     except FileNotFoundError as e:

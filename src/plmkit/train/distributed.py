@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError, did_you_mean
-from plmkit.io import unwrap
+from plmkit.io import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
 from plmkit.train.checkpoint import rng_state, save_checkpoint, set_rng_state
 from plmkit.train.config import RecipeConfig
 from plmkit.train.optim import build_optimizer
@@ -57,7 +57,8 @@ if TYPE_CHECKING:
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
-LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", "dcp", "deepspeed"  # how a checkpoint holds the weights
+# how a checkpoint holds the weights: model.safetensors, or named after the folder of shards
+LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", DCP_FOLDER, DEEPSPEED_FOLDER
 
 
 @dataclass(frozen=True)
@@ -298,7 +299,7 @@ class Strategy:
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.fsdp import DCP_FOLDER, load_sharded_state, written_tensor_parallel
+            from plmkit.train.fsdp import load_sharded_state, written_tensor_parallel
 
             load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
             return

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import checkpoint_header
+from plmkit.io import DCP_FOLDER, checkpoint_header
 from plmkit.train.config import RecipeConfig
 from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy, World
 from plmkit.train.optim import build_optimizer
@@ -46,7 +46,6 @@ from plmkit.train.tensor_parallel import reorder_fused_rows
 if TYPE_CHECKING:
     from plmkit.train.setup import Run
 
-DCP_FOLDER = "dcp"
 
 
 def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:

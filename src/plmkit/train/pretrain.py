@@ -63,7 +63,7 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     rank's rows; the factor data_parallel_size undoes the averaging of the gradients over the
     data-parallel ranks, so that together they compute exactly the big batch's gradient too."""
     model, precision = run.model, run.precision
-    strategy = getattr(run, "strategy", None) or Strategy()  # a bare Run-like object: one process
+    strategy = run.strategy
     plain = unwrap(model)
     counts = [count_targets(plain, batch.get("labels")) for batch in micro_batches]  # all ranks' rows
     total = sum(counts)
@@ -97,7 +97,7 @@ def evaluate(run: Run) -> dict[str, float]:
     if run.val_batches is None:
         return {}
     model = run.model
-    strategy = getattr(run, "strategy", None) or Strategy()
+    strategy = run.strategy
     was_training = model.training
     model.eval()
     run.eval_objective.generator.manual_seed(run.config.seed + 1)  # same masks at every evaluation

@@ -18,17 +18,23 @@ from pathlib import Path
 import torch
 
 from plmkit.errors import CheckpointError
-from plmkit.io import CONFIG_FILE, WEIGHTS_FILE, build_from_header, save
+from plmkit.io import (
+    CONFIG_FILE,
+    DCP_FOLDER,
+    DEEPSPEED_FOLDER,
+    SHARDED_FOLDERS,
+    WEIGHTS_FILE,
+    build_from_header,
+    save,
+)
+from plmkit.train.checkpoint import read_trainer_info
 
 
 def sharded_layout(checkpoint: Path) -> str:
     """"dcp", "deepspeed" or "plain" (model.safetensors)."""
-    from plmkit.train.fsdp import DCP_FOLDER
-    from plmkit.train.zero import DEEPSPEED_FOLDER
-
     if (checkpoint / WEIGHTS_FILE).is_file():
         return "plain"
-    for layout in (DCP_FOLDER, DEEPSPEED_FOLDER):
+    for layout in SHARDED_FOLDERS:
         if (checkpoint / layout).is_dir():
             return layout
     raise CheckpointError(
@@ -55,7 +61,7 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
     if layout == "dcp":
         from plmkit.train.fsdp import load_sharded_weights, written_tensor_parallel
 
-        info = _trainer_info(checkpoint)  # a tensor-parallel run's fused rows are in its rank-major order
+        info = read_trainer_info(checkpoint)  # a tensor-parallel run's fused rows are in its rank-major order
         load_sharded_weights(model, checkpoint / layout, written_tensor_parallel(info))
     else:
         load_deepspeed_weights(model, checkpoint, layout)
@@ -63,20 +69,6 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
 
     tokenizer = Tokenizer.load(checkpoint) if (checkpoint / TOKENIZER_FILE).is_file() else None
     return save(model.eval(), tokenizer, out), model
-
-
-def _trainer_info(checkpoint: Path) -> dict:
-    import json
-
-    from plmkit.train.checkpoint import TRAINER_FILE
-
-    path = checkpoint / TRAINER_FILE
-    if not path.is_file():  # it records how the shards were written (e.g. the tensor-parallel size)
-        raise CheckpointError(f"{checkpoint} has shards but no {TRAINER_FILE}; give a complete training checkpoint")
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is corrupt: {e}") from e
 
 
 def load_deepspeed_weights(model: torch.nn.Module, checkpoint: Path, tag: str) -> None:

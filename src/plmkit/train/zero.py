@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import checkpoint_header
+from plmkit.io import DEEPSPEED_FOLDER, checkpoint_header  # the engine's checkpoint tag: step-N/deepspeed/
 from plmkit.train.config import RecipeConfig
 from plmkit.train.distributed import LAYOUT_DEEPSPEED, ProcessGroupStrategy
 from plmkit.train.optim import parameter_groups
@@ -46,7 +46,6 @@ from plmkit.train.precision import Precision, resolve_precision
 if TYPE_CHECKING:
     from plmkit.train.setup import Run
 
-DEEPSPEED_FOLDER = "deepspeed"  # the engine's checkpoint tag: RUN/checkpoints/step-N/deepspeed/
 CONFIG_NAME = "deepspeed_config.json"
 INSTALL = "pip install 'plmkit[deepspeed]'"
 # Generated DeepSpeed keys -> the recipe keys they come from (what an error tells the user to set instead)

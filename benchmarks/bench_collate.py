@@ -69,8 +69,8 @@ def raw_length(name: str, length: int) -> int:
 
 
 def build_model(name: str, vocab_size: int, length: int, pad_id: int):
-    from plmkit.data.objectives.electra import build_electra
     from plmkit.model import ModelConfig, build_model
+    from plmkit.model.electra import build_electra
 
     family = {"mlm": "masked", "electra": "masked", "t5_span": "seq2seq", "bart": "seq2seq",
               "unilm": "prefix", "glm": "prefix"}[name]

@@ -181,7 +181,7 @@ def tp_rank(rank: int, args: argparse.Namespace, rendezvous: str, out: str) -> N
     import torch.distributed as dist
     from torch.distributed.device_mesh import init_device_mesh
 
-    from plmkit.train.tensor_parallel import apply_tensor_parallel
+    from plmkit.train.distributed.tensor_parallel import apply_tensor_parallel
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)

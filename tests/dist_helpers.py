@@ -42,8 +42,8 @@ def overrides(root: Path, out: str, recipe: Path = GPT, *, batch: int, accumulat
 def run_single(root: Path, out: str, *extra: str, recipe: Path = GPT, batch: int = 8, accumulation: int = 1) -> dict:
     """The 1-process reference, in this process."""
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.pretrain import pretrain
 
     config = load_config(RecipeConfig, recipe, overrides(root, out, recipe, batch=batch, accumulation=accumulation)
                          + list(extra))

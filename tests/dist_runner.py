@@ -11,7 +11,7 @@ import sys
 
 
 def install_nan(rank: int, call: int) -> None:
-    import plmkit.train.setup as setup
+    import plmkit.recipes.common as setup
 
     if int(os.environ.get("RANK", "0")) != rank:
         return

@@ -90,7 +90,7 @@ def test_user_error_is_one_line_and_exit_2(monkeypatch, capsys):
     def fail(*args, **kwargs):
         raise ConfigError("first line\n  second line")
 
-    fake_module(monkeypatch, "plmkit.demo", run_demo=fail)
+    fake_module(monkeypatch, "plmkit.recipes.demo", run_demo=fail)
     assert main(["demo"]) == 2
     captured = capsys.readouterr()
     assert captured.err == "error: first line second line\n"
@@ -100,7 +100,7 @@ def test_keyboard_interrupt_exits_130(monkeypatch, capsys):
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    fake_module(monkeypatch, "plmkit.demo", run_demo=interrupted)
+    fake_module(monkeypatch, "plmkit.recipes.demo", run_demo=interrupted)
     assert main(["demo"]) == 130
 
 
@@ -194,7 +194,7 @@ def test_generate_end_to_end(tmp_path):
 
 def test_demo_passes_overrides(monkeypatch):
     calls = []
-    fake_module(monkeypatch, "plmkit.demo", run_demo=lambda overrides: calls.append(overrides))
+    fake_module(monkeypatch, "plmkit.recipes.demo", run_demo=lambda overrides: calls.append(overrides))
     assert main(["demo"]) == 0
     assert main(["demo", "train.steps=3", "out_dir=o", "data=d.txt"]) == 0
     assert calls == [[], ["train.steps=3", "out_dir=o", "data=d.txt"]]

@@ -16,8 +16,8 @@ import dist_helpers as dh
 import train_helpers as h
 from plmkit.config import load_config
 from plmkit.errors import CheckpointError, ConfigError
-from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import Strategy, World, strategy_name
+from plmkit.recipes.config import RecipeConfig
+from plmkit.train.distributed.base import Strategy, World, strategy_name
 
 GPT = dh.GPT
 
@@ -111,7 +111,7 @@ def test_local_rows_split_a_global_batch():
 
 # ---- DeepSpeed JSON from the recipe ----------------------------------------------------------------
 def test_deepspeed_config_is_generated_from_the_recipe():
-    from plmkit.train.zero import deepspeed_config
+    from plmkit.train.distributed.deepspeed import deepspeed_config
 
     config = recipe("train.batch_size=4", "train.accumulation=3", "train.clip_grad=0.5", "optim.lr=2e-4",
                     "optim.betas=[0.9, 0.98]", "optim.eps=1e-6", "optim.weight_decay=0.05",
@@ -137,7 +137,7 @@ def test_deepspeed_config_is_generated_from_the_recipe():
 
 
 def test_deepspeed_options_add_keys_but_never_replace_generated_ones():
-    from plmkit.train.zero import deepspeed_config
+    from plmkit.train.distributed.deepspeed import deepspeed_config
 
     extra = "distributed.deepspeed.options={zero_optimization: {overlap_comm: true, reduce_bucket_size: 1000}, " \
             "bf16: {immediate_grad_update: true}, activation_checkpointing: {partition_activations: false}}"
@@ -154,7 +154,7 @@ def test_deepspeed_options_add_keys_but_never_replace_generated_ones():
 
 
 def test_deepspeed_settings_are_checked():
-    from plmkit.train.zero import check_deepspeed_config
+    from plmkit.train.distributed.deepspeed import check_deepspeed_config
 
     cpu = torch.device("cpu")
     with pytest.raises(ConfigError, match="stage=4"):
@@ -173,7 +173,7 @@ def test_missing_deepspeed_names_the_extra(root, capsys, monkeypatch):
 
 
 def test_a_deepspeed_checkpoint_resumes_on_its_own_number_of_processes_only(tmp_path):
-    from plmkit.train.zero import check_same_world
+    from plmkit.train.distributed.deepspeed import check_same_world
 
     info = {"distributed": {"strategy": "deepspeed", "world_size": 2, "layout": "deepspeed"}}
     check_same_world(tmp_path, info, 2)
@@ -183,7 +183,7 @@ def test_a_deepspeed_checkpoint_resumes_on_its_own_number_of_processes_only(tmp_
 
 
 def test_fsdp_refuses_fp16():
-    from plmkit.train.fsdp import check_fsdp_config
+    from plmkit.train.distributed.fsdp import check_fsdp_config
 
     check_fsdp_config(recipe("train.precision=bf16"), torch.device("cuda"))
     with pytest.raises(ConfigError, match="use train.precision=bf16"):
@@ -193,8 +193,8 @@ def test_fsdp_refuses_fp16():
 def test_deepspeed_step_logic_skips_or_refuses_a_non_finite_step():
     """The engine cannot drop reduced gradients: the ranks agree before each backward, a bad first
     micro-batch skips the step, a bad later one (gradients already reduced) is a clear error."""
-    from plmkit.train.pretrain import TrainingError
-    from plmkit.train.zero import DeepSpeedStrategy
+    from plmkit.recipes.pretrain import TrainingError
+    from plmkit.train.distributed.deepspeed import DeepSpeedStrategy
 
     calls: list[str] = []
     strategy = DeepSpeedStrategy(World(), torch.device("cpu"))

@@ -64,7 +64,7 @@ def test_ddp_mlm_and_a_nan_on_one_rank(root, monkeypatch):
     proc = dh.succeeded(dh.launch(root, [dh.BERT, *args, "distributed.strategy=ddp"], runner="faulty",
                                   env={"PLMKIT_TEST_NAN_AT": "1:2"}))
     assert (root / "ddp-mlm" / "tokenizer" / "tokenizer.json").is_file()
-    import plmkit.train.setup as setup
+    import plmkit.recipes.common as setup
 
     build = setup.build_recipe_model
     calls = {"n": 0}
@@ -131,8 +131,8 @@ def test_fsdp_checkpoint_converts_to_one_safetensors_file(root, fsdp, reference,
 
     import plmkit
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.setup import build_run, restore_run
+    from plmkit.recipes.common import build_run, restore_run
+    from plmkit.recipes.config import RecipeConfig
 
     run_dir, _ = fsdp
     sharded = dh.checkpoint(run_dir, 4)

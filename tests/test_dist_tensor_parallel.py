@@ -1,4 +1,4 @@
-"""Tensor parallelism (plmkit.train.tensor_parallel): 2 ranks equal one process for GPT-2- and LLaMA-like
+"""Tensor parallelism (plmkit.train.distributed.tensor_parallel): 2 ranks equal one process for GPT-2- and LLaMA-like
 causal LMs, a prefix LM, a BERT-like masked LM and a classifier (logits, loss, every
 gradient to 1e-5, greedy KV-cache generation, an SGD step, the full state dict and the checkpoint written
 from it), TP x FSDP2 on a 2 x 2 mesh equals one process over optimizer steps, and bad sizes fail clearly.
@@ -15,7 +15,11 @@ import tp_workers
 from plmkit.errors import ConfigError
 from plmkit.model import ModelConfig, build_model
 from plmkit.peft import apply as apply_peft
-from plmkit.train.tensor_parallel import _rank_major_order, apply_tensor_parallel, check_tensor_parallel
+from plmkit.train.distributed.tensor_parallel import (
+    _rank_major_order,
+    apply_tensor_parallel,
+    check_tensor_parallel,
+)
 
 dist_available = pytest.mark.skipif(
     not torch.distributed.is_available() or not torch.distributed.is_gloo_available(), reason="needs gloo"

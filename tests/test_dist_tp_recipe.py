@@ -18,8 +18,8 @@ import torch
 
 import dist_helpers as dh
 import train_helpers as h
-from plmkit.train.distributed import World
-from plmkit.train.fsdp import FSDPStrategy
+from plmkit.train.distributed.base import World
+from plmkit.train.distributed.fsdp import FSDPStrategy
 
 LLAMA = h.ROOT / "recipes" / "llama-clm.yaml"
 STEPS = [1, 2, 3, 4]
@@ -109,8 +109,8 @@ def test_tensor_parallel_resumes_an_fsdp_checkpoint(root, reference):
 def test_tensor_parallel_checkpoint_converts_to_one_safetensors_file(root, tp, reference, capsys):
     import plmkit
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.setup import build_run, restore_run
+    from plmkit.recipes.common import build_run, restore_run
+    from plmkit.recipes.config import RecipeConfig
 
     run_dir, _ = tp
     out = root / "tp-converted"

@@ -8,7 +8,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmkit.data.objectives.electra import build_electra
 from plmkit.model import (
     ModelConfig,
     RewardModel,
@@ -18,6 +17,7 @@ from plmkit.model import (
     TransformerModel,
     build_model,
 )
+from plmkit.model.electra import build_electra
 from plmkit.train.memory import track_cpu_allocations
 
 VOCAB = 64

@@ -20,7 +20,7 @@ import plmkit.io
 from plmkit.model import TransformerModel
 from plmkit.model.hf import load_hf
 from plmkit.tokenizer import Tokenizer
-from plmkit.tokenizer_hf import load_hf_tokenizer
+from plmkit.tokenizer.hf import load_hf_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -7,7 +7,7 @@ import io
 
 import pytest
 
-from plmkit.tokenizer_hf import load_hf_tokenizer
+from plmkit.tokenizer.hf import load_hf_tokenizer
 
 sentencepiece = pytest.importorskip("sentencepiece", reason="pip install sentencepiece to test spiece.model")
 

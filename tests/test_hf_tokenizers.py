@@ -18,7 +18,7 @@ import pytest
 from tokenizers import ByteLevelBPETokenizer, processors
 
 from plmkit.tokenizer import SpecialTokens, Tokenizer
-from plmkit.tokenizer_hf import load_hf_tokenizer, save_hf_tokenizer
+from plmkit.tokenizer.hf import load_hf_tokenizer, save_hf_tokenizer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing here may download
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -11,9 +11,12 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 import plmkit.io as plmio
+import plmkit.weights
 from plmkit.errors import CheckpointError
 from plmkit.model import ModelConfig, build_model
+from plmkit.model.registry import register_model_class
 from plmkit.tokenizer import Tokenizer
+from plmkit.weights import dedupe_shared, load_weights_into
 
 VOCAB = 300
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
@@ -48,7 +51,7 @@ def shifted_copy(model: torch.nn.Module) -> None:
 
 
 def tied_pairs(model: torch.nn.Module) -> dict[str, str]:
-    return plmio._dedupe_shared(model.state_dict())[1]
+    return dedupe_shared(model.state_dict())[1]
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +150,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     first = tiny(seed=0)
     plmio.save(first, None, tmp_path / "ckpt")
     before = {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()}
-    monkeypatch.setattr(plmio, "save_file", failing_save_file)
+    monkeypatch.setattr(plmkit.weights, "save_file", failing_save_file)
     with pytest.raises(OSError, match="simulated"):
         plmio.save(tiny(seed=1), None, tmp_path / "ckpt")
     assert {p.name: p.read_bytes() for p in (tmp_path / "ckpt").iterdir()} == before
@@ -158,7 +161,7 @@ def test_failed_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
 
 def test_failed_first_save_leaves_nothing(tmp_path, monkeypatch):
-    monkeypatch.setattr(plmio, "save_file", failing_save_file)
+    monkeypatch.setattr(plmkit.weights, "save_file", failing_save_file)
     with pytest.raises(OSError):
         plmio.save(tiny(), None, tmp_path / "ckpt")
     assert list(tmp_path.iterdir()) == []
@@ -262,11 +265,11 @@ def test_unknown_model_class(tmp_path):
 def test_weights_of_another_family_are_rejected(tmp_path):
     plmio.save(tiny("seq2seq"), None, tmp_path)
     with pytest.raises(CheckpointError, match="model.safetensors"):
-        plmio.load_weights_into(tiny("causal"), tmp_path / "model.safetensors")
+        load_weights_into(tiny("causal"), tmp_path / "model.safetensors")
 
 
 def test_registered_model_class_round_trips(tmp_path):
-    @plmio.register_model_class
+    @register_model_class
     class ScaledCausalLM(type(tiny())):  # stands in for a task-head model added later
         pass
 
@@ -288,7 +291,7 @@ HEAD_KWARGS = {
 
 @pytest.mark.parametrize("head", sorted(HEAD_KWARGS))
 def test_task_head_round_trips_with_its_arguments(head, tmp_path):
-    from plmkit.model import MODEL_CLASSES
+    from plmkit.model.registry import MODEL_CLASSES
 
     kwargs = HEAD_KWARGS[head]
     torch.manual_seed(0)

@@ -7,9 +7,10 @@ import torch
 import torch.nn.functional as F
 
 from plmkit.data.objectives import build_objective
-from plmkit.data.objectives.electra import ElectraObjective, ElectraPretrainer, build_electra
+from plmkit.data.objectives.electra import ElectraObjective
 from plmkit.errors import ConfigError
 from plmkit.model import MaskedLM, ModelConfig
+from plmkit.model.electra import ElectraPretrainer, build_electra
 from zh_tokenizer import COMMON, zh_char_tokenizer
 
 

@@ -18,9 +18,9 @@ import plmkit.peft as peft
 import train_helpers as h
 from plmkit.config import load_config
 from plmkit.io import load
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.config import RecipeConfig
-from plmkit.train.pretrain import pretrain
 
 LORA = h.ROOT / "recipes" / "lora-clm.yaml"
 

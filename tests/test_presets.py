@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.model import FAMILY_MODELS, PRESETS, ModelConfig, build_model, get_preset
+from plmkit.model import PRESETS, ModelConfig, build_model, get_preset
+from plmkit.model.registry import FAMILY_MODELS
 
 # published / well-known totals (tied weights counted once)
 KNOWN_COUNTS = {

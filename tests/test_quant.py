@@ -349,8 +349,8 @@ def test_bitsandbytes_kernels_on_cuda():
 def trained(tmp_path_factory):
     """A small GPT trained for 40 steps on real English, its checkpoint and a held-out text file."""
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("quant")
     corpus = h.write_english(tmp / "train.txt", 60_000)

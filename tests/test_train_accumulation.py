@@ -13,10 +13,10 @@ import torch
 
 from plmkit.data.objectives.clm import CLMObjective
 from plmkit.model import ModelConfig, build_model
-from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import Strategy
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import count_targets, train_step
+from plmkit.train.distributed.base import Strategy
 from plmkit.train.precision import Precision
-from plmkit.train.pretrain import count_targets, train_step
 
 VOCAB = 97
 PAD = 0
@@ -207,8 +207,8 @@ def test_recipe_with_accumulation_4x2_follows_the_batch_8_run(tmp_path):
 
     import train_helpers as h
     from plmkit.config import load_config
+    from plmkit.recipes.pretrain import pretrain
     from plmkit.tokenizer import Tokenizer
-    from plmkit.train.pretrain import pretrain
 
     recipe = h.ROOT / "recipes" / "gpt-clm.yaml"
     corpus = h.write_english(tmp_path / "en.txt", 20_000)

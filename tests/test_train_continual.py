@@ -12,8 +12,8 @@ from plmkit.config import load_config
 from plmkit.errors import ConfigError
 from plmkit.evaluate import evaluate_loss
 from plmkit.io import load
-from plmkit.train.config import RecipeConfig
-from plmkit.train.pretrain import pretrain
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 
 GPT = h.ROOT / "recipes" / "gpt-clm.yaml"
 

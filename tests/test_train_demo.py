@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import train_helpers as h
-from plmkit.demo import PROMPTS, QUICKSTART, demo_config, run_demo
+from plmkit.recipes.demo import PROMPTS, QUICKSTART, demo_config, run_demo
 
 # ~8 s on one core: 250 steps of 32 x 32 tokens on a 1-layer, 64-wide GPT (the real demo: 4 x 192, 600 steps)
 SHORT = [

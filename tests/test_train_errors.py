@@ -116,8 +116,8 @@ def one_layer_checkpoint(tmp_path_factory, corpus):
     import io
 
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.pretrain import pretrain
 
     tmp = tmp_path_factory.mktemp("arch")
     config = load_config(RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp, steps=2))
@@ -175,7 +175,7 @@ def test_resume_from_a_folder_that_is_not_a_training_checkpoint(capsys, tmp_path
 # ---- non-finite losses ---------------------------------------------------------------------------
 def poison_training_losses(monkeypatch, bad_calls: set[int] | None = None, from_call: int | None = None):
     """Make the model's training-mode loss NaN on the given forward calls (1-based)."""
-    import plmkit.train.setup as setup
+    import plmkit.recipes.common as setup
 
     build = setup.build_recipe_model
     calls = {"n": 0}
@@ -216,9 +216,9 @@ def test_non_finite_steps_are_skipped_and_counted(capsys, tmp_path, corpus, monk
 @pytest.mark.filterwarnings("ignore:Detected call of `lr_scheduler.step\\(\\)` before")
 def test_a_skipped_step_leaves_the_weights_alone(tmp_path, corpus, monkeypatch):
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.pretrain import train_step
-    from plmkit.train.setup import build_run
+    from plmkit.recipes.common import build_run
+    from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.pretrain import train_step
 
     poison_training_losses(monkeypatch, bad_calls={2})
     config = load_config(RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + ["train.accumulation=2"])

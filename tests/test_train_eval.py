@@ -13,8 +13,8 @@ import torch
 
 import train_helpers as h
 from plmkit.config import load_config
-from plmkit.train.config import RecipeConfig
-from plmkit.train.pretrain import pretrain
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 
 GPT = h.ROOT / "recipes" / "gpt-clm.yaml"
 
@@ -64,7 +64,7 @@ def test_plm_eval_matches_the_training_validation_loss(trained, capsys, tmp_path
     """The run's final val_loss (held-out blocks of the training corpus) is what `plm eval` reports
     for those same blocks."""
     from plmkit.io import load
-    from plmkit.train.setup import build_run
+    from plmkit.recipes.common import build_run
 
     config, result, _ = trained
     run = build_run(config)
@@ -121,9 +121,9 @@ def test_no_grad_forward_after_an_optimizer_step_uses_the_new_weights():
 
 
 def test_final_validation_loss_equals_a_fresh_evaluation_of_the_checkpoint(tmp_path):
-    from plmkit.io import load_weights_into
-    from plmkit.train.pretrain import evaluate
-    from plmkit.train.setup import build_run
+    from plmkit.recipes.common import build_run
+    from plmkit.recipes.pretrain import evaluate
+    from plmkit.weights import load_weights_into
 
     corpus = h.write_english(tmp_path / "train.txt", 20_000)
     overrides = h.tiny_overrides(GPT, corpus, tmp_path, steps=5) + ["train.batch_size=1", "optim.lr=1e-2"]

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import train_helpers as h
 from plmkit.config import load_config
-from plmkit.train.config import RecipeConfig
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 from plmkit.train.logging import RunLogger, plot_loss_curve
-from plmkit.train.pretrain import pretrain
 
 GPT = h.ROOT / "recipes" / "gpt-clm.yaml"
 

@@ -13,10 +13,11 @@ import train_helpers as h
 from plmkit.config import load_config
 from plmkit.errors import ConfigError
 from plmkit.model import build_model
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.config import OptimConfig, RecipeConfig
+from plmkit.train.config import OptimConfig
 from plmkit.train.optim import build_optimizer
-from plmkit.train.pretrain import pretrain
 
 pytest.importorskip("bitsandbytes")
 GPT = h.ROOT / "recipes" / "gpt-clm.yaml"

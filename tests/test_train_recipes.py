@@ -13,8 +13,8 @@ import torch
 
 import train_helpers as h
 from plmkit.config import load_config
-from plmkit.train.config import RecipeConfig
-from plmkit.train.pretrain import pretrain
+from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.pretrain import pretrain
 
 
 def _recipe_param(recipe: Path):

@@ -55,8 +55,8 @@ def runs(tmp_path_factory):
     """A shared tokenizer and token store, then two training processes at once: `python -m plmkit pretrain`
     to be killed at a random step, and one that dies while writing its second checkpoint."""
     from plmkit.config import load_config
+    from plmkit.recipes.config import RecipeConfig
     from plmkit.tokenizer import Tokenizer
-    from plmkit.train.config import RecipeConfig
     from plmkit.train.data import build_train_data
 
     root = tmp_path_factory.mktemp("resume")
@@ -181,13 +181,13 @@ def test_a_kill_while_writing_a_checkpoint_keeps_the_previous_one(runs, uninterr
 # ---- in-process checks of the checkpoint folder rules --------------------------------------------
 def tiny_config(tmp_path: Path, corpus: Path, *extra: str):
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
+    from plmkit.recipes.config import RecipeConfig
 
     return load_config(RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + list(extra))
 
 
 def test_incomplete_and_temporary_checkpoint_folders_are_ignored(tmp_path):
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.pretrain import pretrain
 
     corpus = h.write_english(tmp_path / "en.txt", 20_000)
     config = tiny_config(tmp_path, corpus, "checkpoint.every=2", "checkpoint.keep_last=5")
@@ -213,7 +213,7 @@ def test_resume_true_without_a_checkpoint_starts_from_scratch(tmp_path, capsys):
 
 def test_a_torn_last_metrics_line_does_not_break_resume(tmp_path):
     """A kill can cut metrics.jsonl mid-line; the resumed run drops the partial row."""
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.pretrain import pretrain
 
     corpus = h.write_english(tmp_path / "en.txt", 20_000)
     config = tiny_config(tmp_path, corpus, "checkpoint.every=2")
@@ -241,8 +241,8 @@ def test_a_run_uses_the_tokenizer_it_saved(kind, family, tmp_path):
     """The first start of a run and every resume must tokenize identically (same token-store key)."""
     from plmkit.data import SourceSpec
     from plmkit.data.store import cache_key
+    from plmkit.recipes.common import build_tokenizer
     from plmkit.tokenizer import Tokenizer
-    from plmkit.train.setup import build_tokenizer
 
     corpus = h.write_english(tmp_path / "en.txt", 30_000)
     overrides = [f"tokenizer.kind={kind}", "tokenizer.vocab_size=400"]
@@ -259,7 +259,7 @@ def test_a_run_uses_the_tokenizer_it_saved(kind, family, tmp_path):
 
 
 def test_resume_from_a_checkpoint_of_another_run_folder(tmp_path):
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.pretrain import pretrain
 
     corpus = h.write_english(tmp_path / "en.txt", 20_000)
     first = tiny_config(tmp_path, corpus, "checkpoint.every=2", f"out_dir={tmp_path / 'a'}")

@@ -79,7 +79,7 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
     from plmkit.errors import CheckpointError, ConfigError
     from plmkit.generate import generate_ids
     from plmkit.io import load, save
-    from plmkit.train.tensor_parallel import (
+    from plmkit.train.distributed.tensor_parallel import (
         apply_tensor_parallel,
         full_state_dict,
         save_tensor_parallel_checkpoint,
@@ -179,8 +179,8 @@ def fsdp_tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path
     from torch.distributed.device_mesh import init_device_mesh
 
     from plmkit.io import load
-    from plmkit.train.fsdp import clip_grad_norm
-    from plmkit.train.tensor_parallel import (
+    from plmkit.train.distributed.fsdp import clip_grad_norm
+    from plmkit.train.distributed.tensor_parallel import (
         apply_fsdp_tensor_parallel,
         full_state_dict,
         save_tensor_parallel_checkpoint,

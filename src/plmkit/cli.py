@@ -142,7 +142,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from plmkit.demo import run_demo
+    from plmkit.recipes.demo import run_demo
 
     run_demo(args.overrides)
     return 0
@@ -172,7 +172,7 @@ def _run_convert(args: argparse.Namespace) -> int:
     from plmkit.model.hf import load_hf, save_hf
 
     if args.from_sharded:
-        from plmkit.train.sharded import consolidate_checkpoint
+        from plmkit.train.distributed.consolidate import consolidate_checkpoint
 
         _, model = consolidate_checkpoint(args.from_sharded, args.out)
         source = args.from_sharded
@@ -230,12 +230,11 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 def _run_tokenizer_train(args: argparse.Namespace) -> int:
     from plmkit.data import SourceSpec, iter_documents, resolve_files
     from plmkit.tokenizer import CONFIG_FILE, TOKENIZER_FILE, Tokenizer
-    from plmkit.tokenizer_train import train_tokenizer
 
     specs = [SourceSpec(path=path, text_field=args.text_field) for path in args.data]
     n_files = sum(len(resolve_files(spec)) for spec in specs)  # checked before training: a typo fails at once
     texts = (document.text for spec in specs for document in iter_documents(spec))
-    tokenizer: Tokenizer = train_tokenizer(
+    tokenizer: Tokenizer = Tokenizer.train(
         texts, args.kind, vocab_size=args.vocab_size, family=args.family, min_frequency=args.min_frequency,
         lowercase=not args.cased, n_sentinels=args.sentinels)
     tokenizer.save(args.out)
@@ -267,16 +266,16 @@ def _run_pretrain(args: argparse.Namespace) -> int:
     import json
 
     from plmkit.config import load_config
-    from plmkit.train.config import RecipeConfig
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.pretrain import pretrain
 
     overrides = list(args.overrides)
     if args.resume is not None:
         overrides.append("resume=true" if args.resume is True else f"resume={args.resume}")
     config = load_config(RecipeConfig, args.recipe, overrides)  # a bad recipe fails before any process starts
     if args.nproc is not None:
-        from plmkit.train.distributed import World, strategy_name
-        from plmkit.train.launch import check_nproc, launch, parse_nproc
+        from plmkit.train.distributed.base import World, strategy_name
+        from plmkit.train.distributed.launch import check_nproc, launch, parse_nproc
 
         nproc = parse_nproc(args.nproc)
         if nproc > 1:
@@ -388,8 +387,9 @@ def _add_quantize(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from plmkit.io import WEIGHTS_FILE, load, save
+    from plmkit.io import load, save
     from plmkit.quant import MODES, quantize, report
+    from plmkit.weights import WEIGHTS_FILE
 
     if args.mode is None:
         raise ConfigError(f"choose a quantization mode: --int8, --int8-dynamic or --nf4 (modes: {', '.join(MODES)})")
@@ -448,7 +448,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PlmkitError as exc:
         # One line whatever the message, so scripts can grep it.
         message = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-        from plmkit.train.launch import is_worker, report_worker_error
+        from plmkit.train.distributed.launch import is_worker, report_worker_error
 
         if is_worker():  # one of torchrun's processes: one line for all of them
             report_worker_error(message)

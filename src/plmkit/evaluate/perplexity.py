@@ -31,7 +31,7 @@ def evaluate_loss(
     """Mean loss per target token and its perplexity over the packed blocks of `data`."""
     from plmkit.data import SourceSpec, packed_blocks
     from plmkit.data.objectives import build_objective
-    from plmkit.train.pretrain import count_targets
+    from plmkit.recipes.pretrain import count_targets
 
     if tokenizer is None:
         raise ConfigError("the checkpoint has no tokenizer; evaluation needs one to read text")

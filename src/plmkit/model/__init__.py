@@ -15,6 +15,7 @@ from plmkit.model.heads import (
     pairwise_ranking_loss,
 )
 from plmkit.model.presets import PRESETS, get_preset
+from plmkit.model.registry import FAMILY_MODELS, MODEL_CLASSES
 from plmkit.model.transformer import (
     CausalLM,
     MaskedLM,
@@ -24,29 +25,6 @@ from plmkit.model.transformer import (
     Seq2SeqLM,
     reorder_cache,
 )
-
-FAMILY_MODELS: dict[str, type[PretrainedModel]] = {
-    "causal": CausalLM,
-    "masked": MaskedLM,
-    "prefix": PrefixLM,
-    "seq2seq": Seq2SeqLM,
-}
-
-# every model class a checkpoint may name (plmkit.io uses this to rebuild a model)
-MODEL_CLASSES: dict[str, type[PretrainedModel]] = {
-    cls.__name__: cls
-    for cls in (
-        CausalLM,
-        MaskedLM,
-        PrefixLM,
-        Seq2SeqLM,
-        TransformerModel,
-        SequenceClassifier,
-        TokenClassifier,
-        SpanQA,
-        RewardModel,
-    )
-}
 
 
 def build_model(spec: str | ModelConfig, **overrides: Any) -> PretrainedModel:

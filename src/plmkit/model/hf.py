@@ -176,7 +176,7 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[Pr
     _load_rules(model, files, rules, directory)
     if dtype is not None:
         model.to(dtype)
-    from plmkit.tokenizer_hf import load_hf_tokenizer  # a folder may or may not carry a tokenizer
+    from plmkit.tokenizer.hf import load_hf_tokenizer  # a folder may or may not carry a tokenizer
 
     return model.eval(), load_hf_tokenizer(directory, required=False)
 
@@ -290,7 +290,7 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     save_file(_unshare(out), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
     if tokenizer is not None:
-        from plmkit.tokenizer_hf import save_hf_tokenizer  # noqa: PLC0415
+        from plmkit.tokenizer.hf import save_hf_tokenizer  # noqa: PLC0415
 
         save_hf_tokenizer(tokenizer, directory, model_max_length=c.max_positions)
     return directory

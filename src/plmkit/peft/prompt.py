@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from plmkit.errors import ConfigError, ShapeError
-from plmkit.io import register_model_class
+from plmkit.model.registry import register_model_class
 from plmkit.peft.base import PeftConfig, PeftModule
 
 IGNORE = -100
@@ -113,7 +113,7 @@ class PromptTunedModel(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def init_kwargs(self) -> dict[str, Any]:
-        from plmkit.io import init_kwargs
+        from plmkit.model.registry import init_kwargs
 
         config = getattr(self, "peft_config", None)
         return {"base_class": type(self.base).__name__, "base_kwargs": init_kwargs(self.base),
@@ -123,7 +123,7 @@ class PromptTunedModel(nn.Module):
     def from_config(cls, config, base_class: str, base_kwargs: dict, n_tokens: int,
                     train_head: bool = False) -> PromptTunedModel:
         """Rebuild from a plmkit checkpoint header (plmkit.io.load; `import plmkit.peft` first)."""
-        from plmkit.io import model_classes
+        from plmkit.model.registry import model_classes
         from plmkit.peft.base import mark_only_peft_trainable
 
         base = model_classes()[base_class](config, **base_kwargs)

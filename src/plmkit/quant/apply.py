@@ -228,13 +228,13 @@ def _mb(n: int) -> str:
 
 def report(model: nn.Module) -> QuantReport:
     """Bytes of the model's tensors before (float) and after quantization, as a checkpoint stores them."""
-    from plmkit.io import _dedupe_shared  # what save_weights writes: tied tensors once
+    from plmkit.weights import dedupe_shared  # what save_weights writes: tied tensors once
 
     config = quant_config(model)
     if config is None:
         raise ConfigError("this model is not quantized; call plmkit.quant.quantize(model, mode) first")
     model = inner_model(model)
-    stored, _ = _dedupe_shared(model.state_dict())
+    stored, _ = dedupe_shared(model.state_dict())
     float_size: dict[str, int] = {}  # stored name -> bytes it would take in float (scales: 0)
     linears = tables = 0
     for name, module in model.named_modules(remove_duplicate=False):

@@ -5,7 +5,7 @@
         training_state.pt     optimizer, scheduler, RNG states, sampler and objective positions
         trainer_state.json    step, tokens seen, recipe (human-readable; written last)
 
-Sharded runs (train/fsdp.py, train/zero.py) write the same folder with the weights and optimizer state
+Sharded runs (train/distributed/fsdp.py, train/distributed/deepspeed.py) write the same folder with the weights and optimizer state
 as shards instead of model.safetensors: dcp/ (torch.distributed.checkpoint) or deepspeed/ (the engine's
 files), every rank writing into one temporary folder that rank 0 renames; `plm convert --from-sharded`
 makes a single-file checkpoint of them.

@@ -10,7 +10,7 @@ import torch
 
 from plmkit.data.sources import SourceSpec
 from plmkit.errors import ConfigError
-from plmkit.train.config import RecipeConfig
+from plmkit.recipes.config import RecipeConfig
 
 
 class BlockRange:

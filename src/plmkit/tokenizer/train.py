@@ -23,11 +23,10 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
 
 from plmkit.errors import ConfigError, DataError, PlmkitError, did_you_mean
-from plmkit.tokenizer import (
+from plmkit.tokenizer.special import (
     FAMILIES,
     SENTINEL_PATTERN,
     SpecialTokens,
-    Tokenizer,
     family_special_tokens,
     special_token_order,
 )
@@ -37,10 +36,12 @@ FAMILY_KIND = {"bert": "wordpiece", "glm": "wordpiece", "t5": "unigram"}  # ever
 KIND_FAMILY = {"bpe": "gpt2", "wordpiece": "bert", "unigram": "t5"}  # special tokens when no family
 
 
-def train_tokenizer(texts: Iterable[str], kind: str | None = None, *, vocab_size: int,
+def train_backend(texts: Iterable[str], kind: str | None = None, *, vocab_size: int,
                     special_tokens: SpecialTokens | None = None, family: str | None = None,
-                    min_frequency: int = 2, lowercase: bool = True, n_sentinels: int = 100) -> Tokenizer:
-    """Train a tokenizer of `kind` on `texts` (documents); see `Tokenizer.train` for the options."""
+                    min_frequency: int = 2, lowercase: bool = True, n_sentinels: int = 100,
+                  ) -> tuple[BackendTokenizer, SpecialTokens]:
+    """A trained backend of `kind` on `texts` (documents) and its special tokens; `Tokenizer.train`
+    wraps them (see it for the options)."""
     kind, default_family = _resolve_kind_and_family(kind, family)
     if isinstance(texts, str):
         raise ConfigError("texts must be an iterable of documents, not one string; wrap it in a list")
@@ -73,7 +74,7 @@ def train_tokenizer(texts: Iterable[str], kind: str | None = None, *, vocab_size
     post_processor = _post_processor(backend, special_tokens, kind)
     if post_processor is not None:
         backend.post_processor = post_processor
-    return Tokenizer(backend, special_tokens)
+    return backend, special_tokens
 
 
 def _resolve_kind_and_family(kind: str | None, family: str | None) -> tuple[str, str]:

@@ -6,11 +6,11 @@ or many.
     ddp         DistributedDataParallel             all-reduced (no_sync: last      the same files, written by rank 0
                                                     micro-batch only)
     fsdp        fully_shard per Block, then root    reduce-scattered to shards      torch.distributed.checkpoint
-                (FSDP2; plmkit.train.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
+                (FSDP2; plmkit.train.distributed.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
     fsdp + tp   blocks split over T ranks (TP),     FSDP over the dp groups; TP     dcp/ as fsdp, with T recorded
                 then fully_shard over dp groups     grads are already the group's   (any world size or T on resume)
     deepspeed   the DeepSpeed engine, ZeRO 1/2/3    the engine                      the engine's files (deepspeed/)
-                (plmkit.train.zero)
+                (plmkit.train.distributed.deepspeed)
 
 `distributed.strategy: auto` (the default) is `single` in one process and `ddp` under torchrun.
 Launch several processes with `plm pretrain RECIPE --nproc N` (it starts torchrun itself) or with your own
@@ -46,14 +46,14 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError, did_you_mean
-from plmkit.io import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
+from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import rng_state, save_checkpoint, set_rng_state
-from plmkit.train.config import RecipeConfig
 from plmkit.train.optim import build_optimizer
 from plmkit.train.precision import Precision, resolve_device
+from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
 
 if TYPE_CHECKING:
-    from plmkit.train.setup import Run
+    from plmkit.recipes.common import Run
 
 STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
@@ -101,7 +101,7 @@ def strategy_name(config: RecipeConfig, world: World) -> str:
             f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
             "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
         )
-    from plmkit.train.tensor_parallel import check_tensor_parallel_recipe
+    from plmkit.train.distributed.tensor_parallel import check_tensor_parallel_recipe
 
     check_tensor_parallel_recipe(config, world.world_size, name)
     return name
@@ -122,12 +122,12 @@ def build_strategy(config: RecipeConfig) -> Strategy:
     if name == "single":
         return Strategy(world, device)
     if name == "deepspeed":
-        from plmkit.train.zero import DeepSpeedStrategy, check_deepspeed_config
+        from plmkit.train.distributed.deepspeed import DeepSpeedStrategy, check_deepspeed_config
 
         check_deepspeed_config(config, device)
         strategy: Strategy = DeepSpeedStrategy(world, device)
     elif name == "fsdp":
-        from plmkit.train.fsdp import FSDPStrategy, check_fsdp_config
+        from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config
 
         check_fsdp_config(config, device)
         strategy = FSDPStrategy(world, device, config.distributed.tensor_parallel)
@@ -295,11 +295,11 @@ class Strategy:
 
     def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
         """Load the weights and optimizer state of `checkpoint` (written by save_checkpoint)."""
-        from plmkit.io import load_weights_into
+        from plmkit.weights import load_weights_into
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.fsdp import load_sharded_state, written_tensor_parallel
+            from plmkit.train.distributed.fsdp import load_sharded_state, written_tensor_parallel
 
             load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
             return

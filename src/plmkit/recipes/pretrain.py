@@ -6,7 +6,7 @@ from the recipe (setup.py); the loop is plain PyTorch:
     for each step:  micro-batches -> forward -> loss (weighted by target tokens) -> backward
                     -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
 
-On several processes the same loop runs on every rank; the strategy (train/distributed.py: ddp, fsdp,
+On several processes the same loop runs on every rank; the strategy (train/distributed/: ddp, fsdp,
 deepspeed; fsdp with tensor parallelism) wraps the model, splits each global micro-batch into the
 data-parallel ranks' rows (the ranks of a tensor-parallel group share theirs), synchronises gradients on
 the last micro-batch, and writes checkpoints. Rank 0 logs.
@@ -24,12 +24,12 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.errors import PlmkitError
-from plmkit.io import unwrap
+from plmkit.recipes.common import Run, build_run, restore_run
+from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import latest_checkpoint, rng_state
-from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import Strategy, build_strategy
+from plmkit.train.distributed.base import Strategy, build_strategy
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
-from plmkit.train.setup import Run, build_run, restore_run
+from plmkit.weights import unwrap
 
 
 class TrainingError(PlmkitError):

@@ -37,14 +37,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import DEEPSPEED_FOLDER, checkpoint_header  # the engine's checkpoint tag: step-N/deepspeed/
-from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import LAYOUT_DEEPSPEED, ProcessGroupStrategy
+from plmkit.io import checkpoint_header
+from plmkit.recipes.config import RecipeConfig
+from plmkit.train.distributed.base import LAYOUT_DEEPSPEED, ProcessGroupStrategy
 from plmkit.train.optim import parameter_groups
 from plmkit.train.precision import Precision, resolve_precision
+from plmkit.weights import DEEPSPEED_FOLDER  # the engine's checkpoint tag: step-N/deepspeed/
 
 if TYPE_CHECKING:
-    from plmkit.train.setup import Run
+    from plmkit.recipes.common import Run
 
 CONFIG_NAME = "deepspeed_config.json"
 INSTALL = "pip install 'plmkit[deepspeed]'"
@@ -233,7 +234,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
 
     def skip_step(self, run: Run) -> None:
         if self.pending:
-            from plmkit.train.pretrain import TrainingError
+            from plmkit.recipes.pretrain import TrainingError
 
             raise TrainingError(
                 "a loss turned non-finite after DeepSpeed had already reduced the gradients of earlier "

@@ -16,7 +16,7 @@ reduce-scattered, so every rank keeps only its shard of parameters, gradients an
   resumes on M; `plm convert --from-sharded` turns it into one model.safetensors.
 - tensor parallelism (`distributed.tensor_parallel: T`, 2-D): the ranks form a (dp, tp) mesh of
   world_size / T data-parallel groups of T consecutive ranks. Each block is split over its group's tp
-  ranks (plmkit.train.tensor_parallel: attention heads and MLP units), then FSDP2 shards every unit over
+  ranks (plmkit.train.distributed.tensor_parallel: attention heads and MLP units), then FSDP2 shards every unit over
   the dp dimension only; the ranks of one group train on the same rows (`data_rank`). Gradient clipping
   sums each parameter's shard norms over the ranks that hold distinct pieces (`clip_grad_norm`: the
   parameters live on two meshes, which torch's clip_grad_norm_ cannot stack). The checkpoint records T
@@ -36,15 +36,16 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from plmkit.errors import ConfigError
-from plmkit.io import DCP_FOLDER, checkpoint_header
-from plmkit.train.config import RecipeConfig
-from plmkit.train.distributed import LAYOUT_DCP, ProcessGroupStrategy, World
+from plmkit.io import checkpoint_header
+from plmkit.recipes.config import RecipeConfig
+from plmkit.train.distributed.base import LAYOUT_DCP, ProcessGroupStrategy, World
+from plmkit.train.distributed.tensor_parallel import reorder_fused_rows
 from plmkit.train.optim import build_optimizer
 from plmkit.train.precision import Precision, resolve_precision
-from plmkit.train.tensor_parallel import reorder_fused_rows
+from plmkit.weights import DCP_FOLDER
 
 if TYPE_CHECKING:
-    from plmkit.train.setup import Run
+    from plmkit.recipes.common import Run
 
 
 
@@ -91,7 +92,7 @@ class FSDPStrategy(ProcessGroupStrategy):
 
         self.header = checkpoint_header(model)  # before fully_shard changes the class
         if self.tensor_parallel > 1:  # 2-D: TP inside each group of consecutive ranks, FSDP across the groups
-            from plmkit.train.tensor_parallel import apply_tensor_parallel
+            from plmkit.train.distributed.tensor_parallel import apply_tensor_parallel
 
             mesh = init_device_mesh(self.device.type, (self.data_parallel_size, self.tensor_parallel),
                                     mesh_dim_names=("dp", "tp"))

@@ -18,15 +18,16 @@ from plmkit.config import to_dict
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
-from plmkit.io import model_class_name, unwrap
 from plmkit.model import ModelConfig, build_model, get_preset
+from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
+from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.config import RecipeConfig
 from plmkit.train.data import TrainData, build_train_data, iter_source_texts
-from plmkit.train.distributed import Strategy, build_strategy
+from plmkit.train.distributed.base import Strategy, build_strategy
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
+from plmkit.weights import unwrap
 
 
 @dataclass
@@ -103,7 +104,7 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
 
 def _load_tokenizer(path: Path) -> Any:
     from plmkit.tokenizer import Tokenizer
-    from plmkit.tokenizer_hf import load_hf_tokenizer
+    from plmkit.tokenizer.hf import load_hf_tokenizer
 
     if not path.exists():
         raise DataError(f"tokenizer path {path} does not exist")
@@ -163,7 +164,7 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
             )
         return model
     if config.objective.name == "electra":
-        from plmkit.data.objectives.electra import build_electra
+        from plmkit.model.electra import build_electra
 
         return build_electra(
             build_model_config(config, tokenizer), **config.objective.options.get("model", {})
@@ -224,7 +225,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     eval_objective = build_objective(config.objective.name, tokenizer, seed=config.seed + 1, **options)
     with strategy.main_first():  # rank 0 builds the token-store cache, the others find it
         # every rank draws the global micro-batch (all data-parallel ranks' rows) and keeps its share:
-        # see train/distributed.py
+        # see train/distributed/
         global_batch = config.train.batch_size * strategy.data_parallel_size
         train_data, val_batches = build_train_data(config, tokenizer, global_batch)
     model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer

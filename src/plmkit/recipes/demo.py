@@ -4,7 +4,7 @@ English text for about three minutes on a laptop CPU, then generate from it. Not
 The default corpus is the Python language reference that ships with every CPython
 (`pydoc_data.topics`). `plm demo data=PATH` trains on your own UTF-8 text instead, and any recipe
 key can be overridden the same way (`plm demo train.steps=100 model.n_layer=2`). The run itself is
-the ordinary pre-training recipe (plmkit.train.pretrain) with the settings below.
+the ordinary pre-training recipe (plmkit.recipes.pretrain) with the settings below.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from plmkit.config import apply_overrides, from_dict, to_dict
 from plmkit.data.sources import SourceSpec
 from plmkit.errors import DataError
-from plmkit.train.config import RecipeConfig
+from plmkit.recipes.config import RecipeConfig
 
 QUICKSTART: dict[str, Any] = {
     "name": "demo",
@@ -76,7 +76,7 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
 def run_demo(overrides: list[str] | None = None) -> dict[str, Any]:
     from plmkit.generate import generate
     from plmkit.io import load
-    from plmkit.train.pretrain import pretrain
+    from plmkit.recipes.pretrain import pretrain
 
     config = demo_config(list(overrides or []))
     print(f"plmkit quickstart: {config.data.sources[0].path}")

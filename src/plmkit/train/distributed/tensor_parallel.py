@@ -22,7 +22,7 @@ heads and their v heads, and the model code runs unchanged on the local head cou
 n_kv_head / tp). `full_state_dict` undoes the reordering, so what comes out is the ordinary layout.
 
 In a recipe, `distributed.strategy: fsdp` with `distributed.tensor_parallel: T` does the 2-D version
-(plmkit.train.fsdp), launched with `plm pretrain RECIPE --nproc N` (N a multiple of T).
+(plmkit.train.distributed.fsdp), launched with `plm pretrain RECIPE --nproc N` (N a multiple of T).
 
 Gradient checkpointing combines with it (the recomputed blocks repeat their collectives). Checkpoints:
 `plmkit.io.save` refuses a sharded model; `save_tensor_parallel_checkpoint` gathers the full weights to
@@ -49,7 +49,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
-from plmkit.train.config import RecipeConfig
+from plmkit.recipes.config import RecipeConfig
 
 # the projections of one Block, and how they are split
 COLWISE = ("attn.qkv", "mlp.fc_in")  # output rows sharded: local heads / hidden units
@@ -92,7 +92,7 @@ def check_tensor_parallel_recipe(config: RecipeConfig, world_size: int, strategy
     """The recipe's distributed.tensor_parallel fits its strategy, the number of processes and the model's
     sizes (checked by every rank before any waits on another, and by `plm pretrain --nproc` before it
     starts them)."""
-    from plmkit.train.setup import recipe_architecture
+    from plmkit.recipes.common import recipe_architecture
 
     tp = config.distributed.tensor_parallel
     key = f"distributed.tensor_parallel={tp}"
@@ -265,7 +265,7 @@ def reorder_fused_rows(model: nn.Module, optimizer: torch.optim.Optimizer | None
     optimizer state (Adam's moments). Each size stores the rows in its own rank-major order, a pure
     function of the config and the size: loading size-2 rows into a size-4 or unsplit model as they are
     would silently scramble the heads. A collective for sharded models: every rank calls it."""
-    from plmkit.io import unwrap
+    from plmkit.weights import unwrap
 
     plain = unwrap(model)
     info: TensorParallelInfo | None = getattr(plain, "tensor_parallel", None)
@@ -327,7 +327,7 @@ def full_state_dict(model: nn.Module, rank0_only: bool = False) -> dict[str, tor
 def unsharded_copy(model: nn.Module, rank0_only: bool = False) -> nn.Module | None:
     """A plain (single-process, CPU) model of the same class, config and weights. A collective; with
     rank0_only, only global rank 0 builds it and the others get None."""
-    from plmkit.io import init_kwargs, model_classes
+    from plmkit.model.registry import init_kwargs, model_classes
 
     state = full_state_dict(model, rank0_only)
     if not state:

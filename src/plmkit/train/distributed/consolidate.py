@@ -18,16 +18,9 @@ from pathlib import Path
 import torch
 
 from plmkit.errors import CheckpointError
-from plmkit.io import (
-    CONFIG_FILE,
-    DCP_FOLDER,
-    DEEPSPEED_FOLDER,
-    SHARDED_FOLDERS,
-    WEIGHTS_FILE,
-    build_from_header,
-    save,
-)
+from plmkit.io import CONFIG_FILE, build_from_header, save
 from plmkit.train.checkpoint import read_trainer_info
+from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, SHARDED_FOLDERS, WEIGHTS_FILE
 
 
 def sharded_layout(checkpoint: Path) -> str:
@@ -59,7 +52,7 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
         return save(model, tokenizer, out), model
     model = build_from_header(checkpoint / CONFIG_FILE)
     if layout == "dcp":
-        from plmkit.train.fsdp import load_sharded_weights, written_tensor_parallel
+        from plmkit.train.distributed.fsdp import load_sharded_weights, written_tensor_parallel
 
         info = read_trainer_info(checkpoint)  # a tensor-parallel run's fused rows are in its rank-major order
         load_sharded_weights(model, checkpoint / layout, written_tensor_parallel(info))
@@ -73,8 +66,8 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
 
 def load_deepspeed_weights(model: torch.nn.Module, checkpoint: Path, tag: str) -> None:
     """The fp32 master weights of a DeepSpeed ZeRO checkpoint, gathered from every rank's partition."""
+    from plmkit.train.distributed.deepspeed import import_deepspeed
     from plmkit.train.precision import resolve_device
-    from plmkit.train.zero import import_deepspeed
 
     import_deepspeed(resolve_device("cpu"))
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

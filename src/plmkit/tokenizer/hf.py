@@ -16,7 +16,8 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import decoders, models, normalizers, pre_tokenizers, processors
 
 from plmkit.errors import CheckpointError
-from plmkit.tokenizer import ROLES, SpecialTokens, Tokenizer
+from plmkit.tokenizer.base import Tokenizer
+from plmkit.tokenizer.special import ROLES, SpecialTokens
 
 HF_KEYS = {role: f"{role}_token" for role in ROLES}  # bos -> bos_token, ...
 

@@ -1,9 +1,10 @@
 # plmkit developer entry points. Each target works on a fresh checkout by itself: it creates .venv
 # (with $(PYTHON)) when absent and installs the package once; a stamp file keeps later runs fast.
 #
-#   make test    lint + the test suite
-#   make demo    train a tiny model on CPU and generate from it
-#   make lint    ruff only
+#   make test       lint + the whole test suite (slow and multi-process tests included; what CI runs)
+#   make test-fast  the suite without the slow and multi-process tests (the inner loop)
+#   make demo       train a tiny model on CPU and generate from it
+#   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
 #   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv
 #
 # torch: without a CUDA GPU (no `nvidia-smi`) the CPU build torch==2.13.0 is installed first, because
@@ -32,16 +33,21 @@ endif
 # Lint only the folders that exist: git keeps no empty folders, so a fresh clone may lack one.
 LINT_PATHS := $(wildcard src tests benchmarks)
 
-.PHONY: test demo lint install clean distclean
+.PHONY: test test-fast demo lint install clean distclean
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow and not dist"
 
 demo: $(STAMP)
 	$(BIN)/plm demo $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/lint-imports --no-cache
 
 install: $(STAMP)
 

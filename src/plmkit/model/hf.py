@@ -22,7 +22,8 @@ from plmkit.errors import CheckpointError, did_you_mean
 from plmkit.model.config import ModelConfig
 from plmkit.model.heads import TransformerModel
 from plmkit.model.hf_arch import ARCHITECTURES, Architecture, Rule, pooler_rules
-from plmkit.model.transformer import CausalLM, MaskedLM, PretrainedModel, Seq2SeqLM
+from plmkit.model.pretrained import PretrainedModel
+from plmkit.model.transformer import CausalLM, MaskedLM, Seq2SeqLM
 
 FAMILY_CLASS = {"causal": CausalLM, "masked": MaskedLM, "seq2seq": Seq2SeqLM}
 

@@ -64,7 +64,7 @@ def main() -> None:
 
 
 def bench_case(kind: str, reference, ours, batch: int, args: argparse.Namespace) -> dict:
-    from plmkit.generate import generate_ids
+    from plmkit.generation import generate_ids
 
     n = args.new_tokens
     ids = torch.randint(3, 32000, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1))

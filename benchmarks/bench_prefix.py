@@ -69,7 +69,7 @@ def train(modes: dict, args, device: torch.device, vocab: int) -> dict[str, dict
 
 
 def decode(modes: dict, args, device: torch.device, vocab: int) -> dict[str, dict]:
-    from plmkit.generate import generate_ids
+    from plmkit.generation import generate_ids
 
     prompt = torch.randint(0, vocab, (1, 16), generator=torch.Generator().manual_seed(2)).to(device)
     times: dict[str, list[float]] = {name: [] for name in modes}

@@ -64,7 +64,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    from plmkit.generate import generate_ids
+    from plmkit.generation import generate_ids
     from plmkit.quant import quantize
 
     base = build(args)

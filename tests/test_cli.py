@@ -152,7 +152,7 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
         calls.append((model, prompt, kwargs))
         return " world"
 
-    fake_module(monkeypatch, "plmkit.generate", generate=generate, stream=None)
+    fake_module(monkeypatch, "plmkit.generation", generate=generate, stream=None)
     path = tiny_checkpoint(tmp_path / "ckpt")
     argv = ["generate", "--model", str(path), "--prompt", "Hello", "--max-new-tokens", "5", "--sample",
             "--temperature", "0.7", "--top-k", "10", "--top-p", "0.9", "--seed", "3", "--stop", ".",
@@ -170,7 +170,7 @@ def test_generate_stream_prints_pieces(tmp_path, monkeypatch, capsys):
         assert kwargs["do_sample"] is False and kwargs["stop"] == ()
         yield from [" a", " b", " c"]
 
-    fake_module(monkeypatch, "plmkit.generate", generate=None, stream=stream)
+    fake_module(monkeypatch, "plmkit.generation", generate=None, stream=stream)
     path = tiny_checkpoint(tmp_path / "ckpt")
     assert main(["generate", "--model", str(path), "--prompt", "x", "--stream"]) == 0
     assert capsys.readouterr().out == "x a b c\n"

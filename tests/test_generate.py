@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from plmkit.errors import ConfigError, ShapeError
-from plmkit.generate import GenerationConfig, _beam_search, _resolve, generate, generate_ids, stream
+from plmkit.generation import GenerationConfig, generate, generate_ids, stream
+from plmkit.generation.beam import beam_search
+from plmkit.generation.config import resolve
 from plmkit.model import CausalLM, ModelConfig, build_model
 from plmkit.tokenizer import SpecialTokens, Tokenizer
 
@@ -126,15 +128,16 @@ def test_left_padded_batch_equals_each_prompt_alone(family, overrides):
         assert batch[row].tolist() == alone[0].tolist()
 
 
-def test_output_is_a_normal_tensor_and_model_state_is_restored():
-    model = tiny().train()
+def test_output_is_a_normal_tensor_and_model_state_is_untouched():
+    model = tiny(dropout=0.3).train()
     ids = generate_ids(model, torch.tensor([[1, 2, 3]]), max_new_tokens=3)
     assert not ids.is_inference() and ids.dtype == torch.long and ids.shape == (1, 3)
-    assert model.training and model.check_inputs
-    model.eval()
+    assert model.training  # never switched: dropout is off for generation's own calls only
+    assert ids.tolist() == generate_ids(model.eval(), torch.tensor([[1, 2, 3]]), max_new_tokens=3).tolist()
     with pytest.raises(ShapeError):
         generate_ids(model, torch.tensor([[1, 2, 99]]))
-    assert model.check_inputs
+    with pytest.raises(ShapeError):  # the model's own checks are on for everyone else
+        model(torch.tensor([[1, 2, 99]]))
 
 
 # ---- beam search -----------------------------------------------------------------------------------
@@ -143,8 +146,8 @@ def test_beam_search_with_one_beam_is_greedy():
         model = tiny(family, **overrides, eos_token_id=7)
         ids, mask = left_pad([[5, 17, 3, 40, 22], [9, 1, 33]])
         greedy = generate_ids(model, ids, mask, max_new_tokens=10)
-        config = _resolve(model, GenerationConfig(max_new_tokens=10, num_beams=1), {})
-        assert _beam_search(model, ids, mask, config).tolist() == greedy.tolist()
+        config = resolve(model, GenerationConfig(max_new_tokens=10, num_beams=1), {})
+        assert beam_search(model, ids, mask, config).tolist() == greedy.tolist()
         assert generate_ids(model, ids, mask, max_new_tokens=10, num_beams=1).tolist() == greedy.tolist()
 
 
@@ -207,12 +210,12 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
 
 def test_logits_filters_match_transformers():
     processors = pytest.importorskip("transformers.generation.logits_process")
-    from plmkit.generate import _filter_for_sampling, _penalize
+    from plmkit.generation.sampling import filter_for_sampling, penalize
 
     torch.manual_seed(0)
     logits, seen_ids = torch.randn(3, 50) * 3, torch.randint(0, 50, (3, 7))
     seen = torch.zeros(3, 50, dtype=torch.bool).scatter(1, seen_ids, True)
-    ours = _penalize(logits, seen, 1.7)
+    ours = penalize(logits, seen, 1.7)
     ref = processors.RepetitionPenaltyLogitsProcessor(1.7)(seen_ids, logits.clone())
     assert torch.allclose(ours, ref)
     for options in (dict(top_k=5), dict(top_p=0.7), dict(temperature=0.5, top_k=10, top_p=0.9)):
@@ -223,7 +226,7 @@ def test_logits_filters_match_transformers():
             ref = processors.TopKLogitsWarper(config.top_k)(seen_ids, ref)
         if config.top_p < 1:
             ref = processors.TopPLogitsWarper(config.top_p)(seen_ids, ref)
-        assert torch.equal(torch.isinf(_filter_for_sampling(logits, config)), torch.isinf(ref))
+        assert torch.equal(torch.isinf(filter_for_sampling(logits, config)), torch.isinf(ref))
 
 
 def test_repetition_penalty_breaks_a_loop():
@@ -290,9 +293,9 @@ def test_stream_leaves_no_state_behind(byte_tokenizer):
     model = scripted_lm(script(tok.encode("hello world"), 1, tok.vocab_size)).train()
     pieces = stream(model, tok, "a", max_new_tokens=10)
     assert next(pieces) == "h"
-    assert not torch.is_inference_mode_enabled() and not model.training  # between pieces: generating
+    assert not torch.is_inference_mode_enabled() and model.training  # between pieces: nothing switched
     pieces.close()  # the reader stops early
-    assert model.training and model.check_inputs
+    assert model.training
 
 
 def test_stream_matches_generate_with_a_random_model(bpe_tokenizer):

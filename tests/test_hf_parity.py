@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 import plmkit.io
 from plmkit.errors import CheckpointError
-from plmkit.generate import generate_ids
+from plmkit.generation import generate_ids
 from plmkit.model import CausalLM, MaskedLM, Seq2SeqLM, TransformerModel
 from plmkit.model.hf import load_hf, save_hf
 

@@ -7,7 +7,7 @@ import torch
 
 import plmkit.peft as peft
 from plmkit.errors import ConfigError
-from plmkit.generate import generate_ids
+from plmkit.generation import generate_ids
 from plmkit.model import ModelConfig, SequenceClassifier, TokenClassifier, build_model
 from plmkit.peft.adapter import AdapterLinear
 

@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import plmkit.peft as peft
 from plmkit.errors import CheckpointError, ConfigError
-from plmkit.generate import generate, generate_ids, stream
+from plmkit.generation import generate, generate_ids, stream
 from plmkit.model import ModelConfig, SequenceClassifier, build_model, masks
 from plmkit.model.attention import Attention, reference_attention
 from plmkit.peft.prefix import PrefixEncoder

@@ -241,16 +241,14 @@ def test_embeddings_false_keeps_the_tables_and_the_head_in_float():
 
 
 def test_generation_on_a_quantized_model_and_the_lm_head_decoding_path():
-    from plmkit.generate import generate_ids
+    from plmkit.generation import generate_ids
 
     model = tiny()
     ids = torch.randint(0, 256, (2, 6), generator=torch.Generator().manual_seed(3))
     float_ids = generate_ids(model, ids, max_new_tokens=8, eos_token_id=[])
-    with model.lm_head.decoding():  # the float head still multiplies by its (C, V) copy
-        assert model.lm_head._decode_weight is not None
+    assert model.lm_head.transposed_weight() is not None  # the float head decodes with a (C, V) copy
     q = quantize(model, "int8")
-    with q.lm_head.decoding():  # the int8 head has its own kernel: no float copy is made
-        assert q.lm_head._decode_weight is None
+    assert q.lm_head.transposed_weight() is None  # the int8 head has its own kernel: no float copy
     out = generate_ids(q, ids, max_new_tokens=8, eos_token_id=[])
     assert out.shape == float_ids.shape == (2, 8)
     # greedy decoding through the KV cache matches full recomputation of the quantized model

@@ -77,7 +77,7 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
     from torch.distributed.device_mesh import init_device_mesh
 
     from plmkit.errors import CheckpointError, ConfigError
-    from plmkit.generate import generate_ids
+    from plmkit.generation import generate_ids
     from plmkit.io import load, save
     from plmkit.train.distributed.tensor_parallel import (
         apply_tensor_parallel,

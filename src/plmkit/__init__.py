@@ -14,9 +14,8 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-# name -> module that defines it. `plmkit.generate` is the generate module, which is callable:
-# `plmkit.generate(model, tok, prompt)` calls `plmkit.generate.generate`.
-_MODULES = ("generate", "peft", "quant")
+# subpackages reachable as attributes (`plmkit.peft.apply(...)`), then name -> module that defines it
+_MODULES = ("generation", "peft", "quant")
 _EXPORTS: dict[str, str] = {
     "PlmkitError": "plmkit.errors",
     "ConfigError": "plmkit.errors",
@@ -42,7 +41,11 @@ _EXPORTS: dict[str, str] = {
     "Tokenizer": "plmkit.tokenizer",
     "save": "plmkit.io",
     "load": "plmkit.io",
-    "GenerationConfig": "plmkit.generate",
+    "generate": "plmkit.generation",
+    "stream": "plmkit.generation",
+    "generate_ids": "plmkit.generation",
+    "GenerationConfig": "plmkit.generation",
+    "GenerationOutput": "plmkit.generation",
 }
 
 __all__ = ["__version__", *_MODULES, *_EXPORTS]

@@ -47,7 +47,7 @@ def _run_generate(args: argparse.Namespace) -> int:
     from plmkit.io import load
 
     model, tokenizer = load(args.model)  # CheckpointError when DIR is missing or not a checkpoint
-    from plmkit.generate import generate, stream
+    from plmkit.generation import generate, stream
     options = dict(
         max_new_tokens=args.max_new_tokens,
         do_sample=args.sample,

@@ -1,4 +1,4 @@
-"""plmkit.model: one Transformer for the four families (see transformer.py for the map)."""
+"""plmkit.model: one Transformer for the four families (stack.py: the shared body; transformer.py: the families)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ from plmkit.model.heads import (
     pairwise_ranking_loss,
 )
 from plmkit.model.presets import PRESETS, get_preset
+from plmkit.model.pretrained import ModelOutput, PretrainedModel
 from plmkit.model.registry import FAMILY_MODELS, MODEL_CLASSES
-from plmkit.model.transformer import (
-    CausalLM,
-    MaskedLM,
-    ModelOutput,
-    PrefixLM,
-    PretrainedModel,
-    Seq2SeqLM,
-    reorder_cache,
-)
+from plmkit.model.stack import reorder_cache
+from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM, Seq2SeqLM
 
 
 def build_model(spec: str | ModelConfig, **overrides: Any) -> PretrainedModel:

@@ -17,6 +17,7 @@ from torch import nn
 
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
+from plmkit.model.dropout import dropout_active
 from plmkit.model.layers import apply_rotary
 
 
@@ -84,7 +85,7 @@ class Attention(nn.Module):
             k,
             v,
             attn_mask=mask,
-            dropout_p=self.dropout_p if self.training else 0.0,
+            dropout_p=self.dropout_p if dropout_active(self.training) else 0.0,
             is_causal=is_causal and mask is None,
             scale=self.scale,
             enable_gqa=self.n_kv_head != self.n_head,

@@ -27,7 +27,8 @@ from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
 from plmkit.model.heads import TransformerModel
 from plmkit.model.layers import activation_fn
-from plmkit.model.transformer import MaskedLM, self_attention_allowed
+from plmkit.model.pretrained import self_attention_allowed
+from plmkit.model.transformer import MaskedLM
 
 
 @dataclass

@@ -13,7 +13,8 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
-from plmkit.model.transformer import ModelOutput, PretrainedModel, Stack, self_attention_allowed
+from plmkit.model.pretrained import ModelOutput, PretrainedModel, self_attention_allowed
+from plmkit.model.stack import Stack
 
 POOLINGS = ("cls", "mean", "last")
 

@@ -5,7 +5,7 @@
 
 Weights are read from model.safetensors (or a sharded index) and, for legacy folders, from
 pytorch_model.bin with `torch.load(weights_only=True)`. Nothing in the folder is ever executed.
-The name tables live in hf_arch.py.
+The name tables live in the hf_arch package.
 """
 
 from __future__ import annotations
@@ -21,8 +21,11 @@ from safetensors.torch import save_file
 from plmkit.errors import CheckpointError, did_you_mean
 from plmkit.model.config import ModelConfig
 from plmkit.model.heads import TransformerModel
-from plmkit.model.hf_arch import ARCHITECTURES, Architecture, Rule, pooler_rules
-from plmkit.model.transformer import CausalLM, MaskedLM, PretrainedModel, Seq2SeqLM
+from plmkit.model.hf_arch import ARCHITECTURES
+from plmkit.model.hf_arch.encoders import pooler_rules
+from plmkit.model.hf_arch.rules import Architecture, Rule
+from plmkit.model.pretrained import PretrainedModel
+from plmkit.model.transformer import CausalLM, MaskedLM, Seq2SeqLM
 
 FAMILY_CLASS = {"causal": CausalLM, "masked": MaskedLM, "seq2seq": Seq2SeqLM}
 

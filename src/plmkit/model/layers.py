@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.model.config import ModelConfig
+from plmkit.model.dropout import Dropout
 
 
 # ---- norms -------------------------------------------------------------------------------------
@@ -54,7 +55,7 @@ class MLP(nn.Module):
         self.fc_in = nn.Linear(config.d_model, width, bias=config.mlp_bias)
         self.fc_out = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
         self.act = activation_fn(config.activation)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.fc_in(x)
@@ -163,7 +164,7 @@ class Embeddings(nn.Module):
         )
         self.block_positions = nn.Embedding(n_pos, config.d_model) if config.block_positions else None
         self.norm = make_norm(config) if config.embedding_norm else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.scale = math.sqrt(config.d_model) if config.scale_embeddings else 1.0
 
     def forward(

@@ -11,7 +11,8 @@ import torch
 from plmkit.errors import CheckpointError
 from plmkit.model.electra import ElectraPretrainer
 from plmkit.model.heads import RewardModel, SequenceClassifier, SpanQA, TokenClassifier, TransformerModel
-from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM, PretrainedModel, Seq2SeqLM
+from plmkit.model.pretrained import PretrainedModel
+from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM, Seq2SeqLM
 
 FAMILY_MODELS: dict[str, type[PretrainedModel]] = {
     "causal": CausalLM,

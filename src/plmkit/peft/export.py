@@ -32,7 +32,7 @@ from torch import nn
 from plmkit.errors import ConfigError
 from plmkit.model.heads import TransformerModel
 from plmkit.model.hf import BODY_PREFIXES, _hf_architecture_for, _split, save_hf
-from plmkit.model.transformer import PretrainedModel
+from plmkit.model.pretrained import PretrainedModel
 from plmkit.peft.base import require_config
 from plmkit.peft.lora import LoRALinear, lora_modules
 

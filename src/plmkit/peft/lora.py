@@ -34,6 +34,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError, did_you_mean
 from plmkit.model.attention import Attention
+from plmkit.model.dropout import Dropout
 from plmkit.model.layers import MLP
 from plmkit.peft.base import LinearWrapper, is_linear, set_submodule
 from plmkit.quant.modules import dequantize_weight, requantize_
@@ -85,7 +86,7 @@ class LoRALinear(LinearWrapper):
             nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # nn.Linear's init, as in the LoRA reference code
             self.lora_A[name] = nn.Parameter(a)
             self.lora_B[name] = nn.Parameter(torch.zeros(end - start, r, **factory))  # update = 0 at start
-        self.lora_dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.lora_dropout = Dropout(dropout) if dropout else nn.Identity()
         self.merged = False
 
     def delta_weight(self, part: str) -> torch.Tensor:

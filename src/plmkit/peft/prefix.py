@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from plmkit.errors import ConfigError
-from plmkit.model.transformer import Stack
+from plmkit.model.stack import Stack
 from plmkit.peft.base import PeftModule
 from plmkit.peft.prompt import initial_ids
 

@@ -20,6 +20,7 @@ or `init_ids`, or n random vocabulary tokens.
 from __future__ import annotations
 
 import inspect
+from contextvars import ContextVar
 from typing import Any
 
 import torch
@@ -30,6 +31,10 @@ from plmkit.model.registry import register_model_class
 from plmkit.peft.base import PeftConfig, PeftModule
 
 IGNORE = -100
+# The wrapper whose forward is running in this thread (or task): its hook swaps in the prompt only then.
+# A context variable rather than a flag on the module, so concurrent calls (a server's threads, generation
+# beside training) never switch each other's prompt on or off.
+_RUNNING: ContextVar[PromptTunedModel | None] = ContextVar("plmkit_prompt_running", default=None)
 
 
 class SoftPrompt(PeftModule):
@@ -80,7 +85,6 @@ class PromptTunedModel(nn.Module):
         self.prompt = SoftPrompt(prompt)
         self.n_tokens = prompt.shape[0]
         self.seq2seq = base.config.family == "seq2seq"
-        self._active = False  # the hook replaces placeholders only inside our own calls
         stack = base.encoder if self.seq2seq else base.transformer
         self._hook = stack.embed.tokens.register_forward_hook(self._insert_prompt)
         self._signature = inspect.signature(base.forward)
@@ -97,14 +101,6 @@ class PromptTunedModel(nn.Module):
     @property
     def shift_labels(self) -> bool:  # the trainer counts target tokens as the base model does
         return getattr(self.base, "shift_labels", False)
-
-    @property
-    def check_inputs(self) -> bool:
-        return self.base.check_inputs
-
-    @check_inputs.setter
-    def check_inputs(self, value: bool) -> None:
-        self.base.check_inputs = value
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         self.base.set_gradient_checkpointing(enabled)
@@ -138,18 +134,18 @@ class PromptTunedModel(nn.Module):
 
     # ---- forward -----------------------------------------------------------------------------------
     def _insert_prompt(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        if not self._active:
+        if _RUNNING.get() is not self:  # the base model called directly, not through this wrapper
             return None
         n = self.n_tokens
         prompt = self.prompt.embedding.to(output.dtype).expand(output.shape[0], n, -1)
         return torch.cat((prompt, output[:, n:]), dim=1)
 
     def _run(self, fn, **kwargs):
-        self._active = True
+        token = _RUNNING.set(self)
         try:
             return fn(**kwargs)
         finally:
-            self._active = False
+            _RUNNING.reset(token)
 
     def _prepend(self, tensor: torch.Tensor, value: int) -> torch.Tensor:
         pad = tensor.new_full((tensor.shape[0], self.n_tokens), value)
@@ -186,10 +182,11 @@ class PromptTunedModel(nn.Module):
                 labels[:, n] = IGNORE  # the base model never predicts the first token: neither do we
             a["labels"] = labels
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+               check_inputs: bool = True) -> torch.Tensor:
         """Seq2seq: encoder states (B, n + S, C) of the prompt followed by the input."""
         return self._run(self.base.encode, input_ids=self._prepend(input_ids, 0),
-                         attention_mask=self._widen_mask(attention_mask))
+                         attention_mask=self._widen_mask(attention_mask), check_inputs=check_inputs)
 
     def forward(self, *args, **kwargs):
         a = dict(self._signature.bind(*args, **kwargs).arguments)
@@ -212,7 +209,8 @@ class PromptTunedModel(nn.Module):
 
     def _forward_seq2seq(self, a: dict[str, Any]):
         if a.get("encoder_hidden_states") is None and a.get("input_ids") is not None:
-            a["encoder_hidden_states"] = self.encode(a["input_ids"], a.get("attention_mask"))
+            a["encoder_hidden_states"] = self.encode(a["input_ids"], a.get("attention_mask"),
+                                                     a.get("check_inputs", True))
             a["input_ids"] = None
             a["attention_mask"] = self._widen_mask(a.get("attention_mask"))
         elif a.get("attention_mask") is not None and a["encoder_hidden_states"] is not None:

@@ -126,7 +126,7 @@ def quantize(model: nn.Module, mode: str = "int8", *, embeddings: bool = True, b
 
 def _quantize_embeddings(model: nn.Module, head_spec: QuantSpec) -> None:
     from plmkit.model.layers import Embeddings
-    from plmkit.model.transformer import LMHead
+    from plmkit.model.pretrained import LMHead
 
     modules = list(model.named_modules(remove_duplicate=False))
     by_weight: dict[int, QuantEmbedding] = {}  # float weight id -> its int8 replacement (shared tables once)

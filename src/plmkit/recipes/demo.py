@@ -74,7 +74,7 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
 
 
 def run_demo(overrides: list[str] | None = None) -> dict[str, Any]:
-    from plmkit.generate import generate
+    from plmkit.generation import generate
     from plmkit.io import load
     from plmkit.recipes.pretrain import pretrain
 

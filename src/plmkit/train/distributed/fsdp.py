@@ -64,7 +64,7 @@ def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
 
 def sharded_units(model: torch.nn.Module) -> list[torch.nn.Module]:
     """The modules that become FSDP units: every transformer Block (of every stack)."""
-    from plmkit.model.transformer import Block
+    from plmkit.model.stack import Block
 
     return [m for m in model.modules() if isinstance(m, Block)]
 

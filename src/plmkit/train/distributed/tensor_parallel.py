@@ -159,7 +159,7 @@ def _check_same_rng(model: nn.Module, tp_mesh) -> None:
 
 
 def _stack(model: nn.Module) -> nn.Module:
-    from plmkit.model.transformer import Stack
+    from plmkit.model.stack import Stack
 
     stack = getattr(model, "transformer", None)
     if not isinstance(stack, Stack) or not hasattr(model, "config"):

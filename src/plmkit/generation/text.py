@@ -1,0 +1,142 @@
+"""Text in, text out: generate (a prompt or a batch) and stream (one prompt, piece by piece).
+
+    generate(model, tokenizer, "Once upon a time")        -> the new text (greedy)
+    stream(model, tokenizer, prompt, do_sample=True)      -> the new text, piece by piece
+
+Every family that predicts tokens works: CausalLM and PrefixLM continue the prompt (a PrefixLM reads
+it bidirectionally as its prefix), Seq2SeqLM encodes it once and decodes from decoder_start_id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError, ShapeError
+from plmkit.generation.beam import beam_search
+from plmkit.generation.config import GenerationConfig, check_prompt, resolve
+from plmkit.generation.sampling import sample_steps
+
+
+def _encode_prompts(model: nn.Module, tokenizer,
+                    prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids + mask on the model's device: seq2seq gets the tokenizer's template (e.g. `... eos`),
+    decoder-only models get bos (when the tokenizer has one) + the text, left padded."""
+    if model.config.family == "seq2seq":
+        batch = [tokenizer.encode(p, add_special_tokens=True) for p in prompts]
+        side = "right"
+    else:
+        bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+        batch = [bos + tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+        side = "left"
+    for i, ids in enumerate(batch):
+        if not ids:  # an empty prompt starts from eos (GPT-2's document separator) when there is one
+            if tokenizer.eos_id is None:
+                raise ShapeError(f"prompt {i} is empty and the tokenizer has no bos or eos token to start "
+                                 "from; give a non-empty prompt")
+            batch[i] = [tokenizer.eos_id]
+    input_ids, attention_mask = tokenizer.pad_batch(batch, padding_side=side)
+    return input_ids.to(model.device), attention_mask.to(model.device)
+
+
+def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
+    """Index of the earliest stop string in text, or None."""
+    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    return min(found) if found else None
+
+
+class _StopStrings:
+    """Decodes each row's new tokens as they come and ends the rows whose text contains a stop string."""
+
+    def __init__(self, tokenizer, config: GenerationConfig, batch: int) -> None:
+        self.tokenizer, self.stops, self.eos = tokenizer, config.stop, set(config.eos_token_id)
+        self.ids: list[list[int]] = [[] for _ in range(batch)]
+
+    def __call__(self, tokens: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        stopped = []
+        for row, (token, alive) in enumerate(zip(tokens.tolist(), active.tolist())):
+            if alive and token not in self.eos:
+                self.ids[row].append(token)
+            text = self.tokenizer.decode(self.ids[row]) if alive else ""
+            stopped.append(_find_stop(text, self.stops) is not None)
+        return torch.tensor(stopped, device=tokens.device)
+
+
+def generate(model: nn.Module, tokenizer, prompt: str | list[str],
+             config: GenerationConfig | None = None, **overrides) -> str | list[str]:
+    """The text generated after `prompt` (a list of prompts -> a list of texts), without the prompt,
+    EOS, or anything from the first stop string on."""
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts:
+        return []
+    config = resolve(model, config, overrides, tokenizer)
+    input_ids, attention_mask = _encode_prompts(model, tokenizer, prompts)
+    check_prompt(model, input_ids, attention_mask, config)
+    eos = set(config.eos_token_id)
+    if config.num_beams > 1:  # stop strings only cut the text here: beams are compared whole
+        rows = beam_search(model, input_ids, attention_mask, config).tolist()
+    elif config.stop:
+        stop = _StopStrings(tokenizer, config, len(prompts))
+        for _ in sample_steps(model, input_ids, attention_mask, config, stop):
+            pass
+        rows = stop.ids
+    else:
+        steps = sample_steps(model, input_ids, attention_mask, config)
+        rows = torch.stack([step.tokens for step in steps], dim=1).tolist()
+    texts = []
+    for ids in rows:
+        ends = [i for i, token in enumerate(ids) if token in eos]
+        text = tokenizer.decode(ids[: ends[0]] if ends else ids)
+        cut = _find_stop(text, config.stop)
+        texts.append(text if cut is None else text[:cut])
+    return texts[0] if isinstance(prompt, str) else texts
+
+
+def _held_back(text: str, stops: tuple[str, ...]) -> int:
+    """How many trailing characters of text could still become the start of a stop string."""
+    return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+
+
+def stream(model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | None = None,
+           **overrides) -> Iterator[str]:
+    """Yield the new text in pieces as tokens are generated (greedy or sampling). The pieces join to
+    exactly what `generate` returns: text is held back while it ends in an incomplete character
+    (U+FFFD from a byte-level token that splits a character) or could be the start of a stop string."""
+    if not isinstance(prompt, str):
+        raise ConfigError("stream takes one prompt string; use generate() for a batch")
+    config = resolve(model, config, overrides, tokenizer)
+    if config.num_beams > 1:
+        raise ConfigError(f"stream supports greedy decoding and sampling only, not beam search "
+                          f"(num_beams={config.num_beams}): beams are only known at the end; use generate()")
+    input_ids, attention_mask = _encode_prompts(model, tokenizer, [prompt])
+    check_prompt(model, input_ids, attention_mask, config)
+    return _stream_pieces(model, tokenizer, input_ids, attention_mask, config)
+
+
+def _stream_pieces(model, tokenizer, input_ids, attention_mask, config) -> Iterator[str]:
+    eos, stops = set(config.eos_token_id), config.stop
+    ids: list[int] = []
+    emitted = text = ""
+    steps = sample_steps(model, input_ids, attention_mask, config)
+    try:
+        for step in steps:
+            token = int(step.tokens[0])
+            if token in eos:
+                break
+            ids.append(token)
+            text = tokenizer.decode(ids)
+            cut = _find_stop(text, stops)
+            if cut is not None:
+                text = text[:cut]
+                break
+            stable = text.rstrip("\ufffd")  # an incomplete multi-byte character may still change
+            stable = stable[: len(stable) - _held_back(stable, stops)]
+            if len(stable) > len(emitted):
+                yield stable[len(emitted):]
+                emitted = stable
+    finally:
+        steps.close()  # frees the decoder (and its cache) at once when the reader stops early
+    if len(text) > len(emitted):
+        yield text[len(emitted):]

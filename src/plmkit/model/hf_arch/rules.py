@@ -1,0 +1,69 @@
+"""The vocabulary of the Hugging Face name tables: a Rule maps one of our tensors to theirs, an
+Architecture bundles one model type's config and weight translations (see plmkit.model.hf_arch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from plmkit.errors import CheckpointError
+from plmkit.model.config import ModelConfig
+
+
+@dataclass(frozen=True)
+class Rule:
+    ours: str
+    theirs: tuple[str, ...]
+    transpose: bool = False  # GPT-2 Conv1D: (in, out) on disk
+    row: bool = False  # a vector stored as a (1, N) row (BART's final_logits_bias)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    model_type: str
+    to_config: Callable[[dict[str, Any]], ModelConfig]
+    from_config: Callable[[ModelConfig], dict[str, Any]]
+    weights: Callable[[ModelConfig, bool], list[Rule]]  # (config, with LM head) -> rules
+    lm_class: str  # transformers class name of the LM architecture (for export)
+    base_class: str  # transformers class name of the bare model
+
+
+def rule_list(prefix: str, pairs: list[tuple[str, str | tuple[str, ...]]], transpose: tuple[str, ...] = ()):
+    out = []
+    for ours, theirs in pairs:
+        names = (theirs,) if isinstance(theirs, str) else theirs
+        out.append(
+            Rule(prefix + ours, names, transpose=ours.endswith(".weight") and ours.startswith(transpose))
+        )
+    return out
+
+
+def linear_pairs(ours: str, theirs: str | tuple[str, ...], bias: bool) -> list[tuple[str, str | tuple[str, ...]]]:
+    """weight (and bias) pairs of one linear layer, possibly fused from several HF layers."""
+    names = (theirs,) if isinstance(theirs, str) else theirs
+    pairs: list[tuple[str, str | tuple[str, ...]]] = [(f"{ours}.weight", tuple(f"{n}.weight" for n in names))]
+    if bias:
+        pairs.append((f"{ours}.bias", tuple(f"{n}.bias" for n in names)))
+    return pairs
+
+
+def norm_pairs(ours: str, theirs: str, bias: bool = True) -> list[tuple[str, str | tuple[str, ...]]]:
+    return [(f"{ours}.weight", f"{theirs}.weight")] + ([(f"{ours}.bias", f"{theirs}.bias")] if bias else [])
+
+
+def activation_from_hf(name: str) -> str:
+    table = {
+        "gelu": "gelu",
+        "gelu_new": "gelu_tanh",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "relu": "relu",
+        "silu": "silu",
+        "swish": "silu",
+    }
+    if name not in table:
+        raise CheckpointError(f"activation {name!r} is not supported; plmkit maps {', '.join(table)}")
+    return table[name]
+
+
+ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}

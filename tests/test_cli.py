@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -345,3 +346,82 @@ def test_tokenizer_train_error_subprocess(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'bad.txt'}:2: invalid UTF-8")
+
+
+# ---------------------------------------------------------------- recipe commands (plmkit.recipes.RECIPES)
+
+
+def test_every_registered_recipe_is_a_command_with_the_same_options(capsys):
+    from plmkit.recipes import RECIPES
+
+    assert "pretrain" in RECIPES
+    for name, recipe in RECIPES.items():
+        assert main([name, "--help"]) == 0
+        out = capsys.readouterr().out
+        assert "RECIPE.yaml" in out and "--resume" in out and "--nproc" in out
+        config_class, run = recipe.load_config_class(), recipe.load_run()
+        assert "resume" in config_class.__dataclass_fields__ and callable(run)
+
+
+def _fake_recipe(monkeypatch, tmp_path) -> tuple[list, Path]:
+    """A registry entry `toy` whose config is a small dataclass and whose run records its config."""
+    from plmkit.recipes import RECIPES, Recipe
+
+    calls = []
+    fake_module(monkeypatch, "toy_recipe", ToyConfig=ToyConfig, run=lambda config: calls.append(config) or {"ok": 1})
+    monkeypatch.setitem(RECIPES, "toy", Recipe(help="a toy", description="A toy recipe.",
+                                               config_class="toy_recipe:ToyConfig", run="toy_recipe:run"))
+    path = tmp_path / "toy.yaml"
+    path.write_text("steps: 3\n")
+    return calls, path
+
+
+@dataclasses.dataclass
+class ToyTrain:
+    device: str = "cpu"
+
+
+@dataclasses.dataclass
+class ToyConfig:
+    steps: int = 1
+    resume: bool | str = False
+    train: ToyTrain = dataclasses.field(default_factory=ToyTrain)
+
+
+def test_a_new_registry_entry_is_a_command(monkeypatch, tmp_path, capsys):
+    calls, path = _fake_recipe(monkeypatch, tmp_path)
+    assert main(["toy", str(path), "steps=5"]) == 0
+    assert main(["toy", str(path), "--resume"]) == 0
+    assert main(["toy", str(path), "--resume", "runs/x/checkpoints/step-00000002", "--nproc", "1"]) == 0
+    assert [(c.steps, c.resume) for c in calls] == [(5, False), (3, True), (3, "runs/x/checkpoints/step-00000002")]
+    assert capsys.readouterr().out == '{"ok": 1}\n' * 3  # the run's result as JSON
+
+
+def test_a_recipe_command_reports_bad_keys_and_bad_nproc_before_running(monkeypatch, tmp_path, capsys):
+    calls, path = _fake_recipe(monkeypatch, tmp_path)
+    assert main(["toy", str(path), "step=5"]) == 2
+    assert 'did you mean "steps"' in _one_error_line(capsys)
+    assert main(["toy", str(path), "--nproc", "two"]) == 2
+    assert "--nproc 'two'" in _one_error_line(capsys)
+    assert calls == []
+
+
+def test_nproc_above_1_launches_the_same_command_line(monkeypatch, tmp_path):
+    """`plm NAME RECIPE ... --nproc N` checks the recipe, then starts N workers running the command
+    without --nproc (torchrun itself is covered by tests/test_dist_*.py)."""
+    import plmkit.train.distributed.base as base
+    import plmkit.train.distributed.launch as launch
+
+    calls, path = _fake_recipe(monkeypatch, tmp_path)
+    started = []
+    monkeypatch.setattr(launch, "launch", lambda nproc, argv: started.append((nproc, list(argv))) or 7)
+    monkeypatch.setattr(base, "strategy_name", lambda config, world: "ddp")
+    assert main(["toy", str(path), "steps=4", "--resume", "--nproc", "2"]) == 7  # the workers' exit code
+    assert started == [(2, ["toy", str(path), "steps=4", "--resume"])] and calls == []
+
+
+def test_launch_recipe_runs_here_without_nproc_or_with_1():
+    from plmkit.train.distributed.launch import launch_recipe
+
+    assert launch_recipe(None, ToyConfig(), ["toy"]) is None
+    assert launch_recipe("1", ToyConfig(), ["toy"]) is None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import train_helpers as h
-from plmkit.recipes.demo import PROMPTS, QUICKSTART, demo_config, run_demo
+from plmkit.recipes.demo import DEMO_RECIPE, PROMPTS, demo_config, run_demo
 
 # ~8 s on one core: 250 steps of 32 x 32 tokens on a 1-layer, 64-wide GPT (the real demo: 4 x 192, 600 steps)
 SHORT = [
@@ -98,7 +98,7 @@ def test_the_full_demo_settings_are_the_documented_ones():
     config = demo_config(["data=" + __file__])  # data=PATH: no corpus written
     assert config.data.sources[0].path == __file__
     assert config.objective.name == "clm" and config.tokenizer.kind == "bpe"
-    m = QUICKSTART["model"]
+    m = h.recipe_data(h.ROOT / "recipes" / DEMO_RECIPE)["model"]
     n_params = m["n_layer"] * 12 * m["d_model"] ** 2 + 4096 * m["d_model"]
     assert 1e6 < n_params < 1e7
 
@@ -108,3 +108,14 @@ def test_demo_bad_input(capsys, tmp_path):
     assert code == 2 and err.startswith("error: ") and "my-text.txt" in err and "Traceback" not in err
     code, _, err = h.run_cli(["demo", "train.step=5", f"out_dir={tmp_path}"], capsys)
     assert code == 2 and 'did you mean "train.steps"' in err and "Traceback" not in err
+
+
+def test_the_demo_recipe_ships_inside_the_package_and_is_the_repository_one():
+    """plm demo reads src/plmkit/recipes/demo.yaml (package data: an installed plmkit has it); the
+    repository's recipes/demo.yaml, beside the other recipes, is a link to that file."""
+    import plmkit.recipes
+
+    shipped = Path(plmkit.recipes.__file__).parent / DEMO_RECIPE
+    listed = h.ROOT / "recipes" / DEMO_RECIPE
+    assert listed.resolve() == shipped.resolve()
+    assert listed.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")

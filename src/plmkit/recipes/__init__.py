@@ -1,0 +1,44 @@
+"""The training jobs `plm` runs: one entry per recipe, from which the cli makes `plm NAME RECIPE.yaml
+key=value --resume [CKPT] --nproc N`. A new recipe is a module with a config dataclass (which has a
+`resume` field) and a `run(config) -> dict` function, plus one entry in RECIPES.
+
+The entries name their config class and run function as "module:attribute" strings, imported when the
+recipe runs: importing this package (and so `plm --help`) loads no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import import_module
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Recipe:
+    help: str  # one line, in `plm --help`
+    description: str  # the paragraph of `plm NAME --help`
+    config_class: str  # "module:Class", a dataclass read from the recipe YAML (plmkit.config.load_config)
+    run: str  # "module:function", called as run(config) -> dict of results (printed as JSON)
+
+    def load_config_class(self) -> type:
+        return _import(self.config_class)
+
+    def load_run(self) -> Callable[[Any], dict[str, Any]]:
+        return _import(self.run)
+
+
+def _import(target: str) -> Any:
+    module, _, name = target.partition(":")
+    return getattr(import_module(module), name)
+
+
+RECIPES: dict[str, Recipe] = {
+    "pretrain": Recipe(
+        help="pre-train any family with any objective from a YAML recipe",
+        description="Pre-train from RECIPE.yaml (see recipes/): any family, any objective, PEFT and "
+        "quantized bases, one or several processes.",
+        config_class="plmkit.recipes.config:RecipeConfig",
+        run="plmkit.recipes.pretrain:pretrain",
+    ),
+}

@@ -1,45 +1,25 @@
 """`plm demo` / `make demo`: the quickstart. Train a byte-level BPE tokenizer and a small GPT on real
 English text for about three minutes on a laptop CPU, then generate from it. Nothing is downloaded.
 
-The default corpus is the Python language reference that ships with every CPython
-(`pydoc_data.topics`). `plm demo data=PATH` trains on your own UTF-8 text instead, and any recipe
-key can be overridden the same way (`plm demo train.steps=100 model.n_layer=2`). The run itself is
-the ordinary pre-training recipe (plmkit.recipes.pretrain) with the settings below.
+The settings are the recipe `demo.yaml` beside this module (package data, so an installed plmkit finds
+it; the repository's recipes/demo.yaml links to it). The default corpus is the Python language reference
+that ships with every CPython (`pydoc_data.topics`). `plm demo data=PATH` trains on your own UTF-8 text
+instead, and any recipe key can be overridden the same way (`plm demo train.steps=100 model.n_layer=2`).
+The run itself is the ordinary pre-training recipe (plmkit.recipes.pretrain).
 """
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from plmkit.config import apply_overrides, from_dict, to_dict
+from plmkit.config import load_config, to_dict
 from plmkit.data.sources import SourceSpec
 from plmkit.errors import DataError
 from plmkit.recipes.config import RecipeConfig
 
-QUICKSTART: dict[str, Any] = {
-    "name": "demo",
-    "out_dir": "runs/demo",
-    "model": {
-        "family": "causal",
-        "d_model": 192,
-        "n_layer": 4,
-        "n_head": 6,
-        "d_ff": 768,
-        "max_positions": 128,
-        "activation": "gelu_tanh",
-        "position": "learned",
-    },
-    "tokenizer": {"kind": "bpe", "vocab_size": 4096},
-    "data": {"sources": [], "validation_fraction": 0.05, "block_size": 128},
-    "objective": {"name": "clm"},
-    "optim": {"lr": 3e-3, "weight_decay": 0.1, "betas": [0.9, 0.95]},
-    "schedule": {"kind": "cosine", "warmup_steps": 30, "min_lr_ratio": 0.1},
-    "train": {"steps": 600, "batch_size": 16, "precision": "auto"},
-    "eval": {"every": 150, "batches": 20},
-    "checkpoint": {"every": 300, "keep_last": 1},
-    "log": {"every": 25},
-}
+DEMO_RECIPE = "demo.yaml"  # package data of plmkit.recipes
 PROMPTS = ("The for statement", "A class definition")
 
 
@@ -55,15 +35,17 @@ def write_default_corpus(run_dir: Path) -> Path:
 
 
 def demo_config(overrides: list[str]) -> RecipeConfig:
+    """demo.yaml with `overrides` applied; `data=PATH` is a shortcut for the one data source."""
     data_path = None
     rest = []
     for item in overrides:
         key, _, value = item.partition("=")
-        if key == "data":  # shortcut: data=PATH
+        if key == "data":
             data_path = value
         else:
             rest.append(item)
-    config = from_dict(RecipeConfig, apply_overrides(QUICKSTART, rest, RecipeConfig))
+    with resources.as_file(resources.files(__package__) / DEMO_RECIPE) as recipe:
+        config = load_config(RecipeConfig, recipe, rest)
     if data_path is not None:
         if not Path(data_path).exists():
             raise DataError(f"data={data_path}: no such file or folder")

@@ -1,10 +1,12 @@
-"""`plm pretrain RECIPE --nproc N`: start N training processes on this machine under torchrun.
+"""`plm RECIPE_NAME RECIPE.yaml --nproc N`: start N training processes on this machine under torchrun.
 
-It is torchrun itself, run in this process: `python -m torch.distributed.run --standalone
---nproc-per-node N -m plmkit pretrain RECIPE ...` (the workers are ordinary `python -m plmkit` processes,
-exactly what a user's own `torchrun ... -m plmkit pretrain ...` starts), but the launcher keeps torchrun's
-failure report to one line: a worker's user error reaches it through torchrun's error file
-(TORCHELASTIC_ERROR_FILE), the launcher prints it once as `error: ...` and exits 2.
+`launch_recipe` decides: no --nproc or --nproc 1 runs the job in this process; N > 1 checks the recipe
+against N processes (before any starts) and launches them. It is torchrun itself, run in this process:
+`python -m torch.distributed.run --standalone --nproc-per-node N -m plmkit pretrain RECIPE ...` (the
+workers are ordinary `python -m plmkit` processes, exactly what a user's own `torchrun ... -m plmkit
+pretrain ...` starts), but the launcher keeps torchrun's failure report to one line: a worker's user
+error reaches it through torchrun's error file (TORCHELASTIC_ERROR_FILE), the launcher prints it once
+as `error: ...` and exits 2.
 
 Workers: rank 0 prints and logs; a worker's PlmkitError goes to the error file (torchrun's summary shows
 it), and to stderr from rank 0 only, unless this launcher started it (then the launcher prints it).
@@ -19,11 +21,28 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 from plmkit.errors import ConfigError
 
 LAUNCHER_VARIABLE = "PLMKIT_LAUNCHER"  # set in workers started by `plm --nproc`: the launcher reports errors
 USER_ERROR_CODE = 2
+
+
+def launch_recipe(nproc: str | None, config: Any, argv: Sequence[str]) -> int | None:
+    """Start `python -m plmkit ARGV` in `nproc` processes (the value of --nproc) and return their exit code,
+    or None when the job runs in this process (no --nproc, or 1). `config` is the job's recipe config
+    (its train.device and distributed sections), checked against the processes before any starts."""
+    if nproc is None:
+        return None
+    n = parse_nproc(nproc)
+    if n == 1:
+        return None
+    from plmkit.train.distributed.base import World, strategy_name
+
+    check_nproc(n, config.train.device)
+    strategy_name(config, World(0, n, 0, launched=True))  # e.g. strategy=single with --nproc 2
+    return launch(n, argv)
 
 
 def parse_nproc(text: str) -> int:
@@ -65,6 +84,11 @@ def report_worker_error(message: str) -> None:
 
 def is_worker() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def is_rank_zero() -> bool:
+    """The process that reports a job's results: rank 0 under torchrun, or the only process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def launch(nproc: int, argv: Sequence[str]) -> int:

@@ -118,9 +118,8 @@ def _load_tokenizer(path: Path) -> Any:
 
 # ---- model -----------------------------------------------------------------------------------------
 def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
-    fields = dict(config.model)
-    preset = fields.pop("preset", None)
-    base = get_preset(preset) if preset else ModelConfig()
+    fields = config.model.overrides()
+    base = get_preset(config.model.preset) if config.model.preset else ModelConfig()
     vocab = fields.get("vocab_size", tokenizer.vocab_size)
     if vocab != tokenizer.vocab_size:
         raise ConfigError(
@@ -147,9 +146,8 @@ def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
 
         header = Path(config.init_from) / CONFIG_FILE
         return ModelConfig.from_dict(read_header(header)["model"]) if header.is_file() else None
-    fields = dict(config.model)
-    preset = fields.pop("preset", None)
-    return (get_preset(preset) if preset else ModelConfig()).replace(**fields)
+    base = get_preset(config.model.preset) if config.model.preset else ModelConfig()
+    return base.replace(**config.model.overrides())
 
 
 def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:

@@ -18,7 +18,7 @@ from plmkit.config import to_dict
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
-from plmkit.model import ModelConfig, build_model, get_preset
+from plmkit.model import ModelConfig, get_preset
 from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
@@ -161,13 +161,8 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
                 f"{tokenizer.vocab_size}; use the checkpoint's own tokenizer (leave tokenizer.path empty)"
             )
         return model
-    if config.objective.name == "electra":
-        from plmkit.model.electra import build_electra
-
-        return build_electra(
-            build_model_config(config, tokenizer), **config.objective.options.get("model", {})
-        )
-    return build_model(build_model_config(config, tokenizer))
+    objective = objective_class(config.objective.name)  # it declares the model it trains
+    return objective.build_model(build_model_config(config, tokenizer), **config.objective.options.get("model", {}))
 
 
 def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -39,8 +38,6 @@ class BartDenoisingObjective(Objective):
     name = "bart"
     family = "seq2seq"
 
-    tokenizer: Any
-    seed: int = 0
     mask_ratio: float = 0.3  # text infilling: share of tokens inside masked spans (0 = off)
     poisson_lambda: float = 3.0  # mean span length
     permute_sentences: float = 1.0  # probability that a document's sentences are shuffled
@@ -49,7 +46,7 @@ class BartDenoisingObjective(Objective):
     sentence_end_tokens: tuple[str, ...] = DEFAULT_SENTENCE_ENDS  # token strings that end a sentence
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
+        super().__post_init__()
         for option in ("mask_ratio", "permute_sentences", "deletion_ratio", "rotate_probability"):
             value = getattr(self, option)
             if not 0.0 <= value <= 1.0:

@@ -22,7 +22,6 @@ over the other tokens; a special token splits a span that would cover it into tw
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -37,8 +36,6 @@ class GLMObjective(Objective):
     name = "glm"
     family = "prefix"
 
-    tokenizer: Any
-    seed: int = 0
     mask_ratio: float = 0.15  # share of text tokens inside spans
     poisson_lambda: float = 3.0  # mean span length (zero-length draws are redrawn)
     mask_token: str | None = None  # None: the tokenizer's mask role ([MASK]); GLM also uses [sMASK]/[gMASK]
@@ -47,7 +44,7 @@ class GLMObjective(Objective):
     add_cls: bool = True
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
+        super().__post_init__()
         if not 0.0 < self.mask_ratio < 1.0:
             raise ConfigError(f"glm: mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.poisson_lambda <= 0:

@@ -135,14 +135,12 @@ class MLMObjective(Objective):
     name: ClassVar[str] = "mlm"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
     mlm_probability: float = 0.15  # share of non-special tokens selected for prediction
     mask_replace_prob: float = 0.8  # of the selected: replaced by [MASK]
     random_replace_prob: float = 0.1  # of the selected: replaced by a random non-special token
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob

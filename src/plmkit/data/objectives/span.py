@@ -19,7 +19,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -62,8 +62,6 @@ class SpanMaskObjective(Objective):
     name: ClassVar[str] = "span"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
     mlm_probability: float = 0.15  # share of maskable tokens covered by spans
     geometric_p: float = 0.2  # span length ~ Geo(p), in words
     max_span_length: int = 10  # truncation of the geometric distribution
@@ -72,7 +70,7 @@ class SpanMaskObjective(Objective):
     whole_words: bool = True  # spans start at word starts and count words; False: tokens
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
         check_probability(self.name, "geometric_p", self.geometric_p, allow_zero=False)
         check_replace_probs(

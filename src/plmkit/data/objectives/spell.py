@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -91,8 +91,6 @@ class SpellingCorrectionObjective(Objective):
     name: ClassVar[str] = "spell"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
     mlm_probability: float = 0.15  # share of CJK-character tokens selected
     pinyin_replace_prob: float = 0.4  # -> a character with the same toneless pinyin
     confusion_replace_prob: float = 0.3  # -> a character from `confusion` (falls back to pinyin)
@@ -101,7 +99,7 @@ class SpellingCorrectionObjective(Objective):
     confusion: ConfusionSpec = None  # {char: [similar chars]} or same_pinyin/same_stroke-format file(s)
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
         check_replace_probs(
             self.name,

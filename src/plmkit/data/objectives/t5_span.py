@@ -24,7 +24,6 @@ and ends the noise span it falls in (the rest of the span gets its own sentinel)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
@@ -123,14 +122,12 @@ class SpanCorruptionObjective(Objective):
     name = "t5_span"
     family = "seq2seq"
 
-    tokenizer: Any
-    seed: int = 0
     noise_density: float = 0.15
     mean_noise_span_length: float = 3.0
     sentinel_template: str = "<extra_id_{}>"  # sentinel i is template.format(i), i = 0, 1, ...
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
+        super().__post_init__()
         if not 0.0 < self.noise_density < 1.0:
             raise ConfigError(f"t5_span: noise_density must be in (0, 1), got {self.noise_density}")
         if self.mean_noise_span_length < 1.0:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -46,15 +46,13 @@ class UniLMObjective(Objective):
     name: ClassVar[str] = "unilm"
     family: ClassVar[str] = "prefix"
 
-    tokenizer: Any
-    seed: int = 0
     proportions: Sequence[float] = (1 / 3, 1 / 6, 1 / 6, 1 / 3)  # bidirectional, l2r, r2l, seq2seq
     mlm_probability: float = 0.15
     mask_replace_prob: float = 0.8
     random_replace_prob: float = 0.1
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         props = [float(p) for p in self.proportions]
         if len(props) != 4 or min(props) < 0 or abs(sum(props) - 1.0) > 1e-6:
             raise ConfigError(

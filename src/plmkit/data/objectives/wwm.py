@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -119,8 +119,6 @@ class WholeWordMaskObjective(Objective):
     name: ClassVar[str] = "wwm"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
     mlm_probability: float = 0.15  # share of maskable tokens covered by the selected words
     mask_replace_prob: float = 0.8  # per selected token: [MASK]
     random_replace_prob: float = 0.1  # per selected token: a random non-special token
@@ -128,7 +126,7 @@ class WholeWordMaskObjective(Objective):
     segmenter: Segmenter | None = None  # text -> words, replaces jieba (e.g. an LTP wrapper)
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob

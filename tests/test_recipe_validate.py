@@ -87,6 +87,10 @@ def test_objective_options_are_checked_against_the_objective():
         validate(recipe("objective.options.seed=3"))
     with pytest.raises(ConfigError, match=r'config key "objective.options.mlm_probability" must be float'):
         validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=high"))
+    with pytest.raises(ConfigError, match=r"^objective.options.mlm_probability=1.5 is not in \(0, 1\]"):
+        validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=1.5"))
+    with pytest.raises(ConfigError, match=r"^objective.options.noise_density=0 is not in \(0, 1\)"):
+        validate(recipe("objective.name=t5_span", "model.family=seq2seq", "objective.options.noise_density=0"))
     validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=0.3"))
 
 

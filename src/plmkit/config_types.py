@@ -181,3 +181,27 @@ def join(path: str, key: Any) -> str:
 def describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text if len(text) <= 40 else text[:37] + '...'}"
+
+
+def declared_ranges(tp: Any) -> list[Range]:
+    """The Ranges an annotation declares (inside Optional too)."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Annotated:
+        return [a for a in args[1:] if isinstance(a, Range)]
+    if origin in (Union, types.UnionType):
+        return [r for a in args for r in declared_ranges(a)]
+    return []
+
+
+def check_ranges(instance: Any, where: str = "") -> None:
+    """The Ranges declared on a dataclass instance's fields, for instances built in code rather than by
+    plmkit.config.from_dict (which checks them while converting); `where` prefixes the field name."""
+    hints = field_types(type(instance))
+    for f in dataclasses.fields(instance):
+        value = getattr(instance, f.name)
+        for declared in declared_ranges(hints.get(f.name)):
+            if value is None:
+                continue
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ConfigError(f"{where}{f.name}={value!r} must be a number in {declared.describe()}")
+            declared.check(value, f"{where}{f.name}")

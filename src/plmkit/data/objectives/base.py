@@ -17,14 +17,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import torch
 
+from plmkit.config_types import Range, check_ranges
 from plmkit.errors import ConfigError, DataError
 from plmkit.model.config import ModelConfig
 
 Example = Sequence[int] | dict[str, Any]
+# option types with their ranges: checked when a recipe is read and when an objective is built
+Probability = Annotated[float, Range(ge=0, le=1)]  # may be 0 (that kind of change is off)
+Rate = Annotated[float, Range(gt=0, le=1)]  # a share of the tokens that must select some
+Positive = Annotated[float, Range(gt=0)]
 
 
 @dataclass(eq=False)
@@ -37,6 +42,7 @@ class Objective(abc.ABC):
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_ranges(self, f"objective {self.name!r}: ")  # the ranges declared on the options
         self.generator = torch.Generator().manual_seed(self.seed)
 
     @classmethod

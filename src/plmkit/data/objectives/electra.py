@@ -15,6 +15,7 @@ from typing import Annotated, Any, ClassVar
 import torch
 
 from plmkit.config_types import Range
+from plmkit.data.objectives.base import Probability, Rate
 from plmkit.data.objectives.mlm import MLMObjective
 from plmkit.model.config import ModelConfig
 
@@ -39,9 +40,9 @@ class ElectraObjective(MLMObjective):
     family: ClassVar[str] = "masked"
     model_options: ClassVar[type | None] = ElectraModelOptions
 
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.85
-    random_replace_prob: float = 0.0
+    mlm_probability: Rate = 0.15
+    mask_replace_prob: Probability = 0.85
+    random_replace_prob: Probability = 0.0
 
     @classmethod
     def build_model(cls, config: ModelConfig, **model_options: Any) -> torch.nn.Module:

@@ -166,11 +166,15 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
 
 
 def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
-    wanted = objective_class(config.objective.name).family
-    family = getattr(getattr(model, "config", None), "family", None)
+    """The built (or loaded) model is of the family the objective trains."""
+    check_objective_family(config.objective.name, getattr(getattr(model, "config", None), "family", None))
+
+
+def check_objective_family(objective: str, family: str | None) -> None:
+    wanted = objective_class(objective).family  # each objective declares the family it trains
     if wanted and family and wanted != family:
         raise ConfigError(
-            f"objective {config.objective.name!r} trains {wanted} models but model.family={family!r}; "
+            f"objective {objective!r} trains {wanted} models but model.family={family!r}; "
             f"set model.family={wanted} or choose another objective"
         )
 

@@ -21,7 +21,7 @@ from plmkit.config import check_fields, from_dict
 from plmkit.config_types import not_one_of
 from plmkit.data.objectives import objective_class
 from plmkit.errors import ConfigError
-from plmkit.recipes.common import recipe_architecture
+from plmkit.recipes.common import check_objective_family, recipe_architecture
 from plmkit.recipes.config import RecipeConfig
 
 
@@ -75,9 +75,5 @@ def check_peft_section(section: dict[str, Any]) -> None:
 def check_model_family(config: RecipeConfig) -> None:
     """The model section builds a valid ModelConfig of the family the objective trains."""
     architecture = recipe_architecture(config)  # ConfigError from ModelConfig's own checks
-    wanted = objective_class(config.objective.name).family
-    if architecture is not None and wanted and architecture.family != wanted:
-        raise ConfigError(
-            f"objective {config.objective.name!r} trains {wanted} models but model.family={architecture.family!r}; "
-            f"set model.family={wanted} or choose another objective"
-        )
+    if architecture is not None:  # None: a Hugging Face init_from, checked once loaded (check_family)
+        check_objective_family(config.objective.name, architecture.family)

@@ -52,9 +52,9 @@ class TrainConfig:
     clip_grad: float | None = 1.0
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False
-    max_bad_steps: int = 10  # abort after this many non-finite losses in a row
+    max_bad_steps: Positive = 10  # abort after this many non-finite losses in a row
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch.set_num_threads on CPU
+    threads: Positive | None = None  # torch.set_num_threads on CPU
 
 
 @dataclass
@@ -85,7 +85,7 @@ class FSDPConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    stage: int = 2  # ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters
+    stage: Literal[1, 2, 3] = 2  # ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters
     offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-Offload)
     offload_params: bool = False  # parameters on the CPU between uses (stage 3 only)
     options: dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed JSON keys (not generated ones)

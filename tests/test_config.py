@@ -5,14 +5,16 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import pytest
 import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from plmkit.config import apply_overrides, from_dict, load_config, load_yaml, parse_override, to_dict
+from plmkit.config import apply_overrides, from_dict, load_config, parse_override, to_dict
+from plmkit.config_types import Range
+from plmkit.config_yaml import load_yaml
 from plmkit.errors import ConfigError, DataError
 
 
@@ -119,9 +121,26 @@ def test_wrong_type_names_key_and_expected_type(data, key, expected):
 
 
 def test_literal_lists_choices_and_suggests():
-    expected = r"""'causal' \| 'masked', got 'casual' \(did you mean "causal"\?\)"""
+    expected = r'^model.family="casual" is not one of causal, masked \(did you mean "causal"\?\)$'
     with pytest.raises(ConfigError, match=expected):
-        from_dict(ModelCfg, {"family": "casual"})
+        from_dict(ModelCfg, {"family": "casual"}, path="model")
+
+
+def test_declared_ranges_name_key_value_and_range():
+    @dataclass
+    class Optim:
+        lr: Annotated[float, Range(gt=0)] = 1e-3
+        dropout: Annotated[float, Range(ge=0, lt=1)] | None = None
+        warmup: Annotated[int, Range(ge=0)] = 0
+
+    assert from_dict(Optim, {"lr": 2, "dropout": 0.0, "warmup": 3}) == Optim(2.0, 0.0, 3)
+    assert from_dict(Optim, {"dropout": None}).dropout is None
+    with pytest.raises(ConfigError, match=r"^optim.lr=0 is not in \(0, inf\)"):
+        from_dict(Optim, {"lr": 0}, path="optim")
+    with pytest.raises(ConfigError, match=r"^dropout=1.0 is not in \[0, 1\)"):
+        from_dict(Optim, {"dropout": 1.0})
+    with pytest.raises(ConfigError, match=r'override "warmup=-1": warmup=-1 is not in \[0, inf\)'):
+        apply_overrides({}, ["warmup=-1"], Optim)
 
 
 def test_missing_required_key_is_named():

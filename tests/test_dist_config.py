@@ -44,7 +44,7 @@ def assert_user_error(code: int, err: str, *needles: str) -> str:
 # ---- strategy names and launch checks -----------------------------------------------------------
 def test_unknown_strategy_suggests_the_closest(root, capsys):
     code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategy=fsdb"], capsys)
-    assert_user_error(code, err, "distributed.strategy='fsdb'", 'did you mean "fsdp"')
+    assert_user_error(code, err, 'distributed.strategy="fsdb"', 'did you mean "fsdp"')
     code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategi=ddp"], capsys)
     assert_user_error(code, err, 'did you mean "distributed.strategy"')
 

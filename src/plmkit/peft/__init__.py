@@ -45,15 +45,24 @@ from plmkit.peft.base import (
     require_config,
     trainable_report,
 )
-from plmkit.peft.bitfit import check_bitfit
+from plmkit.peft.bitfit import BitFitOptions, check_bitfit
 from plmkit.peft.export import export_peft
 from plmkit.peft.io import load_adapter, save_adapter
 from plmkit.peft.lora import LoRALinear, LoraOptions
 from plmkit.peft.prefix import PrefixEncoder, PrefixOptions, apply_prefix, fold
-from plmkit.peft.prompt import PromptTunedModel, apply_prompt
+from plmkit.peft.prompt import PromptOptions, PromptTunedModel, apply_prompt
 from plmkit.peft.qlora import MergeReport, merge_quantized
 
 METHODS = ("lora", "adapter", "bitfit", "prompt", "prefix")
+# each method's options (train_head aside, which every method takes): a recipe's peft section is checked
+# against these before anything is built (plmkit.recipes.validate)
+METHOD_OPTIONS: dict[str, type] = {
+    "lora": LoraOptions,
+    "adapter": AdapterOptions,
+    "bitfit": BitFitOptions,
+    "prompt": PromptOptions,
+    "prefix": PrefixOptions,
+}
 _PROMPT_OPTIONS = ("n_tokens", "init_text", "init_ids")
 _PTUNING_V2 = ("ptuning_v2", "p_tuning_v2", "ptuningv2", "ptuning", "p_tuning", "deep_prompt")
 
@@ -170,6 +179,7 @@ def unmerge(model: nn.Module) -> nn.Module:
 
 __all__ = [
     "METHODS",
+    "METHOD_OPTIONS",
     "AdapterLinear",
     "LoRALinear",
     "MergeReport",

@@ -6,9 +6,16 @@ Nothing is added to the model, so outputs at initialisation are the base model's
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from plmkit.errors import ConfigError
+
+
+@dataclass
+class BitFitOptions:
+    """BitFit takes no options of its own (only train_head, which every method takes)."""
 
 
 def check_bitfit(model: nn.Module, train_head: bool) -> None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -217,6 +218,15 @@ class PromptTunedModel(nn.Module):
             if a["attention_mask"].shape[-1] == a["encoder_hidden_states"].shape[1] - self.n_tokens:
                 a["attention_mask"] = self._widen_mask(a["attention_mask"])
         return self.base(**a)
+
+
+@dataclass
+class PromptOptions:
+    """Prompt tuning's options (`apply(model, "prompt", ...)`; checked by apply_prompt)."""
+
+    n_tokens: int = 20  # soft-prompt length
+    init_text: str | None = None  # start from these words' embeddings (+ tokenizer)
+    init_ids: list[int] | None = None  # ... or these token ids'
 
 
 def apply_prompt(model: nn.Module, n_tokens: int = 20, init_text: str | None = None,

@@ -18,7 +18,7 @@ from plmkit.config import to_dict
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
-from plmkit.model import ModelConfig, build_model, get_preset
+from plmkit.model import ModelConfig, get_preset
 from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
@@ -118,9 +118,8 @@ def _load_tokenizer(path: Path) -> Any:
 
 # ---- model -----------------------------------------------------------------------------------------
 def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
-    fields = dict(config.model)
-    preset = fields.pop("preset", None)
-    base = get_preset(preset) if preset else ModelConfig()
+    fields = config.model.overrides()
+    base = get_preset(config.model.preset) if config.model.preset else ModelConfig()
     vocab = fields.get("vocab_size", tokenizer.vocab_size)
     if vocab != tokenizer.vocab_size:
         raise ConfigError(
@@ -147,9 +146,8 @@ def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
 
         header = Path(config.init_from) / CONFIG_FILE
         return ModelConfig.from_dict(read_header(header)["model"]) if header.is_file() else None
-    fields = dict(config.model)
-    preset = fields.pop("preset", None)
-    return (get_preset(preset) if preset else ModelConfig()).replace(**fields)
+    base = get_preset(config.model.preset) if config.model.preset else ModelConfig()
+    return base.replace(**config.model.overrides())
 
 
 def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
@@ -163,21 +161,20 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
                 f"{tokenizer.vocab_size}; use the checkpoint's own tokenizer (leave tokenizer.path empty)"
             )
         return model
-    if config.objective.name == "electra":
-        from plmkit.model.electra import build_electra
-
-        return build_electra(
-            build_model_config(config, tokenizer), **config.objective.options.get("model", {})
-        )
-    return build_model(build_model_config(config, tokenizer))
+    objective = objective_class(config.objective.name)  # it declares the model it trains
+    return objective.build_model(build_model_config(config, tokenizer), **config.objective.options.get("model", {}))
 
 
 def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
-    wanted = objective_class(config.objective.name).family
-    family = getattr(getattr(model, "config", None), "family", None)
+    """The built (or loaded) model is of the family the objective trains."""
+    check_objective_family(config.objective.name, getattr(getattr(model, "config", None), "family", None))
+
+
+def check_objective_family(objective: str, family: str | None) -> None:
+    wanted = objective_class(objective).family  # each objective declares the family it trains
     if wanted and family and wanted != family:
         raise ConfigError(
-            f"objective {config.objective.name!r} trains {wanted} models but model.family={family!r}; "
+            f"objective {objective!r} trains {wanted} models but model.family={family!r}; "
             f"set model.family={wanted} or choose another objective"
         )
 

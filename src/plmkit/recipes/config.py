@@ -12,15 +12,25 @@
     quantize: {mode: int8}                            # optional, with peft: QLoRA on a frozen int8 / nf4 base
     distributed: {strategy: fsdp}                     # with plm pretrain ... --nproc N (train/distributed/)
 
-Every section is a dataclass, so an unknown key fails with the closest valid one suggested.
+Every section is a dataclass with Literal choices and declared ranges, so an unknown key or value fails
+with the closest valid one suggested while the recipe is read. The `peft` section and `objective.options`
+depend on the method / objective chosen; plmkit.recipes.validate checks them against their option
+dataclasses before anything is built.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from plmkit.config_types import UNSET, Range, given_fields
+from plmkit.data.objectives import OBJECTIVES
 from plmkit.data.sources import SourceSpec  # path, weight, text_field, format, on_error
+from plmkit.model.config import ACTIVATIONS, FAMILIES, NORMS, POSITIONS, ModelConfig
+from plmkit.model.presets import PRESETS
+from plmkit.tokenizer.special import FAMILIES as TOKENIZER_FAMILIES
 from plmkit.train.config import (
     CheckpointConfig,
     DistributedConfig,
@@ -36,24 +46,49 @@ from plmkit.train.config import (
 @dataclass
 class TokenizerConfig:
     path: str | None = None  # an existing tokenizer (or checkpoint) folder
-    kind: str = "bpe"  # when training: bpe | wordpiece | unigram
-    vocab_size: int = 8192
-    family: str | None = None  # special tokens of a family (bert, t5, glm, ...)
+    kind: Literal["bpe", "wordpiece", "unigram"] = "bpe"  # when training
+    vocab_size: Annotated[int, Range(ge=1)] = 8192
+    family: Literal[TOKENIZER_FAMILIES] | None = None  # special tokens of a family (bert, t5, glm, ...)
 
 
 @dataclass
 class DataConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     validation: list[SourceSpec] = field(default_factory=list)  # empty: hold out validation_fraction
-    validation_fraction: float = 0.05  # of the documents, when no validation sources are given
-    block_size: int = 256
+    validation_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # of the documents, when no validation sources
+    block_size: Annotated[int, Range(ge=1)] = 256
     cache_dir: str | None = None  # tokenized-store cache; default .cache/plmkit in the working directory
 
 
 @dataclass
 class ObjectiveConfig:
-    name: str = "clm"
-    options: dict[str, Any] = field(default_factory=dict)
+    name: Literal[tuple(OBJECTIVES)] = "clm"
+    options: dict[str, Any] = field(default_factory=dict)  # the objective's fields; `model`: its model's options
+
+
+# ModelConfig's enumerated fields, typed as the choices they take in a recipe
+_CHOICES = {"family": FAMILIES, "position": POSITIONS, "norm": NORMS, "activation": ACTIVATIONS}
+
+
+def _model_section() -> type:
+    """The recipe's `model` section: `preset` plus every ModelConfig field, each optional (UNSET: the
+    preset's value). Generated from ModelConfig so that a new architecture switch needs no edit here."""
+    hints = typing.get_type_hints(ModelConfig)
+    fields: list[tuple[str, Any, Any]] = [("preset", Literal[tuple(PRESETS)] | None, field(default=UNSET))]
+    for f in dataclasses.fields(ModelConfig):
+        tp = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
+        fields.append((f.name, tp, field(default=UNSET)))
+
+    def overrides(self: Any) -> dict[str, Any]:
+        """The ModelConfig fields this section sets (preset excluded)."""
+        return {k: v for k, v in given_fields(self).items() if k != "preset"}
+
+    return dataclasses.make_dataclass(
+        "ModelSection", fields, namespace={"overrides": overrides, "__module__": __name__}
+    )
+
+
+ModelSection = _model_section()
 
 
 @dataclass
@@ -61,7 +96,7 @@ class RecipeConfig:
     name: str = "run"
     out_dir: str = "runs/{name}"
     seed: int = 0
-    model: dict[str, Any] = field(default_factory=dict)  # preset + ModelConfig fields
+    model: ModelSection = field(default_factory=ModelSection)  # preset + ModelConfig fields
     init_from: str | None = None  # continual pre-training: a plmkit or Hugging Face checkpoint
     peft: dict[str, Any] = field(default_factory=dict)  # e.g. {method: lora, r: 8}; empty: train everything
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)  # QLoRA's frozen quantized base

@@ -26,6 +26,7 @@ from plmkit.config import to_dict
 from plmkit.errors import PlmkitError
 from plmkit.recipes.common import Run, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.validate import validate
 from plmkit.train.checkpoint import latest_checkpoint, rng_state
 from plmkit.train.distributed.base import Strategy, build_strategy
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
@@ -135,6 +136,7 @@ def checkpoint(run: Run, progress: Progress) -> Path:
 
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
+    validate(config)  # the whole recipe, before any process group, file or tokenizer
     strategy = build_strategy(config)  # one process, or this process's place among torchrun's
     try:
         return _pretrain(config, strategy, stream)

@@ -1,17 +1,34 @@
 """The training engine's settings: optimizer, schedule, loop, evaluation, checkpoints, logging,
-distribution and the quantized base of QLoRA. A recipe (plmkit.recipes.config) composes these sections."""
+distribution and the quantized base of QLoRA. A recipe (plmkit.recipes.config) composes these sections.
+
+Closed sets of values are Literal types and numeric limits are declared Ranges, so plmkit.config rejects
+`schedule.kind=cosin` or `train.batch_size=0` while the recipe is read, before anything runs.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from plmkit.config_types import Range
+
+OptimizerName = Literal["adamw", "adamw8bit"]
+ScheduleKind = Literal["linear", "cosine", "constant", "wsd"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
+StrategyName = Literal["auto", "single", "ddp", "fsdp", "deepspeed"]
+QuantizeMode = Literal["int8", "int8-dynamic", "nf4"]
+QuantizeBackend = Literal["torch", "bitsandbytes"]
+
+Positive = Annotated[int, Range(ge=1)]
+NonNegative = Annotated[int, Range(ge=0)]
+Fraction = Annotated[float, Range(ge=0, le=1)]
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
+    name: OptimizerName = "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
     lr: float = 3e-4
-    weight_decay: float = 0.1
+    weight_decay: Annotated[float, Range(ge=0)] = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
     eps: float = 1e-8
     decay_embeddings: bool = False  # embeddings decay like matrices only when True
@@ -20,41 +37,41 @@ class OptimConfig:
 
 @dataclass
 class ScheduleConfig:
-    kind: str = "cosine"  # linear | cosine | constant | wsd (warmup-stable-decay)
-    warmup_steps: int = 0
-    min_lr_ratio: float = 0.1  # cosine/linear/wsd end at lr * min_lr_ratio
-    decay_fraction: float = 0.2  # wsd: the last fraction of steps decays
+    kind: ScheduleKind = "cosine"  # linear | cosine | constant | wsd (warmup-stable-decay)
+    warmup_steps: NonNegative = 0
+    min_lr_ratio: Fraction = 0.1  # cosine/linear/wsd end at lr * min_lr_ratio
+    decay_fraction: Fraction = 0.2  # wsd: the last fraction of steps decays
 
 
 @dataclass
 class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
-    accumulation: int = 1  # micro-batches per optimizer step
-    precision: str = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
+    steps: NonNegative = 1000
+    batch_size: Positive = 16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
+    accumulation: Positive = 1  # micro-batches per optimizer step
+    precision: PrecisionName = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
     clip_grad: float | None = 1.0
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False
-    max_bad_steps: int = 10  # abort after this many non-finite losses in a row
+    max_bad_steps: Positive = 10  # abort after this many non-finite losses in a row
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: int | None = None  # torch.set_num_threads on CPU
+    threads: Positive | None = None  # torch.set_num_threads on CPU
 
 
 @dataclass
 class EvalConfig:
-    every: int = 200  # optimizer steps between evaluations (0: only before and after)
-    batches: int = 50  # at most this many validation batches per evaluation
+    every: NonNegative = 200  # optimizer steps between evaluations (0: only before and after)
+    batches: NonNegative = 50  # at most this many validation batches per evaluation
 
 
 @dataclass
 class CheckpointConfig:
-    every: int = 500  # optimizer steps between checkpoints (the final one is always written)
+    every: NonNegative = 500  # optimizer steps between checkpoints (the final one is always written)
     keep_last: int = 2
 
 
 @dataclass
 class LogConfig:
-    every: int = 10  # steps between progress lines and metric rows
+    every: Positive = 10  # steps between progress lines and metric rows
     tensorboard: bool = True  # when the tensorboard package is installed
     plot: bool = True  # loss-curve PNG at the end (when matplotlib is installed)
 
@@ -68,7 +85,7 @@ class FSDPConfig:
 
 @dataclass
 class DeepSpeedConfig:
-    stage: int = 2  # ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters
+    stage: Literal[1, 2, 3] = 2  # ZeRO stage: 1 shards optimizer state, 2 also gradients, 3 also parameters
     offload_optimizer: bool = False  # optimizer state and step on the CPU (ZeRO-Offload)
     offload_params: bool = False  # parameters on the CPU between uses (stage 3 only)
     options: dict[str, Any] = field(default_factory=dict)  # extra DeepSpeed JSON keys (not generated ones)
@@ -76,8 +93,8 @@ class DeepSpeedConfig:
 
 @dataclass
 class DistributedConfig:
-    strategy: str = "auto"  # auto (single, or ddp under torchrun) | single | ddp | fsdp | deepspeed
-    tensor_parallel: int = 1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
+    strategy: StrategyName = "auto"  # auto (single, or ddp under torchrun) | single | ddp | fsdp | deepspeed
+    tensor_parallel: Positive = 1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
@@ -86,6 +103,6 @@ class DistributedConfig:
 class QuantizeConfig:
     """QLoRA: the base (built or init_from) is quantized before `peft` is applied (plmkit.quant.quantize)."""
 
-    mode: str | None = None  # None: no quantization | int8 | int8-dynamic | nf4
+    mode: QuantizeMode | None = None  # None: no quantization | int8 | int8-dynamic | nf4
     embeddings: bool = True  # embedding tables and the LM head as int8 rows too
-    backend: str = "torch"  # torch | bitsandbytes
+    backend: QuantizeBackend = "torch"  # torch | bitsandbytes

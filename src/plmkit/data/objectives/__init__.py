@@ -7,11 +7,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
-import inspect
 from typing import Any
 
+from plmkit.config import check_fields
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import ConfigError, did_you_mean
 
@@ -41,16 +40,10 @@ def objective_class(name: str) -> type[Objective]:
 
 
 def build_objective(name: str, tokenizer: Any, **options: Any) -> Objective:
-    """The named objective with its options (unknown options fail with a suggestion)."""
+    """The named objective with its options (and `seed`), checked against its fields like every config:
+    an unknown option fails with the closest valid one, a value outside its range names the range."""
     cls = objective_class(name)
-    if dataclasses.is_dataclass(cls):
-        allowed = [f.name for f in dataclasses.fields(cls) if f.init]
-    else:
-        allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(f"unknown option {key!r} for objective {name!r}{did_you_mean(key, allowed)}")
-    return cls(tokenizer=tokenizer, **options)
+    return cls(tokenizer=tokenizer, **check_fields(cls, options, exclude=("tokenizer",)))
 
 
 __all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_class"]

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
+from plmkit.data.objectives.base import Example, Objective, Positive, Probability
 from plmkit.errors import ConfigError
 
 DEFAULT_SENTENCE_ENDS = (".", "。", "!", "?", "！", "？")
@@ -39,23 +38,15 @@ class BartDenoisingObjective(Objective):
     name = "bart"
     family = "seq2seq"
 
-    tokenizer: Any
-    seed: int = 0
-    mask_ratio: float = 0.3  # text infilling: share of tokens inside masked spans (0 = off)
-    poisson_lambda: float = 3.0  # mean span length
-    permute_sentences: float = 1.0  # probability that a document's sentences are shuffled
-    deletion_ratio: float = 0.0  # token deletion: probability that each token is deleted
-    rotate_probability: float = 0.0  # probability that a document is rotated
+    mask_ratio: Probability = 0.3  # text infilling: share of tokens inside masked spans (0 = off)
+    poisson_lambda: Positive = 3.0  # mean span length
+    permute_sentences: Probability = 1.0  # probability that a document's sentences are shuffled
+    deletion_ratio: Probability = 0.0  # token deletion: probability that each token is deleted
+    rotate_probability: Probability = 0.0  # probability that a document is rotated
     sentence_end_tokens: tuple[str, ...] = DEFAULT_SENTENCE_ENDS  # token strings that end a sentence
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
-        for option in ("mask_ratio", "permute_sentences", "deletion_ratio", "rotate_probability"):
-            value = getattr(self, option)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"bart: {option} must be in [0, 1], got {value}")
-        if self.poisson_lambda <= 0:
-            raise ConfigError(f"bart: poisson_lambda must be positive, got {self.poisson_lambda}")
+        super().__post_init__()
         self.eos_id = self.required_id("eos")
         self.bos_id = self.tokenizer.bos_id
         self.mask_id = self.required_id("mask") if self.mask_ratio > 0 else None

@@ -4,29 +4,53 @@ An objective turns a list of token-id sequences into the batch dict its model fa
 (`model(**batch)`), with -100 marking labels that carry no loss. All randomness comes from
 `self.generator`, so a batch is reproducible from the seed and `state_dict()` lets a resumed run
 draw exactly the masks an uninterrupted run would have drawn.
+
+An objective is a dataclass: its fields after `tokenizer` and `seed` are its options (a recipe's
+`objective.options`, checked against them before anything is built). It also declares the model it
+trains: `family`, and `build_model`, which builds a plain model of that family unless the objective
+needs its own (ELECTRA's generator + discriminator); `model_options` is the dataclass of the options
+that `build_model` takes (a recipe's `objective.options.model`).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Annotated, Any, ClassVar
 
 import torch
 
+from plmkit.config_types import Range, check_ranges
 from plmkit.errors import ConfigError, DataError
+from plmkit.model.config import ModelConfig
 
 Example = Sequence[int] | dict[str, Any]
+# option types with their ranges: checked when a recipe is read and when an objective is built
+Probability = Annotated[float, Range(ge=0, le=1)]  # may be 0 (that kind of change is off)
+Rate = Annotated[float, Range(gt=0, le=1)]  # a share of the tokens that must select some
+Positive = Annotated[float, Range(gt=0)]
 
 
+@dataclass(eq=False)
 class Objective(abc.ABC):
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""  # causal | masked | prefix | seq2seq: the model family that consumes it
+    model_options: ClassVar[type | None] = None  # dataclass of build_model's options; None: it takes none
 
-    def __init__(self, tokenizer: Any, seed: int = 0) -> None:
-        self.tokenizer = tokenizer
-        self.seed = seed
-        self.generator = torch.Generator().manual_seed(seed)
+    tokenizer: Any
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_ranges(self, f"objective {self.name!r}: ")  # the ranges declared on the options
+        self.generator = torch.Generator().manual_seed(self.seed)
+
+    @classmethod
+    def build_model(cls, config: ModelConfig, **model_options: Any) -> torch.nn.Module:
+        """The model this objective trains, from the recipe's model config (family already checked)."""
+        from plmkit.model import build_model
+
+        return build_model(config)
 
     @abc.abstractmethod
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:

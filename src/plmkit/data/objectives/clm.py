@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -26,11 +26,9 @@ class CLMObjective(Objective):
     name: ClassVar[str] = "clm"
     family: ClassVar[str] = "causal"
 
-    tokenizer: Any
-    seed: int = 0
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
 
     def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         ids = [self.ids_of(e) for e in examples]

@@ -22,11 +22,12 @@ over the other tokens; a special token splits a span that would cover it into tw
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
+from plmkit.config_types import Range
+from plmkit.data.objectives.base import Example, Objective, Positive
 from plmkit.errors import ConfigError
 
 Span = tuple[int, int]  # [start, end) in the text
@@ -37,21 +38,15 @@ class GLMObjective(Objective):
     name = "glm"
     family = "prefix"
 
-    tokenizer: Any
-    seed: int = 0
-    mask_ratio: float = 0.15  # share of text tokens inside spans
-    poisson_lambda: float = 3.0  # mean span length (zero-length draws are redrawn)
+    mask_ratio: Annotated[float, Range(gt=0, lt=1)] = 0.15  # share of text tokens inside spans
+    poisson_lambda: Positive = 3.0  # mean span length (zero-length draws are redrawn)
     mask_token: str | None = None  # None: the tokenizer's mask role ([MASK]); GLM also uses [sMASK]/[gMASK]
     sop_token: str = "<sop>"
     eop_token: str = "<eop>"
     add_cls: bool = True
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
-        if not 0.0 < self.mask_ratio < 1.0:
-            raise ConfigError(f"glm: mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.poisson_lambda <= 0:
-            raise ConfigError(f"glm: poisson_lambda must be positive, got {self.poisson_lambda}")
+        super().__post_init__()
         self.mask_id = self.required_id("mask") if self.mask_token is None else self._token(self.mask_token)
         self.sop_id = self._token(self.sop_token)
         self.eop_id = self._token(self.eop_token)

@@ -22,22 +22,13 @@ from typing import Any, ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
+from plmkit.data.objectives.base import Example, Objective, Probability, Rate
 from plmkit.errors import ConfigError, DataError
 
 
-def check_probability(objective: str, option: str, value: Any, allow_zero: bool = True) -> None:
-    """ConfigError unless `value` is a number in [0, 1] (or (0, 1] with allow_zero=False)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value <= 1
-    if not ok or (not allow_zero and value == 0):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ConfigError(f"objective {objective!r}: {option}={value!r} must be a number in {interval}")
-
-
 def check_replace_probs(objective: str, **probs: float) -> None:
-    """The replacement proportions are probabilities that leave a non-negative 'keep unchanged' share."""
-    for option, value in probs.items():
-        check_probability(objective, option, value)
+    """The replacement proportions (each a Probability, checked by its declared range) leave a
+    non-negative 'keep unchanged' share."""
     if sum(probs.values()) > 1 + 1e-9:
         listed = " + ".join(f"{k}={v}" for k, v in probs.items())
         raise ConfigError(
@@ -135,15 +126,12 @@ class MLMObjective(Objective):
     name: ClassVar[str] = "mlm"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
-    mlm_probability: float = 0.15  # share of non-special tokens selected for prediction
-    mask_replace_prob: float = 0.8  # of the selected: replaced by [MASK]
-    random_replace_prob: float = 0.1  # of the selected: replaced by a random non-special token
+    mlm_probability: Rate = 0.15  # share of non-special tokens selected for prediction
+    mask_replace_prob: Probability = 0.8  # of the selected: replaced by [MASK]
+    random_replace_prob: Probability = 0.1  # of the selected: replaced by a random non-special token
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
-        check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
+        super().__post_init__()
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob
         )

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
-from plmkit.data.objectives.mlm import check_probability
+from plmkit.data.objectives.base import Example, Objective, Probability
 from plmkit.errors import ConfigError, DataError
 
 
@@ -35,16 +34,12 @@ class PrefixLMObjective(Objective):
     name: ClassVar[str] = "prefix_lm"
     family: ClassVar[str] = "prefix"
 
-    tokenizer: Any
-    seed: int = 0
-    min_source_fraction: float = 0.2  # random split point: at least this share of the tokens is source
-    max_source_fraction: float = 0.8  # ... and at most this share
+    min_source_fraction: Probability = 0.2  # random split point: at least this share of the tokens is source
+    max_source_fraction: Probability = 0.8  # ... and at most this share
     append_eos: bool = False  # append EOS to each target so the model learns to stop
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
-        check_probability(self.name, "min_source_fraction", self.min_source_fraction)
-        check_probability(self.name, "max_source_fraction", self.max_source_fraction)
+        super().__post_init__()
         if self.min_source_fraction > self.max_source_fraction:
             raise ConfigError(
                 f"objective 'prefix_lm': min_source_fraction={self.min_source_fraction} is larger than "

@@ -19,13 +19,13 @@ from __future__ import annotations
 import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
+from plmkit.config_types import Range
+from plmkit.data.objectives.base import Example, Objective, Probability, Rate
 from plmkit.data.objectives.mlm import (
-    check_probability,
     check_replace_probs,
     mask_tokens,
     selectable,
@@ -62,19 +62,15 @@ class SpanMaskObjective(Objective):
     name: ClassVar[str] = "span"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
-    mlm_probability: float = 0.15  # share of maskable tokens covered by spans
-    geometric_p: float = 0.2  # span length ~ Geo(p), in words
-    max_span_length: int = 10  # truncation of the geometric distribution
-    mask_replace_prob: float = 0.8  # per span: all [MASK]
-    random_replace_prob: float = 0.1  # per span: random tokens
+    mlm_probability: Rate = 0.15  # share of maskable tokens covered by spans
+    geometric_p: Rate = 0.2  # span length ~ Geo(p), in words
+    max_span_length: Annotated[int, Range(ge=1)] = 10  # truncation of the geometric distribution
+    mask_replace_prob: Probability = 0.8  # per span: all [MASK]
+    random_replace_prob: Probability = 0.1  # per span: random tokens
     whole_words: bool = True  # spans start at word starts and count words; False: tokens
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
-        check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
-        check_probability(self.name, "geometric_p", self.geometric_p, allow_zero=False)
+        super().__post_init__()
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob
         )

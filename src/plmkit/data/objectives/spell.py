@@ -21,12 +21,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
-from plmkit.data.objectives.mlm import check_probability, check_replace_probs, forced_selection, selectable
+from plmkit.data.objectives.base import Example, Objective, Probability, Rate
+from plmkit.data.objectives.mlm import check_replace_probs, forced_selection, selectable
 from plmkit.data.objectives.wwm import is_cjk_char
 from plmkit.errors import ConfigError, DataError
 
@@ -91,18 +91,15 @@ class SpellingCorrectionObjective(Objective):
     name: ClassVar[str] = "spell"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
-    mlm_probability: float = 0.15  # share of CJK-character tokens selected
-    pinyin_replace_prob: float = 0.4  # -> a character with the same toneless pinyin
-    confusion_replace_prob: float = 0.3  # -> a character from `confusion` (falls back to pinyin)
-    mask_replace_prob: float = 0.1  # -> [MASK]
-    random_replace_prob: float = 0.1  # -> a random CJK character; the rest stay unchanged
+    mlm_probability: Rate = 0.15  # share of CJK-character tokens selected
+    pinyin_replace_prob: Probability = 0.4  # -> a character with the same toneless pinyin
+    confusion_replace_prob: Probability = 0.3  # -> a character from `confusion` (falls back to pinyin)
+    mask_replace_prob: Probability = 0.1  # -> [MASK]
+    random_replace_prob: Probability = 0.1  # -> a random CJK character; the rest stay unchanged
     confusion: ConfusionSpec = None  # {char: [similar chars]} or same_pinyin/same_stroke-format file(s)
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
-        check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
+        super().__post_init__()
         check_replace_probs(
             self.name,
             pinyin_replace_prob=self.pinyin_replace_prob,

@@ -24,10 +24,11 @@ and ends the noise span it falls in (the rest of the span gets its own sentinel)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated
 
 import torch
 
+from plmkit.config_types import Range
 from plmkit.data.objectives.base import Example, Objective
 from plmkit.errors import ConfigError
 
@@ -123,20 +124,12 @@ class SpanCorruptionObjective(Objective):
     name = "t5_span"
     family = "seq2seq"
 
-    tokenizer: Any
-    seed: int = 0
-    noise_density: float = 0.15
-    mean_noise_span_length: float = 3.0
+    noise_density: Annotated[float, Range(gt=0, lt=1)] = 0.15
+    mean_noise_span_length: Annotated[float, Range(ge=1)] = 3.0
     sentinel_template: str = "<extra_id_{}>"  # sentinel i is template.format(i), i = 0, 1, ...
 
     def __post_init__(self) -> None:
-        super().__init__(self.tokenizer, self.seed)
-        if not 0.0 < self.noise_density < 1.0:
-            raise ConfigError(f"t5_span: noise_density must be in (0, 1), got {self.noise_density}")
-        if self.mean_noise_span_length < 1.0:
-            raise ConfigError(
-                f"t5_span: mean_noise_span_length must be >= 1, got {self.mean_noise_span_length}"
-            )
+        super().__post_init__()
         self.eos_id = self.required_id("eos")
         self._special = set(self.special_ids().tolist())
         self._sentinels: list[int] = []

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
-from plmkit.data.objectives.mlm import check_probability, check_replace_probs, mask_tokens, selectable
+from plmkit.data.objectives.base import Example, Objective, Probability, Rate
+from plmkit.data.objectives.mlm import check_replace_probs, mask_tokens, selectable
 from plmkit.errors import ConfigError
 from plmkit.model import masks
 
@@ -46,15 +46,13 @@ class UniLMObjective(Objective):
     name: ClassVar[str] = "unilm"
     family: ClassVar[str] = "prefix"
 
-    tokenizer: Any
-    seed: int = 0
     proportions: Sequence[float] = (1 / 3, 1 / 6, 1 / 6, 1 / 3)  # bidirectional, l2r, r2l, seq2seq
-    mlm_probability: float = 0.15
-    mask_replace_prob: float = 0.8
-    random_replace_prob: float = 0.1
+    mlm_probability: Rate = 0.15
+    mask_replace_prob: Probability = 0.8
+    random_replace_prob: Probability = 0.1
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
+        super().__post_init__()
         props = [float(p) for p in self.proportions]
         if len(props) != 4 or min(props) < 0 or abs(sum(props) - 1.0) > 1e-6:
             raise ConfigError(
@@ -62,7 +60,6 @@ class UniLMObjective(Objective):
                 f"got {list(self.proportions)}"
             )
         self._probs = torch.tensor(props)
-        check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob
         )

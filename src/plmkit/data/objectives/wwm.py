@@ -19,13 +19,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
-from plmkit.data.objectives.base import Example, Objective
+from plmkit.data.objectives.base import Example, Objective, Probability, Rate
 from plmkit.data.objectives.mlm import (
-    check_probability,
     check_replace_probs,
     mask_tokens,
     selectable,
@@ -119,17 +118,14 @@ class WholeWordMaskObjective(Objective):
     name: ClassVar[str] = "wwm"
     family: ClassVar[str] = "masked"
 
-    tokenizer: Any
-    seed: int = 0
-    mlm_probability: float = 0.15  # share of maskable tokens covered by the selected words
-    mask_replace_prob: float = 0.8  # per selected token: [MASK]
-    random_replace_prob: float = 0.1  # per selected token: a random non-special token
+    mlm_probability: Rate = 0.15  # share of maskable tokens covered by the selected words
+    mask_replace_prob: Probability = 0.8  # per selected token: [MASK]
+    random_replace_prob: Probability = 0.1  # per selected token: a random non-special token
     chinese_words: bool = True  # segment CJK runs into words with jieba; False: each character is a word
     segmenter: Segmenter | None = None  # text -> words, replaces jieba (e.g. an LTP wrapper)
 
     def __post_init__(self) -> None:
-        Objective.__init__(self, self.tokenizer, self.seed)
-        check_probability(self.name, "mlm_probability", self.mlm_probability, allow_zero=False)
+        super().__post_init__()
         check_replace_probs(
             self.name, mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob
         )

@@ -1,0 +1,79 @@
+"""Check a whole recipe before anything is written, downloaded, trained or built.
+
+`load_config(RecipeConfig, ...)` already checks every typed section (keys, types, Literal choices,
+ranges). What depends on a choice is checked here: the objective's options against the objective's
+dataclass (and `objective.options.model` against the model options it declares), the peft section
+against the method's options dataclass, the model section as a whole (preset + fields -> a valid
+ModelConfig), and that the objective trains the model family the recipe builds. Every error has the
+format of plmkit.config_types, so `plm pretrain recipe.yaml schedule.kind=cosin` or
+`objective.options.mlm_probabilty=0.2` fails in the same words, and no run folder is left behind.
+
+    config = load_config(RecipeConfig, path, overrides)
+    validate(config)   # ConfigError naming the key and the closest valid one
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from plmkit.config import check_fields, from_dict
+from plmkit.config_types import not_one_of
+from plmkit.data.objectives import objective_class
+from plmkit.errors import ConfigError
+from plmkit.recipes.common import check_objective_family, recipe_architecture
+from plmkit.recipes.config import RecipeConfig
+
+
+@dataclass
+class _EveryMethod:
+    train_head: bool | None = None  # also train a task head in full (None: True for task models)
+
+
+def validate(config: RecipeConfig) -> None:
+    """ConfigError for anything in `config` that would fail once the run is under way."""
+    check_objective_options(config.objective.name, config.objective.options)
+    check_peft_section(config.peft)
+    check_model_family(config)
+
+
+def check_objective_options(name: str, options: dict[str, Any]) -> None:
+    """`objective.options` against the objective's fields; `options.model` against its model options."""
+    objective = objective_class(name)
+    options = dict(options)
+    model_options = options.pop("model", None) if objective.model_options is not None else None
+    # tokenizer and seed come from the recipe (tokenizer section, seed), not from the options
+    check_fields(objective, options, path="objective.options", exclude=("tokenizer", "seed"))
+    if model_options is not None:
+        from_dict(objective.model_options, model_options, path="objective.options.model")
+
+
+def check_peft_section(section: dict[str, Any]) -> None:
+    """The peft section ({method: lora, r: 8, ...}) against the method's options dataclass."""
+    from plmkit.peft import METHOD_OPTIONS
+
+    if not section:
+        return
+    if "method" not in section:
+        raise ConfigError(
+            f'missing required config key "peft.method": peft must be a mapping with a method (one of '
+            f'{", ".join(METHOD_OPTIONS)}), e.g. {{method: lora, r: 8}}; or remove the section to train everything'
+        )
+    method = section["method"]
+    if method not in METHOD_OPTIONS:
+        raise not_one_of(method, METHOD_OPTIONS, "peft.method")
+    options = {k: v for k, v in section.items() if k not in ("method", "train_head")}
+    check_fields(_EveryMethod, {k: v for k, v in section.items() if k == "train_head"}, path="peft")
+    parsed = from_dict(METHOD_OPTIONS[method], options, path="peft")
+    if hasattr(parsed, "validate"):
+        try:
+            parsed.validate()  # the method's own checks (ranges, combinations)
+        except ConfigError as error:
+            raise ConfigError(f"peft: {error}") from None
+
+
+def check_model_family(config: RecipeConfig) -> None:
+    """The model section builds a valid ModelConfig of the family the objective trains."""
+    architecture = recipe_architecture(config)  # ConfigError from ModelConfig's own checks
+    if architecture is not None:  # None: a Hugging Face init_from, checked once loaded (check_family)
+        check_objective_family(config.objective.name, architecture.family)

@@ -368,9 +368,11 @@ def _fake_recipe(monkeypatch, tmp_path) -> tuple[list, Path]:
     from plmkit.recipes import RECIPES, Recipe
 
     calls = []
-    fake_module(monkeypatch, "toy_recipe", ToyConfig=ToyConfig, run=lambda config: calls.append(config) or {"ok": 1})
+    fake_module(monkeypatch, "toy_recipe", ToyConfig=ToyConfig, run=lambda config: calls.append(config) or {"ok": 1},
+                validate=lambda config: None)
     monkeypatch.setitem(RECIPES, "toy", Recipe(help="a toy", description="A toy recipe.",
-                                               config_class="toy_recipe:ToyConfig", run="toy_recipe:run"))
+                                               config_class="toy_recipe:ToyConfig", run="toy_recipe:run",
+                                               validate="toy_recipe:validate"))
     path = tmp_path / "toy.yaml"
     path.write_text("steps: 3\n")
     return calls, path

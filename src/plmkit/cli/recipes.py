@@ -40,6 +40,7 @@ def _run_recipe(args: argparse.Namespace) -> int:
         resume_override, resume_flags = [f"resume={args.resume}"], ["--resume", args.resume]
     # A bad recipe fails here, before any process starts.
     config = load_config(recipe.load_config_class(), args.recipe_file, [*args.overrides, *resume_override])
+    recipe.load_validate()(config)  # the whole recipe, before any process starts or file is written
     workers_argv = [args.recipe_name, args.recipe_file, *args.overrides, *resume_flags]
     code = launch_recipe(args.nproc, config, workers_argv)
     if code is not None:  # the job ran in the processes started

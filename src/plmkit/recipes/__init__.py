@@ -1,6 +1,7 @@
 """The training jobs `plm` runs: one entry per recipe, from which the cli makes `plm NAME RECIPE.yaml
 key=value --resume [CKPT] --nproc N`. A new recipe is a module with a config dataclass (which has a
-`resume` field) and a `run(config) -> dict` function, plus one entry in RECIPES.
+`resume` field), a `validate(config)` that checks it whole before anything is written, and a
+`run(config) -> dict` function, plus one entry in RECIPES.
 
 The entries name their config class and run function as "module:attribute" strings, imported when the
 recipe runs: importing this package (and so `plm --help`) loads no torch.
@@ -20,12 +21,16 @@ class Recipe:
     description: str  # the paragraph of `plm NAME --help`
     config_class: str  # "module:Class", a dataclass read from the recipe YAML (plmkit.config.load_config)
     run: str  # "module:function", called as run(config) -> dict of results (printed as JSON)
+    validate: str  # "module:function", validate(config) raises a ConfigError before any file is written
 
     def load_config_class(self) -> type:
         return _import(self.config_class)
 
     def load_run(self) -> Callable[[Any], dict[str, Any]]:
         return _import(self.run)
+
+    def load_validate(self) -> Callable[[Any], None]:
+        return _import(self.validate)
 
 
 def _import(target: str) -> Any:
@@ -40,5 +45,6 @@ RECIPES: dict[str, Recipe] = {
         "quantized bases, one or several processes.",
         config_class="plmkit.recipes.config:RecipeConfig",
         run="plmkit.recipes.pretrain:pretrain",
+        validate="plmkit.recipes.validate:validate",
     ),
 }

@@ -13,8 +13,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from plmkit.config import apply_overrides, from_dict, load_config, parse_override, to_dict
-from plmkit.config_types import Range
-from plmkit.config_yaml import load_yaml
+from plmkit.config.fields import Range
+from plmkit.config.yaml_io import load_yaml
 from plmkit.errors import ConfigError, DataError
 
 

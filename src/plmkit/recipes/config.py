@@ -25,7 +25,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from plmkit.config_types import UNSET, Range, given_fields
+from plmkit.config.fields import UNSET, Range, given_fields
 from plmkit.data.objectives import OBJECTIVES
 from plmkit.data.sources import SourceSpec  # path, weight, text_field, format, on_error
 from plmkit.model.config import ACTIVATIONS, FAMILIES, NORMS, POSITIONS, ModelConfig

@@ -5,7 +5,7 @@ ranges). What depends on a choice is checked here: the objective's options again
 dataclass (and `objective.options.model` against the model options it declares), the peft section
 against the method's options dataclass, the model section as a whole (preset + fields -> a valid
 ModelConfig), and that the objective trains the model family the recipe builds. Every error has the
-format of plmkit.config_types, so `plm pretrain recipe.yaml schedule.kind=cosin` or
+format of plmkit.config.fields, so `plm pretrain recipe.yaml schedule.kind=cosin` or
 `objective.options.mlm_probabilty=0.2` fails in the same words, and no run folder is left behind.
 
     config = load_config(RecipeConfig, path, overrides)
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from plmkit.config import check_fields, from_dict
-from plmkit.config_types import not_one_of
+from plmkit.config.fields import not_one_of
 from plmkit.data.objectives import objective_class
 from plmkit.errors import ConfigError
 from plmkit.recipes.common import check_objective_family, recipe_architecture

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from plmkit.config_types import Range
+from plmkit.config.fields import Range
 
 OptimizerName = Literal["adamw", "adamw8bit"]
 ScheduleKind = Literal["linear", "cosine", "constant", "wsd"]

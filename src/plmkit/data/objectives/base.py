@@ -21,7 +21,7 @@ from typing import Annotated, Any, ClassVar
 
 import torch
 
-from plmkit.config_types import Range, check_ranges
+from plmkit.config.fields import Range, check_ranges
 from plmkit.errors import ConfigError, DataError
 from plmkit.model.config import ModelConfig
 

@@ -14,7 +14,7 @@ from typing import Annotated, Any, ClassVar
 
 import torch
 
-from plmkit.config_types import Range
+from plmkit.config.fields import Range
 from plmkit.data.objectives.base import Probability, Rate
 from plmkit.data.objectives.mlm import MLMObjective
 from plmkit.model.config import ModelConfig

@@ -23,7 +23,7 @@ from typing import Annotated, ClassVar
 
 import torch
 
-from plmkit.config_types import Range
+from plmkit.config.fields import Range
 from plmkit.data.objectives.base import Example, Objective, Probability, Rate
 from plmkit.data.objectives.mlm import (
     check_replace_probs,

@@ -28,7 +28,7 @@ from typing import Annotated
 
 import torch
 
-from plmkit.config_types import Range
+from plmkit.config.fields import Range
 from plmkit.data.objectives.base import Example, Objective
 from plmkit.errors import ConfigError
 

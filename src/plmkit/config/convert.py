@@ -3,13 +3,13 @@
 Every recipe describes its settings as (nested) dataclasses. This module turns plain data into them
 and back:
 
-    data = load_yaml("recipes/gpt-clm.yaml")                    # dict (plmkit.config_yaml)
+    data = load_yaml("recipes/gpt-clm.yaml")                    # dict (plmkit.config.yaml_io)
     data = apply_overrides(data, ["optim.lr=3e-4"], RecipeConfig)  # dotted keys, values parsed as YAML
     cfg = from_dict(RecipeConfig, data)                            # ConfigError naming "optim.lr" etc.
     to_dict(cfg)                                                   # plain dict, safe for yaml.safe_dump
 
 or all at once with `load_config(RecipeConfig, path, overrides)`. Field types may be Literal choices
-and declare numeric ranges (`Annotated[float, Range(ge=0)]`); see plmkit.config_types for those and
+and declare numeric ranges (`Annotated[float, Range(ge=0)]`); see plmkit.config.fields for those and
 for the one wording of every error.
 """
 
@@ -26,7 +26,7 @@ from typing import Annotated, Any, Literal, TypeVar, Union
 
 import yaml
 
-from plmkit.config_types import (
+from plmkit.config.fields import (
     UNSET,
     Range,
     describe,
@@ -39,7 +39,7 @@ from plmkit.config_types import (
     type_name,
     unknown_key,
 )
-from plmkit.config_yaml import load_yaml, parse_yaml
+from plmkit.config.yaml_io import load_yaml, parse_yaml
 from plmkit.errors import ConfigError
 
 T = TypeVar("T")

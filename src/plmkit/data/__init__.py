@@ -1,25 +1,41 @@
-"""plmkit.data: text sources, the tokenized store, packing, sampling and the pre-training objectives."""
+"""plmkit.data: text sources, the tokenized store, packing, sampling and the pre-training objectives.
 
-from plmkit.data.mixture import MixtureSampler
-from plmkit.data.packing import DocumentDataset, PackedDataset
-from plmkit.data.pipeline import PretrainingData, build_pretraining_data, packed_blocks
-from plmkit.data.sampler import ResumableSampler
-from plmkit.data.sources import Document, SkipReport, SourceSpec, iter_documents, resolve_files
-from plmkit.data.store import TokenStore, default_cache_dir
+The names below load lazily (PEP 562), so that reading a recipe's data section (data.sources) imports no
+torch: a bad recipe fails fast.
+"""
 
-__all__ = [
-    "Document",
-    "DocumentDataset",
-    "MixtureSampler",
-    "PackedDataset",
-    "PretrainingData",
-    "ResumableSampler",
-    "SkipReport",
-    "SourceSpec",
-    "TokenStore",
-    "build_pretraining_data",
-    "default_cache_dir",
-    "iter_documents",
-    "packed_blocks",
-    "resolve_files",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Document": "plmkit.data.sources",
+    "DocumentDataset": "plmkit.data.packing",
+    "MixtureSampler": "plmkit.data.mixture",
+    "PackedDataset": "plmkit.data.packing",
+    "PretrainingData": "plmkit.data.pipeline",
+    "ResumableSampler": "plmkit.data.sampler",
+    "SkipReport": "plmkit.data.sources",
+    "SourceSpec": "plmkit.data.sources",
+    "TokenStore": "plmkit.data.store",
+    "build_pretraining_data": "plmkit.data.pipeline",
+    "default_cache_dir": "plmkit.data.store",
+    "iter_documents": "plmkit.data.sources",
+    "packed_blocks": "plmkit.data.pipeline",
+    "resolve_files": "plmkit.data.sources",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plmkit.data' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

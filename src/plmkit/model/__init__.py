@@ -1,57 +1,47 @@
-"""plmkit.model: one Transformer for the four families (stack.py: the shared body; transformer.py: the families)."""
+"""plmkit.model: one Transformer for the four families (stack.py: the shared body; transformer.py: the families).
+
+The names below load lazily (PEP 562), so that reading a recipe's model section (model.config) imports no
+torch: a bad recipe fails fast.
+"""
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
-from plmkit.model.config import ModelConfig
-from plmkit.model.heads import (
-    RewardModel,
-    SequenceClassifier,
-    SpanQA,
-    TokenClassifier,
-    TransformerModel,
-    ValueHead,
-    pairwise_ranking_loss,
-)
-from plmkit.model.presets import PRESETS, get_preset
-from plmkit.model.pretrained import ModelOutput, PretrainedModel
-from plmkit.model.registry import FAMILY_MODELS, MODEL_CLASSES
-from plmkit.model.stack import reorder_cache
-from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM, Seq2SeqLM
+_EXPORTS: dict[str, str] = {
+    "ModelConfig": "plmkit.model.config",
+    "RewardModel": "plmkit.model.heads",
+    "SequenceClassifier": "plmkit.model.heads",
+    "SpanQA": "plmkit.model.heads",
+    "TokenClassifier": "plmkit.model.heads",
+    "TransformerModel": "plmkit.model.heads",
+    "ValueHead": "plmkit.model.heads",
+    "pairwise_ranking_loss": "plmkit.model.heads",
+    "PRESETS": "plmkit.model.presets",
+    "get_preset": "plmkit.model.presets",
+    "ModelOutput": "plmkit.model.pretrained",
+    "PretrainedModel": "plmkit.model.pretrained",
+    "FAMILY_MODELS": "plmkit.model.registry",
+    "MODEL_CLASSES": "plmkit.model.registry",
+    "build_model": "plmkit.model.registry",
+    "reorder_cache": "plmkit.model.stack",
+    "CausalLM": "plmkit.model.transformer",
+    "MaskedLM": "plmkit.model.transformer",
+    "PrefixLM": "plmkit.model.transformer",
+    "Seq2SeqLM": "plmkit.model.transformer",
+}
+__all__ = sorted(_EXPORTS)
 
 
-def build_model(spec: str | ModelConfig, **overrides: Any) -> PretrainedModel:
-    """The family language model for a preset name or a ModelConfig, with field overrides.
-
-    >>> build_model("gpt2-small")                       # CausalLM, 124,439,808 parameters
-    >>> build_model("gpt2-tiny", vocab_size=4096)       # a preset with a smaller vocabulary
-    """
-    config = get_preset(spec) if isinstance(spec, str) else spec
-    if overrides:
-        config = config.replace(**overrides)
-    return FAMILY_MODELS[config.family](config)
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plmkit.model' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = [
-    "FAMILY_MODELS",
-    "MODEL_CLASSES",
-    "PRESETS",
-    "CausalLM",
-    "MaskedLM",
-    "ModelConfig",
-    "ModelOutput",
-    "PrefixLM",
-    "PretrainedModel",
-    "RewardModel",
-    "Seq2SeqLM",
-    "SequenceClassifier",
-    "SpanQA",
-    "TokenClassifier",
-    "TransformerModel",
-    "ValueHead",
-    "build_model",
-    "get_preset",
-    "pairwise_ranking_loss",
-    "reorder_cache",
-]
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

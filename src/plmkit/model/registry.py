@@ -9,8 +9,10 @@ from typing import Any
 import torch
 
 from plmkit.errors import CheckpointError
+from plmkit.model.config import ModelConfig
 from plmkit.model.electra import ElectraPretrainer
 from plmkit.model.heads import RewardModel, SequenceClassifier, SpanQA, TokenClassifier, TransformerModel
+from plmkit.model.presets import get_preset
 from plmkit.model.pretrained import PretrainedModel
 from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM, Seq2SeqLM
 
@@ -90,3 +92,13 @@ def model_class_name(model: torch.nn.Module) -> str:
     return type(model).__name__
 
 
+def build_model(spec: str | ModelConfig, **overrides: Any) -> PretrainedModel:
+    """The family language model for a preset name or a ModelConfig, with field overrides.
+
+    >>> build_model("gpt2-small")                       # CausalLM, 124,439,808 parameters
+    >>> build_model("gpt2-tiny", vocab_size=4096)       # a preset with a smaller vocabulary
+    """
+    config = get_preset(spec) if isinstance(spec, str) else spec
+    if overrides:
+        config = config.replace(**overrides)
+    return FAMILY_MODELS[config.family](config)

@@ -6,7 +6,11 @@
     hf        Hugging Face tokenizer folders (tokenizer.json, vocab.txt, vocab.json + merges.txt, spiece.model)
 """
 
-from plmkit.tokenizer.base import CONFIG_FILE, TOKENIZER_FILE, Tokenizer
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from plmkit.tokenizer.special import (
     FAMILIES,
     ROLES,
@@ -16,6 +20,19 @@ from plmkit.tokenizer.special import (
     family_special_tokens,
     special_token_order,
 )
+
+# loaded on first use (PEP 562): the special-token tables above need no torch, the Tokenizer does
+_LAZY = {"CONFIG_FILE": "plmkit.tokenizer.base", "TOKENIZER_FILE": "plmkit.tokenizer.base", "Tokenizer": "plmkit.tokenizer.base"}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'plmkit.tokenizer' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CONFIG_FILE",

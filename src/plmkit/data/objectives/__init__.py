@@ -8,11 +8,13 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from plmkit.config import check_fields
-from plmkit.data.objectives.base import Objective
 from plmkit.errors import ConfigError, did_you_mean
+
+if TYPE_CHECKING:  # the names below stay importable without torch (a recipe is checked before torch loads)
+    from plmkit.data.objectives.base import Objective
 
 # name -> "module:Class"; imported on first use so optional dependencies (jieba, pypinyin) load lazily
 OBJECTIVES: dict[str, str] = {
@@ -46,4 +48,4 @@ def build_objective(name: str, tokenizer: Any, **options: Any) -> Objective:
     return cls(tokenizer=tokenizer, **check_fields(cls, options, exclude=("tokenizer",)))
 
 
-__all__ = ["OBJECTIVES", "Objective", "build_objective", "objective_class"]
+__all__ = ["OBJECTIVES", "build_objective", "objective_class"]

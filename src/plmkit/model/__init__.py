@@ -12,8 +12,8 @@ from plmkit.model.heads import (
     TokenClassifier,
     TransformerModel,
     ValueHead,
-    pairwise_ranking_loss,
 )
+from plmkit.model.losses import pairwise_ranking_loss, sequence_logprobs, token_loss
 from plmkit.model.presets import PRESETS, get_preset
 from plmkit.model.registry import FAMILY_MODELS, MODEL_CLASSES
 from plmkit.model.transformer import (
@@ -59,5 +59,7 @@ __all__ = [
     "build_model",
     "get_preset",
     "pairwise_ranking_loss",
+    "sequence_logprobs",
+    "token_loss",
     "reorder_cache",
 ]

@@ -13,7 +13,13 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
-from plmkit.model.transformer import ModelOutput, PretrainedModel, Stack, self_attention_allowed
+from plmkit.model.transformer import (
+    ModelOutput,
+    PretrainedModel,
+    Stack,
+    self_attention_allowed,
+    with_token_loss,
+)
 
 POOLINGS = ("cls", "mean", "last")
 
@@ -119,10 +125,7 @@ class TokenClassifier(_HeadModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
         h = self._hidden(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(h))  # (B, T, n_labels)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return ModelOutput(loss=loss, logits=logits, hidden_states=h)
+        return with_token_loss(ModelOutput(logits=logits, hidden_states=h), labels, shift=False)
 
 
 class SpanQA(_HeadModel):
@@ -176,8 +179,3 @@ class RewardModel(_HeadModel):
         scores = values[torch.arange(h.shape[0], device=h.device), last]
         loss = F.mse_loss(scores, labels.float()) if labels is not None else None
         return ModelOutput(loss=loss, hidden_states=h, values=values, scores=scores)
-
-
-def pairwise_ranking_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
-    """-log σ(r_chosen - r_rejected), averaged over pairs (InstructGPT eq. 1)."""
-    return -F.logsigmoid(chosen_scores - rejected_scores).mean()

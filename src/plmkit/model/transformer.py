@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -25,6 +24,7 @@ from plmkit.model import masks
 from plmkit.model.attention import Attention
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import MLP, Embeddings, RelativePositionBias, Rotary, activation_fn, make_norm
+from plmkit.model.losses import token_loss
 
 Cache = list[tuple[torch.Tensor, ...]]
 
@@ -33,7 +33,7 @@ Cache = list[tuple[torch.Tensor, ...]]
 class ModelOutput:
     """What every model returns; fields not computed stay None. Supports out.loss and out["loss"]."""
 
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # mean over the targets: loss_sum / targets
     logits: torch.Tensor | None = None  # (B, T, V) or (B, n_labels)
     hidden_states: torch.Tensor | None = None  # last layer (B, T, C)
     past_key_values: Cache | None = None
@@ -43,6 +43,8 @@ class ModelOutput:
     values: torch.Tensor | None = None  # value head, per token (B, T)
     scores: torch.Tensor | None = None  # reward head, per sequence (B,)
     pooled: torch.Tensor | None = None  # BERT pooler output (B, C)
+    loss_sum: torch.Tensor | None = None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
+    targets: torch.Tensor | None = None  # LMs: how many label positions the loss covers
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -279,11 +281,12 @@ class PretrainedModel(nn.Module):
             )
 
 
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100 (computed in fp32)."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
+def with_token_loss(out: ModelOutput, labels: torch.Tensor | None, shift: bool) -> ModelOutput:
+    """The LM output with its loss (plmkit.model.losses.token_loss) when there are labels."""
+    if labels is not None:
+        out.loss_sum, out.targets = token_loss(out.logits, labels, shift)
+        out.loss = out.loss_sum / out.targets  # nan when no position has a label
+    return out
 
 
 def _past_length(past_key_values: Cache | None) -> int:
@@ -354,13 +357,8 @@ class StackLM(PretrainedModel):
             input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
         )
         logits = self.lm_head(h)
-        loss = None
-        if labels is not None:
-            if self.shift_labels:  # position t predicts token t+1: shift the labels, not the (big) logits
-                loss = lm_loss(logits, F.pad(labels[:, 1:], (0, 1), value=-100))
-            else:
-                loss = lm_loss(logits, labels)
-        return ModelOutput(loss, logits, h, cache if use_cache else None)
+        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None)
+        return with_token_loss(out, labels, self.shift_labels)
 
 
 class CausalLM(StackLM):
@@ -456,5 +454,6 @@ class Seq2SeqLM(PretrainedModel):
             memory_allowed=memory_allowed,
         )
         logits = self.lm_head(h)
-        loss = lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss, logits, h, cache if use_cache else None, encoder_hidden_states)
+        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None,
+                          encoder_hidden_states=encoder_hidden_states)
+        return with_token_loss(out, labels, shift=False)

@@ -182,6 +182,14 @@ def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
         )
 
 
+def fp32_master_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with fp32 parameters and buffers. Every precision trains fp32 master weights: fp32 as is,
+    bf16 / fp16 under autocast (and FSDP's mixed-precision policy gathers them in the low dtype), so a
+    checkpoint saved in bf16 or fp16 is cast up when it starts a run (init_from)."""
+    low = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.dtype != torch.float32]
+    return model.float() if low else model
+
+
 def quantize_base(config: RecipeConfig, model: torch.nn.Module) -> torch.nn.Module:
     """QLoRA: quantize the frozen base before the PEFT method goes on top (recipe section `quantize`)."""
     q = config.quantize
@@ -214,6 +222,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     with strategy.main_first():  # rank 0 trains and saves a new tokenizer; the other ranks then load it
         tokenizer = build_tokenizer(config, run_dir)
     model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
+    model = fp32_master_weights(model)  # a bf16 init_from checkpoint trains in train.precision, not bf16
     check_family(config, model)
     model = quantize_base(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it

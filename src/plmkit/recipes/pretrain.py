@@ -24,6 +24,7 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.errors import PlmkitError
+from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
 from plmkit.recipes.common import Run, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import latest_checkpoint, rng_state
@@ -91,31 +92,19 @@ def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     return step_loss if finite else math.nan
 
 
-@torch.no_grad()
 def evaluate(run: Run) -> dict[str, float]:
-    """Validation loss and perplexity, streamed batch by batch (no logits are kept)."""
+    """Validation loss and perplexity, streamed batch by batch (plmkit.evaluate.stream_loss)."""
     if run.val_batches is None:
         return {}
-    model = run.model
     strategy = run.strategy
-    was_training = model.training
-    model.eval()
     run.eval_objective.generator.manual_seed(run.config.seed + 1)  # same masks at every evaluation
-    loss_sum, count = 0.0, 0
-    for blocks in run.val_batches(run.config.eval.batches):  # global batches: each rank takes its rows
-        batch = {k: v.to(run.device) for k, v in strategy.local_rows(run.eval_objective(blocks)).items()}
-        n = count_targets(unwrap(model), batch.get("labels"))
-        with run.precision.autocast():
-            loss = model(**batch).loss
-        if n:  # a batch without targets has a nan mean loss and no weight
-            loss_sum += loss.float().item() * n
-        count += n
-    loss_sum, count = strategy.sum_over_ranks(loss_sum, count)  # tensor parallel: both counted T times
-    model.train(was_training)
-    if count == 0:
-        return {}
-    mean = loss_sum / count
-    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+    batches = (  # global batches: each rank takes its rows
+        strategy.local_rows(run.eval_objective(blocks)) for blocks in run.val_batches(run.config.eval.batches)
+    )
+    total, count = stream_loss(run.model, batches, model_token_loss, run.device, run.precision.autocast)
+    total, count = strategy.sum_over_ranks(total, count)  # tensor parallel: both counted T times
+    metrics = loss_metrics(total, int(count))
+    return {"val_loss": metrics["loss"], "val_ppl": metrics["perplexity"]} if metrics else {}
 
 
 def checkpoint(run: Run, progress: Progress) -> Path:

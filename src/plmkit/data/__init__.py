@@ -2,12 +2,19 @@
 
 from plmkit.data.mixture import MixtureSampler
 from plmkit.data.packing import DocumentDataset, PackedDataset
-from plmkit.data.pipeline import PretrainingData, build_pretraining_data, packed_blocks
+from plmkit.data.pipeline import (
+    BlockRange,
+    PretrainingData,
+    build_pretraining_data,
+    iter_source_texts,
+    packed_blocks,
+)
 from plmkit.data.sampler import ResumableSampler
 from plmkit.data.sources import Document, SkipReport, SourceSpec, iter_documents, resolve_files
 from plmkit.data.store import TokenStore, default_cache_dir
 
 __all__ = [
+    "BlockRange",
     "Document",
     "DocumentDataset",
     "MixtureSampler",
@@ -19,6 +26,7 @@ __all__ = [
     "TokenStore",
     "build_pretraining_data",
     "default_cache_dir",
+    "iter_source_texts",
     "iter_documents",
     "packed_blocks",
     "resolve_files",

@@ -18,7 +18,7 @@ def model_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> 
     both (plmkit.model.losses.token_loss); a model that reports only its mean (ELECTRA's two-part loss) is
     weighted by its label positions."""
     out = model(**batch)
-    if out.loss_sum is not None:
+    if getattr(out, "loss_sum", None) is not None:  # ElectraOutput has no such field
         return out.loss_sum, out.targets
     labels = batch["labels"]
     if getattr(model, "shift_labels", False):

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from plmkit.config import to_dict
+from plmkit.data import PretrainingData, build_pretraining_data, iter_source_texts
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
@@ -23,7 +24,6 @@ from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.data import TrainData, build_train_data, iter_source_texts
 from plmkit.train.distributed.base import Strategy, build_strategy
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
@@ -40,7 +40,7 @@ class Run:
     model: torch.nn.Module
     objective: Objective
     eval_objective: Objective
-    train_data: TrainData
+    train_data: PretrainingData
     val_batches: Callable[[int], Iterator[list[torch.Tensor]]] | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -205,6 +205,20 @@ def quantize_base(config: RecipeConfig, model: torch.nn.Module) -> torch.nn.Modu
     return quantize(model, q.mode, embeddings=q.embeddings, backend=q.backend)
 
 
+# ---- data ------------------------------------------------------------------------------------------
+def build_recipe_data(config: RecipeConfig, tokenizer: Any, batch_size: int | None = None) -> PretrainingData:
+    """The recipe's training stream (sources mixed by weight) and validation blocks (data.validation, or
+    held-out blocks). `batch_size`: blocks per batch (default train.batch_size; several processes draw
+    all data-parallel ranks' rows)."""
+    d = config.data
+    if not d.sources:
+        raise ConfigError("the recipe has no data.sources; add e.g. data.sources=[{path: corpus.txt}]")
+    return build_pretraining_data(
+        d.sources, tokenizer, d.block_size, batch_size or config.train.batch_size, seed=config.seed,
+        cache_dir=d.cache_dir, validation=d.validation or (), validation_fraction=d.validation_fraction,
+    )
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
@@ -236,7 +250,8 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         # every rank draws the global micro-batch (all data-parallel ranks' rows) and keeps its share:
         # see train/distributed/
         global_batch = config.train.batch_size * strategy.data_parallel_size
-        train_data, val_batches = build_train_data(config, tokenizer, global_batch)
+        train_data = build_recipe_data(config, tokenizer, global_batch)
+    val_batches = train_data.validation_batches if train_data.validation else None
     model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
     strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)

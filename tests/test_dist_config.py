@@ -17,7 +17,9 @@ import train_helpers as h
 from plmkit.config import load_config
 from plmkit.errors import CheckpointError, ConfigError
 from plmkit.recipes.config import RecipeConfig
-from plmkit.train.distributed.base import Strategy, World, strategy_name
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.build import strategy_name
+from plmkit.train.distributed.world import World
 
 GPT = dh.GPT
 

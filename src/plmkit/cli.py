@@ -274,8 +274,9 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         overrides.append("resume=true" if args.resume is True else f"resume={args.resume}")
     config = load_config(RecipeConfig, args.recipe, overrides)  # a bad recipe fails before any process starts
     if args.nproc is not None:
-        from plmkit.train.distributed.base import World, strategy_name
+        from plmkit.train.distributed.build import strategy_name
         from plmkit.train.distributed.launch import check_nproc, launch, parse_nproc
+        from plmkit.train.distributed.world import World
 
         nproc = parse_nproc(args.nproc)
         if nproc > 1:

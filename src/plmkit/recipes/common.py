@@ -24,7 +24,8 @@ from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.distributed.base import Strategy, build_strategy
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.build import build_strategy
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
 from plmkit.weights import unwrap

@@ -28,7 +28,8 @@ from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
 from plmkit.recipes.common import Run, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import latest_checkpoint, rng_state
-from plmkit.train.distributed.base import Strategy, build_strategy
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.build import build_strategy
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.weights import unwrap
 

@@ -39,102 +39,24 @@ import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from plmkit.errors import ConfigError, did_you_mean
+from plmkit.errors import ConfigError
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from plmkit.train.distributed.world import World
 from plmkit.train.optim import build_optimizer
-from plmkit.train.precision import Precision, resolve_device
+from plmkit.train.precision import Precision
 from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
 
 if TYPE_CHECKING:
     from plmkit.recipes.common import Run
 
-STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # how a checkpoint holds the weights: model.safetensors, or named after the folder of shards
 LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", DCP_FOLDER, DEEPSPEED_FOLDER
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launched: bool = False  # started by torchrun (its environment variables are set)
-
-    @classmethod
-    def from_env(cls) -> World:
-        if not all(name in os.environ for name in TORCHRUN_VARIABLES):
-            return cls()
-        try:
-            rank, world, local = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
-        except ValueError:
-            raise ConfigError(
-                "RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun); "
-                + ", ".join(f"{n}={os.environ[n]!r}" for n in TORCHRUN_VARIABLES)
-            ) from None
-        if not 0 <= rank < world:
-            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun or plm --nproc")
-        return cls(rank, world, local, launched=True)
-
-
-def strategy_name(config: RecipeConfig, world: World) -> str:
-    """The strategy the recipe asks for, resolved and checked against how the process was launched (also
-    the tensor-parallel size: before any process waits on another, so every rank fails alike)."""
-    name = config.distributed.strategy
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"distributed.strategy={name!r} is not one of {', '.join(STRATEGIES)}{did_you_mean(name, STRATEGIES)}"
-        )
-    if name == "auto":
-        name = "ddp" if world.world_size > 1 else "single"
-    elif name == "single" and world.world_size > 1:
-        raise ConfigError(
-            f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
-            "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
-        )
-    from plmkit.train.distributed.tensor_parallel import check_tensor_parallel_recipe
-
-    check_tensor_parallel_recipe(config, world.world_size, name)
-    return name
-
-
-def build_strategy(config: RecipeConfig) -> Strategy:
-    """The strategy of the recipe, with its process group started (nothing to start for `single`)."""
-    world = World.from_env()
-    name = strategy_name(config, world)
-    device = resolve_device(config.train.device)
-    if device.type == "cuda" and world.launched:
-        if device.index is not None and world.world_size > 1:
-            raise ConfigError(
-                f"train.device={config.train.device!r}, but each of the {world.world_size} processes uses its own "
-                "GPU (cuda:LOCAL_RANK); set train.device=cuda or auto"
-            )
-        device = torch.device("cuda", world.local_rank)
-    if name == "single":
-        return Strategy(world, device)
-    if name == "deepspeed":
-        from plmkit.train.distributed.deepspeed import DeepSpeedStrategy, check_deepspeed_config
-
-        check_deepspeed_config(config, device)
-        strategy: Strategy = DeepSpeedStrategy(world, device)
-    elif name == "fsdp":
-        from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config
-
-        check_fsdp_config(config, device)
-        strategy = FSDPStrategy(world, device, config.distributed.tensor_parallel)
-    else:
-        strategy = DDPStrategy(world, device)
-    strategy.start()
-    return strategy
 
 
 class Strategy:
@@ -299,7 +221,7 @@ class Strategy:
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.distributed.fsdp import load_sharded_state, written_tensor_parallel
+            from plmkit.train.distributed.dcp import load_sharded_state, written_tensor_parallel
 
             load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
             return
@@ -442,26 +364,3 @@ class ProcessGroupStrategy(Strategy):
             path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
         self.barrier()
         return path
-
-
-class DDPStrategy(ProcessGroupStrategy):
-    """DistributedDataParallel: every rank holds the whole model; gradients are all-reduced (averaged) in
-    buckets during the backward of the last micro-batch of a step (`no_sync` on the others)."""
-
-    name = "ddp"
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        import inspect
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        # plmkit's buffers are constants (rotary tables): no need to broadcast them before every forward
-        # (torch >= 2.13 names the switch forward_sync_buffers, earlier versions broadcast_buffers)
-        sync = "forward_sync_buffers"
-        if sync not in inspect.signature(DistributedDataParallel.__init__).parameters:
-            sync = "broadcast_buffers"
-        devices = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=devices, **{sync: False})
-
-    def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if last else model.no_sync()

@@ -43,7 +43,7 @@ def test_token_loss_of_no_targets_is_a_zero_sum_with_clean_gradients():
     logits = torch.randn(2, 5, VOCAB, requires_grad=True)
     total, count = token_loss(logits, torch.full((2, 5), -100))
     total.backward()
-    assert float(total) == 0.0 and int(count) == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
+    assert total.item() == 0.0 and int(count) == 0 and torch.equal(logits.grad, torch.zeros_like(logits))
 
 
 def test_sequence_logprobs_sum_the_label_tokens_log_probs_per_row():

@@ -195,8 +195,8 @@ def test_fsdp_refuses_fp16():
 def test_deepspeed_step_logic_skips_or_refuses_a_non_finite_step():
     """The engine cannot drop reduced gradients: the ranks agree before each backward, a bad first
     micro-batch skips the step, a bad later one (gradients already reduced) is a clear error."""
-    from plmkit.recipes.pretrain import TrainingError
     from plmkit.train.distributed.deepspeed import DeepSpeedStrategy
+    from plmkit.train.errors import TrainingError
 
     calls: list[str] = []
     strategy = DeepSpeedStrategy(World(), torch.device("cpu"))
@@ -206,17 +206,17 @@ def test_deepspeed_step_logic_skips_or_refuses_a_non_finite_step():
     others_bad = {"flag": 0.0}
     strategy.sum_over_ranks = lambda *v: (v[0] + others_bad["flag"],)  # the other ranks' votes
     assert strategy.backward(torch.tensor(1.0), None, finite=True)
-    strategy.optimizer_step(None)
+    strategy.step(None, None)
     assert calls == ["backward False", "step"]
     others_bad["flag"] = 1.0  # another rank's first micro-batch was nan: nobody runs backward, no step
     assert not strategy.backward(torch.tensor(1.0), None, finite=True)
-    strategy.skip_step(None)
+    strategy.zero_grad(None, stepped=False)
     assert calls == ["backward False", "step"]
     others_bad["flag"] = 0.0
     assert strategy.backward(torch.tensor(1.0), None, finite=True)
     assert not strategy.backward(torch.tensor(math.nan), None, finite=False)
     with pytest.raises(TrainingError, match="cannot drop"):
-        strategy.skip_step(None)
+        strategy.zero_grad(None, stepped=False)
 
 
 # ---- the strategies in this process, as a group of one -------------------------------------------

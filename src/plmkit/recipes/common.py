@@ -28,6 +28,7 @@ from plmkit.train.distributed.base import Strategy
 from plmkit.train.distributed.build import build_strategy
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
+from plmkit.train.state import TrainState
 from plmkit.weights import unwrap
 
 
@@ -275,7 +276,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     )
 
 
-def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
+def restore_run(run: Run, checkpoint: Path, state: TrainState) -> tuple[int, int, int]:
     """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
     from plmkit.io import read_header
 
@@ -292,13 +293,6 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
             f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differing[:3]) or 'another class'}); "
             "resume with the recipe that wrote it, or start a new run (out_dir)"
         )
-    state, info = load_training_state(checkpoint)
-    run.strategy.load_checkpoint(run, checkpoint, state, info)  # weights and optimizer, whole or sharded
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.precision.scaler.load_state_dict(state["scaler"])
-    run.train_data.load_state_dict(state["data"])
-    run.objective.load_state_dict(state["objective"])
-    run.strategy.restore_rng(state)
-    if "model_rng" in state:
-        model.load_rng_state_dict(state["model_rng"])
+    saved, info = load_training_state(checkpoint)
+    run.strategy.load(checkpoint, state, saved, info)  # models, optimizers (whole or sharded), the rest, RNG
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))

@@ -45,7 +45,7 @@ from plmkit.train.precision import Precision, resolve_precision
 from plmkit.weights import DEEPSPEED_FOLDER  # the engine's checkpoint tag: step-N/deepspeed/
 
 if TYPE_CHECKING:
-    from plmkit.recipes.common import Run
+    from plmkit.train.state import TrainState
 
 CONFIG_NAME = "deepspeed_config.json"
 INSTALL = "pip install 'plmkit[deepspeed]'"
@@ -164,6 +164,7 @@ def check_same_world(checkpoint: Path, info: dict[str, Any], world_size: int) ->
 class DeepSpeedStrategy(ProcessGroupStrategy):
     name = "deepspeed"
     layout = LAYOUT_DEEPSPEED
+    exposes_gradients = False  # the engine holds the (reduced, partitioned) gradients
 
     def describe(self) -> str:
         ds = self.ds_config["zero_optimization"]
@@ -228,13 +229,16 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         self.pending = True
         return True
 
-    def optimizer_step(self, run: Run) -> None:
+    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
+        """The engine clips in its step (gradient_clipping, from train.clip_grad)."""
+
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         self.engine.step()  # clips, steps the AdamW, clears the gradients (skips fp16 overflows itself)
         self.pending = False
 
-    def skip_step(self, run: Run) -> None:
-        if self.pending:
-            from plmkit.recipes.pretrain import TrainingError
+    def zero_grad(self, optimizer: torch.optim.Optimizer, stepped: bool) -> None:
+        if not stepped and self.pending:
+            from plmkit.train.errors import TrainingError
 
             raise TrainingError(
                 "a loss turned non-finite after DeepSpeed had already reduced the gradients of earlier "
@@ -245,13 +249,15 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     def checkpoint_info(self) -> dict[str, Any]:
         return {**super().checkpoint_info(), "zero_stage": self.ds_config["zero_optimization"]["stage"]}
 
-    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        return self.save_sharded_checkpoint(
-            run, step, state, info, self.header,
+    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+             keep_last: int) -> Path:
+        return self.save_sharded(
+            run_dir, step, state, tokenizer, info, keep_last, self.header,
             lambda folder: self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_FOLDER, save_latest=False))
 
-    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+    def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DEEPSPEED,))
+        self.check_one_model(state)
         check_same_world(checkpoint, info, self.world_size)
         loaded, _ = self.engine.load_checkpoint(
             str(checkpoint), tag=DEEPSPEED_FOLDER, load_optimizer_states=True, load_lr_scheduler_states=False
@@ -260,3 +266,4 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             from plmkit.errors import CheckpointError
 
             raise CheckpointError(f"{checkpoint / DEEPSPEED_FOLDER} holds no DeepSpeed checkpoint the engine can load")
+        self.restore(state, saved)

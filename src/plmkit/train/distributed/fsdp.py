@@ -45,8 +45,7 @@ from plmkit.train.precision import Precision, resolve_precision
 from plmkit.weights import DCP_FOLDER
 
 if TYPE_CHECKING:
-    from plmkit.recipes.common import Run
-
+    from plmkit.train.state import TrainState
 
 
 def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
@@ -125,22 +124,25 @@ class FSDPStrategy(ProcessGroupStrategy):
         model.set_requires_gradient_sync(last)  # FSDP2's no_sync: keep unsharded gradients until the last
         return super().accumulating(model, last)
 
-    def clip_gradients(self, model: torch.nn.Module, max_norm: float) -> None:
+    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
         clip_grad_norm(model.parameters(), max_norm, self.device)
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {**super().checkpoint_info(), "tensor_parallel": self.tensor_parallel}
 
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
-    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        state["rank_rng_tensor_parallel"] = self.tensor_parallel
-        return self.save_sharded_checkpoint(
-            run, step, state, info, self.header,
-            lambda folder: save_sharded_state(run.model, run.optimizer, folder / DCP_FOLDER))
+    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+             keep_last: int) -> Path:
+        model, optimizer = state.models[state.main], state.optimizers[state.main]
+        return self.save_sharded(run_dir, step, state, tokenizer, info, keep_last, self.header,
+                                 lambda folder: save_sharded_state(model, optimizer, folder / DCP_FOLDER))
 
-    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+    def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))
-        load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
+        self.check_one_model(state)
+        load_sharded_state(state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER,
+                           written_tensor_parallel(info))
+        self.restore(state, saved)
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:

@@ -274,14 +274,14 @@ def _run_pretrain(args: argparse.Namespace) -> int:
         overrides.append("resume=true" if args.resume is True else f"resume={args.resume}")
     config = load_config(RecipeConfig, args.recipe, overrides)  # a bad recipe fails before any process starts
     if args.nproc is not None:
-        from plmkit.train.distributed.build import strategy_name
+        from plmkit.recipes.common import recipe_strategy_name
         from plmkit.train.distributed.launch import check_nproc, launch, parse_nproc
         from plmkit.train.distributed.world import World
 
         nproc = parse_nproc(args.nproc)
         if nproc > 1:
             check_nproc(nproc, config.train.device)
-            strategy_name(config, World(0, nproc, 0, launched=True))  # e.g. strategy=single with --nproc 2
+            recipe_strategy_name(config, World(0, nproc, 0, launched=True))  # e.g. strategy=single with --nproc 2
             resume = [] if args.resume is None else ["--resume"] + ([] if args.resume is True else [args.resume])
             return launch(nproc, ["pretrain", args.recipe, *args.overrides, *resume])
     result = pretrain(config)

@@ -25,7 +25,8 @@ from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import load_training_state
 from plmkit.train.distributed.base import Strategy
-from plmkit.train.distributed.build import build_strategy
+from plmkit.train.distributed.build import build_strategy, strategy_name
+from plmkit.train.distributed.world import World
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
 from plmkit.train.state import TrainState
@@ -221,10 +222,42 @@ def build_recipe_data(config: RecipeConfig, tokenizer: Any, batch_size: int | No
     )
 
 
+# ---- the strategy ----------------------------------------------------------------------------------
+def recipe_strategy_name(config: RecipeConfig, world: World) -> str:
+    """The recipe's strategy for `world` (plmkit.train.distributed.build.strategy_name), and its tensor
+    parallelism checked against the recipe's objective, PEFT and model (before any process waits)."""
+    name = strategy_name(config.distributed, world)
+    tp = config.distributed.tensor_parallel
+    if tp == 1:
+        return name
+    key = f"distributed.tensor_parallel={tp}"
+    if config.objective.name == "electra":
+        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
+                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
+    if config.peft:
+        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
+                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
+    architecture = recipe_architecture(config)
+    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
+        from plmkit.train.distributed.tensor_parallel import check_tensor_parallel
+
+        try:
+            check_tensor_parallel(architecture, tp)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return name
+
+
+def build_recipe_strategy(config: RecipeConfig) -> Strategy:
+    """The recipe's strategy, its process group started (the caller closes it)."""
+    recipe_strategy_name(config, World.from_env())  # the recipe's checks, before any process waits
+    return build_strategy(config.distributed, config.train, config.optim, Path(config.run_dir))
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
-    strategy = strategy or build_strategy(config)
+    strategy = strategy or build_recipe_strategy(config)
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -234,6 +267,8 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
     device = strategy.device
     precision = Precision(resolve_precision(config.train.precision, device), device)
+    if not strategy.uses_grad_scaler():  # DeepSpeed scales fp16 losses in its engine
+        precision.scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     with strategy.main_first():  # rank 0 trains and saves a new tokenizer; the other ranks then load it
         tokenizer = build_tokenizer(config, run_dir)
@@ -254,7 +289,8 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         global_batch = config.train.batch_size * strategy.data_parallel_size
         train_data = build_recipe_data(config, tokenizer, global_batch)
     val_batches = train_data.validation_batches if train_data.validation else None
-    model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
+    model = strategy.wrap(model)  # DDP / FSDP-sharded / the DeepSpeed engine
+    optimizer = strategy.make_optimizer(model, config.optim)  # on the (sharded) parameters
     strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
     if config.train.compile:

@@ -24,11 +24,10 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
-from plmkit.recipes.common import Run, build_run, restore_run
+from plmkit.recipes.common import Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import latest_checkpoint
 from plmkit.train.distributed.base import Strategy
-from plmkit.train.distributed.build import build_strategy
 from plmkit.train.errors import TrainingError
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.train.loop import train_step
@@ -121,7 +120,7 @@ def checkpoint(run: Run, progress: Progress) -> Path:
 
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
-    strategy = build_strategy(config)  # one process, or this process's place among torchrun's
+    strategy = build_recipe_strategy(config)  # one process, or this process's place among torchrun's
     try:
         return _pretrain(config, strategy, stream)
     finally:

@@ -40,22 +40,18 @@ import datetime
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from plmkit.errors import ConfigError
 from plmkit.files import step_folder_name
-from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import model_folder, rng_state, save_checkpoint, set_rng_state
+from plmkit.train.config import OptimConfig
 from plmkit.train.distributed.world import World
 from plmkit.train.optim import build_optimizer
-from plmkit.train.precision import Precision
 from plmkit.train.state import TrainState
 from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
-
-if TYPE_CHECKING:
-    pass
 
 # how a checkpoint holds the weights: model.safetensors, or named after the folder of shards
 LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", DCP_FOLDER, DEEPSPEED_FOLDER
@@ -155,14 +151,18 @@ class Strategy:
         return values
 
     # ---- model and optimizer --------------------------------------------------------------------
-    def prepare(
-        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """(the model the loop calls, the torch optimizer the LR schedule drives), built on the model."""
-        return self.wrap(model), build_optimizer(model, config.optim, self.device)
-
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the loop calls (DDP-wrapped, FSDP-sharded, the DeepSpeed engine); call it before
+        `make_optimizer`, which builds on its (possibly sharded) parameters."""
         return model
+
+    def make_optimizer(self, model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+        """The torch optimizer of the wrapped model (the LR schedule drives it)."""
+        return build_optimizer(unwrap(model), optim, self.device)
+
+    def uses_grad_scaler(self) -> bool:
+        """Whether the loop's fp16 GradScaler scales the losses (DeepSpeed scales them in its engine)."""
+        return True
 
     # ---- the training step ----------------------------------------------------------------------
     def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:

@@ -36,25 +36,24 @@ import torch
 
 from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
-from plmkit.recipes.config import RecipeConfig
+from plmkit.train.config import FSDPConfig, OptimConfig
 from plmkit.train.distributed.base import LAYOUT_DCP, ProcessGroupStrategy
 from plmkit.train.distributed.dcp import load_sharded_state, save_sharded_state, written_tensor_parallel
 from plmkit.train.distributed.world import World
-from plmkit.train.optim import build_optimizer
-from plmkit.train.precision import Precision, resolve_precision
 from plmkit.weights import DCP_FOLDER
 
 if TYPE_CHECKING:
     from plmkit.train.state import TrainState
 
 
-def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
-    if resolve_precision(config.train.precision, device) == "fp16":
+def check_fsdp_config(precision: str, optim: OptimConfig) -> None:
+    """`precision`: the resolved train.precision."""
+    if precision == "fp16":
         raise ConfigError(
             "distributed.strategy=fsdp with train.precision=fp16: fp16 needs a gradient scaler that agrees over "
             "the shards, which plmkit does not have; use train.precision=bf16 (or fp32, or strategy ddp/deepspeed)"
         )
-    if config.optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
+    if optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
         raise ConfigError(
             "distributed.strategy=fsdp with optim.name=adamw8bit: bitsandbytes' 8-bit AdamW cannot step FSDP's "
             "sharded (DTensor) parameters; use optim.name=adamw with fsdp, or strategy ddp for 8-bit AdamW"
@@ -72,9 +71,12 @@ class FSDPStrategy(ProcessGroupStrategy):
     name = "fsdp"
     layout = LAYOUT_DCP
 
-    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1):
+    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1,
+                 fsdp: FSDPConfig | None = None, precision: str = "fp32"):
         super().__init__(world, device)
         self.tensor_parallel = tensor_parallel  # ranks per data-parallel group (1: FSDP alone)
+        self.fsdp = fsdp or FSDPConfig()
+        self.precision = precision  # the resolved train.precision: bf16 / fp16 gather parameters in that dtype
 
     def describe(self) -> str:
         text = super().describe() + f"; FSDP units: {self.units} blocks + the root"
@@ -83,9 +85,7 @@ class FSDPStrategy(ProcessGroupStrategy):
                      f"{self.tensor_parallel} ranks")
         return text
 
-    def prepare(
-        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -102,12 +102,12 @@ class FSDPStrategy(ProcessGroupStrategy):
             fsdp_mesh = init_device_mesh(self.device.type, (self.world_size,))
         options: dict[str, Any] = {
             "mesh": fsdp_mesh,
-            "reshard_after_forward": config.distributed.fsdp.reshard_after_forward,
+            "reshard_after_forward": self.fsdp.reshard_after_forward,
         }
-        if config.distributed.fsdp.mixed_precision and precision.name in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if precision.name == "bf16" else torch.float16
+        if self.fsdp.mixed_precision and self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        if config.distributed.fsdp.cpu_offload:
+        if self.fsdp.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         # A Block also returns its key/value tensors (views, for the KV cache); FSDP2 warns that an in-place
         # op on a returned view would skip its backward hook. plmkit never modifies them in place.
@@ -117,8 +117,7 @@ class FSDPStrategy(ProcessGroupStrategy):
             fully_shard(unit, **options)
         fully_shard(model, **options)
         self.units = len(units)
-        # built on the sharded (DTensor) parameters, so each rank keeps optimizer state for its shard only
-        return model, build_optimizer(model, config.optim, self.device)
+        return model  # make_optimizer builds on the sharded (DTensor) parameters: state for this shard only
 
     def accumulating(self, model: torch.nn.Module, last: bool):
         model.set_requires_gradient_sync(last)  # FSDP2's no_sync: keep unsharded gradients until the last

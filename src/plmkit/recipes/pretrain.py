@@ -1,7 +1,8 @@
 """The pre-training recipe: `plm pretrain RECIPE.yaml [key=value ...]`.
 
-Read it top to bottom. Setup builds the tokenizer, model, objective, data, optimizer and schedule
-from the recipe (setup.py); the loop is plain PyTorch:
+Read it top to bottom. The builders (recipes/common.py) make the tokenizer, model, objective, data,
+strategy, optimizer and schedule from the recipe; each step is the engine's (plmkit.train.loop.train_step)
+with this recipe's loss (`PretrainLoss`: the model's token loss, with `count` for exact weighting):
 
     for each step:  micro-batches -> forward -> loss (weighted by target tokens) -> backward
                     -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
@@ -33,6 +34,8 @@ from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.train.loop import train_step
 from plmkit.train.state import TrainState
 from plmkit.weights import unwrap
+
+MODEL = "model"  # the recipe's one model in the training state
 
 
 @dataclass
@@ -68,9 +71,6 @@ class PretrainLoss:
         return models[MODEL](**batch).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
 
 
-MODEL = "model"  # the recipe's one model in the training state
-
-
 def train_state(run: Run) -> TrainState:
     """The run's parts that a checkpoint holds."""
     stateful: dict[str, Any] = {"scaler": run.precision.scaler, "data": run.train_data, "objective": run.objective}
@@ -82,6 +82,8 @@ def train_state(run: Run) -> TrainState:
 
 @dataclass
 class ModelRng:
+    """A model's own random stream (ELECTRA's replacement sampler) as a checkpointed state."""
+
     model: torch.nn.Module
 
     def state_dict(self) -> dict[str, Any]:

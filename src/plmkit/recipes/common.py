@@ -32,6 +32,21 @@ from plmkit.train.precision import Precision, resolve_precision
 from plmkit.train.state import TrainState
 from plmkit.weights import unwrap
 
+MODEL = "model"  # the recipe's one model in the training state
+
+
+@dataclass
+class ModelRng:
+    """A model's own random stream (ELECTRA's replacement sampler) as a checkpointed state."""
+
+    model: torch.nn.Module
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.rng_state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_rng_state_dict(state)
+
 
 @dataclass
 class Run:
@@ -48,6 +63,14 @@ class Run:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     strategy: Strategy = field(default_factory=Strategy)  # one process, or DDP / FSDP / DeepSpeed
+
+    def train_state(self) -> TrainState:
+        """The parts of the run that a checkpoint holds."""
+        stateful: dict[str, Any] = {"scaler": self.precision.scaler, "data": self.train_data, "objective": self.objective}
+        model = unwrap(self.model)
+        if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
+            stateful["model_rng"] = ModelRng(model)
+        return TrainState({MODEL: self.model}, {MODEL: self.optimizer}, {MODEL: self.scheduler}, stateful)
 
     def describe(self) -> str:
         c = self.config
@@ -312,7 +335,7 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     )
 
 
-def restore_run(run: Run, checkpoint: Path, state: TrainState) -> tuple[int, int, int]:
+def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
     """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
     from plmkit.io import read_header
 
@@ -330,5 +353,5 @@ def restore_run(run: Run, checkpoint: Path, state: TrainState) -> tuple[int, int
             "resume with the recipe that wrote it, or start a new run (out_dir)"
         )
     saved, info = load_training_state(checkpoint)
-    run.strategy.load(checkpoint, state, saved, info)  # models, optimizers (whole or sharded), the rest, RNG
+    run.strategy.load(checkpoint, run.train_state(), saved, info)  # models, optimizers (whole or sharded), the rest, RNG
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))

@@ -25,17 +25,14 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
-from plmkit.recipes.common import Run, build_recipe_strategy, build_run, restore_run
+from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import latest_checkpoint
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.errors import TrainingError
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
 from plmkit.train.loop import train_step
-from plmkit.train.state import TrainState
 from plmkit.weights import unwrap
-
-MODEL = "model"  # the recipe's one model in the training state
 
 
 @dataclass
@@ -71,28 +68,6 @@ class PretrainLoss:
         return models[MODEL](**batch).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
 
 
-def train_state(run: Run) -> TrainState:
-    """The run's parts that a checkpoint holds."""
-    stateful: dict[str, Any] = {"scaler": run.precision.scaler, "data": run.train_data, "objective": run.objective}
-    model = unwrap(run.model)
-    if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
-        stateful["model_rng"] = ModelRng(model)
-    return TrainState({MODEL: run.model}, {MODEL: run.optimizer}, {MODEL: run.scheduler}, stateful)
-
-
-@dataclass
-class ModelRng:
-    """A model's own random stream (ELECTRA's replacement sampler) as a checkpointed state."""
-
-    model: torch.nn.Module
-
-    def state_dict(self) -> dict[str, Any]:
-        return self.model.rng_state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.model.load_rng_state_dict(state)
-
-
 def pretrain_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     """One optimizer step of the recipe (plmkit.train.loop.train_step); the mean loss per target token."""
     return train_step({MODEL: run.model}, {MODEL: run.optimizer}, {MODEL: run.scheduler}, PretrainLoss(run.model),
@@ -116,7 +91,7 @@ def evaluate(run: Run) -> dict[str, float]:
 
 def checkpoint(run: Run, progress: Progress) -> Path:
     info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
-    return run.strategy.save(run.run_dir, progress.step, train_state(run), run.tokenizer, info,
+    return run.strategy.save(run.run_dir, progress.step, run.train_state(), run.tokenizer, info,
                              run.config.checkpoint.keep_last)
 
 
@@ -136,7 +111,7 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, stream=None) -> dict[str
     if config.resume:
         resume_from = latest_checkpoint(run.run_dir) if config.resume is True else Path(str(config.resume))
         if resume_from is not None:
-            progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from, train_state(run))
+            progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from)
     logger = RunLogger(
         run.run_dir, config.train.steps, tensorboard=config.log.tensorboard, stream=stream, enabled=strategy.is_main
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -16,8 +17,10 @@ import dist_helpers as dh
 import train_helpers as h
 from plmkit.config import load_config
 from plmkit.errors import CheckpointError, ConfigError
+from plmkit.recipes.common import recipe_strategy_name
 from plmkit.recipes.config import RecipeConfig
-from plmkit.train.distributed.base import Strategy, World, strategy_name
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.world import World
 
 GPT = dh.GPT
 
@@ -41,6 +44,13 @@ def assert_user_error(code: int, err: str, *needles: str) -> str:
     return lines[0]
 
 
+
+def sections(config, with_optim: bool = False):
+    """deepspeed_config's (train, optim, deepspeed) sections; check_deepspeed_config's (deepspeed, train, optim)."""
+    if with_optim:
+        return config.distributed.deepspeed, config.train, config.optim
+    return config.train, config.optim, config.distributed.deepspeed
+
 # ---- strategy names and launch checks -----------------------------------------------------------
 def test_unknown_strategy_suggests_the_closest(root, capsys):
     code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategy=fsdb"], capsys)
@@ -50,11 +60,11 @@ def test_unknown_strategy_suggests_the_closest(root, capsys):
 
 
 def test_auto_is_single_in_one_process_and_ddp_under_torchrun():
-    assert strategy_name(recipe(), World()) == "single"
-    assert strategy_name(recipe(), World(1, 2, 1, launched=True)) == "ddp"
-    assert strategy_name(recipe("distributed.strategy=fsdp"), World()) == "fsdp"  # a group of one
+    assert recipe_strategy_name(recipe(), World()) == "single"
+    assert recipe_strategy_name(recipe(), World(1, 2, 1, launched=True)) == "ddp"
+    assert recipe_strategy_name(recipe("distributed.strategy=fsdp"), World()) == "fsdp"  # a group of one
     with pytest.raises(ConfigError, match="strategy=single, but this is one of 2 processes"):
-        strategy_name(recipe("distributed.strategy=single"), World(0, 2, 0, launched=True))
+        recipe_strategy_name(recipe("distributed.strategy=single"), World(0, 2, 0, launched=True))
 
 
 def test_torchrun_environment_is_read_and_checked(monkeypatch):
@@ -117,7 +127,7 @@ def test_deepspeed_config_is_generated_from_the_recipe():
                     "optim.betas=[0.9, 0.98]", "optim.eps=1e-6", "optim.weight_decay=0.05",
                     "distributed.deepspeed.stage=3", "distributed.deepspeed.offload_optimizer=true",
                     "distributed.deepspeed.offload_params=true")
-    ds = deepspeed_config(config, world_size=8, precision="bf16", device_type="cuda")
+    ds = deepspeed_config(*sections(config), world_size=8, precision="bf16", device_type="cuda")
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 4 * 3 * 8
     assert ds["gradient_clipping"] == 0.5
@@ -128,11 +138,11 @@ def test_deepspeed_config_is_generated_from_the_recipe():
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert "scheduler" not in ds  # plmkit's LambdaLR drives the engine's AdamW
 
-    cpu = deepspeed_config(recipe("train.clip_grad=null"), world_size=2, precision="fp32", device_type="cpu")
+    cpu = deepspeed_config(*sections(recipe("train.clip_grad=null")), world_size=2, precision="fp32", device_type="cpu")
     assert cpu["gradient_clipping"] == 0.0 and cpu["optimizer"]["params"]["torch_adam"] is True
     assert cpu["zero_optimization"] == {"stage": 2} and not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"]
     assert cpu["train_batch_size"] == 16 * 1 * 2  # the recipe's batch_size 16, accumulation 1
-    fp16 = deepspeed_config(recipe(), world_size=1, precision="fp16", device_type="cuda")
+    fp16 = deepspeed_config(*sections(recipe()), world_size=1, precision="fp16", device_type="cuda")
     assert fp16["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
 
 
@@ -141,7 +151,7 @@ def test_deepspeed_options_add_keys_but_never_replace_generated_ones():
 
     extra = "distributed.deepspeed.options={zero_optimization: {overlap_comm: true, reduce_bucket_size: 1000}, " \
             "bf16: {immediate_grad_update: true}, activation_checkpointing: {partition_activations: false}}"
-    ds = deepspeed_config(recipe(extra), 2, "bf16", "cuda")
+    ds = deepspeed_config(*sections(recipe(extra)), 2, "bf16", "cuda")
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 1000}
     assert ds["bf16"] == {"enabled": True, "immediate_grad_update": True}
     assert ds["activation_checkpointing"] == {"partition_activations": False}
@@ -149,7 +159,7 @@ def test_deepspeed_options_add_keys_but_never_replace_generated_ones():
                         "distributed.deepspeed.stage"), ("{optimizer: {type: Adam}}", "optim.lr"),
                         ("{scheduler: {type: WarmupLR}}", "schedule."), ("{fp16: {enabled: true}}", "train.precision")]:
         with pytest.raises(ConfigError, match="is generated from") as e:
-            deepspeed_config(recipe(f"distributed.deepspeed.options={key}"), 2, "fp32", "cpu")
+            deepspeed_config(*sections(recipe(f"distributed.deepspeed.options={key}")), 2, "fp32", "cpu")
         assert source in str(e.value) and "distributed.deepspeed.options." in str(e.value)
 
 
@@ -158,11 +168,11 @@ def test_deepspeed_settings_are_checked():
 
     cpu = torch.device("cpu")
     with pytest.raises(ConfigError, match="stage=4"):
-        check_deepspeed_config(recipe("distributed.deepspeed.stage=4"), cpu)
+        check_deepspeed_config(*sections(recipe("distributed.deepspeed.stage=4"), with_optim=True), cpu)
     with pytest.raises(ConfigError, match="offload_params needs ZeRO stage 3"):
-        check_deepspeed_config(recipe("distributed.deepspeed.offload_params=true"), cpu)
+        check_deepspeed_config(*sections(recipe("distributed.deepspeed.offload_params=true"), with_optim=True), cpu)
     with pytest.raises(ConfigError, match="train.compile=true"):
-        check_deepspeed_config(recipe("train.compile=true"), cpu)
+        check_deepspeed_config(*sections(recipe("train.compile=true"), with_optim=True), cpu)
 
 
 def test_missing_deepspeed_names_the_extra(root, capsys, monkeypatch):
@@ -185,36 +195,36 @@ def test_a_deepspeed_checkpoint_resumes_on_its_own_number_of_processes_only(tmp_
 def test_fsdp_refuses_fp16():
     from plmkit.train.distributed.fsdp import check_fsdp_config
 
-    check_fsdp_config(recipe("train.precision=bf16"), torch.device("cuda"))
+    check_fsdp_config("bf16", recipe().optim)
     with pytest.raises(ConfigError, match="use train.precision=bf16"):
-        check_fsdp_config(recipe("train.precision=fp16"), torch.device("cuda"))
+        check_fsdp_config("fp16", recipe().optim)
 
 
 def test_deepspeed_step_logic_skips_or_refuses_a_non_finite_step():
     """The engine cannot drop reduced gradients: the ranks agree before each backward, a bad first
     micro-batch skips the step, a bad later one (gradients already reduced) is a clear error."""
-    from plmkit.recipes.pretrain import TrainingError
     from plmkit.train.distributed.deepspeed import DeepSpeedStrategy
+    from plmkit.train.errors import TrainingError
 
     calls: list[str] = []
-    strategy = DeepSpeedStrategy(World(), torch.device("cpu"))
+    strategy = DeepSpeedStrategy(World(), torch.device("cpu"), {}, recipe().optim, Path("."))
     strategy.engine = SimpleNamespace(backward=lambda loss, scale_wrt_gas: calls.append(f"backward {scale_wrt_gas}"),
                                       step=lambda: calls.append("step"))
     strategy.pending = False
     others_bad = {"flag": 0.0}
     strategy.sum_over_ranks = lambda *v: (v[0] + others_bad["flag"],)  # the other ranks' votes
     assert strategy.backward(torch.tensor(1.0), None, finite=True)
-    strategy.optimizer_step(None)
+    strategy.step(None, None)
     assert calls == ["backward False", "step"]
     others_bad["flag"] = 1.0  # another rank's first micro-batch was nan: nobody runs backward, no step
     assert not strategy.backward(torch.tensor(1.0), None, finite=True)
-    strategy.skip_step(None)
+    strategy.zero_grad(None, stepped=False)
     assert calls == ["backward False", "step"]
     others_bad["flag"] = 0.0
     assert strategy.backward(torch.tensor(1.0), None, finite=True)
     assert not strategy.backward(torch.tensor(math.nan), None, finite=False)
     with pytest.raises(TrainingError, match="cannot drop"):
-        strategy.skip_step(None)
+        strategy.zero_grad(None, stepped=False)
 
 
 # ---- the strategies in this process, as a group of one -------------------------------------------

@@ -18,8 +18,8 @@ import torch
 
 import dist_helpers as dh
 import train_helpers as h
-from plmkit.train.distributed.base import World
 from plmkit.train.distributed.fsdp import FSDPStrategy
+from plmkit.train.distributed.world import World
 
 LLAMA = h.ROOT / "recipes" / "llama-clm.yaml"
 STEPS = [1, 2, 3, 4]

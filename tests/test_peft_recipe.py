@@ -63,7 +63,7 @@ def test_a_lora_run_trains_only_the_adapter_and_its_checkpoint_serves_every_comm
     # AdamW holds state for the LoRA factors only
     state, _ = load_training_state(checkpoint)
     n_lora = sum(1 for k in trained if ".lora_" in k)
-    assert len(state["optimizer"]["state"]) == n_lora
+    assert len(state["optimizers"]["model"]["state"]) == n_lora
 
     model, tokenizer = load(checkpoint)  # the PEFT model itself, LoRA unmerged
     assert model.peft_config.method == "lora" and tokenizer is not None

@@ -1,7 +1,7 @@
 """Gradient accumulation equals the big batch (issue 5): 4 micro-batches of 2 give the gradient of one
 batch of 8 to 1e-6, even when the micro-batches hold very different numbers of target tokens.
 
-The real `train_step` runs on a Run-like object whose optimizer only records the gradients it is
+The real `pretrain_step` runs on a Run-like object whose optimizer only records the gradients it is
 asked to apply (lr is never used), so what is compared is exactly what the optimizer would see."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from plmkit.data.objectives.clm import CLMObjective
 from plmkit.model import ModelConfig, build_model
 from plmkit.recipes.config import RecipeConfig
-from plmkit.recipes.pretrain import count_targets, train_step
+from plmkit.recipes.pretrain import count_targets, pretrain_step
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.precision import Precision
 
@@ -70,8 +70,8 @@ def reference_grads(model: torch.nn.Module, batch: dict, clip_grad: float | None
 
 def accumulated_grads(model: torch.nn.Module, micro_batches: list[dict], clip_grad: float | None = None):
     run = fake_run(model, clip_grad)
-    loss = train_step(run, micro_batches)
-    assert len(run.optimizer.seen) == 1, "train_step must step the optimizer once per call"
+    loss = pretrain_step(run, micro_batches)
+    assert len(run.optimizer.seen) == 1, "pretrain_step must step the optimizer once per call"
     return run.optimizer.seen[0], loss
 
 

@@ -82,3 +82,24 @@ def test_init_from_with_another_tokenizer_is_refused(first_run, tmp_path):
     config.tokenizer.path = str(other)
     with pytest.raises(ConfigError, match="vocab_size"):
         pretrain(config, stream=io.StringIO())
+
+
+def test_a_bf16_init_checkpoint_trains_fp32_master_weights(first_run, tmp_path):
+    """A checkpoint saved in bf16 used as init_from with train.precision=fp32 trains fp32 parameters (it
+    used to train bf16 ones while the run reported fp32); the saved result is fp32 too."""
+    import torch
+
+    from plmkit.io import save
+    from plmkit.recipes.common import build_run
+
+    tmp, result = first_run
+    model, tokenizer = load(result["checkpoint"])
+    save(model.to(torch.bfloat16), tokenizer, tmp_path / "bf16")
+    config, _ = _continue(tmp, tmp_path / "bf16", "from-bf16")
+    config.train.precision = "fp32"
+    run = build_run(config)
+    assert {p.dtype for p in run.model.parameters()} == {torch.float32}
+    assert run.precision.name == "fp32"
+    trained = pretrain(config, stream=io.StringIO())
+    model, _ = load(trained["checkpoint"])
+    assert {p.dtype for p in model.parameters()} == {torch.float32}

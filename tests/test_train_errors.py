@@ -218,18 +218,18 @@ def test_a_skipped_step_leaves_the_weights_alone(tmp_path, corpus, monkeypatch):
     from plmkit.config import load_config
     from plmkit.recipes.common import build_run
     from plmkit.recipes.config import RecipeConfig
-    from plmkit.recipes.pretrain import train_step
+    from plmkit.recipes.pretrain import pretrain_step
 
     poison_training_losses(monkeypatch, bad_calls={2})
     config = load_config(RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + ["train.accumulation=2"])
     run = build_run(config)
     run.model.train()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    loss = train_step(run, [run.objective(run.train_data.next_batch()) for _ in range(2)])  # 2nd micro-batch NaN
+    loss = pretrain_step(run, [run.objective(run.train_data.next_batch()) for _ in range(2)])  # 2nd micro-batch NaN
     assert math.isnan(loss)
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     assert all(p.grad is None for p in run.model.parameters())  # no half-accumulated gradient carries over
-    assert math.isfinite(train_step(run, [run.objective(run.train_data.next_batch()) for _ in range(2)]))
+    assert math.isfinite(pretrain_step(run, [run.objective(run.train_data.next_batch()) for _ in range(2)]))
 
 
 def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_error(capsys, tmp_path, corpus, monkeypatch):

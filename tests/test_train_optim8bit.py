@@ -59,7 +59,7 @@ def test_adamw8bit_trains_a_recipe_with_4x_smaller_state(runs):
     sizes, states = {}, {}
     for name, result in results.items():
         state, _ = load_training_state(h.Path(result["checkpoint"]))  # torch.load(weights_only=True)
-        states[name], sizes[name] = state["optimizer"]["state"], state_bytes(state["optimizer"])
+        states[name], sizes[name] = state["optimizers"]["model"]["state"], state_bytes(state["optimizers"]["model"])
     # both moments in uint8 for every tensor of >= 4096 elements; smaller ones (biases, norms) keep fp32
     # states and each 8-bit tensor adds its absmax per 256 values and two 256-entry maps: ~3.5x in all here
     moments = [s["__bnb_optimizer_quant_state__"]["state1"] for s in states["adamw8bit"].values()]

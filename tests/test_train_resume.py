@@ -55,15 +55,15 @@ def runs(tmp_path_factory):
     """A shared tokenizer and token store, then two training processes at once: `python -m plmkit pretrain`
     to be killed at a random step, and one that dies while writing its second checkpoint."""
     from plmkit.config import load_config
+    from plmkit.recipes.common import build_recipe_data
     from plmkit.recipes.config import RecipeConfig
     from plmkit.tokenizer import Tokenizer
-    from plmkit.train.data import build_train_data
 
     root = tmp_path_factory.mktemp("resume")
     h.write_english(root / "en.txt", 60_000)
     tokenizer = Tokenizer.train([h.english_text(60_000)], kind="bpe", vocab_size=400)
     tokenizer.save(root / "tokenizer")
-    build_train_data(load_config(RecipeConfig, GPT, overrides(root, root / "warm")), tokenizer)  # cache
+    build_recipe_data(load_config(RecipeConfig, GPT, overrides(root, root / "warm")), tokenizer)  # cache
     killed = start(root, root / "killed", ["-m", "plmkit"])
     # A fork of this process (torch already imported: no start-up cost) with the fault installed.
     torn = multiprocessing.get_context("fork").Process(

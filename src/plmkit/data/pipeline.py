@@ -9,13 +9,14 @@
 
 One source and a weighted mixture go the same way: each source is tokenized into its own cached
 TokenStore (changing one source does not re-tokenize the others), packed into blocks, and a
-MixtureSampler picks the source of every block by weight.
+MixtureSampler picks the source of every block by weight. Validation blocks come from their own
+sources, or are held out: the last `validation_fraction` of every training source's blocks.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,27 +29,57 @@ from plmkit.data.store import TokenStore
 from plmkit.errors import ConfigError
 
 
+class BlockRange:
+    """Blocks [start, stop) of a packed dataset: how a source is split into training and held-out parts."""
+
+    def __init__(self, dataset: PackedDataset, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, start, stop
+        self.block_size = dataset.block_size
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.dataset[self.start + i]
+
+
 @dataclass
 class PretrainingData:
-    """Packed datasets (one per source) and the sampler that mixes them; iterate for batches forever."""
+    """Packed datasets (one per source) and the sampler that mixes them; iterate for batches forever.
+    `validation`: the validation datasets (their own sources or held-out ranges; empty: none)."""
 
     sources: list[SourceSpec]
     stores: list[TokenStore]
-    datasets: list[PackedDataset]
+    datasets: list[PackedDataset | BlockRange]
     sampler: MixtureSampler
+    validation: list[PackedDataset | BlockRange] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         while True:
             yield self.next_batch()
 
     def next_batch(self) -> list[torch.Tensor]:
-        """This rank's next batch: `batch_size` LongTensor blocks of shape (block_size,)."""
+        """The next batch: `batch_size` LongTensor blocks of shape (block_size,)."""
         return [self.datasets[k][i] for k, i in self.sampler.next_batch()]
+
+    def validation_batches(self, max_batches: int) -> Iterator[list[torch.Tensor]]:
+        """The first `max_batches` batches of the validation blocks, in order (the same every time)."""
+        size = self.sampler.batch_size
+        items = [(d, i) for d in self.validation for i in range(len(d))]
+        for start in range(0, min(len(items), max_batches * size), size):
+            yield [d[i] for d, i in items[start : start + size]]
 
     @property
     def num_tokens(self) -> list[int]:
-        """Tokens per source (in packed blocks)."""
+        """Tokens per source (in packed training blocks)."""
         return [len(d) * d.block_size for d in self.datasets]
+
+    def describe(self) -> str:
+        blocks = sum(len(d) for d in self.datasets)
+        block_size = self.datasets[0].block_size if self.datasets else 0
+        held_out = sum(len(v) for v in self.validation)
+        return (f"{len(self.datasets)} source(s), {blocks:,} training blocks of {block_size} tokens"
+                + (f", {held_out:,} validation blocks" if held_out else ", no validation"))
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -60,17 +91,44 @@ class PretrainingData:
 def build_pretraining_data(sources: Sequence[SourceSpec | Mapping[str, Any] | str], tokenizer: Any,
                            block_size: int, batch_size: int, seed: int = 0,
                            cache_dir: str | Path | None = None, *, shuffle: bool = True, rank: int = 0,
-                           world_size: int = 1, progress: bool | None = None) -> PretrainingData:
+                           world_size: int = 1, progress: bool | None = None,
+                           validation: Sequence[SourceSpec | Mapping[str, Any] | str] = (),
+                           validation_fraction: float = 0.0) -> PretrainingData:
     """Tokenize (or reuse the cache of) every source, pack it into `block_size` blocks and mix the
-    sources by weight. `sources` items may be SourceSpecs, dicts of their fields (from YAML) or paths."""
+    sources by weight. `sources` items may be SourceSpecs, dicts of their fields (from YAML) or paths.
+    Validation: the `validation` sources, else the last `validation_fraction` of every source's blocks
+    (a source too small to split keeps all of them for training)."""
     specs = [_as_spec(s) for s in sources]
     if not specs:
-        raise ConfigError("no data sources given; set data: to a list of {path: ..., weight: ...}")
+        raise ConfigError("no data sources given; set data.sources to a list of {path: ..., weight: ...}")
     datasets = [packed_blocks(spec, tokenizer, block_size, cache_dir, progress=progress) for spec in specs]
     stores = [dataset.store for dataset in datasets]
-    sampler = MixtureSampler(datasets, [s.weight for s in specs], batch_size, seed=seed, shuffle=shuffle,
+    train: list[PackedDataset | BlockRange] = list(datasets)
+    held_out: list[PackedDataset | BlockRange] = []
+    if validation:
+        held_out = [packed_blocks(_as_spec(s), tokenizer, block_size, cache_dir, progress=progress)
+                    for s in validation]
+    elif validation_fraction:
+        train = []
+        for dataset in datasets:
+            n = int(len(dataset) * validation_fraction)
+            if n == 0 or n == len(dataset):
+                train.append(dataset)  # too small to split: no validation from this source
+                continue
+            train.append(BlockRange(dataset, 0, len(dataset) - n))
+            held_out.append(BlockRange(dataset, len(dataset) - n, len(dataset)))
+    sampler = MixtureSampler(train, [s.weight for s in specs], batch_size, seed=seed, shuffle=shuffle,
                              rank=rank, world_size=world_size)
-    return PretrainingData(specs, stores, datasets, sampler)
+    return PretrainingData(specs, stores, train, sampler, held_out)
+
+
+def iter_source_texts(sources: Sequence[SourceSpec]) -> Iterator[str]:
+    """Document texts of the sources (for training a tokenizer)."""
+    from plmkit.data.sources import iter_documents
+
+    for source in sources:
+        for document in iter_documents(source):
+            yield document.text
 
 
 def packed_blocks(spec: SourceSpec, tokenizer: Any, block_size: int, cache_dir: str | Path | None = None,

@@ -12,11 +12,11 @@ from typing import Any
 import torch
 
 from plmkit.errors import ConfigError
+from plmkit.evaluate.loss import stream_loss
 
 DEFAULT_OBJECTIVE = {"causal": "clm", "masked": "mlm", "prefix": "prefix_lm", "seq2seq": "t5_span"}
 
 
-@torch.no_grad()
 def evaluate_loss(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -31,7 +31,6 @@ def evaluate_loss(
     """Mean loss per target token and its perplexity over the packed blocks of `data`."""
     from plmkit.data import SourceSpec, packed_blocks
     from plmkit.data.objectives import build_objective
-    from plmkit.recipes.pretrain import count_targets
 
     if tokenizer is None:
         raise ConfigError("the checkpoint has no tokenizer; evaluation needs one to read text")
@@ -40,22 +39,15 @@ def evaluate_loss(
     collate = build_objective(objective, tokenizer, seed=seed)
     block_size = block_size or min(model.config.max_positions, 512)
     blocks = packed_blocks(SourceSpec(path=data, text_field=text_field), tokenizer, block_size)
-    model.eval()
-    device = next(model.parameters()).device
-    loss_sum, targets, batches = 0.0, 0, 0
-    for start in range(0, len(blocks), batch_size):
-        if max_batches is not None and batches >= max_batches:
-            break
-        batch = collate([blocks[i] for i in range(start, min(start + batch_size, len(blocks)))])
-        batch = {k: v.to(device) for k, v in batch.items()}
-        n = count_targets(model, batch.get("labels"))
-        loss_sum += model(**batch).loss.float().item() * n
-        targets += n
-        batches += 1
-    mean = loss_sum / max(targets, 1)
+    starts = range(0, len(blocks), batch_size)
+    if max_batches is not None:
+        starts = starts[:max_batches]
+    batches = (collate([blocks[i] for i in range(s, min(s + batch_size, len(blocks)))]) for s in starts)
+    total, targets = stream_loss(model, batches, device=next(model.parameters()).device)
+    mean = total / max(targets, 1)
     return {
         "loss": mean,
         "perplexity": math.exp(min(mean, 50.0)),
         "tokens": targets,
-        "blocks": min(len(blocks), batches * batch_size),
+        "blocks": min(len(blocks), len(starts) * batch_size),
     }

@@ -13,7 +13,7 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
-from plmkit.model.pretrained import ModelOutput, PretrainedModel, self_attention_allowed
+from plmkit.model.pretrained import ModelOutput, PretrainedModel, self_attention_allowed, with_token_loss
 from plmkit.model.stack import Stack
 
 POOLINGS = ("cls", "mean", "last")
@@ -120,10 +120,7 @@ class TokenClassifier(_HeadModel):
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, labels=None) -> ModelOutput:
         h = self._hidden(input_ids, attention_mask, token_type_ids)
         logits = self.classifier(self.dropout(h))  # (B, T, n_labels)
-        loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
-        return ModelOutput(loss=loss, logits=logits, hidden_states=h)
+        return with_token_loss(ModelOutput(logits=logits, hidden_states=h), labels, shift=False)
 
 
 class SpanQA(_HeadModel):
@@ -179,6 +176,3 @@ class RewardModel(_HeadModel):
         return ModelOutput(loss=loss, hidden_states=h, values=values, scores=scores)
 
 
-def pairwise_ranking_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Tensor) -> torch.Tensor:
-    """-log σ(r_chosen - r_rejected), averaged over pairs (InstructGPT eq. 1)."""
-    return -F.logsigmoid(chosen_scores - rejected_scores).mean()

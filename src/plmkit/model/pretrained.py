@@ -13,6 +13,7 @@ from plmkit.errors import ShapeError
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import activation_fn, make_norm
+from plmkit.model.losses import token_loss
 from plmkit.model.stack import Cache, Stack
 
 
@@ -20,7 +21,7 @@ from plmkit.model.stack import Cache, Stack
 class ModelOutput:
     """What every model returns; fields not computed stay None. Supports out.loss and out["loss"]."""
 
-    loss: torch.Tensor | None = None
+    loss: torch.Tensor | None = None  # mean over the targets: loss_sum / targets
     logits: torch.Tensor | None = None  # (B, T, V) or (B, n_labels)
     hidden_states: torch.Tensor | None = None  # last layer (B, T, C)
     past_key_values: Cache | None = None
@@ -30,6 +31,8 @@ class ModelOutput:
     values: torch.Tensor | None = None  # value head, per token (B, T)
     scores: torch.Tensor | None = None  # reward head, per sequence (B,)
     pooled: torch.Tensor | None = None  # BERT pooler output (B, C)
+    loss_sum: torch.Tensor | None = None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
+    targets: torch.Tensor | None = None  # LMs: how many label positions the loss covers
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -171,3 +174,11 @@ def self_attention_allowed(
             return None, True  # plain causal: no explicit mask needed
         allowed = masks.causal(t, t_k, past, device)
     return (allowed if padding is None else allowed & padding), False
+
+
+def with_token_loss(out: ModelOutput, labels: torch.Tensor | None, shift: bool) -> ModelOutput:
+    """The LM output with its loss (plmkit.model.losses.token_loss) when there are labels."""
+    if labels is not None:
+        out.loss_sum, out.targets = token_loss(out.logits, labels, shift)
+        out.loss = out.loss_sum / out.targets  # nan when no position has a label
+    return out

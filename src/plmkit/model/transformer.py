@@ -13,20 +13,19 @@ Generation calls forward with `check_inputs=False` (it checked the prompt once) 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from plmkit.errors import ShapeError
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
-from plmkit.model.pretrained import LMHead, ModelOutput, PretrainedModel, past_length, self_attention_allowed
+from plmkit.model.pretrained import (
+    LMHead,
+    ModelOutput,
+    PretrainedModel,
+    past_length,
+    self_attention_allowed,
+    with_token_loss,
+)
 from plmkit.model.stack import Cache, Stack
-
-
-def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over positions whose label is not -100 (computed in fp32)."""
-    return F.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100
-    )
 
 
 class StackLM(PretrainedModel):
@@ -67,13 +66,8 @@ class StackLM(PretrainedModel):
             input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
         )
         logits = self.head_logits(h, compute_logits, labels)
-        loss = None
-        if labels is not None:
-            if self.shift_labels:  # position t predicts token t+1: shift the labels, not the (big) logits
-                loss = lm_loss(logits, F.pad(labels[:, 1:], (0, 1), value=-100))
-            else:
-                loss = lm_loss(logits, labels)
-        return ModelOutput(loss, logits, h, cache if use_cache else None)
+        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None)
+        return with_token_loss(out, labels, self.shift_labels)
 
 
 class CausalLM(StackLM):
@@ -174,5 +168,6 @@ class Seq2SeqLM(PretrainedModel):
             memory_allowed=memory_allowed,
         )
         logits = self.head_logits(h, compute_logits, labels)
-        loss = lm_loss(logits, labels) if labels is not None else None
-        return ModelOutput(loss, logits, h, cache if use_cache else None, encoder_hidden_states)
+        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None,
+                          encoder_hidden_states=encoder_hidden_states)
+        return with_token_loss(out, labels, shift=False)

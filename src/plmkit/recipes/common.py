@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from plmkit.config import to_dict
+from plmkit.data import PretrainingData, build_pretraining_data, iter_source_texts
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError, DataError
@@ -23,11 +24,28 @@ from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
 from plmkit.train.checkpoint import load_training_state
-from plmkit.train.data import TrainData, build_train_data, iter_source_texts
-from plmkit.train.distributed.base import Strategy, build_strategy
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.build import build_strategy, strategy_name
+from plmkit.train.distributed.world import World
 from plmkit.train.optim import build_scheduler
 from plmkit.train.precision import Precision, resolve_precision
+from plmkit.train.state import TrainState
 from plmkit.weights import unwrap
+
+MODEL = "model"  # the recipe's one model in the training state
+
+
+@dataclass
+class ModelRng:
+    """A model's own random stream (ELECTRA's replacement sampler) as a checkpointed state."""
+
+    model: torch.nn.Module
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.model.rng_state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_rng_state_dict(state)
 
 
 @dataclass
@@ -40,11 +58,19 @@ class Run:
     model: torch.nn.Module
     objective: Objective
     eval_objective: Objective
-    train_data: TrainData
+    train_data: PretrainingData
     val_batches: Callable[[int], Iterator[list[torch.Tensor]]] | None
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     strategy: Strategy = field(default_factory=Strategy)  # one process, or DDP / FSDP / DeepSpeed
+
+    def train_state(self) -> TrainState:
+        """The parts of the run that a checkpoint holds."""
+        stateful: dict[str, Any] = {"scaler": self.precision.scaler, "data": self.train_data, "objective": self.objective}
+        model = unwrap(self.model)
+        if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
+            stateful["model_rng"] = ModelRng(model)
+        return TrainState({MODEL: self.model}, {MODEL: self.optimizer}, {MODEL: self.scheduler}, stateful)
 
     def describe(self) -> str:
         c = self.config
@@ -179,6 +205,14 @@ def check_objective_family(objective: str, family: str | None) -> None:
         )
 
 
+def fp32_master_weights(model: torch.nn.Module) -> torch.nn.Module:
+    """The model with fp32 parameters and buffers. Every precision trains fp32 master weights: fp32 as is,
+    bf16 / fp16 under autocast (and FSDP's mixed-precision policy gathers them in the low dtype), so a
+    checkpoint saved in bf16 or fp16 is cast up when it starts a run (init_from)."""
+    low = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.dtype != torch.float32]
+    return model.float() if low else model
+
+
 def quantize_base(config: RecipeConfig, model: torch.nn.Module) -> torch.nn.Module:
     """QLoRA: quantize the frozen base before the PEFT method goes on top (recipe section `quantize`)."""
     q = config.quantize
@@ -194,10 +228,56 @@ def quantize_base(config: RecipeConfig, model: torch.nn.Module) -> torch.nn.Modu
     return quantize(model, q.mode, embeddings=q.embeddings, backend=q.backend)
 
 
+# ---- data ------------------------------------------------------------------------------------------
+def build_recipe_data(config: RecipeConfig, tokenizer: Any, batch_size: int | None = None) -> PretrainingData:
+    """The recipe's training stream (sources mixed by weight) and validation blocks (data.validation, or
+    held-out blocks). `batch_size`: blocks per batch (default train.batch_size; several processes draw
+    all data-parallel ranks' rows)."""
+    d = config.data
+    if not d.sources:
+        raise ConfigError("the recipe has no data.sources; add e.g. data.sources=[{path: corpus.txt}]")
+    return build_pretraining_data(
+        d.sources, tokenizer, d.block_size, batch_size or config.train.batch_size, seed=config.seed,
+        cache_dir=d.cache_dir, validation=d.validation or (), validation_fraction=d.validation_fraction,
+    )
+
+
+# ---- the strategy ----------------------------------------------------------------------------------
+def recipe_strategy_name(config: RecipeConfig, world: World) -> str:
+    """The recipe's strategy for `world` (plmkit.train.distributed.build.strategy_name), and its tensor
+    parallelism checked against the recipe's objective, PEFT and model (before any process waits)."""
+    name = strategy_name(config.distributed, world)
+    tp = config.distributed.tensor_parallel
+    if tp == 1:
+        return name
+    key = f"distributed.tensor_parallel={tp}"
+    if config.objective.name == "electra":
+        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
+                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
+    if config.peft:
+        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
+                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
+    architecture = recipe_architecture(config)
+    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
+        from plmkit.train.distributed.tensor_parallel import check_tensor_parallel
+
+        try:
+            check_tensor_parallel(architecture, tp)
+        except ConfigError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    return name
+
+
+def build_recipe_strategy(config: RecipeConfig) -> Strategy:
+    """The recipe's strategy, its process group started (the caller closes it)."""
+    recipe_strategy_name(config, World.from_env())  # the recipe's checks, before any process waits
+    return build_strategy(config.distributed, config.train, config.optim, Path(config.run_dir))
+
+
 # ---- the run ---------------------------------------------------------------------------------------
 def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
-    strategy = strategy or build_strategy(config)
+    strategy = strategy or build_recipe_strategy(config)
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -207,10 +287,13 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
     device = strategy.device
     precision = Precision(resolve_precision(config.train.precision, device), device)
+    if not strategy.uses_grad_scaler():  # DeepSpeed scales fp16 losses in its engine
+        precision.scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     with strategy.main_first():  # rank 0 trains and saves a new tokenizer; the other ranks then load it
         tokenizer = build_tokenizer(config, run_dir)
     model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
+    model = fp32_master_weights(model)  # a bf16 init_from checkpoint trains in train.precision, not bf16
     check_family(config, model)
     model = quantize_base(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
@@ -224,8 +307,10 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
         # every rank draws the global micro-batch (all data-parallel ranks' rows) and keeps its share:
         # see train/distributed/
         global_batch = config.train.batch_size * strategy.data_parallel_size
-        train_data, val_batches = build_train_data(config, tokenizer, global_batch)
-    model, optimizer = strategy.prepare(model, config, precision, run_dir)  # wrapped / sharded; its optimizer
+        train_data = build_recipe_data(config, tokenizer, global_batch)
+    val_batches = train_data.validation_batches if train_data.validation else None
+    model = strategy.wrap(model)  # DDP / FSDP-sharded / the DeepSpeed engine
+    optimizer = strategy.make_optimizer(model, config.optim)  # on the (sharded) parameters
     strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks
     scheduler = build_scheduler(optimizer, config.train.steps, config.schedule)
     if config.train.compile:
@@ -264,13 +349,6 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
             f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differing[:3]) or 'another class'}); "
             "resume with the recipe that wrote it, or start a new run (out_dir)"
         )
-    state, info = load_training_state(checkpoint)
-    run.strategy.load_checkpoint(run, checkpoint, state, info)  # weights and optimizer, whole or sharded
-    run.scheduler.load_state_dict(state["scheduler"])
-    run.precision.scaler.load_state_dict(state["scaler"])
-    run.train_data.load_state_dict(state["data"])
-    run.objective.load_state_dict(state["objective"])
-    run.strategy.restore_rng(state)
-    if "model_rng" in state:
-        model.load_rng_state_dict(state["model_rng"])
+    saved, info = load_training_state(checkpoint)
+    run.strategy.load(checkpoint, run.train_state(), saved, info)  # models, optimizers (whole or sharded), the rest, RNG
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))

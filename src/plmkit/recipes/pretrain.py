@@ -1,7 +1,8 @@
 """The pre-training recipe: `plm pretrain RECIPE.yaml [key=value ...]`.
 
-Read it top to bottom. Setup builds the tokenizer, model, objective, data, optimizer and schedule
-from the recipe (setup.py); the loop is plain PyTorch:
+Read it top to bottom. The builders (recipes/common.py) make the tokenizer, model, objective, data,
+strategy, optimizer and schedule from the recipe; each step is the engine's (plmkit.train.loop.train_step)
+with this recipe's loss (`PretrainLoss`: the model's token loss, with `count` for exact weighting):
 
     for each step:  micro-batches -> forward -> loss (weighted by target tokens) -> backward
                     -> clip -> optimizer step -> schedule -> log / evaluate / checkpoint
@@ -23,18 +24,16 @@ from typing import Any
 import torch
 
 from plmkit.config import to_dict
-from plmkit.errors import PlmkitError
-from plmkit.recipes.common import Run, build_run, restore_run
+from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
+from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.validate import validate
-from plmkit.train.checkpoint import latest_checkpoint, rng_state
-from plmkit.train.distributed.base import Strategy, build_strategy
+from plmkit.train.checkpoint import latest_checkpoint
+from plmkit.train.distributed.base import Strategy
+from plmkit.train.errors import TrainingError
 from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
+from plmkit.train.loop import train_step
 from plmkit.weights import unwrap
-
-
-class TrainingError(PlmkitError):
-    """Training cannot continue (e.g. the loss stayed non-finite)."""
 
 
 @dataclass
@@ -55,89 +54,52 @@ def count_targets(model: torch.nn.Module, labels: torch.Tensor | None) -> int:
     return int((labels != -100).sum())
 
 
-def train_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
-    """One optimizer step over the micro-batches; returns the mean loss per target token (nan if skipped).
+class PretrainLoss:
+    """The recipe's loss_fn: the model's mean loss over its target tokens, times their number (the loop
+    weights the sum). `count` gives the targets before any forward, so the loop weights exactly."""
 
-    Each micro-batch's mean loss is weighted by its share of the step's target tokens, so
-    accumulating k micro-batches gives exactly the gradient of one big batch. On several processes
-    the micro-batches are global (every rank holds all of them) and a rank trains on its data-parallel
-    rank's rows; the factor data_parallel_size undoes the averaging of the gradients over the
-    data-parallel ranks, so that together they compute exactly the big batch's gradient too."""
-    model, precision = run.model, run.precision
-    strategy = run.strategy
-    plain = unwrap(model)
-    counts = [count_targets(plain, batch.get("labels")) for batch in micro_batches]  # all ranks' rows
-    total = sum(counts)
-    active = [i for i, count in enumerate(counts) if count > 0]  # no targets on any rank: nothing to learn
-    step_loss = 0.0
-    finite = total > 0  # a step with no target token at all has nothing to learn: skip it
-    for i in active if finite else []:
-        batch = strategy.local_rows(micro_batches[i])
-        n = count_targets(plain, batch.get("labels"))  # this share's targets (0: its gradients are zero)
-        with strategy.accumulating(model, last=i == active[-1]):  # gradient sync on the last micro-batch
-            batch = {k: v.to(run.device, non_blocking=True) for k, v in batch.items()}
-            with precision.autocast():
-                loss = model(**batch).loss * (strategy.data_parallel_size * n / total)
-            finite = finite and (n == 0 or bool(torch.isfinite(loss)))
-            if not strategy.backward(loss, precision.scaler, finite):
-                break  # the step is lost on every rank: skip its remaining micro-batches
-        if n:  # summed over all ranks by `agree`: each data-parallel share once per rank that trained on it
-            step_loss += loss.item() / strategy.world_size
-    step_loss, finite = strategy.agree(step_loss, finite)  # the ranks' shares summed; finite on all of them
-    if finite:
-        strategy.optimizer_step(run)  # unscale, clip, step, zero_grad (DeepSpeed: the engine's step)
-    else:
-        strategy.skip_step(run)
-    run.scheduler.step()
-    return step_loss if finite else math.nan
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.plain = unwrap(model)  # whether it shifts its labels
+
+    def count(self, batch: dict[str, torch.Tensor]) -> int:
+        return count_targets(self.plain, batch.get("labels"))
+
+    def __call__(self, models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+        n = self.count(batch)
+        return models[MODEL](**batch).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
 
 
-@torch.no_grad()
+def pretrain_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+    """One optimizer step of the recipe (plmkit.train.loop.train_step); the mean loss per target token."""
+    return train_step({MODEL: run.model}, {MODEL: run.optimizer}, {MODEL: run.scheduler}, PretrainLoss(run.model),
+                      micro_batches, run.strategy, run.precision, run.config.train.clip_grad)
+
+
 def evaluate(run: Run) -> dict[str, float]:
-    """Validation loss and perplexity, streamed batch by batch (no logits are kept)."""
+    """Validation loss and perplexity, streamed batch by batch (plmkit.evaluate.stream_loss)."""
     if run.val_batches is None:
         return {}
-    model = run.model
     strategy = run.strategy
-    was_training = model.training
-    model.eval()
     run.eval_objective.generator.manual_seed(run.config.seed + 1)  # same masks at every evaluation
-    loss_sum, count = 0.0, 0
-    for blocks in run.val_batches(run.config.eval.batches):  # global batches: each rank takes its rows
-        batch = {k: v.to(run.device) for k, v in strategy.local_rows(run.eval_objective(blocks)).items()}
-        n = count_targets(unwrap(model), batch.get("labels"))
-        with run.precision.autocast():
-            loss = model(**batch).loss
-        if n:  # a batch without targets has a nan mean loss and no weight
-            loss_sum += loss.float().item() * n
-        count += n
-    loss_sum, count = strategy.sum_over_ranks(loss_sum, count)  # tensor parallel: both counted T times
-    model.train(was_training)
-    if count == 0:
-        return {}
-    mean = loss_sum / count
-    return {"val_loss": mean, "val_ppl": math.exp(min(mean, 50.0))}
+    batches = (  # global batches: each rank takes its rows
+        strategy.local_rows(run.eval_objective(blocks)) for blocks in run.val_batches(run.config.eval.batches)
+    )
+    total, count = stream_loss(run.model, batches, model_token_loss, run.device, run.precision.autocast)
+    total, count = strategy.sum_over_ranks(total, count)  # tensor parallel: both counted T times
+    metrics = loss_metrics(total, int(count))
+    return {"val_loss": metrics["loss"], "val_ppl": metrics["perplexity"]} if metrics else {}
 
 
 def checkpoint(run: Run, progress: Progress) -> Path:
-    state = {  # the strategy adds the weights and optimizer state (whole, or each rank's shards)
-        "scheduler": run.scheduler.state_dict(),
-        "scaler": run.precision.scaler.state_dict(),
-        "rng": rng_state(),
-        "data": run.train_data.state_dict(),
-        "objective": run.objective.state_dict(),
-    }
-    model = unwrap(run.model)
-    if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
-        state["model_rng"] = model.rng_state_dict()
     info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
-    return run.strategy.save_checkpoint(run, progress.step, state, info)
+    return run.strategy.save(run.run_dir, progress.step, run.train_state(), run.tokenizer, info,
+                             run.config.checkpoint.keep_last)
 
 
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
     validate(config)  # the whole recipe, before any process group, file or tokenizer
-    strategy = build_strategy(config)  # one process, or this process's place among torchrun's
+    strategy = build_recipe_strategy(config)  # one process, or this process's place among torchrun's
     try:
         return _pretrain(config, strategy, stream)
     finally:
@@ -171,7 +133,7 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, stream=None) -> dict[str
     while progress.step < config.train.steps:
         micro_batches = [run.objective(run.train_data.next_batch()) for _ in range(config.train.accumulation)]
         progress.tokens += sum(int(b["input_ids"].numel()) for b in micro_batches)
-        loss = train_step(run, micro_batches)
+        loss = pretrain_step(run, micro_batches)
         progress.step += 1
         if math.isnan(loss):
             progress.bad_steps += 1

@@ -2,7 +2,8 @@
 
     RUN/checkpoints/step-00000500/
         plmkit.json, model.safetensors, tokenizer.*   the model (a normal plmkit checkpoint)
-        training_state.pt     optimizer, scheduler, RNG states, sampler and objective positions
+        models/NAME/          the other trained models (plmkit checkpoints), when a job trains several
+        training_state.pt     optimizers and schedulers by model name, RNG states, sampler and objective positions
         trainer_state.json    step, tokens seen, recipe (human-readable; written last)
 
 Sharded runs (train/distributed/fsdp.py, train/distributed/deepspeed.py) write the same folder with the weights and optimizer state
@@ -21,6 +22,7 @@ import json
 import os
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from plmkit.io import save as save_model
 
 STATE_FILE = "training_state.pt"
 TRAINER_FILE = "trainer_state.json"
+MODELS_FOLDER = "models"  # the trained models other than the main one, one plmkit checkpoint each
 
 
 def rng_state() -> dict[str, Any]:
@@ -63,18 +66,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def save_checkpoint(
     run_dir: Path,
     step: int,
-    model: torch.nn.Module,
+    models: Mapping[str, torch.nn.Module],
     tokenizer: Any,
     state: dict[str, Any],
     info: dict[str, Any],
     keep_last: int,
 ) -> Path:
-    """Write checkpoint `step` atomically and delete all but the newest `keep_last`."""
+    """Write checkpoint `step` atomically and delete all but the newest `keep_last`. The first of `models`
+    goes at the root (with the tokenizer), the others in models/<name>/."""
     tmp = temp_checkpoint_dir(run_dir, step, os.getpid())
     if tmp.exists():
         shutil.rmtree(tmp)
+    (main, model), *others = models.items()
     save_model(model, tokenizer, tmp)  # creates tmp itself (atomically)
+    for name, other in others:
+        save_model(other, None, tmp / MODELS_FOLDER / name)
     return finish_checkpoint(run_dir, step, tmp, state, info, keep_last)
+
+
+def model_folder(checkpoint: Path, name: str, main: str) -> Path:
+    """Where checkpoint `checkpoint` holds model `name` (the main model: the root)."""
+    return checkpoint if name == main else checkpoint / MODELS_FOLDER / name
 
 
 def temp_checkpoint_dir(run_dir: Path, step: int, token: int) -> Path:

@@ -39,102 +39,22 @@ import contextlib
 import datetime
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-from plmkit.errors import ConfigError, did_you_mean
-from plmkit.recipes.config import RecipeConfig
-from plmkit.train.checkpoint import rng_state, save_checkpoint, set_rng_state
+from plmkit.errors import ConfigError
+from plmkit.files import step_folder_name
+from plmkit.train.checkpoint import model_folder, rng_state, save_checkpoint, set_rng_state
+from plmkit.train.config import OptimConfig
+from plmkit.train.distributed.world import World
 from plmkit.train.optim import build_optimizer
-from plmkit.train.precision import Precision, resolve_device
+from plmkit.train.state import TrainState
 from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, unwrap
 
-if TYPE_CHECKING:
-    from plmkit.recipes.common import Run
-
-STRATEGIES = ("auto", "single", "ddp", "fsdp", "deepspeed")
-TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # how a checkpoint holds the weights: model.safetensors, or named after the folder of shards
 LAYOUT_PLAIN, LAYOUT_DCP, LAYOUT_DEEPSPEED = "plain", DCP_FOLDER, DEEPSPEED_FOLDER
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the processes torchrun started (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    launched: bool = False  # started by torchrun (its environment variables are set)
-
-    @classmethod
-    def from_env(cls) -> World:
-        if not all(name in os.environ for name in TORCHRUN_VARIABLES):
-            return cls()
-        try:
-            rank, world, local = (int(os.environ[name]) for name in TORCHRUN_VARIABLES)
-        except ValueError:
-            raise ConfigError(
-                "RANK, WORLD_SIZE and LOCAL_RANK must be whole numbers (they are set by torchrun); "
-                + ", ".join(f"{n}={os.environ[n]!r}" for n in TORCHRUN_VARIABLES)
-            ) from None
-        if not 0 <= rank < world:
-            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun or plm --nproc")
-        return cls(rank, world, local, launched=True)
-
-
-def strategy_name(config: RecipeConfig, world: World) -> str:
-    """The strategy the recipe asks for, resolved and checked against how the process was launched (also
-    the tensor-parallel size: before any process waits on another, so every rank fails alike)."""
-    name = config.distributed.strategy
-    if name not in STRATEGIES:
-        raise ConfigError(
-            f"distributed.strategy={name!r} is not one of {', '.join(STRATEGIES)}{did_you_mean(name, STRATEGIES)}"
-        )
-    if name == "auto":
-        name = "ddp" if world.world_size > 1 else "single"
-    elif name == "single" and world.world_size > 1:
-        raise ConfigError(
-            f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
-            "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
-        )
-    from plmkit.train.distributed.tensor_parallel import check_tensor_parallel_recipe
-
-    check_tensor_parallel_recipe(config, world.world_size, name)
-    return name
-
-
-def build_strategy(config: RecipeConfig) -> Strategy:
-    """The strategy of the recipe, with its process group started (nothing to start for `single`)."""
-    world = World.from_env()
-    name = strategy_name(config, world)
-    device = resolve_device(config.train.device)
-    if device.type == "cuda" and world.launched:
-        if device.index is not None and world.world_size > 1:
-            raise ConfigError(
-                f"train.device={config.train.device!r}, but each of the {world.world_size} processes uses its own "
-                "GPU (cuda:LOCAL_RANK); set train.device=cuda or auto"
-            )
-        device = torch.device("cuda", world.local_rank)
-    if name == "single":
-        return Strategy(world, device)
-    if name == "deepspeed":
-        from plmkit.train.distributed.deepspeed import DeepSpeedStrategy, check_deepspeed_config
-
-        check_deepspeed_config(config, device)
-        strategy: Strategy = DeepSpeedStrategy(world, device)
-    elif name == "fsdp":
-        from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config
-
-        check_fsdp_config(config, device)
-        strategy = FSDPStrategy(world, device, config.distributed.tensor_parallel)
-    else:
-        strategy = DDPStrategy(world, device)
-    strategy.start()
-    return strategy
 
 
 class Strategy:
@@ -144,6 +64,7 @@ class Strategy:
     name = "single"
     layout = LAYOUT_PLAIN  # how its checkpoints hold the weights
     tensor_parallel = 1  # ranks that hold one model replica between them and train on the same rows
+    exposes_gradients = True  # the gradients are the parameters' .grad (DeepSpeed keeps them in its engine)
 
     def __init__(self, world: World | None = None, device: torch.device | None = None) -> None:
         self.world = world or World()
@@ -230,14 +151,18 @@ class Strategy:
         return values
 
     # ---- model and optimizer --------------------------------------------------------------------
-    def prepare(
-        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
-        """(the model the loop calls, the torch optimizer the LR schedule drives), built on the model."""
-        return self.wrap(model), build_optimizer(model, config.optim, self.device)
-
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The model the loop calls (DDP-wrapped, FSDP-sharded, the DeepSpeed engine); call it before
+        `make_optimizer`, which builds on its (possibly sharded) parameters."""
         return model
+
+    def make_optimizer(self, model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+        """The torch optimizer of the wrapped model (the LR schedule drives it)."""
+        return build_optimizer(unwrap(model), optim, self.device)
+
+    def uses_grad_scaler(self) -> bool:
+        """Whether the loop's fp16 GradScaler scales the losses (DeepSpeed scales them in its engine)."""
+        return True
 
     # ---- the training step ----------------------------------------------------------------------
     def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
@@ -256,36 +181,37 @@ class Strategy:
         """(the step's loss: the sum of the ranks' shares, whether every rank's losses were finite)."""
         return loss, finite
 
-    def optimizer_step(self, run: Run) -> None:
-        """Unscale (fp16), clip, step and clear the gradients."""
-        scaler, optimizer = run.precision.scaler, run.optimizer
-        scaler.unscale_(optimizer)
-        if run.config.train.clip_grad:
-            self.clip_gradients(run.model, run.config.train.clip_grad)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+    def scale_gradients(self, model: torch.nn.Module, factor: float) -> None:
+        """Multiply the model's gradients by `factor` (the loop's correction of an estimated target count)."""
+        for param in model.parameters():
+            if param.grad is not None:
+                param.grad.mul_(factor)
 
-    def clip_gradients(self, model: torch.nn.Module, max_norm: float) -> None:
+    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
         """Scale the gradients down so that their total 2-norm is at most max_norm."""
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
 
-    def skip_step(self, run: Run) -> None:
-        """Drop the step's gradients (a non-finite loss somewhere)."""
-        run.optimizer.zero_grad(set_to_none=True)
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """Apply the gradients (fp16: skipped by the scaler when they overflowed)."""
+        scaler.step(optimizer)
+
+    def zero_grad(self, optimizer: torch.optim.Optimizer, stepped: bool) -> None:
+        """Clear the gradients after a step, or drop them when the step was skipped (`stepped` False)."""
+        optimizer.zero_grad(set_to_none=True)
 
     # ---- checkpoints ----------------------------------------------------------------------------
-    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        """Write checkpoint `step` (state: everything but the model and optimizer; info: trainer_state.json)."""
+    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+             keep_last: int) -> Path:
+        """Write checkpoint `step` of `state` (info: trainer_state.json's extra fields); returns its folder."""
         info = {**info, "distributed": self.checkpoint_info()}
+        saved = {**state.state_dict(), "rng": rng_state()}
         if self.world_size > 1:
-            state["rank_rng"] = self.gather_rng()
-        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
-        if self.is_main:  # the weights and optimizer are the same on every rank: rank 0 writes them
-            state = {"optimizer": run.optimizer.state_dict(), **state}
-            path = save_checkpoint(
-                run.run_dir, step, unwrap(run.model), run.tokenizer, state, info, run.config.checkpoint.keep_last
-            )
+            saved["rank_rng"] = self.gather_rng()
+        path = run_dir / "checkpoints" / step_folder_name(step)
+        if self.is_main:  # the weights and optimizers are the same on every rank: rank 0 writes them
+            saved["optimizers"] = {name: state.optimizers[name].state_dict() for name in state.trained}
+            models = {name: unwrap(state.models[name]) for name in [state.main, *state.trained] if name in state.models}
+            path = save_checkpoint(run_dir, step, models, tokenizer, saved, info, keep_last)
         self.barrier()  # nobody moves on before the checkpoint exists
         return path
 
@@ -293,18 +219,37 @@ class Strategy:
         """How the checkpoint was written (trainer_state.json's "distributed")."""
         return {"strategy": self.name, "world_size": self.world_size, "layout": self.layout}
 
-    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
-        """Load the weights and optimizer state of `checkpoint` (written by save_checkpoint)."""
+    def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
+        """Load the models, optimizers, schedules, other states and RNG of `checkpoint` (written by `save`;
+        `saved`, `info`: its training_state.pt and trainer_state.json) into `state`."""
         from plmkit.weights import load_weights_into
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.distributed.fsdp import load_sharded_state, written_tensor_parallel
+            from plmkit.train.distributed.dcp import load_sharded_state, written_tensor_parallel
 
-            load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
-            return
-        load_weights_into(unwrap(run.model), checkpoint / "model.safetensors")
-        run.optimizer.load_state_dict(state["optimizer"])
+            self.check_one_model(state)
+            load_sharded_state(state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER,
+                               written_tensor_parallel(info))
+        else:
+            for name in state.trained:
+                folder = model_folder(checkpoint, name, state.main)
+                load_weights_into(unwrap(state.models[name]), folder / "model.safetensors")
+                state.optimizers[name].load_state_dict(saved["optimizers"][name])
+        self.restore(state, saved)
+
+    def restore(self, state: TrainState, saved: dict[str, Any]) -> None:
+        """The schedules, other states and this rank's random streams of a checkpoint."""
+        state.load_state_dict(saved)
+        self.restore_rng(saved)
+
+    def check_one_model(self, state: TrainState) -> None:
+        """Sharded checkpoints (dcp/, deepspeed/) hold one trained model for now."""
+        if len(state.trained) > 1:
+            raise ConfigError(
+                f"distributed.strategy={self.name} checkpoints one trained model, but this job trains "
+                f"{len(state.trained)} ({', '.join(state.trained)}); use distributed.strategy=ddp or single"
+            )
 
     def check_layout(self, checkpoint: Path, info: dict[str, Any], readable: tuple[str, ...]) -> None:
         written = info.get("distributed", {})
@@ -416,8 +361,8 @@ class ProcessGroupStrategy(Strategy):
             self._token = int(box[0])
         return self._token
 
-    def save_sharded_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any],
-                                header: dict[str, Any], write_shards: Callable[[Path], None]) -> Path:
+    def save_sharded(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+                     keep_last: int, header: dict[str, Any], write_shards: Callable[[Path], None]) -> Path:
         """Checkpoint `step` of a sharded strategy (fsdp, deepspeed): every rank writes its shards with
         `write_shards(folder)` into one temporary folder; rank 0 adds plmkit.json (`header`), the tokenizer
         and the training state and renames it into place, atomically like a one-process checkpoint."""
@@ -427,41 +372,21 @@ class ProcessGroupStrategy(Strategy):
         from plmkit.io import CONFIG_FILE
         from plmkit.train.checkpoint import finish_checkpoint, temp_checkpoint_dir
 
+        self.check_one_model(state)
         info = {**info, "distributed": self.checkpoint_info()}
-        tmp = temp_checkpoint_dir(run.run_dir, step, self.token())
+        saved = {**state.state_dict(), "rng": rng_state()}
+        tmp = temp_checkpoint_dir(run_dir, step, self.token())
         if self.is_main:
             shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed run
             tmp.mkdir(parents=True)
         self.barrier()
         write_shards(tmp)
-        state["rank_rng"] = self.gather_rng()
-        path = run.run_dir / "checkpoints" / f"step-{step:08d}"
+        saved["rank_rng"] = self.gather_rng()
+        saved["rank_rng_tensor_parallel"] = self.tensor_parallel
+        path = run_dir / "checkpoints" / step_folder_name(step)
         if self.is_main:
             (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")
-            run.tokenizer.save(tmp)
-            path = finish_checkpoint(run.run_dir, step, tmp, state, info, run.config.checkpoint.keep_last)
+            tokenizer.save(tmp)
+            path = finish_checkpoint(run_dir, step, tmp, saved, info, keep_last)
         self.barrier()
         return path
-
-
-class DDPStrategy(ProcessGroupStrategy):
-    """DistributedDataParallel: every rank holds the whole model; gradients are all-reduced (averaged) in
-    buckets during the backward of the last micro-batch of a step (`no_sync` on the others)."""
-
-    name = "ddp"
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        import inspect
-
-        from torch.nn.parallel import DistributedDataParallel
-
-        # plmkit's buffers are constants (rotary tables): no need to broadcast them before every forward
-        # (torch >= 2.13 names the switch forward_sync_buffers, earlier versions broadcast_buffers)
-        sync = "forward_sync_buffers"
-        if sync not in inspect.signature(DistributedDataParallel.__init__).parameters:
-            sync = "broadcast_buffers"
-        devices = [self.device.index] if self.device.type == "cuda" else None
-        return DistributedDataParallel(model, device_ids=devices, **{sync: False})
-
-    def accumulating(self, model: torch.nn.Module, last: bool) -> contextlib.AbstractContextManager:
-        return contextlib.nullcontext() if last else model.no_sync()

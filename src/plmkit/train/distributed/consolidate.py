@@ -52,7 +52,7 @@ def consolidate_checkpoint(checkpoint: str | Path, out: str | Path) -> tuple[Pat
         return save(model, tokenizer, out), model
     model = build_from_header(checkpoint / CONFIG_FILE)
     if layout == "dcp":
-        from plmkit.train.distributed.fsdp import load_sharded_weights, written_tensor_parallel
+        from plmkit.train.distributed.dcp import load_sharded_weights, written_tensor_parallel
 
         info = read_trainer_info(checkpoint)  # a tensor-parallel run's fused rows are in its rank-major order
         load_sharded_weights(model, checkpoint / layout, written_tensor_parallel(info))

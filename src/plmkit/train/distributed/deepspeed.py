@@ -38,14 +38,15 @@ import torch
 
 from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
-from plmkit.recipes.config import RecipeConfig
+from plmkit.train.config import DeepSpeedConfig, OptimConfig, TrainConfig
 from plmkit.train.distributed.base import LAYOUT_DEEPSPEED, ProcessGroupStrategy
+from plmkit.train.distributed.world import World
 from plmkit.train.optim import parameter_groups
-from plmkit.train.precision import Precision, resolve_precision
+from plmkit.train.precision import resolve_precision
 from plmkit.weights import DEEPSPEED_FOLDER  # the engine's checkpoint tag: step-N/deepspeed/
 
 if TYPE_CHECKING:
-    from plmkit.recipes.common import Run
+    from plmkit.train.state import TrainState
 
 CONFIG_NAME = "deepspeed_config.json"
 INSTALL = "pip install 'plmkit[deepspeed]'"
@@ -77,8 +78,7 @@ def import_deepspeed(device: torch.device) -> Any:
     return deepspeed
 
 
-def check_deepspeed_config(config: RecipeConfig, device: torch.device) -> None:
-    ds = config.distributed.deepspeed
+def check_deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, optim: OptimConfig, device: torch.device) -> None:
     if ds.stage not in (1, 2, 3):
         raise ConfigError(
             f"distributed.deepspeed.stage={ds.stage!r}: ZeRO stages are 1 (optimizer state sharded), 2 (+ gradients) "
@@ -89,18 +89,20 @@ def check_deepspeed_config(config: RecipeConfig, device: torch.device) -> None:
             f"distributed.deepspeed.offload_params needs ZeRO stage 3 (parameters are only partitioned there), "
             f"but stage={ds.stage}; set distributed.deepspeed.stage=3 or offload_params=false"
         )
-    if config.train.compile:
+    if train.compile:
         raise ConfigError(
             "train.compile=true with distributed.strategy=deepspeed: the engine wraps the model itself; "
             "set train.compile=false (or use strategy ddp / fsdp)"
         )
-    deepspeed_config(config, 1, resolve_precision(config.train.precision, device), device.type)  # options clash?
+    deepspeed_config(train, optim, ds, 1, resolve_precision(train.precision, device), device.type)  # options clash?
     import_deepspeed(device)
 
 
-def deepspeed_config(config: RecipeConfig, world_size: int, precision: str, device_type: str) -> dict[str, Any]:
-    """The DeepSpeed JSON of a recipe (`precision`: the resolved fp32 / bf16 / fp16)."""
-    t, o, ds = config.train, config.optim, config.distributed.deepspeed
+def deepspeed_config(
+    t: TrainConfig, o: OptimConfig, ds: DeepSpeedConfig, world_size: int, precision: str, device_type: str
+) -> dict[str, Any]:
+    """The DeepSpeed JSON of the train, optim and deepspeed sections (`precision`: the resolved fp32 / bf16 /
+    fp16)."""
     pin = device_type == "cuda"  # pinned host memory speeds up CPU <-> GPU copies; there are none on CPU
     zero: dict[str, Any] = {"stage": ds.stage}
     if ds.offload_optimizer:
@@ -164,6 +166,7 @@ def check_same_world(checkpoint: Path, info: dict[str, Any], world_size: int) ->
 class DeepSpeedStrategy(ProcessGroupStrategy):
     name = "deepspeed"
     layout = LAYOUT_DEEPSPEED
+    exposes_gradients = False  # the engine holds the (reduced, partitioned) gradients
 
     def describe(self) -> str:
         ds = self.ds_config["zero_optimization"]
@@ -195,24 +198,32 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             os.environ.pop("LOCAL_RANK", None)
             self._set_local_rank = False
 
-    def prepare(
-        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def __init__(self, world: World, device: torch.device, ds_config: dict[str, Any], optim: OptimConfig,
+                 config_dir: Path) -> None:
+        super().__init__(world, device)
+        self.ds_config = ds_config  # deepspeed_config(...)
+        self.optim = optim  # the engine's AdamW gets plmkit's parameter groups
+        self.config_path = config_dir / CONFIG_NAME
+
+    def uses_grad_scaler(self) -> bool:
+        return False  # the engine scales fp16 losses itself
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         deepspeed = import_deepspeed(self.device)
         self.header = checkpoint_header(model)
-        self.ds_config = deepspeed_config(config, self.world_size, precision.name, self.device.type)
-        self.config_path = run_dir / CONFIG_NAME
         if self.is_main:
+            self.config_path.parent.mkdir(parents=True, exist_ok=True)
             self.config_path.write_text(json.dumps(self.ds_config, indent=2) + "\n", encoding="utf-8")
-        groups = parameter_groups(model, config.optim.weight_decay, config.optim.decay_embeddings)
+        groups = parameter_groups(model, self.optim.weight_decay, self.optim.decay_embeddings)
         engine, _, _, _ = deepspeed.initialize(
             model=model, model_parameters=groups, config=copy.deepcopy(self.ds_config), dist_init_required=False
         )
         self.engine = engine
         self.pending = False  # gradients accumulated in the engine since its last step
-        # the engine scales fp16 losses itself; plmkit's GradScaler stays off
-        precision.scaler = torch.amp.GradScaler(self.device.type, enabled=False)
-        return engine, engine.basic_optimizer  # the LambdaLR drives the torch AdamW inside the engine
+        return engine
+
+    def make_optimizer(self, model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
+        return self.engine.basic_optimizer  # the LambdaLR drives the torch AdamW inside the engine
 
     def accumulating(self, model: torch.nn.Module, last: bool):
         self.engine.set_gradient_accumulation_boundary(last)
@@ -228,13 +239,16 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         self.pending = True
         return True
 
-    def optimizer_step(self, run: Run) -> None:
+    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
+        """The engine clips in its step (gradient_clipping, from train.clip_grad)."""
+
+    def step(self, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         self.engine.step()  # clips, steps the AdamW, clears the gradients (skips fp16 overflows itself)
         self.pending = False
 
-    def skip_step(self, run: Run) -> None:
-        if self.pending:
-            from plmkit.recipes.pretrain import TrainingError
+    def zero_grad(self, optimizer: torch.optim.Optimizer, stepped: bool) -> None:
+        if not stepped and self.pending:
+            from plmkit.train.errors import TrainingError
 
             raise TrainingError(
                 "a loss turned non-finite after DeepSpeed had already reduced the gradients of earlier "
@@ -245,13 +259,15 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     def checkpoint_info(self) -> dict[str, Any]:
         return {**super().checkpoint_info(), "zero_stage": self.ds_config["zero_optimization"]["stage"]}
 
-    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        return self.save_sharded_checkpoint(
-            run, step, state, info, self.header,
+    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+             keep_last: int) -> Path:
+        return self.save_sharded(
+            run_dir, step, state, tokenizer, info, keep_last, self.header,
             lambda folder: self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_FOLDER, save_latest=False))
 
-    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+    def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DEEPSPEED,))
+        self.check_one_model(state)
         check_same_world(checkpoint, info, self.world_size)
         loaded, _ = self.engine.load_checkpoint(
             str(checkpoint), tag=DEEPSPEED_FOLDER, load_optimizer_states=True, load_lr_scheduler_states=False
@@ -260,3 +276,4 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             from plmkit.errors import CheckpointError
 
             raise CheckpointError(f"{checkpoint / DEEPSPEED_FOLDER} holds no DeepSpeed checkpoint the engine can load")
+        self.restore(state, saved)

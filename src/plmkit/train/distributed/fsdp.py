@@ -26,10 +26,9 @@ reduce-scattered, so every rank keeps only its shard of parameters, gradients an
 
 from __future__ import annotations
 
-import contextlib
 import math
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,25 +36,24 @@ import torch
 
 from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
-from plmkit.recipes.config import RecipeConfig
-from plmkit.train.distributed.base import LAYOUT_DCP, ProcessGroupStrategy, World
-from plmkit.train.distributed.tensor_parallel import reorder_fused_rows
-from plmkit.train.optim import build_optimizer
-from plmkit.train.precision import Precision, resolve_precision
+from plmkit.train.config import FSDPConfig, OptimConfig
+from plmkit.train.distributed.base import LAYOUT_DCP, ProcessGroupStrategy
+from plmkit.train.distributed.dcp import load_sharded_state, save_sharded_state, written_tensor_parallel
+from plmkit.train.distributed.world import World
 from plmkit.weights import DCP_FOLDER
 
 if TYPE_CHECKING:
-    from plmkit.recipes.common import Run
+    from plmkit.train.state import TrainState
 
 
-
-def check_fsdp_config(config: RecipeConfig, device: torch.device) -> None:
-    if resolve_precision(config.train.precision, device) == "fp16":
+def check_fsdp_config(precision: str, optim: OptimConfig) -> None:
+    """`precision`: the resolved train.precision."""
+    if precision == "fp16":
         raise ConfigError(
             "distributed.strategy=fsdp with train.precision=fp16: fp16 needs a gradient scaler that agrees over "
             "the shards, which plmkit does not have; use train.precision=bf16 (or fp32, or strategy ddp/deepspeed)"
         )
-    if config.optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
+    if optim.name == "adamw8bit":  # its kernels take plain tensors: the step fails on DTensor shards
         raise ConfigError(
             "distributed.strategy=fsdp with optim.name=adamw8bit: bitsandbytes' 8-bit AdamW cannot step FSDP's "
             "sharded (DTensor) parameters; use optim.name=adamw with fsdp, or strategy ddp for 8-bit AdamW"
@@ -73,9 +71,12 @@ class FSDPStrategy(ProcessGroupStrategy):
     name = "fsdp"
     layout = LAYOUT_DCP
 
-    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1):
+    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1,
+                 fsdp: FSDPConfig | None = None, precision: str = "fp32"):
         super().__init__(world, device)
         self.tensor_parallel = tensor_parallel  # ranks per data-parallel group (1: FSDP alone)
+        self.fsdp = fsdp or FSDPConfig()
+        self.precision = precision  # the resolved train.precision: bf16 / fp16 gather parameters in that dtype
 
     def describe(self) -> str:
         text = super().describe() + f"; FSDP units: {self.units} blocks + the root"
@@ -84,9 +85,7 @@ class FSDPStrategy(ProcessGroupStrategy):
                      f"{self.tensor_parallel} ranks")
         return text
 
-    def prepare(
-        self, model: torch.nn.Module, config: RecipeConfig, precision: Precision, run_dir: Path
-    ) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
@@ -103,12 +102,12 @@ class FSDPStrategy(ProcessGroupStrategy):
             fsdp_mesh = init_device_mesh(self.device.type, (self.world_size,))
         options: dict[str, Any] = {
             "mesh": fsdp_mesh,
-            "reshard_after_forward": config.distributed.fsdp.reshard_after_forward,
+            "reshard_after_forward": self.fsdp.reshard_after_forward,
         }
-        if config.distributed.fsdp.mixed_precision and precision.name in ("bf16", "fp16"):
-            dtype = torch.bfloat16 if precision.name == "bf16" else torch.float16
+        if self.fsdp.mixed_precision and self.precision in ("bf16", "fp16"):
+            dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
             options["mp_policy"] = MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=torch.float32)
-        if config.distributed.fsdp.cpu_offload:
+        if self.fsdp.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy(pin_memory=self.device.type == "cuda")
         # A Block also returns its key/value tensors (views, for the KV cache); FSDP2 warns that an in-place
         # op on a returned view would skip its backward hook. plmkit never modifies them in place.
@@ -118,34 +117,31 @@ class FSDPStrategy(ProcessGroupStrategy):
             fully_shard(unit, **options)
         fully_shard(model, **options)
         self.units = len(units)
-        # built on the sharded (DTensor) parameters, so each rank keeps optimizer state for its shard only
-        return model, build_optimizer(model, config.optim, self.device)
+        return model  # make_optimizer builds on the sharded (DTensor) parameters: state for this shard only
 
     def accumulating(self, model: torch.nn.Module, last: bool):
         model.set_requires_gradient_sync(last)  # FSDP2's no_sync: keep unsharded gradients until the last
         return super().accumulating(model, last)
 
-    def clip_gradients(self, model: torch.nn.Module, max_norm: float) -> None:
+    def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
         clip_grad_norm(model.parameters(), max_norm, self.device)
 
     def checkpoint_info(self) -> dict[str, Any]:
         return {**super().checkpoint_info(), "tensor_parallel": self.tensor_parallel}
 
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
-    def save_checkpoint(self, run: Run, step: int, state: dict[str, Any], info: dict[str, Any]) -> Path:
-        state["rank_rng_tensor_parallel"] = self.tensor_parallel
-        return self.save_sharded_checkpoint(
-            run, step, state, info, self.header,
-            lambda folder: save_sharded_state(run.model, run.optimizer, folder / DCP_FOLDER))
+    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
+             keep_last: int) -> Path:
+        model, optimizer = state.models[state.main], state.optimizers[state.main]
+        return self.save_sharded(run_dir, step, state, tokenizer, info, keep_last, self.header,
+                                 lambda folder: save_sharded_state(model, optimizer, folder / DCP_FOLDER))
 
-    def load_checkpoint(self, run: Run, checkpoint: Path, state: dict[str, Any], info: dict[str, Any]) -> None:
+    def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))
-        load_sharded_state(run.model, run.optimizer, checkpoint / DCP_FOLDER, written_tensor_parallel(info))
-
-
-def written_tensor_parallel(info: dict[str, Any]) -> int:
-    """The tensor-parallel size of the run that wrote a checkpoint (its trainer_state.json)."""
-    return int(info.get("distributed", {}).get("tensor_parallel", 1))
+        self.check_one_model(state)
+        load_sharded_state(state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER,
+                           written_tensor_parallel(info))
+        self.restore(state, saved)
 
 
 def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:
@@ -181,52 +177,3 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, de
             scales[key] = scale.to(*key)
         local.mul_(scales[key])
     return total
-
-
-def save_sharded_state(model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
-    """Every rank writes its shards of the model and optimizer state (a collective call)."""
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict
-
-    model_state, optimizer_state = get_state_dict(model, optimizer)
-    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(folder))
-
-
-def load_sharded_state(
-    model: torch.nn.Module, optimizer: torch.optim.Optimizer, folder: Path, written_tensor_parallel: int = 1
-) -> None:
-    """The model and optimizer state of a DCP folder, resharded to this run's layout (any world size,
-    sharded or not, any tensor-parallel size: the fused rows are moved from the writer's order to ours)."""
-    import torch.distributed as dist
-    import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
-
-    if not folder.is_dir():
-        raise ConfigError(f"{folder.parent} has no {folder.name}/ folder of model and optimizer shards")
-    model_state, optimizer_state = get_state_dict(model, optimizer)  # this run's layout (DTensor shards)
-    state = {"model": model_state, "optimizer": optimizer_state}
-    # in place, reading whichever stored shards overlap ours (everything, for an unsharded model)
-    with _single_process_load(not dist.is_initialized()) as no_dist:
-        dcp.load(state, checkpoint_id=str(folder), no_dist=no_dist)
-    set_state_dict(model, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"])
-    reorder_fused_rows(model, optimizer, written_tensor_parallel)
-
-
-def load_sharded_weights(model: torch.nn.Module, folder: Path, written_tensor_parallel: int = 1) -> None:
-    """Fill a plain (unsharded) model with the weights of a DCP folder, in one process without a process
-    group (DCP reads every shard); the fused rows of a tensor-parallel run are put back in their order."""
-    import torch.distributed.checkpoint as dcp
-
-    state = model.state_dict()  # tensors that share the model's storage: loading fills the model
-    with _single_process_load(True) as no_dist:
-        dcp.load({"model": state}, checkpoint_id=str(folder), no_dist=no_dist)
-    reorder_fused_rows(model, None, written_tensor_parallel)
-
-
-@contextlib.contextmanager
-def _single_process_load(no_dist: bool) -> Iterator[bool]:
-    """DCP warns on every load without a process group, even when asked for one; here that is the intent."""
-    with warnings.catch_warnings():
-        if no_dist:
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
-        yield no_dist

@@ -38,10 +38,11 @@ def launch_recipe(nproc: str | None, config: Any, argv: Sequence[str]) -> int | 
     n = parse_nproc(nproc)
     if n == 1:
         return None
-    from plmkit.train.distributed.base import World, strategy_name
+    from plmkit.train.distributed.build import strategy_name
+    from plmkit.train.distributed.world import World
 
     check_nproc(n, config.train.device)
-    strategy_name(config, World(0, n, 0, launched=True))  # e.g. strategy=single with --nproc 2
+    strategy_name(config.distributed, World(0, n, 0, launched=True))  # e.g. strategy=single with --nproc 2
     return launch(n, argv)
 
 

@@ -49,7 +49,6 @@ from torch import nn
 
 from plmkit.errors import ConfigError
 from plmkit.model.config import ModelConfig
-from plmkit.recipes.config import RecipeConfig
 
 # the projections of one Block, and how they are split
 COLWISE = ("attn.qkv", "mlp.fc_in")  # output rows sharded: local heads / hidden units
@@ -88,13 +87,9 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
                               f"choose a tensor-parallel size in {fits}")
 
 
-def check_tensor_parallel_recipe(config: RecipeConfig, world_size: int, strategy: str) -> None:
-    """The recipe's distributed.tensor_parallel fits its strategy, the number of processes and the model's
-    sizes (checked by every rank before any waits on another, and by `plm pretrain --nproc` before it
-    starts them)."""
-    from plmkit.recipes.common import recipe_architecture
-
-    tp = config.distributed.tensor_parallel
+def check_tensor_parallel_layout(tp: int, world_size: int, strategy: str) -> None:
+    """distributed.tensor_parallel fits the strategy and the number of processes (checked by every rank
+    before any waits on another, and by `--nproc` before it starts them)."""
     key = f"distributed.tensor_parallel={tp}"
     if tp == 1:
         return
@@ -107,18 +102,6 @@ def check_tensor_parallel_recipe(config: RecipeConfig, world_size: int, strategy
         raise ConfigError(f"{key} does not divide the {world_size} process(es): start a multiple of {tp} "
                           f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
                           f"groups), or set distributed.tensor_parallel to a divisor of {world_size}")
-    if config.objective.name == "electra":
-        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
-                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
-    if config.peft:
-        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
-                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
-    architecture = recipe_architecture(config)
-    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
-        try:
-            check_tensor_parallel(architecture, tp)
-        except ConfigError as e:
-            raise ConfigError(f"{key}: {e}") from None
 
 
 def fused_row_segments(config: ModelConfig) -> dict[str, list[int]]:

@@ -1,0 +1,101 @@
+"""One optimizer step of any training job, spelled out: forward -> loss -> backward per micro-batch, then
+clip -> step -> zero_grad -> schedule, for every trained model.
+
+The loss is the job's: `loss_fn(models, batch) -> (loss_sum, count)`, the loss summed over the batch's
+targets and their number. The step's gradient is the gradient of sum(loss_sum) / sum(count) over all
+micro-batches and all data-parallel ranks, exactly:
+
+- when `loss_fn` has `count(batch) -> int` (targets of a batch, known before any forward), the step's
+  total is known up front, and each micro-batch's backward is weighted by data_parallel_size / total
+  (the strategies average the gradients over the data-parallel ranks);
+- without it, each backward is weighted by data_parallel_size / len(micro_batches) (the same on every
+  rank) and the gradients are rescaled by that estimate / the true total, summed over the ranks, before
+  clipping. DeepSpeed keeps its gradients inside the engine, so it needs `count`.
+
+A non-finite loss on any rank skips the step on every rank (nan is returned; the caller counts them).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from plmkit.errors import ConfigError
+from plmkit.train.precision import Precision
+
+if TYPE_CHECKING:
+    from plmkit.train.distributed.base import Strategy
+
+Batch = dict[str, torch.Tensor]
+LossFn = Callable[[Mapping[str, nn.Module], Batch], tuple[torch.Tensor, Any]]
+
+
+def train_step(
+    models: Mapping[str, nn.Module],
+    optimizers: Mapping[str, torch.optim.Optimizer],
+    schedulers: Mapping[str, torch.optim.lr_scheduler.LRScheduler],
+    loss_fn: LossFn,
+    micro_batches: Sequence[Batch],
+    strategy: Strategy,
+    precision: Precision,
+    max_norm: float | None = None,
+) -> float:
+    """One optimizer step of every model that has an optimizer; returns the step's loss per target (nan
+    if the step was skipped). `micro_batches` are global: every rank holds all of them and trains on its
+    rows (`strategy.local_rows`)."""
+    trained = [name for name in models if name in optimizers]
+    counter = getattr(loss_fn, "count", None)
+    if counter is None and not strategy.exposes_gradients:
+        raise ConfigError(f"distributed.strategy={strategy.name} needs a loss with count(batch) (the step's "
+                          "targets before the first backward); use strategy ddp or fsdp for this loss")
+    if counter is not None:  # the exact weights up front
+        counts = [int(counter(batch)) for batch in micro_batches]
+        total = sum(counts)
+        active = [i for i, n in enumerate(counts) if n > 0]  # no targets on any rank: nothing to learn
+        weight = strategy.data_parallel_size / max(total, 1)
+    else:  # an estimate, the same on every rank; corrected below
+        total, active = 0, list(range(len(micro_batches)))
+        weight = strategy.data_parallel_size / len(micro_batches)
+    finite = counter is None or total > 0  # a step without any target: skip it
+    loss_sum, targets = 0.0, 0
+    for i in active if finite else []:
+        batch = {k: v.to(strategy.device, non_blocking=True) for k, v in strategy.local_rows(micro_batches[i]).items()}
+        last = i == active[-1]
+        with contextlib.ExitStack() as sync:  # gradients are synchronised on the last micro-batch
+            for name in trained:
+                sync.enter_context(strategy.accumulating(models[name], last))
+            with precision.autocast():
+                summed, count = loss_fn(models, batch)
+            count = int(count)
+            finite = finite and (count == 0 or bool(torch.isfinite(summed)))
+            if not strategy.backward(summed * weight, precision.scaler, finite):
+                break  # the step is lost on every rank: skip its remaining micro-batches
+        loss_sum += float(summed.detach()) if count else 0.0
+        targets += count
+    # summed over the ranks: the ranks of a tensor-parallel group hold the same rows, so divide by T
+    tp = strategy.tensor_parallel
+    loss_sum, finite = strategy.agree(loss_sum / tp, finite)
+    if counter is None:
+        (total,) = strategy.sum_over_ranks(targets / tp)
+        finite = finite and total > 0
+    if finite:
+        for name in trained:
+            optimizer = optimizers[name]
+            precision.scaler.unscale_(optimizer)  # fp16: true gradients before the clip
+            if counter is None:
+                strategy.scale_gradients(models[name], len(micro_batches) / total)
+            if max_norm:
+                strategy.clip_grad_norm(models[name], max_norm)
+        for name in trained:
+            strategy.step(optimizers[name], precision.scaler)
+        precision.scaler.update()
+    for name in trained:
+        strategy.zero_grad(optimizers[name], stepped=finite)  # a skipped step drops its gradients
+    for scheduler in schedulers.values():
+        scheduler.step()
+    return loss_sum / total if finite else math.nan

@@ -40,8 +40,16 @@ def synthetic_tokenizer(vocab_size: int):
     backend = Backend(models.WordLevel(vocab, unk_token="[UNK]"))
     backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     backend.add_special_tokens([*SPECIALS, *SENTINELS])
-    special = SpecialTokens(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]", bos="<s>",
-                            eos="</s>", additional=["<sop>", "<eop>", *SENTINELS])
+    special = SpecialTokens(
+        pad="[PAD]",
+        unk="[UNK]",
+        cls="[CLS]",
+        sep="[SEP]",
+        mask="[MASK]",
+        bos="<s>",
+        eos="</s>",
+        additional=["<sop>", "<eop>", *SENTINELS],
+    )
     return Tokenizer(backend, special)
 
 
@@ -72,11 +80,26 @@ def build_model(name: str, vocab_size: int, length: int, pad_id: int):
     from plmkit.model import ModelConfig, build_model
     from plmkit.model.electra import build_electra
 
-    family = {"mlm": "masked", "electra": "masked", "t5_span": "seq2seq", "bart": "seq2seq",
-              "unilm": "prefix", "glm": "prefix"}[name]
-    config = ModelConfig(family=family, vocab_size=vocab_size, d_model=128, n_layer=2, n_head=2, d_ff=512,
-                         max_positions=max(1024, length + 64), pad_token_id=pad_id,
-                         type_vocab_size=2 if name == "unilm" else 0, block_positions=name == "glm")
+    family = {
+        "mlm": "masked",
+        "electra": "masked",
+        "t5_span": "seq2seq",
+        "bart": "seq2seq",
+        "unilm": "prefix",
+        "glm": "prefix",
+    }[name]
+    config = ModelConfig(
+        family=family,
+        vocab_size=vocab_size,
+        d_model=128,
+        n_layer=2,
+        n_head=2,
+        d_ff=512,
+        max_positions=max(1024, length + 64),
+        pad_token_id=pad_id,
+        type_vocab_size=2 if name == "unilm" else 0,
+        block_positions=name == "glm",
+    )
     if name == "electra":
         return build_electra(config, generator_layers=1)
     return build_model(config)

@@ -49,13 +49,30 @@ def corpus_text(n_chars: int) -> str:
 
 def overrides(args: argparse.Namespace, work: Path, out: str, batch: int, threads: int) -> list[str]:
     return [
-        f"data.sources=[{{path: {json.dumps(str(work / 'corpus.txt'))}}}]", "data.validation=[]",
-        "data.validation_fraction=0.0", f"data.block_size={args.block}", f"data.cache_dir={work / 'cache'}",
-        f"tokenizer.path={work / 'tok'}", f"model.n_layer={args.layers}", f"model.d_model={args.d_model}",
-        "model.n_head=4", f"model.d_ff={4 * args.d_model}", f"train.steps={args.steps}", f"train.batch_size={batch}",
-        "train.precision=fp32", f"train.device={args.device}", f"train.threads={threads}", "eval.every=0",
-        "eval.batches=0", "checkpoint.every=0", "checkpoint.keep_last=1", "log.every=1", "log.tensorboard=false",
-        "log.plot=false", "schedule.warmup_steps=0", f"out_dir={work / out}",
+        f"data.sources=[{{path: {json.dumps(str(work / 'corpus.txt'))}}}]",
+        "data.validation=[]",
+        "data.validation_fraction=0.0",
+        f"data.block_size={args.block}",
+        f"data.cache_dir={work / 'cache'}",
+        f"tokenizer.path={work / 'tok'}",
+        f"model.n_layer={args.layers}",
+        f"model.d_model={args.d_model}",
+        "model.n_head=4",
+        f"model.d_ff={4 * args.d_model}",
+        f"train.steps={args.steps}",
+        f"train.batch_size={batch}",
+        "train.precision=fp32",
+        f"train.device={args.device}",
+        f"train.threads={threads}",
+        "eval.every=0",
+        "eval.batches=0",
+        "checkpoint.every=0",
+        "checkpoint.keep_last=1",
+        "log.every=1",
+        "log.tensorboard=false",
+        "log.plot=false",
+        "schedule.warmup_steps=0",
+        f"out_dir={work / out}",
     ]
 
 
@@ -83,7 +100,9 @@ def main() -> None:
     parser.add_argument("--block", type=int, default=128)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--strategies", nargs="+", default=["ddp", "fsdp", "deepspeed", "fsdp-tp"])
-    parser.add_argument("--repeats", type=int, default=1, help="pairs (one process, then the ranks) per strategy")
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="pairs (one process, then the ranks) per strategy"
+    )
     args = parser.parse_args()
     if args.batch % args.nproc:
         sys.exit("--batch must be a multiple of --nproc (the same global batch on both sides)")
@@ -100,23 +119,44 @@ def main() -> None:
         for strategy in args.strategies:
             singles, ranks = [], []
             for repeat in range(args.repeats):  # interleaved: a shared machine's load hits both sides alike
-                run([*plm, *overrides(args, work, f"single-{strategy}-{repeat}", args.batch, args.threads)],
-                    args.threads)
+                run(
+                    [*plm, *overrides(args, work, f"single-{strategy}-{repeat}", args.batch, args.threads)],
+                    args.threads,
+                )
                 singles.append(tokens_per_s(work / f"single-{strategy}-{repeat}"))
-                tp = strategy == "fsdp-tp"  # one data-parallel group of N tensor-parallel ranks: all rows each
-                options = overrides(args, work, f"{strategy}-{repeat}", args.batch // (1 if tp else args.nproc), per_rank)
-                options += ["distributed.strategy=fsdp", f"distributed.tensor_parallel={args.nproc}"] if tp else \
-                    [f"distributed.strategy={strategy}"]
+                tp = (
+                    strategy == "fsdp-tp"
+                )  # one data-parallel group of N tensor-parallel ranks: all rows each
+                options = overrides(
+                    args, work, f"{strategy}-{repeat}", args.batch // (1 if tp else args.nproc), per_rank
+                )
+                options += (
+                    ["distributed.strategy=fsdp", f"distributed.tensor_parallel={args.nproc}"]
+                    if tp
+                    else [f"distributed.strategy={strategy}"]
+                )
                 run([*plm, *options, "--nproc", str(args.nproc)], per_rank)
                 ranks.append(tokens_per_s(work / f"{strategy}-{repeat}"))
-            print(json.dumps({
-                "bench": "distributed", "strategy": strategy, "nproc": args.nproc, "device": args.device,
-                "threads": args.threads, "global_batch": args.batch, "block": args.block,
-                "d_model": args.d_model, "layers": args.layers, "repeats": args.repeats,
-                "single_tokens_per_s": round(statistics.median(singles)),
-                "ranks_tokens_per_s": round(statistics.median(ranks)),
-                "ratio": round(statistics.median(r / s for r, s in zip(ranks, singles)), 3),
-            }), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "bench": "distributed",
+                        "strategy": strategy,
+                        "nproc": args.nproc,
+                        "device": args.device,
+                        "threads": args.threads,
+                        "global_batch": args.batch,
+                        "block": args.block,
+                        "d_model": args.d_model,
+                        "layers": args.layers,
+                        "repeats": args.repeats,
+                        "single_tokens_per_s": round(statistics.median(singles)),
+                        "ranks_tokens_per_s": round(statistics.median(ranks)),
+                        "ratio": round(statistics.median(r / s for r, s in zip(ranks, singles)), 3),
+                    }
+                ),
+                flush=True,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -27,8 +27,15 @@ def build_reference(kind: str):
         config = T.GPT2Config(vocab_size=32000, n_embd=256, n_layer=6, n_head=4, n_positions=512)
         return T.GPT2LMHeadModel(config).eval()
     config = T.BartConfig(
-        vocab_size=32000, d_model=256, encoder_layers=3, decoder_layers=3, encoder_attention_heads=4,
-        decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024, max_position_embeddings=512,
+        vocab_size=32000,
+        d_model=256,
+        encoder_layers=3,
+        decoder_layers=3,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=1024,
+        decoder_ffn_dim=1024,
+        max_position_embeddings=512,
     )
     return T.BartForConditionalGeneration(config).eval()
 
@@ -73,8 +80,15 @@ def bench_case(kind: str, reference, ours, batch: int, args: argparse.Namespace)
     def run_reference() -> torch.Tensor:
         with torch.inference_mode():
             out = reference.generate(
-                input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                num_beams=1, pad_token_id=0, eos_token_id=None, forced_eos_token_id=None,
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=n,
+                min_new_tokens=n,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=0,
+                eos_token_id=None,
+                forced_eos_token_id=None,
             )
         return out[:, -n:] if kind == "gpt2" else out[:, 1:]  # BART's output starts with the decoder start
 
@@ -84,13 +98,19 @@ def bench_case(kind: str, reference, ours, batch: int, args: argparse.Namespace)
     t_ref, ref_ids = timed(run_reference, args.repeats)
     t_ours, our_ids = timed(run_plmkit, args.repeats)
     return {
-        "bench": "greedy_generate", "model": kind, "parameters": sum(p.numel() for p in ours.parameters()),
-        "batch": batch, "prompt_tokens": args.prompt_length, "new_tokens": n, "threads": args.threads,
+        "bench": "greedy_generate",
+        "model": kind,
+        "parameters": sum(p.numel() for p in ours.parameters()),
+        "batch": batch,
+        "prompt_tokens": args.prompt_length,
+        "new_tokens": n,
+        "threads": args.threads,
         "plmkit_tokens_per_s": round(batch * n / t_ours, 1),
         "transformers_tokens_per_s": round(batch * n / t_ref, 1),
         "plmkit_ms_per_step": round(1000 * t_ours / n, 3),
         "transformers_ms_per_step": round(1000 * t_ref / n, 3),
-        "speedup": round(t_ref / t_ours, 2), "identical_ids": bool(torch.equal(ref_ids, our_ids)),
+        "speedup": round(t_ref / t_ours, 2),
+        "identical_ids": bool(torch.equal(ref_ids, our_ids)),
     }
 
 

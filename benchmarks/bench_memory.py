@@ -55,8 +55,14 @@ def build(args: argparse.Namespace, kind: str, device: torch.device):
     from plmkit.model import build_model
 
     torch.manual_seed(0)
-    sizes = dict(vocab_size=args.vocab, d_model=args.d_model, n_layer=args.layers, n_head=args.heads,
-                 d_ff=4 * args.d_model, max_positions=args.seq)
+    sizes = dict(
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layer=args.layers,
+        n_head=args.heads,
+        d_ff=4 * args.d_model,
+        max_positions=args.seq,
+    )
     if kind == "llama":
         sizes["n_kv_head"] = max(1, args.heads // 2)
     model = build_model(PRESETS[kind], **sizes).to(device).train()
@@ -161,11 +167,18 @@ def run_case(args: argparse.Namespace, kind: str, checkpointing: bool) -> dict:
     rss_delta = peak_rss() - baseline  # read before profiling, whose records take memory too
     held, peak = exact_memory(model, batch, device)
     result = {
-        "bench": "memory", "model": kind, "checkpointing": checkpointing, "device": device.type,
-        "seq": args.seq, "batch": args.batch, "parameters": model.num_parameters(),
+        "bench": "memory",
+        "model": kind,
+        "checkpointing": checkpointing,
+        "device": device.type,
+        "seq": args.seq,
+        "batch": args.batch,
+        "parameters": model.num_parameters(),
         "grad_mb": round(grad_bytes / MB, 1),
-        "held_after_forward_mb": round(held / MB, 1), "peak_alloc_mb": round(peak / MB, 1),
-        "ms_per_step": round(1000 * statistics.median(times), 1), "ms_min": round(1000 * min(times), 1),
+        "held_after_forward_mb": round(held / MB, 1),
+        "peak_alloc_mb": round(peak / MB, 1),
+        "ms_per_step": round(1000 * statistics.median(times), 1),
+        "ms_min": round(1000 * min(times), 1),
         "ms_steps": [round(1000 * t) for t in times],
     }
     if device.type == "cpu":
@@ -207,7 +220,9 @@ def run_tp(args: argparse.Namespace) -> dict:
 def run_single(args: argparse.Namespace, threads: int) -> dict:
     torch.set_num_threads(threads)
     model, batch = build(args, "llama", torch.device("cpu"))
-    times = train_steps(model, adamw(model, fused=False), batch, args.tp_steps, args.warmup, torch.device("cpu"))
+    times = train_steps(
+        model, adamw(model, fused=False), batch, args.tp_steps, args.warmup, torch.device("cpu")
+    )
     return step_stats(times)
 
 
@@ -266,8 +281,11 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--no-tp", action="store_true", help="skip the tensor-parallel throughput comparison")
     parser.add_argument("--tp-steps", type=int, default=3)
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's adaptive mmap threshold (RSS then includes heap fragmentation)")
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's adaptive mmap threshold (RSS then includes heap fragmentation)",
+    )
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one configuration, in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -283,10 +301,22 @@ def main() -> None:
         print(json.dumps(result), flush=True)
         return
 
-    setup = {"bench": "memory_setup", "torch": torch.__version__, "device": args.device, "threads": args.threads,
-             "malloc": "glibc default" if args.default_malloc else EXACT_MALLOC,
-             "config": {"seq": args.seq, "batch": args.batch, "layers": args.layers, "d_model": args.d_model,
-                        "heads": args.heads, "d_ff": 4 * args.d_model, "vocab": args.vocab}}
+    setup = {
+        "bench": "memory_setup",
+        "torch": torch.__version__,
+        "device": args.device,
+        "threads": args.threads,
+        "malloc": "glibc default" if args.default_malloc else EXACT_MALLOC,
+        "config": {
+            "seq": args.seq,
+            "batch": args.batch,
+            "layers": args.layers,
+            "d_model": args.d_model,
+            "heads": args.heads,
+            "d_ff": 4 * args.d_model,
+            "vocab": args.vocab,
+        },
+    }
     print(json.dumps(setup), flush=True)
     results = []
     for kind in args.models:
@@ -304,10 +334,17 @@ def main() -> None:
         tp = {"model": "llama", "errors": errors} if errors else {"model": "llama"}
         if not errors:
             for name, r in runs.items():
-                tp[f"ms_per_step_{name}"], tp[f"ms_min_{name}"] = round(r["ms_per_step"], 1), round(r["ms_min"], 1)
+                tp[f"ms_per_step_{name}"], tp[f"ms_min_{name}"] = (
+                    round(r["ms_per_step"], 1),
+                    round(r["ms_min"], 1),
+                )
             for base in ("1proc_1thread", "1proc_2threads"):  # > 1: the two ranks train faster
-                tp[f"tp2_speedup_vs_{base.removeprefix('1proc_')}"] = round(runs[base]["ms_per_step"] / two["ms_per_step"], 2)
-                tp[f"tp2_speedup_vs_{base.removeprefix('1proc_')}_min"] = round(runs[base]["ms_min"] / two["ms_min"], 2)
+                tp[f"tp2_speedup_vs_{base.removeprefix('1proc_')}"] = round(
+                    runs[base]["ms_per_step"] / two["ms_per_step"], 2
+                )
+                tp[f"tp2_speedup_vs_{base.removeprefix('1proc_')}_min"] = round(
+                    runs[base]["ms_min"] / two["ms_min"], 2
+                )
     print(json.dumps(summarize(results, tp)), flush=True)
 
 

@@ -40,6 +40,7 @@ def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
         if torch.is_tensor(value):
             return value.numel() * value.element_size()
         return sum(size(v) for v in value.values()) if isinstance(value, dict) else 0  # bitsandbytes nests
+
     return sum(size(state) for state in optimizer.state.values())
 
 
@@ -110,8 +111,10 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     model = model.to(device).train()
     optimizer = make_optimizer(model, eight_bit=name == "full-adamw8bit")
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
-               for _ in range(4)]
+    batches = [
+        torch.randint(0, model.config.vocab_size, (args.batch, args.seq), generator=generator).to(device)
+        for _ in range(4)
+    ]
     gc.collect()
     release_freed_memory()
     after_setup = rss("VmRSS")
@@ -169,14 +172,33 @@ def main() -> None:
         print(json.dumps(worker(args.worker, args)), flush=True)
         return
 
-    print(json.dumps({"setup": True, "preset": args.preset, "device": args.device, "threads": args.threads,
-                      "batch": args.batch, "seq": args.seq, "r": args.r, "target": args.target}), flush=True)
-    common = [f"--{k}={getattr(args, k)}" for k in ("preset", "r", "target", "batch", "seq", "steps", "warmup",
-                                                     "threads", "device")]
+    print(
+        json.dumps(
+            {
+                "setup": True,
+                "preset": args.preset,
+                "device": args.device,
+                "threads": args.threads,
+                "batch": args.batch,
+                "seq": args.seq,
+                "r": args.r,
+                "target": args.target,
+            }
+        ),
+        flush=True,
+    )
+    common = [
+        f"--{k}={getattr(args, k)}"
+        for k in ("preset", "r", "target", "batch", "seq", "steps", "warmup", "threads", "device")
+    ]
     results = {}
     for name in args.configs:
-        out = subprocess.run([sys.executable, __file__, *common, f"--worker={name}"], check=True,
-                             capture_output=True, text=True).stdout
+        out = subprocess.run(
+            [sys.executable, __file__, *common, f"--worker={name}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         results[name] = json.loads(out.strip().splitlines()[-1])
         print(json.dumps(results[name]), flush=True)
     if "full" not in results:
@@ -188,7 +210,9 @@ def main() -> None:
             continue
         summary[name] = {
             "trainable_ratio": round(row["trainable_parameters"] / full["trainable_parameters"], 6),
-            "optimizer_state_reduction": round(1 - row["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6),
+            "optimizer_state_reduction": round(
+                1 - row["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6
+            ),
             "peak_rss_ratio": round(row["peak_rss_bytes"] / full["peak_rss_bytes"], 3),
             "step_time_ratio": round(row["step_ms"] / full["step_ms"], 3),
             # LoRA starts at the base model (0); QLoRA at the quantized one (a small difference)
@@ -197,7 +221,9 @@ def main() -> None:
         if "peak_cuda_bytes" in row:
             summary[name]["peak_cuda_ratio"] = round(row["peak_cuda_bytes"] / full["peak_cuda_bytes"], 3)
     if "lora" in summary:
-        summary["goal_optimizer_state_reduction_ge_0.90"] = summary["lora"]["optimizer_state_reduction"] >= 0.90
+        summary["goal_optimizer_state_reduction_ge_0.90"] = (
+            summary["lora"]["optimizer_state_reduction"] >= 0.90
+        )
     print(json.dumps(summary))
 
 

@@ -30,8 +30,12 @@ import torch
 
 
 def optimizer_state_bytes(optimizer: torch.optim.Optimizer) -> int:
-    return sum(t.numel() * t.element_size() for state in optimizer.state.values()
-               for t in state.values() if torch.is_tensor(t))
+    return sum(
+        t.numel() * t.element_size()
+        for state in optimizer.state.values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    )
 
 
 def sync(device: torch.device) -> None:
@@ -41,9 +45,13 @@ def sync(device: torch.device) -> None:
 
 def train(modes: dict, args, device: torch.device, vocab: int) -> dict[str, dict]:
     generator = torch.Generator().manual_seed(1)
-    batches = [torch.randint(0, vocab, (args.batch, args.seq), generator=generator).to(device) for _ in range(3)]
-    optimizers = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-                  for name, m in modes.items()}
+    batches = [
+        torch.randint(0, vocab, (args.batch, args.seq), generator=generator).to(device) for _ in range(3)
+    ]
+    optimizers = {
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+        for name, m in modes.items()
+    }
     times: dict[str, list[float]] = {name: [] for name in modes}
     state: dict[str, int] = {}
     for step in range(args.warmup + args.steps):
@@ -61,9 +69,12 @@ def train(modes: dict, args, device: torch.device, vocab: int) -> dict[str, dict
                 times[name].append(time.perf_counter() - start)
     results = {}
     for name, model in modes.items():
-        results[name] = {"train": name, "trainable_parameters": sum(p.numel() for p in model.parameters()
-                                                                    if p.requires_grad),
-                         "optimizer_state_bytes": state[name], "step_ms": round(1000 * statistics.median(times[name]), 2)}
+        results[name] = {
+            "train": name,
+            "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "optimizer_state_bytes": state[name],
+            "step_ms": round(1000 * statistics.median(times[name]), 2),
+        }
         print(json.dumps(results[name]))
     return results
 
@@ -116,41 +127,86 @@ def main() -> None:
     base = build_model(args.preset, dropout=0.0).to(device)
     vocab = base.config.vocab_size
     prefix_options = dict(n_tokens=args.n_tokens, hidden=args.hidden)
-    print(json.dumps({"setup": True, "preset": args.preset, "device": str(device), "threads": args.threads,
-                      "batch": args.batch, "seq": args.seq, **prefix_options,
-                      "parameters": sum(p.numel() for p in base.parameters())}))
+    print(
+        json.dumps(
+            {
+                "setup": True,
+                "preset": args.preset,
+                "device": str(device),
+                "threads": args.threads,
+                "batch": args.batch,
+                "seq": args.seq,
+                **prefix_options,
+                "parameters": sum(p.numel() for p in base.parameters()),
+            }
+        )
+    )
 
     def tuned(method: str, **options):
         return peft.apply(copy.deepcopy(base), method, **options).train()
 
-    training = train({"full": copy.deepcopy(base).train(), "lora": tuned("lora", r=8, target="attn.qkv"),
-                      "prefix": tuned("prefix", **prefix_options),
-                      "ptuning_v2": tuned("prefix", n_tokens=args.n_tokens, projection=False)}, args, device, vocab)
+    training = train(
+        {
+            "full": copy.deepcopy(base).train(),
+            "lora": tuned("lora", r=8, target="attn.qkv"),
+            "prefix": tuned("prefix", **prefix_options),
+            "ptuning_v2": tuned("prefix", n_tokens=args.n_tokens, projection=False),
+        },
+        args,
+        device,
+        vocab,
+    )
 
     prefix = tuned("prefix", **prefix_options).eval()
     recompute = copy.deepcopy(prefix)
     for module in recompute.modules():  # bypass the reuse of the MLP output: run it at every call
         if isinstance(module, PrefixEncoder):
             module.key_values_tensor = module._project
-    decoding = decode({"base": base.eval(), "prefix": prefix, "prefix_recompute": recompute,
-                       "folded": peft.fold(copy.deepcopy(prefix))}, args, device, vocab)
+    decoding = decode(
+        {
+            "base": base.eval(),
+            "prefix": prefix,
+            "prefix_recompute": recompute,
+            "folded": peft.fold(copy.deepcopy(prefix)),
+        },
+        args,
+        device,
+        vocab,
+    )
 
     full, pre, v2 = training["full"], training["prefix"], training["ptuning_v2"]
-    print(json.dumps({
-        "summary": True,
-        "prefix_trainable_ratio": round(pre["trainable_parameters"] / full["trainable_parameters"], 6),
-        "ptuning_v2_trainable_ratio": round(v2["trainable_parameters"] / full["trainable_parameters"], 6),
-        "prefix_optimizer_state_ratio": round(pre["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6),
-        "ptuning_v2_optimizer_state_ratio": round(v2["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6),
-        "prefix_step_time_ratio": round(pre["step_ms"] / full["step_ms"], 3),
-        "ptuning_v2_step_time_ratio": round(v2["step_ms"] / full["step_ms"], 3),
-        "lora_step_time_ratio": round(training["lora"]["step_ms"] / full["step_ms"], 3),
-        "decode_prefix_vs_base": round(decoding["prefix"]["ms_per_token"] / decoding["base"]["ms_per_token"], 3),
-        "decode_recompute_vs_reused": round(decoding["prefix_recompute"]["ms_per_token"]
-                                            / decoding["prefix"]["ms_per_token"], 3),
-        "decode_folded_vs_reused": round(decoding["folded"]["ms_per_token"] / decoding["prefix"]["ms_per_token"], 3),
-        "same_ids": all(decoding[m]["same_ids_as_prefix"] for m in ("prefix_recompute", "folded")),
-    }))
+    print(
+        json.dumps(
+            {
+                "summary": True,
+                "prefix_trainable_ratio": round(
+                    pre["trainable_parameters"] / full["trainable_parameters"], 6
+                ),
+                "ptuning_v2_trainable_ratio": round(
+                    v2["trainable_parameters"] / full["trainable_parameters"], 6
+                ),
+                "prefix_optimizer_state_ratio": round(
+                    pre["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6
+                ),
+                "ptuning_v2_optimizer_state_ratio": round(
+                    v2["optimizer_state_bytes"] / full["optimizer_state_bytes"], 6
+                ),
+                "prefix_step_time_ratio": round(pre["step_ms"] / full["step_ms"], 3),
+                "ptuning_v2_step_time_ratio": round(v2["step_ms"] / full["step_ms"], 3),
+                "lora_step_time_ratio": round(training["lora"]["step_ms"] / full["step_ms"], 3),
+                "decode_prefix_vs_base": round(
+                    decoding["prefix"]["ms_per_token"] / decoding["base"]["ms_per_token"], 3
+                ),
+                "decode_recompute_vs_reused": round(
+                    decoding["prefix_recompute"]["ms_per_token"] / decoding["prefix"]["ms_per_token"], 3
+                ),
+                "decode_folded_vs_reused": round(
+                    decoding["folded"]["ms_per_token"] / decoding["prefix"]["ms_per_token"], 3
+                ),
+                "same_ids": all(decoding[m]["same_ids_as_prefix"] for m in ("prefix_recompute", "folded")),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

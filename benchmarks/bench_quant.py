@@ -36,9 +36,16 @@ def build(args: argparse.Namespace):
         model, _ = plmkit.load(args.checkpoint)
         return model.float().eval()
     torch.manual_seed(0)
-    return build_model("gpt2-tiny", vocab_size=args.vocab, d_model=args.d_model, n_layer=args.n_layer,
-                       n_head=max(1, args.d_model // 64), d_ff=4 * args.d_model, dropout=0.0,
-                       max_positions=1024).eval()
+    return build_model(
+        "gpt2-tiny",
+        vocab_size=args.vocab,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        n_head=max(1, args.d_model // 64),
+        d_ff=4 * args.d_model,
+        dropout=0.0,
+        max_positions=1024,
+    ).eval()
 
 
 def checkpoint_bytes(model: torch.nn.Module) -> int:
@@ -51,7 +58,9 @@ def checkpoint_bytes(model: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", default=None, help="a trained plmkit checkpoint (default: random weights)")
+    parser.add_argument(
+        "--checkpoint", default=None, help="a trained plmkit checkpoint (default: random weights)"
+    )
     parser.add_argument("--modes", nargs="+", default=["int8", "int8-dynamic", "nf4"])
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
@@ -71,9 +80,20 @@ def main() -> None:
     models = {"fp32": base, **{mode: quantize(copy.deepcopy(base), mode) for mode in args.modes}}
     sizes = {name: checkpoint_bytes(model) for name, model in models.items()}
     n_params = sum(p.numel() for p in base.parameters())
-    print(json.dumps({"setup": True, "weights": args.checkpoint or "random", "parameters": n_params,
-                      "threads": args.threads, "new_tokens": args.new_tokens, "prompt_length": args.prompt_length,
-                      "checkpoint_bytes": sizes}), flush=True)
+    print(
+        json.dumps(
+            {
+                "setup": True,
+                "weights": args.checkpoint or "random",
+                "parameters": n_params,
+                "threads": args.threads,
+                "new_tokens": args.new_tokens,
+                "prompt_length": args.prompt_length,
+                "checkpoint_bytes": sizes,
+            }
+        ),
+        flush=True,
+    )
 
     vocab = base.config.vocab_size
     results = []
@@ -91,15 +111,22 @@ def main() -> None:
         fp32_ms = 1000 * statistics.median(times["fp32"]) / args.new_tokens
         for name in models:
             ms = 1000 * statistics.median(times[name]) / args.new_tokens
-            row = {"mode": name, "batch": batch, "ms_per_token": round(ms, 3),
-                   "speedup_vs_fp32": round(fp32_ms / ms, 3),
-                   "identical_ids": round(float((outputs[name] == outputs["fp32"]).float().mean()), 4),
-                   "checkpoint_ratio": round(sizes["fp32"] / sizes[name], 3)}
+            row = {
+                "mode": name,
+                "batch": batch,
+                "ms_per_token": round(ms, 3),
+                "speedup_vs_fp32": round(fp32_ms / ms, 3),
+                "identical_ids": round(float((outputs[name] == outputs["fp32"]).float().mean()), 4),
+                "checkpoint_ratio": round(sizes["fp32"] / sizes[name], 3),
+            }
             results.append(row)
             print(json.dumps(row), flush=True)
     int8 = [r for r in results if r["mode"] == "int8" and r["batch"] == 1]
-    summary = {"summary": True, "size_ratio": {m: round(sizes["fp32"] / sizes[m], 3) for m in args.modes},
-               "speedup_batch1": {r["mode"]: r["speedup_vs_fp32"] for r in results if r["batch"] == 1}}
+    summary = {
+        "summary": True,
+        "size_ratio": {m: round(sizes["fp32"] / sizes[m], 3) for m in args.modes},
+        "speedup_batch1": {r["mode"]: r["speedup_vs_fp32"] for r in results if r["batch"] == 1},
+    }
     if int8:
         summary["goal_int8_speedup_ge_1.5"] = int8[0]["speedup_vs_fp32"] >= 1.5
         summary["goal_int8_size_ratio_ge_3.5"] = sizes["fp32"] / sizes["int8"] >= 3.5

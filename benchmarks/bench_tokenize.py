@@ -29,8 +29,12 @@ from itertools import islice
 from pathlib import Path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-FILES = ["wikitext2/wiki.test.raw", "wikitext2/tokens.valid.txt", "wikitext2/tokens.test.txt",
-         "cluecorpussmall_sample/cluecorpussmall_sampled.txt"]
+FILES = [
+    "wikitext2/wiki.test.raw",
+    "wikitext2/tokens.valid.txt",
+    "wikitext2/tokens.test.txt",
+    "cluecorpussmall_sample/cluecorpussmall_sampled.txt",
+]
 
 
 def interleaved_medians(fns: list, repeats: int) -> tuple[list[float], list]:
@@ -91,28 +95,53 @@ def main() -> None:
                 docs = [line.rstrip("\n") for line in f if line.strip()]
             total = 0
             for i in range(0, len(docs), args.batch):
-                ids = hf(docs[i: i + args.batch], add_special_tokens=False)["input_ids"]
+                ids = hf(docs[i : i + args.batch], add_special_tokens=False)["input_ids"]
                 total += sum(map(len, ids))
             return total, len(docs)
 
         plmkit_build()  # warm-up both sides (file cache, thread pools)
         transformers_encode()
         (ours_s, cached_s, theirs_s), (store, _, (hf_tokens, hf_docs)) = interleaved_medians(
-            [plmkit_build, plmkit_cached, transformers_encode], args.repeats)
+            [plmkit_build, plmkit_cached, transformers_encode], args.repeats
+        )
         tokens = store.num_tokens - store.num_documents  # without the eos plmkit appends
         if (tokens, store.num_documents) != (hf_tokens, hf_docs):
-            raise SystemExit(f"mismatch: plmkit {tokens} tokens / {store.num_documents} documents, "
-                             f"transformers {hf_tokens} / {hf_docs}")
-        common = {"documents": hf_docs, "tokens": tokens, "megabytes": round(corpus.stat().st_size / 2**20, 1),
-                  "cpus": os.cpu_count(), "vocab_size": tok.vocab_size}
-        print(json.dumps({"case": "tokenize", **common,
-                          "plmkit_tokens_per_s": round(tokens / ours_s),
-                          "transformers_tokens_per_s": round(tokens / theirs_s),
-                          "ratio": round(theirs_s / ours_s, 3),
-                          "note": "plmkit: read + tokenize + write store; transformers: read + encode"}),
-              flush=True)
-        print(json.dumps({"case": "cache_hit", **common, "build_s": round(ours_s, 3), "cached_s": round(cached_s, 3),
-                          "speedup": round(ours_s / cached_s, 1)}), flush=True)
+            raise SystemExit(
+                f"mismatch: plmkit {tokens} tokens / {store.num_documents} documents, "
+                f"transformers {hf_tokens} / {hf_docs}"
+            )
+        common = {
+            "documents": hf_docs,
+            "tokens": tokens,
+            "megabytes": round(corpus.stat().st_size / 2**20, 1),
+            "cpus": os.cpu_count(),
+            "vocab_size": tok.vocab_size,
+        }
+        print(
+            json.dumps(
+                {
+                    "case": "tokenize",
+                    **common,
+                    "plmkit_tokens_per_s": round(tokens / ours_s),
+                    "transformers_tokens_per_s": round(tokens / theirs_s),
+                    "ratio": round(theirs_s / ours_s, 3),
+                    "note": "plmkit: read + tokenize + write store; transformers: read + encode",
+                }
+            ),
+            flush=True,
+        )
+        print(
+            json.dumps(
+                {
+                    "case": "cache_hit",
+                    **common,
+                    "build_s": round(ours_s, 3),
+                    "cached_s": round(cached_s, 3),
+                    "speedup": round(ours_s / cached_s, 1),
+                }
+            ),
+            flush=True,
+        )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -101,14 +101,27 @@ def reference_config(kind: str, args: argparse.Namespace):
 
     if kind == "gpt2":
         return T.GPT2Config(
-            vocab_size=args.vocab, n_embd=args.d_model, n_layer=args.layers, n_head=args.heads,
-            n_inner=4 * args.d_model, n_positions=args.seq, resid_pdrop=0.0, embd_pdrop=0.0,
-            attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+            vocab_size=args.vocab,
+            n_embd=args.d_model,
+            n_layer=args.layers,
+            n_head=args.heads,
+            n_inner=4 * args.d_model,
+            n_positions=args.seq,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            bos_token_id=0,
+            eos_token_id=0,
         )
     return T.BertConfig(
-        vocab_size=args.vocab, hidden_size=args.d_model, num_hidden_layers=args.layers,
-        num_attention_heads=args.heads, intermediate_size=4 * args.d_model,
-        max_position_embeddings=args.seq, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        vocab_size=args.vocab,
+        hidden_size=args.d_model,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=4 * args.d_model,
+        max_position_embeddings=args.seq,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
     )
 
 
@@ -131,7 +144,9 @@ def load_pair(kind: str, folder: Path):
     ours, _ = load_hf(folder)
     reference = reference_class(kind).from_pretrained(folder, attn_implementation="sdpa")
     if reference.config._attn_implementation != "sdpa":
-        raise RuntimeError(f"transformers chose attention {reference.config._attn_implementation!r}, not sdpa")
+        raise RuntimeError(
+            f"transformers chose attention {reference.config._attn_implementation!r}, not sdpa"
+        )
     return ours.train(), reference.train()
 
 
@@ -242,10 +257,17 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
     flops_attn = flops_6n + 12 * args.layers * args.seq * args.d_model
     peak = peaks["bf16" if precision == "bf16" else "fp32"]
     result = {
-        "bench": "train_step", "model": kind, "precision": precision, "mode": mode,
-        "parameters": n_ours, "parameters_transformers": n_ref, "tokens_per_step": tokens,
-        "threads": torch.get_num_threads(), "peak_gflops": round(peak, 1),
-        "timed_steps": len(chosen), "busy_steps_dropped": i - args.warmup - len(chosen),
+        "bench": "train_step",
+        "model": kind,
+        "precision": precision,
+        "mode": mode,
+        "parameters": n_ours,
+        "parameters_transformers": n_ref,
+        "tokens_per_step": tokens,
+        "threads": torch.get_num_threads(),
+        "peak_gflops": round(peak, 1),
+        "timed_steps": len(chosen),
+        "busy_steps_dropped": i - args.warmup - len(chosen),
         "too_busy_to_filter": len(quiet) < min(3, args.steps),  # then every step is kept, noisy numbers
     }
     for name in sides:
@@ -275,7 +297,9 @@ def run_case(kind: str, precision: str, mode: str, folder: Path, args: argparse.
         result["step1_loss_transformers"] = round(losses["transformers"][0], 6)
         result["step1_loss_abs_diff"] = float(f"{diff:.2e}")
         # fp32: the same sums in another order; bf16: activations rounded at different places
-        result["step1_loss_match"] = diff <= (1e-4 if precision == "fp32" else 2e-3) * abs(losses["plmkit"][0])
+        result["step1_loss_match"] = diff <= (1e-4 if precision == "fp32" else 2e-3) * abs(
+            losses["plmkit"][0]
+        )
         result["max_loss_abs_diff"] = float(
             f"{max(abs(a - b) for a, b in zip(losses['plmkit'], losses['transformers'])):.2e}"
         )
@@ -296,8 +320,7 @@ def quiet_pairs(
         return []
     n = min(len(shares[name]) for name in running)
     return [
-        k for k in range(n)
-        if all(shares[name][k] >= threshold or times[name][k] < 0.2 for name in running)
+        k for k in range(n) if all(shares[name][k] >= threshold or times[name][k] < 0.2 for name in running)
     ]
 
 
@@ -314,7 +337,9 @@ def profile_plmkit(kind: str, precision: str, folder: Path, args: argparse.Names
         for i in range(2):
             trainer.step(batches[i % len(batches)])
     print(f"\n== plmkit {kind} {precision} eager: top ops by self CPU time (2 steps) ==", file=sys.stderr)
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows), file=sys.stderr)
+    print(
+        prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.profile_rows), file=sys.stderr
+    )
 
 
 # ---- main ----------------------------------------------------------------------------------------
@@ -364,16 +389,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["gpt2", "bert"], choices=["gpt2", "bert"])
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
-    parser.add_argument("--no-compile", action="store_true", help="eager only (compiling takes minutes on 2 cores)")
+    parser.add_argument(
+        "--no-compile", action="store_true", help="eager only (compiling takes minutes on 2 cores)"
+    )
     parser.add_argument("--compile-only", action="store_true", help="compiled cases only")
     parser.add_argument("--steps", type=int, default=6, help="timed steps per side and case")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed first steps (the compile happens here)")
     parser.add_argument(
-        "--quiet", type=float, default=0.9,
+        "--warmup", type=int, default=2, help="untimed first steps (the compile happens here)"
+    )
+    parser.add_argument(
+        "--quiet",
+        type=float,
+        default=0.9,
         help="time only steps in which both sides got this share of the cores (CPU time / wall / threads); "
         "busy steps are repeated, see --max-extra-steps; 0 keeps every step",
     )
-    parser.add_argument("--max-extra-steps", type=int, default=6, help="repeats allowed for busy steps, per case")
+    parser.add_argument(
+        "--max-extra-steps", type=int, default=6, help="repeats allowed for busy steps, per case"
+    )
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--d-model", type=int, default=384)
@@ -384,7 +417,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--distinct-batches", type=int, default=2, help="batches cycled through")
     parser.add_argument(
-        "--no-mmap", action="store_true",
+        "--no-mmap",
+        action="store_true",
         help="glibc mallopt: keep freed memory for reuse (applies to both sides; measures the allocator's share)",
     )
     parser.add_argument("--profile", action="store_true", help="print plmkit's top ops to stderr, then exit")
@@ -419,11 +453,22 @@ def main() -> None:
 
         peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
         setup = {
-            "bench": "train_setup", "torch": torch.__version__, "transformers": transformers.__version__,
-            "threads": args.threads, **cpu_features(), "no_mmap": no_mmap,
+            "bench": "train_setup",
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "threads": args.threads,
+            **cpu_features(),
+            "no_mmap": no_mmap,
             "peak_gflops_start": {k: round(v, 1) for k, v in peaks.items()},
-            "config": {"layers": args.layers, "d_model": args.d_model, "heads": args.heads,
-                       "d_ff": 4 * args.d_model, "seq": args.seq, "batch": args.batch, "vocab": args.vocab},
+            "config": {
+                "layers": args.layers,
+                "d_model": args.d_model,
+                "heads": args.heads,
+                "d_ff": 4 * args.d_model,
+                "seq": args.seq,
+                "batch": args.batch,
+                "vocab": args.vocab,
+            },
         }
         print(json.dumps(setup), flush=True)
         results = []

@@ -33,29 +33,49 @@ def prepare(root: Path) -> Path:
 def overrides(root: Path, out: str, recipe: Path = GPT, *, batch: int, accumulation: int = 1) -> list[str]:
     """A tiny run of `recipe` into root/out; `batch` rows per process and micro-batch."""
     tokenizer = [f"tokenizer.path={root / 'tok'}"] if recipe == GPT else []
-    return h.tiny_overrides(recipe, root / "en.txt", root, steps=STEPS) + tokenizer + [
-        f"out_dir={root / out}", f"train.batch_size={batch}", f"train.accumulation={accumulation}",
-        f"checkpoint.every={EVERY}", "checkpoint.keep_last=3", "optim.lr=1e-2", "eval.batches=1000",
-    ]
+    return (
+        h.tiny_overrides(recipe, root / "en.txt", root, steps=STEPS)
+        + tokenizer
+        + [
+            f"out_dir={root / out}",
+            f"train.batch_size={batch}",
+            f"train.accumulation={accumulation}",
+            f"checkpoint.every={EVERY}",
+            "checkpoint.keep_last=3",
+            "optim.lr=1e-2",
+            "eval.batches=1000",
+        ]
+    )
 
 
-def run_single(root: Path, out: str, *extra: str, recipe: Path = GPT, batch: int = 8, accumulation: int = 1) -> dict:
+def run_single(
+    root: Path, out: str, *extra: str, recipe: Path = GPT, batch: int = 8, accumulation: int = 1
+) -> dict:
     """The 1-process reference, in this process."""
     from plmkit.config import load_config
     from plmkit.recipes.config import RecipeConfig
     from plmkit.recipes.pretrain import pretrain
 
-    config = load_config(RecipeConfig, recipe, overrides(root, out, recipe, batch=batch, accumulation=accumulation)
-                         + list(extra))
+    config = load_config(
+        RecipeConfig,
+        recipe,
+        overrides(root, out, recipe, batch=batch, accumulation=accumulation) + list(extra),
+    )
     return pretrain(config, stream=io.StringIO())
 
 
 def environment(**extra: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(h.SRC), str(TESTS)]), "OMP_NUM_THREADS": "1", **extra}
+    return {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(h.SRC), str(TESTS)]),
+        "OMP_NUM_THREADS": "1",
+        **extra,
+    }
 
 
-def launch(root: Path, args: list[str], *, runner: str = "plm", timeout: float = 300, env: dict | None = None
-           ) -> subprocess.CompletedProcess:
+def launch(
+    root: Path, args: list[str], *, runner: str = "plm", timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """2 processes: `plm pretrain ARGS --nproc 2` (runner "plm"), `torchrun -m plmkit pretrain ARGS`
     ("torchrun"), or torchrun running tests/dist_runner.py with a fault ("faulty")."""
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
@@ -65,8 +85,9 @@ def launch(root: Path, args: list[str], *, runner: str = "plm", timeout: float =
         "faulty": [*torchrun, str(TESTS / "dist_runner.py"), "pretrain", *args],
     }[runner]
     try:
-        return subprocess.run(command, cwd=root, env=environment(**(env or {})), capture_output=True, text=True,
-                              timeout=timeout)
+        return subprocess.run(
+            command, cwd=root, env=environment(**(env or {})), capture_output=True, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"{runner} did not finish in {timeout} s:\n{(e.stderr or b'')[-3000:]!r}")
 

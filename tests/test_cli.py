@@ -20,8 +20,9 @@ def run_plm(*args: str) -> subprocess.CompletedProcess:
     """`python -m plmkit ARGS` in a fresh interpreter (how a user runs it)."""
     paths = [str(SRC), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    return subprocess.run([sys.executable, "-m", "plmkit", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "plmkit", *args], capture_output=True, text=True, env=env, timeout=120
+    )
 
 
 def tiny_checkpoint(directory: Path, tokenizer=None) -> Path:
@@ -29,8 +30,9 @@ def tiny_checkpoint(directory: Path, tokenizer=None) -> Path:
     from plmkit.model import build_model
 
     vocab = tokenizer.vocab_size if tokenizer is not None else 300
-    model = build_model("gpt2-tiny", vocab_size=vocab, d_model=32, n_layer=2, n_head=2, d_ff=64,
-                        max_positions=64)
+    model = build_model(
+        "gpt2-tiny", vocab_size=vocab, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64
+    )
     return plmkit.io.save(model, tokenizer, directory)
 
 
@@ -79,8 +81,13 @@ def test_usage_error_exits_2(capsys):
 def test_import_does_not_load_torch():
     # `plm --help` must answer at once: heavy imports belong inside the subcommand handlers.
     code = "import sys, plmkit, plmkit.cli; plmkit.cli.build_parser(); print('torch' in sys.modules)"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                            env={**os.environ, "PYTHONPATH": str(SRC)})
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
     assert result.stdout.strip() == "False", result.stderr
 
 
@@ -155,15 +162,45 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
 
     fake_module(monkeypatch, "plmkit.generation", generate=generate, stream=None)
     path = tiny_checkpoint(tmp_path / "ckpt")
-    argv = ["generate", "--model", str(path), "--prompt", "Hello", "--max-new-tokens", "5", "--sample",
-            "--temperature", "0.7", "--top-k", "10", "--top-p", "0.9", "--seed", "3", "--stop", ".",
-            "--stop", "\n", "--repetition-penalty", "1.2"]
+    argv = [
+        "generate",
+        "--model",
+        str(path),
+        "--prompt",
+        "Hello",
+        "--max-new-tokens",
+        "5",
+        "--sample",
+        "--temperature",
+        "0.7",
+        "--top-k",
+        "10",
+        "--top-p",
+        "0.9",
+        "--seed",
+        "3",
+        "--stop",
+        ".",
+        "--stop",
+        "\n",
+        "--repetition-penalty",
+        "1.2",
+    ]
     assert main(argv) == 0
     assert capsys.readouterr().out == "Hello world\n"
-    (model, prompt, kwargs), = calls
+    ((model, prompt, kwargs),) = calls
     assert prompt == "Hello" and hasattr(model, "config")
-    assert kwargs == dict(max_new_tokens=5, do_sample=True, temperature=0.7, top_k=10, top_p=0.9,
-                          num_beams=1, repetition_penalty=1.2, seed=3, stop=(".", "\n"))
+    assert kwargs == dict(
+        max_new_tokens=5,
+        do_sample=True,
+        temperature=0.7,
+        top_k=10,
+        top_p=0.9,
+        num_beams=1,
+        repetition_penalty=1.2,
+        seed=3,
+        stop=(".", "\n"),
+    )
 
 
 def test_generate_stream_prints_pieces(tmp_path, monkeypatch, capsys):
@@ -223,7 +260,9 @@ def test_generate_tokenizer_bigger_than_model_vocab_exits_2(tmp_path, capsys):
     from plmkit.tokenizer import Tokenizer
 
     tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)
-    model = build_model("gpt2-tiny", vocab_size=260, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64)
+    model = build_model(
+        "gpt2-tiny", vocab_size=260, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64
+    )
     plmkit.io.save(model, tokenizer, tmp_path / "ckpt")
     assert main(["generate", "--model", str(tmp_path / "ckpt"), "--prompt", "hello there world"]) == 2
     assert "vocab" in _one_error_line(capsys)
@@ -241,15 +280,17 @@ def test_convert_round_trip_via_cli(tmp_path, capsys):
     import plmkit.io
 
     (a, _), (b, _) = plmkit.io.load(path), plmkit.io.load(tmp_path / "back")
-    assert all(
-        (x - y).abs().max() == 0 for x, y in zip(a.state_dict().values(), b.state_dict().values())
-    )
+    assert all((x - y).abs().max() == 0 for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
 # ---------------------------------------------------------------- tokenizer train
 
-_TOK_LINES = ["the quick brown fox jumps over the lazy dog", "今天天气真好，我们一起出去玩吧",
-              "players played unbelievable games today", "今天天气不好，我们在家读书"]
+_TOK_LINES = [
+    "the quick brown fox jumps over the lazy dog",
+    "今天天气真好，我们一起出去玩吧",
+    "players played unbelievable games today",
+    "今天天气不好，我们在家读书",
+]
 
 
 def _corpus_files(root: Path) -> Path:
@@ -259,7 +300,9 @@ def _corpus_files(root: Path) -> Path:
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "a.txt").write_text("\n".join(_TOK_LINES * 5) + "\n\n", encoding="utf-8")
-    jsonl = "".join(json.dumps({"id": i, "body": t}, ensure_ascii=False) + "\n" for i, t in enumerate(_TOK_LINES))
+    jsonl = "".join(
+        json.dumps({"id": i, "body": t}, ensure_ascii=False) + "\n" for i, t in enumerate(_TOK_LINES)
+    )
     (root / "b.jsonl").write_text(jsonl, encoding="utf-8")
     (root / "c.txt.gz").write_bytes(gzip.compress("龘 only in the gzip file\n".encode()))
     (root / "d.jsonl.gz").write_bytes(gzip.compress(jsonl.encode()))
@@ -272,11 +315,28 @@ def test_tokenizer_train_from_files_folder_and_glob(tmp_path, capsys):
 
     data = _corpus_files(tmp_path / "data")
     files = [str(data / n) for n in ("a.txt", "b.jsonl", "c.txt.gz", "d.jsonl.gz")]
-    for name, sources, kind in [("files", files, "wordpiece"), ("folder", [str(data)], "bpe"),
-                                ("glob", [str(data / "*.gz"), str(data / "a.*")], "unigram")]:
+    for name, sources, kind in [
+        ("files", files, "wordpiece"),
+        ("folder", [str(data)], "bpe"),
+        ("glob", [str(data / "*.gz"), str(data / "a.*")], "unigram"),
+    ]:
         out = tmp_path / name
-        argv = ["tokenizer", "train", "--data", *sources, "--kind", kind, "--vocab-size", "300",
-                "--out", str(out), "--text-field", "body", "--sentinels", "4"]
+        argv = [
+            "tokenizer",
+            "train",
+            "--data",
+            *sources,
+            "--kind",
+            kind,
+            "--vocab-size",
+            "300",
+            "--out",
+            str(out),
+            "--text-field",
+            "body",
+            "--sentinels",
+            "4",
+        ]
         assert main(argv) == 0, capsys.readouterr().err
         summary = capsys.readouterr().out
         assert summary.count("\n") == 1 and kind in summary and str(out / "tokenizer.json") in summary
@@ -287,15 +347,30 @@ def test_tokenizer_train_from_files_folder_and_glob(tmp_path, capsys):
     wordpiece = Tokenizer.load(tmp_path / "files")
     assert [wordpiece.id_to_token(i) for i in wordpiece.encode("今天天气真好")] == list("今天天气真好")
     assert wordpiece.cls_id is not None  # default family for wordpiece: bert
-    assert Tokenizer.load(tmp_path / "glob").sentinel_ids(4)[0] == Tokenizer.load(tmp_path / "glob").vocab_size - 1
+    assert (
+        Tokenizer.load(tmp_path / "glob").sentinel_ids(4)[0]
+        == Tokenizer.load(tmp_path / "glob").vocab_size - 1
+    )
 
 
 def test_tokenizer_train_family_picks_kind_and_tokens(tmp_path, capsys):
     from plmkit.tokenizer import Tokenizer
 
     data = _corpus_files(tmp_path / "data")
-    argv = ["tokenizer", "train", "--data", str(data / "a.txt"), "--family", "glm", "--vocab-size", "200",
-            "--out", str(tmp_path / "glm"), "--min-frequency", "1"]
+    argv = [
+        "tokenizer",
+        "train",
+        "--data",
+        str(data / "a.txt"),
+        "--family",
+        "glm",
+        "--vocab-size",
+        "200",
+        "--out",
+        str(tmp_path / "glm"),
+        "--min-frequency",
+        "1",
+    ]
     assert main(argv) == 0
     assert "wordpiece" in capsys.readouterr().out
     tok = Tokenizer.load(tmp_path / "glm")
@@ -321,7 +396,10 @@ def _bad_inputs(root: Path) -> dict[str, tuple[list[str], str]]:
         "empty file": ([str(root / "empty.txt")], "empty.txt: the file has no documents"),
         "invalid utf-8": ([str(root / "good.txt"), str(root / "bad.txt")], "bad.txt:3: invalid UTF-8"),
         "malformed jsonl": ([str(root / "bad.jsonl")], "bad.jsonl:2: malformed JSON"),
-        "missing field": ([str(root / "notext.jsonl")], 'notext.jsonl:1: no field "text" (did you mean "txt"?)'),
+        "missing field": (
+            [str(root / "notext.jsonl")],
+            'notext.jsonl:1: no field "text" (did you mean "txt"?)',
+        ),
         "glob matches nothing": ([str(root / "*.parquet")], "the glob matches no files"),
         "csv without the text column": ([str(root / "data.csv")], 'data.csv:1: no column "text"'),
         "unknown kind": ([str(root / "good.txt"), "--kind", "wordpeice"], 'did you mean "wordpiece"'),
@@ -341,8 +419,16 @@ def test_tokenizer_train_bad_input_exits_2_with_one_line(tmp_path, capsys):
 
 def test_tokenizer_train_error_subprocess(tmp_path):
     (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\n")
-    result = run_plm("tokenizer", "train", "--data", str(tmp_path / "bad.txt"), "--vocab-size", "300",
-                     "--out", str(tmp_path / "out"))
+    result = run_plm(
+        "tokenizer",
+        "train",
+        "--data",
+        str(tmp_path / "bad.txt"),
+        "--vocab-size",
+        "300",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {tmp_path / 'bad.txt'}:2: invalid UTF-8")
@@ -368,11 +454,24 @@ def _fake_recipe(monkeypatch, tmp_path) -> tuple[list, Path]:
     from plmkit.recipes import RECIPES, Recipe
 
     calls = []
-    fake_module(monkeypatch, "toy_recipe", ToyConfig=ToyConfig, run=lambda config: calls.append(config) or {"ok": 1},
-                validate=lambda config: None)
-    monkeypatch.setitem(RECIPES, "toy", Recipe(help="a toy", description="A toy recipe.",
-                                               config_class="toy_recipe:ToyConfig", run="toy_recipe:run",
-                                               validate="toy_recipe:validate"))
+    fake_module(
+        monkeypatch,
+        "toy_recipe",
+        ToyConfig=ToyConfig,
+        run=lambda config: calls.append(config) or {"ok": 1},
+        validate=lambda config: None,
+    )
+    monkeypatch.setitem(
+        RECIPES,
+        "toy",
+        Recipe(
+            help="a toy",
+            description="A toy recipe.",
+            config_class="toy_recipe:ToyConfig",
+            run="toy_recipe:run",
+            validate="toy_recipe:validate",
+        ),
+    )
     path = tmp_path / "toy.yaml"
     path.write_text("steps: 3\n")
     return calls, path
@@ -395,7 +494,11 @@ def test_a_new_registry_entry_is_a_command(monkeypatch, tmp_path, capsys):
     assert main(["toy", str(path), "steps=5"]) == 0
     assert main(["toy", str(path), "--resume"]) == 0
     assert main(["toy", str(path), "--resume", "runs/x/checkpoints/step-00000002", "--nproc", "1"]) == 0
-    assert [(c.steps, c.resume) for c in calls] == [(5, False), (3, True), (3, "runs/x/checkpoints/step-00000002")]
+    assert [(c.steps, c.resume) for c in calls] == [
+        (5, False),
+        (3, True),
+        (3, "runs/x/checkpoints/step-00000002"),
+    ]
     assert capsys.readouterr().out == '{"ok": 1}\n' * 3  # the run's result as JSON
 
 

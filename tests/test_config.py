@@ -59,14 +59,17 @@ class RunCfg:
 
 
 def test_from_dict_builds_nested_dataclasses():
-    cfg = from_dict(RunCfg, {
-        "model": {"n_layer": 4, "family": "masked"},
-        "optim": {"lr": 3e-4, "betas": [0.8, 0.9]},
-        "stages": [{"name": "warm"}, {"name": "main", "steps": 10}],
-        "warmup": {"d_model": 16},
-        "tags": {"a": 1},
-        "out": "runs/x",
-    })
+    cfg = from_dict(
+        RunCfg,
+        {
+            "model": {"n_layer": 4, "family": "masked"},
+            "optim": {"lr": 3e-4, "betas": [0.8, 0.9]},
+            "stages": [{"name": "warm"}, {"name": "main", "steps": 10}],
+            "warmup": {"d_model": 16},
+            "tags": {"a": 1},
+            "out": "runs/x",
+        },
+    )
     assert cfg.model == ModelCfg(family="masked", n_layer=4)
     assert cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.8, 0.9)
     assert cfg.stages == [StageCfg("warm"), StageCfg("main", 10)]
@@ -183,8 +186,11 @@ def test_init_false_fields_are_not_settable_nor_dumped():
     steps=st.lists(st.integers(-5, 5), max_size=4),
 )
 def test_round_trip_property(n_layer, lr, name, steps):
-    cfg = RunCfg(model=ModelCfg(n_layer=n_layer, name=name), optim=OptimCfg(lr=lr),
-                 stages=[StageCfg(str(s), s) for s in steps])
+    cfg = RunCfg(
+        model=ModelCfg(n_layer=n_layer, name=name),
+        optim=OptimCfg(lr=lr),
+        stages=[StageCfg(str(s), s) for s in steps],
+    )
     assert from_dict(RunCfg, yaml.safe_load(yaml.safe_dump(to_dict(cfg)))) == cfg
 
 

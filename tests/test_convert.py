@@ -16,7 +16,9 @@ from plmkit.summary import summarize
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return build_model("gpt2-tiny", vocab_size=300, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64)
+    return build_model(
+        "gpt2-tiny", vocab_size=300, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64
+    )
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:
@@ -68,9 +70,13 @@ def test_quantize_checkpoint_reports_sizes_and_refuses_its_own_input(tmp_path):
 def test_summarize_a_preset_and_a_checkpoint(tmp_path):
     summary = summarize("gpt2-small")
     assert summary.source == "preset" and summary.n_parameters == 124_439_808
-    assert list(summary.architecture)[:2] == ["family", "vocab_size"] and summary.architecture["n_layer"] == 12
+    assert (
+        list(summary.architecture)[:2] == ["family", "vocab_size"] and summary.architecture["n_layer"] == 12
+    )
     plmkit.io.save(peft.apply(tiny_model(), "lora", r=2), None, tmp_path / "lora")
     summary = summarize(str(tmp_path / "lora"))
-    assert summary.source == "checkpoint" and summary.peft.startswith("lora; ") and summary.quantization is None
+    assert (
+        summary.source == "checkpoint" and summary.peft.startswith("lora; ") and summary.quantization is None
+    )
     with pytest.raises(ConfigError, match="neither a preset name nor a checkpoint"):
         summarize(str(tmp_path / "nowhere"))

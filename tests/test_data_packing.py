@@ -9,7 +9,13 @@ from plmkit.data import DocumentDataset, PackedDataset, SourceSpec, TokenStore
 from plmkit.errors import ConfigError, DataError
 from plmkit.tokenizer import Tokenizer
 
-DOCS = ["The quick brown fox jumps over the lazy dog.", "", "今天天气真好", "a", "Language models predict tokens."]
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "",
+    "今天天气真好",
+    "a",
+    "Language models predict tokens.",
+]
 
 
 @pytest.fixture(scope="module")

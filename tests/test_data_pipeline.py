@@ -20,23 +20,32 @@ CLUE = SHARED_DATA / "cluecorpussmall_sample" / "cluecorpussmall_sampled.txt"
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     folder = tmp_path_factory.mktemp("data")
-    (folder / "en.txt").write_text("".join(f"the fox number {i} jumps.\n" for i in range(300)), encoding="utf-8")
-    (folder / "zh.jsonl").write_text("".join(f'{{"text": "今天天气真好 {i}"}}\n' for i in range(300)),
-                                     encoding="utf-8")
+    (folder / "en.txt").write_text(
+        "".join(f"the fox number {i} jumps.\n" for i in range(300)), encoding="utf-8"
+    )
+    (folder / "zh.jsonl").write_text(
+        "".join(f'{{"text": "今天天气真好 {i}"}}\n' for i in range(300)), encoding="utf-8"
+    )
     tok = Tokenizer.train_bpe([f"the fox number {i} jumps. 今天天气真好" for i in range(50)], vocab_size=300)
     return folder, tok
 
 
 def test_batches_of_blocks_from_a_weighted_mixture_resume_exactly(tmp_path, tiny):
     folder, tok = tiny
-    sources = [{"path": str(folder / "en.txt"), "weight": 3}, str(folder / "zh.jsonl")]  # dicts (YAML) or paths
-    make = lambda: build_pretraining_data(sources, tok, block_size=16, batch_size=4, seed=0, cache_dir=tmp_path,
-                                          progress=False)
+    sources = [
+        {"path": str(folder / "en.txt"), "weight": 3},
+        str(folder / "zh.jsonl"),
+    ]  # dicts (YAML) or paths
+    make = lambda: build_pretraining_data(
+        sources, tok, block_size=16, batch_size=4, seed=0, cache_dir=tmp_path, progress=False
+    )
     data = make()
     assert [s.weight for s in data.sources] == [3.0, 1.0] and len(data.stores) == 2
     assert all(n > 0 for n in data.num_tokens)
     uninterrupted = list(islice(data, 12))
-    assert all(len(b) == 4 and all(t.shape == (16,) and t.dtype == torch.long for t in b) for b in uninterrupted)
+    assert all(
+        len(b) == 4 and all(t.shape == (16,) and t.dtype == torch.long for t in b) for b in uninterrupted
+    )
     first = make()
     list(islice(first, 5))
     resumed = make()
@@ -47,10 +56,15 @@ def test_batches_of_blocks_from_a_weighted_mixture_resume_exactly(tmp_path, tiny
 
 def test_one_source_works_the_same_way(tmp_path, tiny):
     folder, tok = tiny
-    data = build_pretraining_data([SourceSpec(str(folder / "en.txt"))], tok, 8, 2, cache_dir=tmp_path,
-                                  shuffle=False, progress=False)
+    data = build_pretraining_data(
+        [SourceSpec(str(folder / "en.txt"))], tok, 8, 2, cache_dir=tmp_path, shuffle=False, progress=False
+    )
     stream = [t for b in islice(data, 3) for block in b for t in block.tolist()]
-    expected = [t for d in iter_documents(SourceSpec(str(folder / "en.txt"))) for t in tok.encode(d.text) + [tok.eos_id]]
+    expected = [
+        t
+        for d in iter_documents(SourceSpec(str(folder / "en.txt")))
+        for t in tok.encode(d.text) + [tok.eos_id]
+    ]
     assert stream == expected[:48]
 
 
@@ -62,14 +76,17 @@ def test_bad_source_config(tmp_path, tiny):
         build_pretraining_data([{"path": "x", "wieght": 2}], tok, 8, 2, cache_dir=tmp_path)
 
 
-@pytest.mark.skipif(not (WIKI.is_file() and CLUE.is_file()), reason=f"shared datasets not found under {SHARED_DATA}")
+@pytest.mark.skipif(
+    not (WIKI.is_file() and CLUE.is_file()), reason=f"shared datasets not found under {SHARED_DATA}"
+)
 def test_real_corpora_wikitext2_and_cluecorpussmall(tmp_path):
     wiki = SourceSpec(str(WIKI), weight=3, format="txt")  # .raw: say what it is
     clue = SourceSpec(str(CLUE), weight=1)
     sample = [d.text for spec in (wiki, clue) for d in islice(iter_documents(spec), 300)]
     tok = Tokenizer.train_bpe(sample, vocab_size=2000)
-    data = build_pretraining_data([wiki, clue], tok, block_size=128, batch_size=8, seed=0, cache_dir=tmp_path,
-                                  progress=False)
+    data = build_pretraining_data(
+        [wiki, clue], tok, block_size=128, batch_size=8, seed=0, cache_dir=tmp_path, progress=False
+    )
     wiki_store, clue_store = data.stores
     assert wiki_store.num_documents == 2891 and clue_store.num_documents == 2500  # one document per line
     assert wiki_store.tokens.dtype.name == "uint16"

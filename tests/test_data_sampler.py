@@ -19,7 +19,7 @@ def test_every_epoch_is_a_fresh_permutation_of_full_batches():
     sampler = ResumableSampler(10, batch_size=3, seed=0)
     assert sampler.batches_per_epoch == 3
     got = batches(sampler, 9)
-    epochs = [sum(got[i: i + 3], []) for i in (0, 3, 6)]
+    epochs = [sum(got[i : i + 3], []) for i in (0, 3, 6)]
     for items in epochs:
         assert len(set(items)) == 9 and set(items) <= set(range(10))  # one item left out per epoch
     assert epochs[0] != epochs[1] != epochs[2]
@@ -62,12 +62,15 @@ def test_ranks_split_the_global_batch():
         assert sum(parts, []) == single.next_batch()
 
 
-@pytest.mark.parametrize("kwargs, pattern", [
-    ({"num_items": 3, "batch_size": 4}, "fewer than one batch"),
-    ({"num_items": 0, "batch_size": 1}, "empty dataset"),
-    ({"num_items": 10, "batch_size": 2, "rank": 2, "world_size": 2}, "rank < world_size"),
-    ({"num_items": 10, "batch_size": 2, "world_size": 2, "drop_last": False}, "different sizes"),
-])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"num_items": 3, "batch_size": 4}, "fewer than one batch"),
+        ({"num_items": 0, "batch_size": 1}, "empty dataset"),
+        ({"num_items": 10, "batch_size": 2, "rank": 2, "world_size": 2}, "rank < world_size"),
+        ({"num_items": 10, "batch_size": 2, "world_size": 2, "drop_last": False}, "different sizes"),
+    ],
+)
 def test_sampler_config_errors(kwargs, pattern):
     with pytest.raises(ConfigError, match=pattern):
         ResumableSampler(**kwargs)
@@ -108,17 +111,23 @@ def test_mixture_resume_is_exact():
     resumed.load_state_dict(json.loads(json.dumps(first.state_dict())))
     assert batches(resumed, 19) == uninterrupted[11:]
     with pytest.raises(ConfigError, match="weights"):
-        MixtureSampler([range(7), range(13), range(3)], [1, 1, 1], 5, seed=9).load_state_dict(first.state_dict())
+        MixtureSampler([range(7), range(13), range(3)], [1, 1, 1], 5, seed=9).load_state_dict(
+            first.state_dict()
+        )
 
 
 def test_mixture_ranks_and_single_source():
-    world = [MixtureSampler([range(10), range(10)], [1, 1], batch_size=2, seed=1, rank=r, world_size=2)
-             for r in range(2)]
+    world = [
+        MixtureSampler([range(10), range(10)], [1, 1], batch_size=2, seed=1, rank=r, world_size=2)
+        for r in range(2)
+    ]
     single = MixtureSampler([range(10), range(10)], [1, 1], batch_size=4, seed=1)
     for _ in range(5):
         assert world[0].next_batch() + world[1].next_batch() == single.next_batch()
     one = MixtureSampler([range(6)], [1.0], batch_size=4, seed=0, shuffle=False)
-    assert batches(one, 3) == [[(0, i) for i in items] for items in ([0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5])]
+    assert batches(one, 3) == [
+        [(0, i) for i in items] for items in ([0, 1, 2, 3], [4, 5, 0, 1], [2, 3, 4, 5])
+    ]
 
 
 def test_mixture_config_errors():

@@ -42,8 +42,13 @@ def csv_text(rows: list[list[str]], delimiter: str = ",") -> str:
 
     out = io.StringIO()
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    csv.writer(out, delimiter=delimiter, quoting=quoting, escapechar="\\" if delimiter == "\t" else None,
-               lineterminator="\n").writerows(rows)
+    csv.writer(
+        out,
+        delimiter=delimiter,
+        quoting=quoting,
+        escapechar="\\" if delimiter == "\t" else None,
+        lineterminator="\n",
+    ).writerows(rows)
     return out.getvalue()
 
 
@@ -61,11 +66,16 @@ def test_each_format_reads_the_documents(tmp_path, fmt, gz):
     elif fmt == "json":
         path = write(tmp_path / f"a.json{gz}", json.dumps([{"body": t} for t in TEXTS], ensure_ascii=False))
     elif fmt == "json_object":
-        path = write(tmp_path / f"a.json{gz}", json.dumps({"version": 1, "data": [{"body": t} for t in TEXTS]}))
+        path = write(
+            tmp_path / f"a.json{gz}", json.dumps({"version": 1, "data": [{"body": t} for t in TEXTS]})
+        )
     elif fmt == "csv":
         path = write(tmp_path / f"a.csv{gz}", csv_text([["label", "body"]] + [["1", t] for t in TEXTS]))
     else:
-        path = write(tmp_path / f"a.tsv{gz}", "label\tbody\n" + "".join(f"1\t{t.replace(chr(9), ' ')}\n" for t in TEXTS))
+        path = write(
+            tmp_path / f"a.tsv{gz}",
+            "label\tbody\n" + "".join(f"1\t{t.replace(chr(9), ' ')}\n" for t in TEXTS),
+        )
     field = "text" if fmt == "txt" else "body"
     expected = TEXTS if fmt != "tsv" else [t.replace("\t", " ") for t in TEXTS]
     assert texts(SourceSpec(str(path), text_field=field)) == expected
@@ -90,14 +100,20 @@ def test_parquet_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
 def test_txt_keeps_whitespace_drops_line_endings_blank_lines_and_bom(tmp_path):
     path = write(tmp_path / "a.txt", "\ufeff first \r\n\r\n   \n\tsecond\t\nthird")
     docs = list(iter_documents(SourceSpec(str(path))))
-    assert docs == [Document(" first ", f"{path}:1"), Document("\tsecond\t", f"{path}:4"),
-                    Document("third", f"{path}:5")]
+    assert docs == [
+        Document(" first ", f"{path}:1"),
+        Document("\tsecond\t", f"{path}:4"),
+        Document("third", f"{path}:5"),
+    ]
 
 
 def test_txt_blank_line_documents(tmp_path):
     path = write(tmp_path / "a.txt", "\n\npara one\nline two\n\n\n = Title = \npara two\n")
     docs = list(iter_documents(SourceSpec(str(path), blank_line_documents=True)))
-    assert docs == [Document("para one\nline two", f"{path}:3"), Document(" = Title = \npara two", f"{path}:7")]
+    assert docs == [
+        Document("para one\nline two", f"{path}:3"),
+        Document(" = Title = \npara two", f"{path}:7"),
+    ]
 
 
 def test_csv_quoted_fields_may_span_lines_and_tsv_keeps_quotes(tmp_path):
@@ -110,7 +126,10 @@ def test_csv_quoted_fields_may_span_lines_and_tsv_keeps_quotes(tmp_path):
 
 def test_json_locations_name_the_record(tmp_path):
     path = write(tmp_path / "a.json", "\ufeff" + json.dumps({"data": [{"text": "a"}, {"text": "b"}]}))
-    assert [d.where for d in iter_documents(SourceSpec(str(path)))] == [f"{path}: data[0]", f"{path}: data[1]"]
+    assert [d.where for d in iter_documents(SourceSpec(str(path)))] == [
+        f"{path}: data[0]",
+        f"{path}: data[1]",
+    ]
 
 
 def test_format_override_for_odd_names(tmp_path):
@@ -149,7 +168,11 @@ def test_progress_reports_the_bytes_read(tmp_path):
 BAD_INPUTS = {
     # name: (file name, content, message pattern with {path})
     "jsonl malformed": ("a.jsonl", '{"text": "ok"}\n\n{"text": oops}\n', r"{path}:3: malformed JSON"),
-    "jsonl missing field": ("a.jsonl", '{"text": "ok"}\n{"txt": "x"}\n', r'{path}:2: no field "text" \(did you mean "txt"\?\)'),
+    "jsonl missing field": (
+        "a.jsonl",
+        '{"text": "ok"}\n{"txt": "x"}\n',
+        r'{path}:2: no field "text" \(did you mean "txt"\?\)',
+    ),
     "jsonl not text": ("a.jsonl", '{"text": 5}\n', r'{path}:1: field "text" is int'),
     "jsonl not object": ("a.jsonl", '["text"]\n', r"{path}:1: expected a JSON object"),
     "jsonl invalid utf8": ("a.jsonl", b'{"text": "ok"}\n{"text": "\xff"}\n', r"{path}:2: invalid UTF-8"),
@@ -204,9 +227,14 @@ def test_bad_parquet(tmp_path):
         texts(SourceSpec(str(garbage)))
 
 
-@pytest.mark.parametrize("path, pattern", [("missing.txt", "no such file or folder"),
-                                            ("nothing*.txt", "the glob matches no files"),
-                                            ("empty_dir", "the folder has no data files")])
+@pytest.mark.parametrize(
+    "path, pattern",
+    [
+        ("missing.txt", "no such file or folder"),
+        ("nothing*.txt", "the glob matches no files"),
+        ("empty_dir", "the folder has no data files"),
+    ],
+)
 def test_bad_paths_always_raise(tmp_path, path, pattern):
     (tmp_path / "empty_dir").mkdir()
     write(tmp_path / "empty_dir" / "notes.md", "x")
@@ -225,8 +253,12 @@ def test_skip_counts_every_skipped_record_with_locations(tmp_path):
     report = SkipReport()
     docs = list(iter_documents(SourceSpec(str(tmp_path), on_error="skip"), skipped=report))
     assert [d.text for d in docs] == ["a", "b", "fine"]
-    assert report.counts == {"malformed JSON": 4, 'missing field "text"': 1, "invalid UTF-8": 1,
-                             "file without documents": 1}
+    assert report.counts == {
+        "malformed JSON": 4,
+        'missing field "text"': 1,
+        "invalid UTF-8": 1,
+        "file without documents": 1,
+    }
     assert report.total == 7
     assert report.first["malformed JSON"] == [f"{path}:2", f"{path}:4", f"{path}:6"]  # first 3 kept
     summary = report.lines()
@@ -252,10 +284,15 @@ def test_empty_text_fields_are_documents_not_errors(tmp_path):
     assert texts(SourceSpec(str(path))) == ["", "x"]
 
 
-@pytest.mark.parametrize("kwargs, pattern", [({"weight": 0}, "weight must be a positive"),
-                                              ({"weight": float("nan")}, "weight must be a positive"),
-                                              ({"on_error": "ignore"}, "on_error must be"),
-                                              ({"format": "jsonlines"}, 'unknown format .*did you mean "jsonl"')])
+@pytest.mark.parametrize(
+    "kwargs, pattern",
+    [
+        ({"weight": 0}, "weight must be a positive"),
+        ({"weight": float("nan")}, "weight must be a positive"),
+        ({"on_error": "ignore"}, "on_error must be"),
+        ({"format": "jsonlines"}, 'unknown format .*did you mean "jsonl"'),
+    ],
+)
 def test_source_spec_validation(kwargs, pattern):
     with pytest.raises(ConfigError, match=pattern):
         SourceSpec("x.txt", **kwargs)

@@ -16,7 +16,12 @@ from plmkit.data.store import HEADER_FILE, OFFSETS_FILE, TOKENS_FILE, token_dtyp
 from plmkit.errors import ConfigError, DataError
 from plmkit.tokenizer import SpecialTokens, Tokenizer
 
-DOCS = ["The quick brown fox jumps over the lazy dog.", "今天天气真好，我们一起出去玩吧", "a", "Language models."]
+DOCS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "今天天气真好，我们一起出去玩吧",
+    "a",
+    "Language models.",
+]
 
 
 @pytest.fixture(scope="module")
@@ -47,8 +52,9 @@ def count_encodes(tok: Tokenizer, monkeypatch) -> list[int]:
 def test_tokens_offsets_and_per_source_counts(tmp_path, corpus, tok):
     other = tmp_path / "other.jsonl"
     other.write_text('{"text": "fox"}\n{"text": ""}\n', encoding="utf-8")
-    store = TokenStore.build([SourceSpec(str(corpus)), SourceSpec(str(other))], tok, tmp_path / "cache",
-                             progress=False)
+    store = TokenStore.build(
+        [SourceSpec(str(corpus)), SourceSpec(str(other))], tok, tmp_path / "cache", progress=False
+    )
     expected = [tok.encode(t) + [tok.eos_id] for t in DOCS + ["fox", ""]]
     assert store.num_documents == len(expected) == len(store)
     assert store.num_tokens == sum(map(len, expected))
@@ -57,7 +63,9 @@ def test_tokens_offsets_and_per_source_counts(tmp_path, corpus, tok):
     assert store.tokens.dtype == np.uint16 and isinstance(store.tokens, np.memmap)
     assert store.offsets.dtype == np.int64 and store.offsets[-1] == store.num_tokens
     assert [(s["num_documents"], s["num_tokens"]) for s in store.sources] == [
-        (4, sum(map(len, expected[:4]))), (2, sum(map(len, expected[4:])))]
+        (4, sum(map(len, expected[:4]))),
+        (2, sum(map(len, expected[4:]))),
+    ]
     assert store.add_eos and store.eos_id == tok.eos_id
     with pytest.raises(IndexError):
         store.document(6)
@@ -73,7 +81,9 @@ def test_second_build_reuses_the_cache_without_tokenizing(tmp_path, corpus, tok,
     cache = tmp_path / "cache"
     first = TokenStore.build([SourceSpec(str(corpus))], tok, cache, progress=False)
     assert sum(calls) == len(DOCS)
-    second = TokenStore.build([SourceSpec(str(corpus), weight=5)], tok, cache, progress=False)  # weight: no effect
+    second = TokenStore.build(
+        [SourceSpec(str(corpus), weight=5)], tok, cache, progress=False
+    )  # weight: no effect
     assert sum(calls) == len(DOCS), "the second build tokenized again"
     assert second.directory == first.directory
     assert np.array_equal(second.tokens, first.tokens)
@@ -95,8 +105,9 @@ def test_cache_key_covers_files_tokenizer_and_settings(tmp_path, corpus, tok):
     assert TokenStore.open(changed).num_documents == 1
 
 
-@pytest.mark.parametrize("damage", ["truncate tokens", "flip a token byte", "garble header", "drop header",
-                                    "truncate offsets"])
+@pytest.mark.parametrize(
+    "damage", ["truncate tokens", "flip a token byte", "garble header", "drop header", "truncate offsets"]
+)
 def test_a_corrupt_cache_is_detected_and_rebuilt(tmp_path, corpus, tok, monkeypatch, capsys, damage):
     calls = count_encodes(tok, monkeypatch)
     store = TokenStore.build([SourceSpec(str(corpus))], tok, tmp_path, progress=False)

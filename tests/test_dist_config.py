@@ -44,18 +44,22 @@ def assert_user_error(code: int, err: str, *needles: str) -> str:
     return lines[0]
 
 
-
 def sections(config, with_optim: bool = False):
     """deepspeed_config's (train, optim, deepspeed) sections; check_deepspeed_config's (deepspeed, train, optim)."""
     if with_optim:
         return config.distributed.deepspeed, config.train, config.optim
     return config.train, config.optim, config.distributed.deepspeed
 
+
 # ---- strategy names and launch checks -----------------------------------------------------------
 def test_unknown_strategy_suggests_the_closest(root, capsys):
-    code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategy=fsdb"], capsys)
+    code, _, err = h.run_cli(
+        ["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategy=fsdb"], capsys
+    )
     assert_user_error(code, err, 'distributed.strategy="fsdb"', 'did you mean "fsdp"')
-    code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategi=ddp"], capsys)
+    code, _, err = h.run_cli(
+        ["pretrain", GPT, *dh.overrides(root, "typo", batch=8), "distributed.strategi=ddp"], capsys
+    )
     assert_user_error(code, err, 'did you mean "distributed.strategy"')
 
 
@@ -81,7 +85,9 @@ def test_torchrun_environment_is_read_and_checked(monkeypatch):
 
 @pytest.mark.parametrize("value", ["0", "-2", "two", "1.5", ""])
 def test_bad_nproc_is_one_error_line(root, capsys, value):
-    code, out, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "bad-nproc", batch=8), "--nproc", value], capsys)
+    code, out, err = h.run_cli(
+        ["pretrain", GPT, *dh.overrides(root, "bad-nproc", batch=8), "--nproc", value], capsys
+    )
     assert_user_error(code, err, f"--nproc {value!r}", "whole number >= 1")
     assert not (root / "bad-nproc").exists()  # nothing started
 
@@ -99,7 +105,9 @@ def test_nproc_checks_before_starting_anything(root, capsys, monkeypatch):
 
 
 def test_nproc_1_is_the_plain_run(root, capsys):
-    code, out, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "nproc1", batch=8), "--nproc", "1"], capsys)
+    code, out, err = h.run_cli(
+        ["pretrain", GPT, *dh.overrides(root, "nproc1", batch=8), "--nproc", "1"], capsys
+    )
     assert code == 0, err
     dh.run_single(root, "plain", batch=8)
     dh.assert_same_losses(dh.losses(root / "nproc1"), dh.losses(root / "plain"), [1, 2, 3, 4])
@@ -114,7 +122,12 @@ def test_local_rows_split_a_global_batch():
     short = {k: v[:3] for k, v in batch.items()}  # a last validation batch of 3 rows over 4 ranks
     shares = [Strategy(World(r, 4, r, True)).local_rows(short) for r in range(4)]
     assert [s["input_ids"].shape[0] for s in shares] == [1, 1, 1, 1]
-    assert [bool((s["labels"] != -100).any()) for s in shares] == [False, True, True, True]  # rank 0: a stand-in
+    assert [bool((s["labels"] != -100).any()) for s in shares] == [
+        False,
+        True,
+        True,
+        True,
+    ]  # rank 0: a stand-in
     with pytest.raises(ConfigError, match="'scale' has shape \\[\\]"):
         Strategy(World(0, 2, 0, True)).local_rows({**batch, "scale": torch.tensor(1.0)})
 
@@ -123,24 +136,41 @@ def test_local_rows_split_a_global_batch():
 def test_deepspeed_config_is_generated_from_the_recipe():
     from plmkit.train.distributed.deepspeed import deepspeed_config
 
-    config = recipe("train.batch_size=4", "train.accumulation=3", "train.clip_grad=0.5", "optim.lr=2e-4",
-                    "optim.betas=[0.9, 0.98]", "optim.eps=1e-6", "optim.weight_decay=0.05",
-                    "distributed.deepspeed.stage=3", "distributed.deepspeed.offload_optimizer=true",
-                    "distributed.deepspeed.offload_params=true")
+    config = recipe(
+        "train.batch_size=4",
+        "train.accumulation=3",
+        "train.clip_grad=0.5",
+        "optim.lr=2e-4",
+        "optim.betas=[0.9, 0.98]",
+        "optim.eps=1e-6",
+        "optim.weight_decay=0.05",
+        "distributed.deepspeed.stage=3",
+        "distributed.deepspeed.offload_optimizer=true",
+        "distributed.deepspeed.offload_params=true",
+    )
     ds = deepspeed_config(*sections(config), world_size=8, precision="bf16", device_type="cuda")
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 4 * 3 * 8
     assert ds["gradient_clipping"] == 0.5
-    assert ds["optimizer"] == {"type": "AdamW", "params": {"lr": 2e-4, "betas": [0.9, 0.98], "eps": 1e-6,
-                                                           "weight_decay": 0.05, "torch_adam": False}}
-    assert ds["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": True},
-                                       "offload_param": {"device": "cpu", "pin_memory": True}}
+    assert ds["optimizer"] == {
+        "type": "AdamW",
+        "params": {"lr": 2e-4, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.05, "torch_adam": False},
+    }
+    assert ds["zero_optimization"] == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": True},
+        "offload_param": {"device": "cpu", "pin_memory": True},
+    }
     assert ds["bf16"] == {"enabled": True} and ds["fp16"] == {"enabled": False}
     assert "scheduler" not in ds  # plmkit's LambdaLR drives the engine's AdamW
 
-    cpu = deepspeed_config(*sections(recipe("train.clip_grad=null")), world_size=2, precision="fp32", device_type="cpu")
+    cpu = deepspeed_config(
+        *sections(recipe("train.clip_grad=null")), world_size=2, precision="fp32", device_type="cpu"
+    )
     assert cpu["gradient_clipping"] == 0.0 and cpu["optimizer"]["params"]["torch_adam"] is True
-    assert cpu["zero_optimization"] == {"stage": 2} and not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"]
+    assert (
+        cpu["zero_optimization"] == {"stage": 2} and not cpu["bf16"]["enabled"] and not cpu["fp16"]["enabled"]
+    )
     assert cpu["train_batch_size"] == 16 * 1 * 2  # the recipe's batch_size 16, accumulation 1
     fp16 = deepspeed_config(*sections(recipe()), world_size=1, precision="fp16", device_type="cuda")
     assert fp16["fp16"] == {"enabled": True, "loss_scale": 0, "initial_scale_power": 16}
@@ -149,15 +179,21 @@ def test_deepspeed_config_is_generated_from_the_recipe():
 def test_deepspeed_options_add_keys_but_never_replace_generated_ones():
     from plmkit.train.distributed.deepspeed import deepspeed_config
 
-    extra = "distributed.deepspeed.options={zero_optimization: {overlap_comm: true, reduce_bucket_size: 1000}, " \
-            "bf16: {immediate_grad_update: true}, activation_checkpointing: {partition_activations: false}}"
+    extra = (
+        "distributed.deepspeed.options={zero_optimization: {overlap_comm: true, reduce_bucket_size: 1000}, "
+        "bf16: {immediate_grad_update: true}, activation_checkpointing: {partition_activations: false}}"
+    )
     ds = deepspeed_config(*sections(recipe(extra)), 2, "bf16", "cuda")
     assert ds["zero_optimization"] == {"stage": 2, "overlap_comm": True, "reduce_bucket_size": 1000}
     assert ds["bf16"] == {"enabled": True, "immediate_grad_update": True}
     assert ds["activation_checkpointing"] == {"partition_activations": False}
-    for key, source in [("{train_batch_size: 64}", "train.batch_size"), ("{zero_optimization: {stage: 3}}",
-                        "distributed.deepspeed.stage"), ("{optimizer: {type: Adam}}", "optim.lr"),
-                        ("{scheduler: {type: WarmupLR}}", "schedule."), ("{fp16: {enabled: true}}", "train.precision")]:
+    for key, source in [
+        ("{train_batch_size: 64}", "train.batch_size"),
+        ("{zero_optimization: {stage: 3}}", "distributed.deepspeed.stage"),
+        ("{optimizer: {type: Adam}}", "optim.lr"),
+        ("{scheduler: {type: WarmupLR}}", "schedule."),
+        ("{fp16: {enabled: true}}", "train.precision"),
+    ]:
         with pytest.raises(ConfigError, match="is generated from") as e:
             deepspeed_config(*sections(recipe(f"distributed.deepspeed.options={key}")), 2, "fp32", "cpu")
         assert source in str(e.value) and "distributed.deepspeed.options." in str(e.value)
@@ -170,15 +206,18 @@ def test_deepspeed_settings_are_checked():
     with pytest.raises(ConfigError, match="stage=4"):
         check_deepspeed_config(*sections(recipe("distributed.deepspeed.stage=4"), with_optim=True), cpu)
     with pytest.raises(ConfigError, match="offload_params needs ZeRO stage 3"):
-        check_deepspeed_config(*sections(recipe("distributed.deepspeed.offload_params=true"), with_optim=True), cpu)
+        check_deepspeed_config(
+            *sections(recipe("distributed.deepspeed.offload_params=true"), with_optim=True), cpu
+        )
     with pytest.raises(ConfigError, match="train.compile=true"):
         check_deepspeed_config(*sections(recipe("train.compile=true"), with_optim=True), cpu)
 
 
 def test_missing_deepspeed_names_the_extra(root, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "deepspeed", None)  # `import deepspeed` now raises ImportError
-    code, _, err = h.run_cli(["pretrain", GPT, *dh.overrides(root, "no-ds", batch=8), "distributed.strategy=deepspeed"],
-                             capsys)
+    code, _, err = h.run_cli(
+        ["pretrain", GPT, *dh.overrides(root, "no-ds", batch=8), "distributed.strategy=deepspeed"], capsys
+    )
     assert_user_error(code, err, "needs the deepspeed package", "pip install 'plmkit[deepspeed]'")
 
 
@@ -208,8 +247,10 @@ def test_deepspeed_step_logic_skips_or_refuses_a_non_finite_step():
 
     calls: list[str] = []
     strategy = DeepSpeedStrategy(World(), torch.device("cpu"), {}, recipe().optim, Path("."))
-    strategy.engine = SimpleNamespace(backward=lambda loss, scale_wrt_gas: calls.append(f"backward {scale_wrt_gas}"),
-                                      step=lambda: calls.append("step"))
+    strategy.engine = SimpleNamespace(
+        backward=lambda loss, scale_wrt_gas: calls.append(f"backward {scale_wrt_gas}"),
+        step=lambda: calls.append("step"),
+    )
     strategy.pending = False
     others_bad = {"flag": 0.0}
     strategy.sum_over_ranks = lambda *v: (v[0] + others_bad["flag"],)  # the other ranks' votes
@@ -259,6 +300,8 @@ def test_sharded_checkpoints_need_conversion_and_the_right_strategy(root, capsys
     plain = dh.checkpoint(root / "plain", 4)
     if not plain.is_dir():
         dh.run_single(root, "plain", batch=8)
-    with pytest.raises(ConfigError, match="written by strategy single .*resume it with distributed.strategy=single or ddp"):
+    with pytest.raises(
+        ConfigError, match="written by strategy single .*resume it with distributed.strategy=single or ddp"
+    ):
         dh.run_single(root, "wrong", "distributed.strategy=fsdp", f"resume={plain}", batch=8)
     assert not dist.is_initialized()

@@ -37,13 +37,18 @@ def reference(root):
 
 @pytest.fixture(scope="module")
 def fsdp(root):
-    proc = dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "fsdp", batch=4, accumulation=2),
-                                         "distributed.strategy=fsdp"]))
+    proc = dh.succeeded(
+        dh.launch(
+            root, [dh.GPT, *dh.overrides(root, "fsdp", batch=4, accumulation=2), "distributed.strategy=fsdp"]
+        )
+    )
     return root / "fsdp", proc
 
 
 def test_ddp_two_ranks_with_accumulation_equal_one_process(root, reference):
-    proc = dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "ddp", batch=4, accumulation=2)]))  # auto: ddp
+    proc = dh.succeeded(
+        dh.launch(root, [dh.GPT, *dh.overrides(root, "ddp", batch=4, accumulation=2)])
+    )  # auto: ddp
     single, result = reference
     dh.assert_same_losses(dh.losses(root / "ddp"), dh.losses(single), STEPS)
     assert dh.final_val_loss(root / "ddp") == pytest.approx(result["val_loss"], abs=dh.TOLERANCE)
@@ -61,8 +66,14 @@ def test_ddp_mlm_and_a_nan_on_one_rank(root, monkeypatch):
     second training forward returns nan: both ranks skip step 2 (rank 0's loss was finite), like one
     process whose step 2 is nan. Rank 0 trains the tokenizer; rank 1 waits for it and loads it."""
     args = dh.overrides(root, "ddp-mlm", dh.BERT, batch=4)
-    proc = dh.succeeded(dh.launch(root, [dh.BERT, *args, "distributed.strategy=ddp"], runner="faulty",
-                                  env={"PLMKIT_TEST_NAN_AT": "1:2"}))
+    proc = dh.succeeded(
+        dh.launch(
+            root,
+            [dh.BERT, *args, "distributed.strategy=ddp"],
+            runner="faulty",
+            env={"PLMKIT_TEST_NAN_AT": "1:2"},
+        )
+    )
     assert (root / "ddp-mlm" / "tokenizer" / "tokenizer.json").is_file()
     import plmkit.recipes.common as setup
 
@@ -82,12 +93,16 @@ def test_ddp_mlm_and_a_nan_on_one_rank(root, monkeypatch):
         return model
 
     monkeypatch.setattr(setup, "build_recipe_model", poisoned)
-    dh.run_single(root, "single-mlm", f"tokenizer.path={root / 'ddp-mlm' / 'tokenizer'}", recipe=dh.BERT, batch=8)
+    dh.run_single(
+        root, "single-mlm", f"tokenizer.path={root / 'ddp-mlm' / 'tokenizer'}", recipe=dh.BERT, batch=8
+    )
     got, want = h.read_metrics(root / "ddp-mlm"), h.read_metrics(root / "single-mlm")
     rows = {r["step"]: r for r in got if "loss" in r}
     assert rows[2]["loss"] == "nan" and rows[4]["skipped_steps"] == 1, proc.stderr[-2000:]
     ok = {s: r["loss"] for s, r in rows.items() if s != 2}
-    dh.assert_same_losses(ok, {r["step"]: r["loss"] for r in want if "loss" in r and r["step"] != 2}, [1, 3, 4])
+    dh.assert_same_losses(
+        ok, {r["step"]: r["loss"] for r in want if "loss" in r and r["step"] != 2}, [1, 3, 4]
+    )
 
 
 def test_fsdp_two_ranks_equal_one_process(fsdp, reference):
@@ -99,7 +114,12 @@ def test_fsdp_two_ranks_equal_one_process(fsdp, reference):
     for step in (2, 4):
         ckpt = dh.checkpoint(run_dir, step)
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        assert state["distributed"] == {"strategy": "fsdp", "world_size": 2, "layout": "dcp", "tensor_parallel": 1}
+        assert state["distributed"] == {
+            "strategy": "fsdp",
+            "world_size": 2,
+            "layout": "dcp",
+            "tensor_parallel": 1,
+        }
         assert (ckpt / "dcp" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
     assert not list((run_dir / "checkpoints").glob(".step-*"))  # no temporary folder left behind
 
@@ -108,10 +128,20 @@ def test_fsdp_resume_from_a_sharded_checkpoint_gives_the_same_next_losses(root, 
     """Resumed under the user's own torchrun, with CPU offload and without resharding after forward: those
     change where tensors live and when they are gathered, not the arithmetic."""
     run_dir, _ = fsdp
-    proc = dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "fsdp-resumed", batch=4, accumulation=2),
-                                         "distributed.strategy=fsdp", "distributed.fsdp.cpu_offload=true",
-                                         "distributed.fsdp.reshard_after_forward=false",
-                                         f"resume={dh.checkpoint(run_dir, 2)}"], runner="torchrun"))
+    proc = dh.succeeded(
+        dh.launch(
+            root,
+            [
+                dh.GPT,
+                *dh.overrides(root, "fsdp-resumed", batch=4, accumulation=2),
+                "distributed.strategy=fsdp",
+                "distributed.fsdp.cpu_offload=true",
+                "distributed.fsdp.reshard_after_forward=false",
+                f"resume={dh.checkpoint(run_dir, 2)}",
+            ],
+            runner="torchrun",
+        )
+    )
     assert f"resumed from step 2 ({dh.checkpoint(run_dir, 2)})" in proc.stdout
     dh.assert_same_losses(dh.losses(root / "fsdp-resumed"), dh.losses(run_dir), [3, 4])
 
@@ -121,8 +151,14 @@ def test_fsdp_checkpoint_of_two_ranks_resumes_on_one_process(root, fsdp, strateg
     """DCP reshards: the 2-rank shards load into a 1-process FSDP model (or a plain one); with batch 8
     the global batch is unchanged, so the next losses are the 2-rank run's."""
     run_dir, _ = fsdp
-    dh.run_single(root, f"fsdp-on-1-{strategy}", f"distributed.strategy={strategy}",
-                  f"resume={dh.checkpoint(run_dir, 2)}", batch=8, accumulation=2)
+    dh.run_single(
+        root,
+        f"fsdp-on-1-{strategy}",
+        f"distributed.strategy={strategy}",
+        f"resume={dh.checkpoint(run_dir, 2)}",
+        batch=8,
+        accumulation=2,
+    )
     dh.assert_same_losses(dh.losses(root / f"fsdp-on-1-{strategy}"), dh.losses(run_dir), [3, 4])
 
 
@@ -161,7 +197,9 @@ def test_fsdp_checkpoint_converts_to_one_safetensors_file(root, fsdp, reference,
     plain, _ = plmkit.load(dh.checkpoint(single, 4))
     with torch.no_grad():
         assert (plain(ids).logits - converted).abs().max().item() <= 1e-4
-    code, stdout, err = h.run_cli(["generate", "--model", out, "--prompt", "The for", "--max-new-tokens", "4"], capsys)
+    code, stdout, err = h.run_cli(
+        ["generate", "--model", out, "--prompt", "The for", "--max-new-tokens", "4"], capsys
+    )
     assert code == 0 and stdout.startswith("The for"), err
     code, stdout, err = h.run_cli(["eval", out, "--data", root / "en.txt", "--max-batches", "2"], capsys)
     assert code == 0 and json.loads(stdout)["loss"] > 0, err
@@ -169,7 +207,9 @@ def test_fsdp_checkpoint_converts_to_one_safetensors_file(root, fsdp, reference,
 
 def test_a_worker_error_is_one_line_from_the_launcher(root):
     """A user error in the workers (not visible before they start): one `error:` line, exit 2."""
-    proc = dh.launch(root, [dh.GPT, *dh.overrides(root, "worker-error", batch=4), f"init_from={root / 'nowhere'}"])
+    proc = dh.launch(
+        root, [dh.GPT, *dh.overrides(root, "worker-error", batch=4), f"init_from={root / 'nowhere'}"]
+    )
     assert proc.returncode == 2, proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "nowhere" in errors[0], proc.stderr[-3000:]

@@ -37,8 +37,13 @@ def reference(root):
 
 @pytest.fixture(scope="module")
 def zero2(root):
-    proc = dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "zero2", batch=4, accumulation=2),
-                                         "distributed.strategy=deepspeed"], timeout=420))  # a cold JIT compile
+    proc = dh.succeeded(
+        dh.launch(
+            root,
+            [dh.GPT, *dh.overrides(root, "zero2", batch=4, accumulation=2), "distributed.strategy=deepspeed"],
+            timeout=420,
+        )
+    )  # a cold JIT compile
     return root / "zero2", proc
 
 
@@ -53,16 +58,33 @@ def test_zero2_two_ranks_equal_one_process(zero2, reference):
     assert generated["optimizer"]["params"]["torch_adam"] is True and generated["gradient_clipping"] == 1.0
     ckpt = dh.checkpoint(run_dir, 4)
     state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-    assert state["distributed"] == {"strategy": "deepspeed", "world_size": 2, "layout": "deepspeed", "zero_stage": 2}
+    assert state["distributed"] == {
+        "strategy": "deepspeed",
+        "world_size": 2,
+        "layout": "deepspeed",
+        "zero_stage": 2,
+    }
     assert sorted(p.name for p in (ckpt / "deepspeed").glob("zero_pp_rank_*_optim_states.pt")) == [
-        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt",
+        "zero_pp_rank_1_mp_rank_00_optim_states.pt",
+    ]
 
 
 def test_zero2_resume_gives_the_same_next_losses(root, zero2):
     run_dir, _ = zero2
-    dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "zero2-resumed", batch=4, accumulation=2),
-                                  "distributed.strategy=deepspeed", f"resume={dh.checkpoint(run_dir, 2)}"],
-                           runner="torchrun", timeout=420))
+    dh.succeeded(
+        dh.launch(
+            root,
+            [
+                dh.GPT,
+                *dh.overrides(root, "zero2-resumed", batch=4, accumulation=2),
+                "distributed.strategy=deepspeed",
+                f"resume={dh.checkpoint(run_dir, 2)}",
+            ],
+            runner="torchrun",
+            timeout=420,
+        )
+    )
     dh.assert_same_losses(dh.losses(root / "zero2-resumed"), dh.losses(run_dir), [3, 4])
 
 
@@ -73,13 +95,24 @@ def test_a_deepspeed_checkpoint_resumes_on_its_own_number_of_processes_only(root
     import sys
 
     run_dir, _ = zero2
-    args = [*dh.overrides(root, "zero2-on-1", batch=8, accumulation=2), "distributed.strategy=deepspeed",
-            f"resume={dh.checkpoint(run_dir, 2)}"]
-    proc = subprocess.run([sys.executable, "-m", "plmkit", "pretrain", str(dh.GPT), *args], cwd=root,
-                          env=dh.environment(), capture_output=True, text=True, timeout=300)
+    args = [
+        *dh.overrides(root, "zero2-on-1", batch=8, accumulation=2),
+        "distributed.strategy=deepspeed",
+        f"resume={dh.checkpoint(run_dir, 2)}",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "plmkit", "pretrain", str(dh.GPT), *args],
+        cwd=root,
+        env=dh.environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert proc.returncode == 2 and len(errors) == 1, proc.stderr[-3000:]
-    assert "on 1 process(es): its ZeRO optimizer state is partitioned over 2; resume with --nproc 2" in errors[0]
+    assert (
+        "on 1 process(es): its ZeRO optimizer state is partitioned over 2; resume with --nproc 2" in errors[0]
+    )
     assert "plm convert --from-sharded" in errors[0] and "Traceback" not in proc.stderr
 
 
@@ -94,7 +127,9 @@ def test_zero2_checkpoint_converts_to_one_safetensors_file(root, zero2, referenc
 
     run_dir, _ = zero2
     out = root / "zero2-converted"
-    code, stdout, err = h.run_cli(["convert", "--from-sharded", dh.checkpoint(run_dir, 4), "--out", out], capsys)
+    code, stdout, err = h.run_cli(
+        ["convert", "--from-sharded", dh.checkpoint(run_dir, 4), "--out", out], capsys
+    )
     assert code == 0 and stdout.startswith("converted "), err
     converted, tokenizer = plmkit.load(out)
     plain, _ = plmkit.load(dh.checkpoint(reference, 4))
@@ -106,11 +141,24 @@ def test_zero2_checkpoint_converts_to_one_safetensors_file(root, zero2, referenc
 
 
 def test_zero3_with_optimizer_and_parameter_offload_equals_one_process(root, reference):
-    dh.succeeded(dh.launch(root, [dh.GPT, *dh.overrides(root, "zero3", batch=4, accumulation=2),
-                                  "distributed.strategy=deepspeed", "distributed.deepspeed.stage=3",
-                                  "distributed.deepspeed.offload_optimizer=true",
-                                  "distributed.deepspeed.offload_params=true"], timeout=420))
+    dh.succeeded(
+        dh.launch(
+            root,
+            [
+                dh.GPT,
+                *dh.overrides(root, "zero3", batch=4, accumulation=2),
+                "distributed.strategy=deepspeed",
+                "distributed.deepspeed.stage=3",
+                "distributed.deepspeed.offload_optimizer=true",
+                "distributed.deepspeed.offload_params=true",
+            ],
+            timeout=420,
+        )
+    )
     dh.assert_same_losses(dh.losses(root / "zero3"), dh.losses(reference), STEPS)
     generated = json.loads((root / "zero3" / "deepspeed_config.json").read_text(encoding="utf-8"))
-    assert generated["zero_optimization"] == {"stage": 3, "offload_optimizer": {"device": "cpu", "pin_memory": False},
-                                              "offload_param": {"device": "cpu", "pin_memory": False}}
+    assert generated["zero_optimization"] == {
+        "stage": 3,
+        "offload_optimizer": {"device": "cpu", "pin_memory": False},
+        "offload_param": {"device": "cpu", "pin_memory": False},
+    }

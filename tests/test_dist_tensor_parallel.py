@@ -52,12 +52,24 @@ def config(**kw) -> ModelConfig:
 @pytest.mark.parametrize(
     "kw, tp, message",
     [
-        (dict(n_kv_head=2), 4, "model.n_kv_head=2 is not divisible by the tensor-parallel size 4 (grouped-query "
-         "attention needs each rank to hold whole kv heads); choose a tensor-parallel size in [1, 2]"),
-        (dict(), 3, "model.n_head=4 is not divisible by the tensor-parallel size 3 (each rank computes whole "
-         "attention heads); choose a tensor-parallel size in [1, 2, 4]"),
-        (dict(d_ff=66), 4, "model.d_ff=66 is not divisible by the tensor-parallel size 4 (each rank holds "
-         "d_ff / tp hidden units); choose a tensor-parallel size in [1, 2]"),
+        (
+            dict(n_kv_head=2),
+            4,
+            "model.n_kv_head=2 is not divisible by the tensor-parallel size 4 (grouped-query "
+            "attention needs each rank to hold whole kv heads); choose a tensor-parallel size in [1, 2]",
+        ),
+        (
+            dict(),
+            3,
+            "model.n_head=4 is not divisible by the tensor-parallel size 3 (each rank computes whole "
+            "attention heads); choose a tensor-parallel size in [1, 2, 4]",
+        ),
+        (
+            dict(d_ff=66),
+            4,
+            "model.d_ff=66 is not divisible by the tensor-parallel size 4 (each rank holds "
+            "d_ff / tp hidden units); choose a tensor-parallel size in [1, 2]",
+        ),
         (dict(family="seq2seq"), 2, "model.family=seq2seq has cross-attention"),
         (dict(position="relative"), 2, "relative position bias"),
         (dict(), 0, "tensor-parallel size must be >= 1"),

@@ -28,7 +28,12 @@ CLIP = 0.05  # below the gradient norms of these steps: every step is clipped
 
 
 def architecture(root) -> list[str]:
-    return [f"tokenizer.path={root / 'tok'}", "model.n_head=4", "model.n_kv_head=2", f"train.clip_grad={CLIP}"]
+    return [
+        f"tokenizer.path={root / 'tok'}",
+        "model.n_head=4",
+        "model.n_kv_head=2",
+        f"train.clip_grad={CLIP}",
+    ]
 
 
 def args(root, out: str, *extra: str, batch: int) -> list:
@@ -73,7 +78,12 @@ def test_two_tensor_parallel_ranks_equal_one_process(root, tp, reference):
     assert final["tokens"] == 4 * 2 * 8 * 32  # the global batch, not doubled by the second rank
     for step in (2, 4):
         state = json.loads((dh.checkpoint(run_dir, step) / "trainer_state.json").read_text(encoding="utf-8"))
-        assert state["distributed"] == {"strategy": "fsdp", "world_size": 2, "layout": "dcp", "tensor_parallel": 2}
+        assert state["distributed"] == {
+            "strategy": "fsdp",
+            "world_size": 2,
+            "layout": "dcp",
+            "tensor_parallel": 2,
+        }
     # the clipping was real: without it one process trains differently (AdamW hides a uniform scale of the
     # gradients, so the effect is small; tests/tp_workers.py checks the clipped norm itself under SGD)
     single(root, "single-unclipped", "train.clip_grad=null")
@@ -83,8 +93,13 @@ def test_two_tensor_parallel_ranks_equal_one_process(root, tp, reference):
 
 def test_resume_with_the_same_tensor_parallel_size(root, tp):
     run_dir, _ = tp
-    resumed = dh.succeeded(dh.launch(root, args(root, "tp-resumed", *TP2, f"resume={dh.checkpoint(run_dir, 2)}",
-                                                batch=8), runner="torchrun"))
+    resumed = dh.succeeded(
+        dh.launch(
+            root,
+            args(root, "tp-resumed", *TP2, f"resume={dh.checkpoint(run_dir, 2)}", batch=8),
+            runner="torchrun",
+        )
+    )
     assert "resumed from step 2" in resumed.stdout
     dh.assert_same_losses(dh.losses(root / "tp-resumed"), dh.losses(run_dir), [3, 4])
 
@@ -93,7 +108,9 @@ def test_resume_with_the_same_tensor_parallel_size(root, tp):
 def test_resume_without_tensor_parallelism_moves_the_fused_rows(root, tp, strategy):
     """The 2-rank TP shards (rows in TP-2 order, with Adam's moments) into one unsplit model, plain or FSDP."""
     run_dir, _ = tp
-    single(root, f"tp-on-1-{strategy}", f"distributed.strategy={strategy}", f"resume={dh.checkpoint(run_dir, 2)}")
+    single(
+        root, f"tp-on-1-{strategy}", f"distributed.strategy={strategy}", f"resume={dh.checkpoint(run_dir, 2)}"
+    )
     dh.assert_same_losses(dh.losses(root / f"tp-on-1-{strategy}"), dh.losses(run_dir), [3, 4])
 
 
@@ -101,8 +118,11 @@ def test_tensor_parallel_resumes_an_fsdp_checkpoint(root, reference):
     """The other way: shards of an FSDP run without TP (ordinary row order) into 2 TP ranks."""
     single(root, "fsdp-1", "distributed.strategy=fsdp")
     dh.assert_same_losses(dh.losses(root / "fsdp-1"), dh.losses(reference), STEPS)
-    dh.succeeded(dh.launch(root, args(root, "fsdp-1-on-tp", *TP2, f"resume={dh.checkpoint(root / 'fsdp-1', 2)}",
-                                      batch=8)))
+    dh.succeeded(
+        dh.launch(
+            root, args(root, "fsdp-1-on-tp", *TP2, f"resume={dh.checkpoint(root / 'fsdp-1', 2)}", batch=8)
+        )
+    )
     dh.assert_same_losses(dh.losses(root / "fsdp-1-on-tp"), dh.losses(reference), [3, 4])
 
 
@@ -114,7 +134,9 @@ def test_tensor_parallel_checkpoint_converts_to_one_safetensors_file(root, tp, r
 
     run_dir, _ = tp
     out = root / "tp-converted"
-    code, stdout, err = h.run_cli(["convert", "--from-sharded", dh.checkpoint(run_dir, 4), "--out", out], capsys)
+    code, stdout, err = h.run_cli(
+        ["convert", "--from-sharded", dh.checkpoint(run_dir, 4), "--out", out], capsys
+    )
     assert code == 0, err
     model, tokenizer = plmkit.load(out)
     ids = torch.tensor([tokenizer.encode("The for statement is used to iterate over the elements")])
@@ -124,13 +146,16 @@ def test_tensor_parallel_checkpoint_converts_to_one_safetensors_file(root, tp, r
     with torch.no_grad():
         assert (plain(ids).logits - converted).abs().max().item() <= 1e-4
     # the model a resumed run trains on (one process) is the converted one
-    run = build_run(load_config(RecipeConfig, LLAMA, dh.overrides(root, "tp-live", LLAMA, batch=8)
-                                + architecture(root)))
+    run = build_run(
+        load_config(RecipeConfig, LLAMA, dh.overrides(root, "tp-live", LLAMA, batch=8) + architecture(root))
+    )
     restore_run(run, dh.checkpoint(run_dir, 4))
     run.model.eval()
     with torch.no_grad():
         assert (run.model(ids).logits - converted).abs().max().item() <= 1e-6
-    code, stdout, err = h.run_cli(["generate", "--model", out, "--prompt", "The for", "--max-new-tokens", "4"], capsys)
+    code, stdout, err = h.run_cli(
+        ["generate", "--model", out, "--prompt", "The for", "--max-new-tokens", "4"], capsys
+    )
     assert code == 0 and stdout.startswith("The for"), err
     code, stdout, err = h.run_cli(["eval", out, "--data", root / "en.txt", "--max-batches", "2"], capsys)
     assert code == 0 and json.loads(stdout)["loss"] > 0, err
@@ -144,17 +169,31 @@ def test_four_ranks_as_two_data_parallel_groups_of_two_equal_one_process(root, c
 
     gpt = ["model.n_head=4", f"train.clip_grad={CLIP}"]
     dh.run_single(root, "gpt-single", *gpt, batch=8, accumulation=2)
-    command = [sys.executable, "-m", "plmkit", "pretrain", dh.GPT,
-               *dh.overrides(root, "gpt-2x2", batch=4, accumulation=2), *gpt, *TP2, "--nproc", "4"]
-    proc = subprocess.run([str(c) for c in command], cwd=root, env=dh.environment(), capture_output=True, text=True,
-                          timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "plmkit",
+        "pretrain",
+        dh.GPT,
+        *dh.overrides(root, "gpt-2x2", batch=4, accumulation=2),
+        *gpt,
+        *TP2,
+        "--nproc",
+        "4",
+    ]
+    proc = subprocess.run(
+        [str(c) for c in command], cwd=root, env=dh.environment(), capture_output=True, text=True, timeout=300
+    )
     dh.succeeded(proc)
     assert "x 2 data-parallel group(s) of 2 tensor-parallel ranks" in proc.stdout
     dh.assert_same_losses(dh.losses(root / "gpt-2x2"), dh.losses(root / "gpt-single"), STEPS)
-    assert dh.final_val_loss(root / "gpt-2x2") == pytest.approx(dh.final_val_loss(root / "gpt-single"),
-                                                                 abs=dh.TOLERANCE)
+    assert dh.final_val_loss(root / "gpt-2x2") == pytest.approx(
+        dh.final_val_loss(root / "gpt-single"), abs=dh.TOLERANCE
+    )
     out = root / "gpt-2x2-converted"
-    code, _, err = h.run_cli(["convert", "--from-sharded", dh.checkpoint(root / "gpt-2x2", 4), "--out", out], capsys)
+    code, _, err = h.run_cli(
+        ["convert", "--from-sharded", dh.checkpoint(root / "gpt-2x2", 4), "--out", out], capsys
+    )
     assert code == 0, err
     (model, tokenizer), (plain, _) = plmkit.load(out), plmkit.load(dh.checkpoint(root / "gpt-single", 4))
     ids = torch.tensor([tokenizer.encode("The for statement is used to iterate over the elements")])
@@ -162,20 +201,33 @@ def test_four_ranks_as_two_data_parallel_groups_of_two_equal_one_process(root, c
         assert (plain(ids).logits - model(ids).logits).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize("extra, nproc, needles", [
-    (["distributed.strategy=ddp"], 2, ["distributed.tensor_parallel=2 needs distributed.strategy=fsdp", "not ddp"]),
-    ([], 2, ["needs distributed.strategy=fsdp", "not ddp"]),  # auto: ddp on 2 processes
-    (["distributed.strategy=fsdp"], 3, ["does not divide the 3 process(es)", "--nproc 2", "--nproc 4"]),
-    (["distributed.strategy=fsdp"], None, ["does not divide the 1 process(es)"]),  # one process
-    (["distributed.strategy=fsdp", "model.n_kv_head=1"], 2,
-     ["distributed.tensor_parallel=2: model.n_kv_head=1 is not divisible by the tensor-parallel size 2",
-      "choose a tensor-parallel size in [1]"]),
-    (["distributed.strategy=fsdp", "peft={method: lora, r: 2}"], 2, ["with peft.method='lora'"]),
-])
+@pytest.mark.parametrize(
+    "extra, nproc, needles",
+    [
+        (
+            ["distributed.strategy=ddp"],
+            2,
+            ["distributed.tensor_parallel=2 needs distributed.strategy=fsdp", "not ddp"],
+        ),
+        ([], 2, ["needs distributed.strategy=fsdp", "not ddp"]),  # auto: ddp on 2 processes
+        (["distributed.strategy=fsdp"], 3, ["does not divide the 3 process(es)", "--nproc 2", "--nproc 4"]),
+        (["distributed.strategy=fsdp"], None, ["does not divide the 1 process(es)"]),  # one process
+        (
+            ["distributed.strategy=fsdp", "model.n_kv_head=1"],
+            2,
+            [
+                "distributed.tensor_parallel=2: model.n_kv_head=1 is not divisible by the tensor-parallel size 2",
+                "choose a tensor-parallel size in [1]",
+            ],
+        ),
+        (["distributed.strategy=fsdp", "peft={method: lora, r: 2}"], 2, ["with peft.method='lora'"]),
+    ],
+)
 def test_bad_tensor_parallel_settings_fail_before_anything_starts(root, capsys, extra, nproc, needles):
     launch = ["--nproc", str(nproc)] if nproc else []
-    code, _, err = h.run_cli(["pretrain", *args(root, "bad", "distributed.tensor_parallel=2", *extra, batch=8),
-                              *launch], capsys)
+    code, _, err = h.run_cli(
+        ["pretrain", *args(root, "bad", "distributed.tensor_parallel=2", *extra, batch=8), *launch], capsys
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
     for needle in needles:
@@ -183,8 +235,13 @@ def test_bad_tensor_parallel_settings_fail_before_anything_starts(root, capsys, 
     assert not (root / "bad").exists()
 
 
-@pytest.mark.parametrize("recipe, needle", [("t5-span", "model.family=seq2seq has cross-attention"),
-                                             ("electra", "with objective electra: its generator and discriminator")])
+@pytest.mark.parametrize(
+    "recipe, needle",
+    [
+        ("t5-span", "model.family=seq2seq has cross-attention"),
+        ("electra", "with objective electra: its generator and discriminator"),
+    ],
+)
 def test_tensor_parallel_with_a_model_it_cannot_split_fails_in_one_line(root, capsys, recipe, needle):
     path = h.ROOT / "recipes" / f"{recipe}.yaml"
     overrides = h.tiny_overrides(path, root / "en.txt", root) + [f"out_dir={root / f'bad-{recipe}'}", *TP2]
@@ -206,7 +263,9 @@ def test_the_ranks_of_a_tensor_parallel_group_share_their_rows():
 
 def test_fsdp_refuses_8bit_adamw_in_one_line(root, capsys):
     """bitsandbytes' kernels cannot step DTensor shards (FSDP alone or with TP): refused before training."""
-    code, _, err = h.run_cli(["pretrain", *args(root, "bad-8bit", "distributed.strategy=fsdp", "optim.name=adamw8bit",
-                                                batch=8)], capsys)
+    code, _, err = h.run_cli(
+        ["pretrain", *args(root, "bad-8bit", "distributed.strategy=fsdp", "optim.name=adamw8bit", batch=8)],
+        capsys,
+    )
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and "fsdp with optim.name=adamw8bit" in lines[0], err

@@ -14,11 +14,20 @@ from plmkit.tokenizer import SpecialTokens, Tokenizer
 
 SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3)
 # T5: relative position bias, RMSNorm, unscaled attention, tied head scaled by d_model**-0.5
-T5_STYLE = dict(position="relative", norm="rmsnorm", norm_bias=False, attention_bias=False, mlp_bias=False,
-                attention_scale=1.0, tied_output_scale=True, decoder_start_token_id=0)
+T5_STYLE = dict(
+    position="relative",
+    norm="rmsnorm",
+    norm_bias=False,
+    attention_bias=False,
+    mlp_bias=False,
+    attention_scale=1.0,
+    tied_output_scale=True,
+    decoder_start_token_id=0,
+)
 # BART: post-norm, learned positions offset by 2, embedding norm, decoder starts from eos
-BART_STYLE = dict(position_offset=2, pre_norm=False, embedding_norm=True, final_norm=False,
-                  decoder_start_token_id=2)
+BART_STYLE = dict(
+    position_offset=2, pre_norm=False, embedding_norm=True, final_norm=False, decoder_start_token_id=2
+)
 
 
 def tiny(family: str = "causal", seed: int = 0, **overrides):
@@ -60,8 +69,19 @@ def scripted_lm(table: torch.Tensor) -> CausalLM:
     """A CausalLM whose logits at absolute position p are exactly table[p] (whatever the tokens):
     blocks contribute nothing, position p embeds as the one-hot e_p, the head reads table[p] off it."""
     n_pos, vocab = table.shape
-    model = CausalLM(ModelConfig(vocab_size=vocab, d_model=64, n_layer=1, n_head=4, d_ff=16, max_positions=64,
-                                 final_norm=False, tie_embeddings=False, pad_token_id=0))
+    model = CausalLM(
+        ModelConfig(
+            vocab_size=vocab,
+            d_model=64,
+            n_layer=1,
+            n_head=4,
+            d_ff=16,
+            max_positions=64,
+            final_norm=False,
+            tie_embeddings=False,
+            pad_token_id=0,
+        )
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.zero_()
@@ -91,15 +111,18 @@ def bpe_tokenizer() -> Tokenizer:
 
 
 # ---- KV cache == full recompute --------------------------------------------------------------------
-@pytest.mark.parametrize("family, overrides", [
-    ("causal", {}),
-    ("causal", dict(position="rotary", n_kv_head=2, norm="rmsnorm", gated_mlp=True, activation="silu")),
-    ("causal", dict(position="relative")),
-    ("prefix", {}),
-    ("prefix", dict(position="rotary")),
-    ("seq2seq", T5_STYLE),
-    ("seq2seq", BART_STYLE),
-])
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("causal", {}),
+        ("causal", dict(position="rotary", n_kv_head=2, norm="rmsnorm", gated_mlp=True, activation="silu")),
+        ("causal", dict(position="relative")),
+        ("prefix", {}),
+        ("prefix", dict(position="rotary")),
+        ("seq2seq", T5_STYLE),
+        ("seq2seq", BART_STYLE),
+    ],
+)
 def test_greedy_with_cache_equals_full_recompute(family, overrides):
     model = tiny(family, **overrides)
     prompts = [[5, 17, 3, 40, 22], [9, 1, 33]]
@@ -108,13 +131,16 @@ def test_greedy_with_cache_equals_full_recompute(family, overrides):
         assert got[0].tolist() == naive_greedy(model, prompt, 12)
 
 
-@pytest.mark.parametrize("family, overrides", [
-    ("causal", dict(position="rotary")),
-    ("causal", {}),
-    ("causal", dict(position="relative")),
-    ("prefix", {}),
-    ("seq2seq", BART_STYLE),
-])
+@pytest.mark.parametrize(
+    "family, overrides",
+    [
+        ("causal", dict(position="rotary")),
+        ("causal", {}),
+        ("causal", dict(position="relative")),
+        ("prefix", {}),
+        ("seq2seq", BART_STYLE),
+    ],
+)
 def test_left_padded_batch_equals_each_prompt_alone(family, overrides):
     model = tiny(family, **overrides)
     prompts = [[5, 17, 3, 40, 22, 8, 9], [9, 1, 33], [12, 13, 14, 15, 16]]
@@ -182,8 +208,9 @@ def test_beam_search_eos_and_length_penalty():
     model = scripted_lm(table)
     prompt = torch.tensor([[2, 2]])
     # length_penalty 0 ranks by total log-prob: stopping at once beats every longer hypothesis
-    assert generate_ids(model, prompt, max_new_tokens=6, num_beams=2, eos_token_id=1,
-                        length_penalty=0.0).tolist() == [[1]]
+    assert generate_ids(
+        model, prompt, max_new_tokens=6, num_beams=2, eos_token_id=1, length_penalty=0.0
+    ).tolist() == [[1]]
     # length_penalty 1 ranks by mean log-prob: 4 4 4 ... (mean log p(4)) beats EOS (log p(EOS))
     assert generate_ids(model, prompt, max_new_tokens=6, num_beams=2, eos_token_id=1).tolist() == [[4] * 6]
 
@@ -205,7 +232,10 @@ def test_top_k_one_and_tiny_top_p_are_greedy():
     ids, mask = left_pad([[5, 17, 3, 40], [9, 1]])
     greedy = generate_ids(model, ids, mask, max_new_tokens=10).tolist()
     for options in (dict(top_k=1), dict(top_p=1e-6), dict(top_p=1e-6, temperature=5.0)):
-        assert generate_ids(model, ids, mask, max_new_tokens=10, do_sample=True, seed=0, **options).tolist() == greedy
+        assert (
+            generate_ids(model, ids, mask, max_new_tokens=10, do_sample=True, seed=0, **options).tolist()
+            == greedy
+        )
 
 
 def test_logits_filters_match_transformers():
@@ -238,8 +268,9 @@ def test_repetition_penalty_breaks_a_loop():
     # 5 seen: 10 / 2 = 5 < 8, so 6 comes next; then both are seen and 5 (5 > 4) wins again
     assert generate_ids(model, prompt, max_new_tokens=5, repetition_penalty=2.0).tolist() == [[5, 6, 5, 5, 5]]
     # tokens in the prompt count too
-    assert generate_ids(model, torch.tensor([[5, 3]]), max_new_tokens=2,
-                        repetition_penalty=2.0).tolist() == [[6, 5]]
+    assert generate_ids(model, torch.tensor([[5, 3]]), max_new_tokens=2, repetition_penalty=2.0).tolist() == [
+        [6, 5]
+    ]
 
 
 # ---- EOS, stop strings, text -----------------------------------------------------------------------
@@ -300,8 +331,9 @@ def test_stream_leaves_no_state_behind(byte_tokenizer):
 
 def test_stream_matches_generate_with_a_random_model(bpe_tokenizer):
     torch.manual_seed(0)
-    model = build_model(ModelConfig(**{**SMALL, "vocab_size": bpe_tokenizer.vocab_size},
-                                    position="rotary")).eval()
+    model = build_model(
+        ModelConfig(**{**SMALL, "vocab_size": bpe_tokenizer.vocab_size}, position="rotary")
+    ).eval()
     for options in (dict(do_sample=True, seed=3), dict(do_sample=True, seed=4, top_p=0.9), {}):
         pieces = list(stream(model, bpe_tokenizer, "今天天气", max_new_tokens=24, **options))
         assert "".join(pieces) == generate(model, bpe_tokenizer, "今天天气", max_new_tokens=24, **options)
@@ -333,8 +365,9 @@ def test_prompt_too_long_names_the_limit():
     with pytest.raises(ShapeError, match=r"10 tokens \+ max_new_tokens=7 = 17 .*max_positions=16"):
         generate_ids(model, torch.ones(1, 10, dtype=torch.long), max_new_tokens=7)
     generate_ids(model, torch.ones(1, 10, dtype=torch.long), max_new_tokens=6)  # exactly fits
-    generate_ids(tiny(position="relative", max_positions=16), torch.ones(1, 10, dtype=torch.long),
-                 max_new_tokens=7)  # relative positions have no table to run out of
+    generate_ids(
+        tiny(position="relative", max_positions=16), torch.ones(1, 10, dtype=torch.long), max_new_tokens=7
+    )  # relative positions have no table to run out of
     with pytest.raises(ShapeError, match="max_positions=16"):
         generate_ids(tiny("seq2seq", max_positions=16), torch.ones(1, 4, dtype=torch.long), max_new_tokens=16)
 
@@ -349,20 +382,25 @@ def test_bad_inputs():
         generate_ids(tiny("masked"), torch.tensor([[1, 2]]))
 
 
-@pytest.mark.parametrize("options, message", [
-    (dict(do_sample=True, temperature=0.0), "temperature"),
-    (dict(top_p=0.0), "top_p"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(top_k=-1), "top_k"),
-    (dict(num_beams=0), "num_beams"),
-    (dict(num_beams=2, do_sample=True), "beam sampling not supported"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(stop=("",)), "stop"),
-    (dict(temprature=0.5), 'did you mean "temperature"'),
-])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(do_sample=True, temperature=0.0), "temperature"),
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(top_k=-1), "top_k"),
+        (dict(num_beams=0), "num_beams"),
+        (dict(num_beams=2, do_sample=True), "beam sampling not supported"),
+        (dict(repetition_penalty=0.0), "repetition_penalty"),
+        (dict(max_new_tokens=0), "max_new_tokens"),
+        (dict(stop=("",)), "stop"),
+        (dict(temprature=0.5), 'did you mean "temperature"'),
+    ],
+)
 def test_invalid_config(options, message):
-    assert GenerationConfig(stop="x", eos_token_id=(3, 4)) == GenerationConfig(stop=("x",), eos_token_id=[3, 4])
+    assert GenerationConfig(stop="x", eos_token_id=(3, 4)) == GenerationConfig(
+        stop=("x",), eos_token_id=[3, 4]
+    )
     with pytest.raises(ConfigError, match=message):
         generate_ids(tiny(), torch.tensor([[1, 2]]), **options)
 

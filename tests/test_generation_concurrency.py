@@ -13,8 +13,17 @@ from plmkit.generation import generate_ids
 from plmkit.model import ModelConfig, build_model
 from plmkit.model.dropout import dropout_off
 
-SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3,
-             dropout=0.2, attention_dropout=0.2)  # dropout on: generation must switch it off by itself
+SMALL = dict(
+    vocab_size=64,
+    d_model=32,
+    n_layer=2,
+    n_head=4,
+    d_ff=64,
+    max_positions=64,
+    initializer_range=0.3,
+    dropout=0.2,
+    attention_dropout=0.2,
+)  # dropout on: generation must switch it off by itself
 PROMPTS = [[5, 17, 3, 40, 22], [9, 1, 33]]
 # (prompt, options): greedy and seeded sampling, different prompts per thread
 JOBS = [
@@ -37,7 +46,10 @@ def snapshot(model: torch.nn.Module) -> dict:
     """Everything generation could change: every module's mode and plain attributes (hooks included),
     and every tensor's values and storage."""
     modules = {
-        name: (m.training, {k: repr(v) for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")})
+        name: (
+            m.training,
+            {k: repr(v) for k, v in vars(m).items() if k not in ("_parameters", "_buffers", "_modules")},
+        )
         for name, m in model.named_modules()
     }
     tensors = {name: (t.detach().clone(), t.data_ptr(), t._version) for name, t in model.state_dict().items()}
@@ -83,8 +95,9 @@ def test_two_threads_generating_at_once_equal_single_threaded(family, peft):
     before = snapshot(model)
 
     def worker(jobs: list, repeats: int = 4):
-        return lambda: [[generate_ids(model, torch.tensor([p]), **o).tolist() for p, o in jobs]
-                        for _ in range(repeats)]
+        return lambda: [
+            [generate_ids(model, torch.tensor([p]), **o).tolist() for p, o in jobs] for _ in range(repeats)
+        ]
 
     # thread A: greedy on prompt 0 then sampling; thread B: greedy on prompt 1 then sampling
     first, second = run_in_threads([worker([JOBS[0], JOBS[2]]), worker([JOBS[1], JOBS[3]])])

@@ -31,9 +31,11 @@ def recomputed_logits(model, prompt: list[int], new: list[int]) -> torch.Tensor:
     with torch.no_grad(), dropout_off():
         if model.config.family == "seq2seq":
             start = [model.config.decoder_start_id]
-            return model(input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([start + new])).logits[0, :-1]
+            return model(
+                input_ids=torch.tensor([prompt]), decoder_input_ids=torch.tensor([start + new])
+            ).logits[0, :-1]
         logits = model(torch.tensor([prompt + new])).logits[0]
-    return logits[len(prompt) - 1: len(prompt) - 1 + len(new)]
+    return logits[len(prompt) - 1 : len(prompt) - 1 + len(new)]
 
 
 @pytest.mark.parametrize("family", ["causal", "seq2seq"])
@@ -68,21 +70,24 @@ def test_sampling_logprobs_model_and_processed():
     prompt = [5, 17, 3]
     options = dict(max_new_tokens=12, do_sample=True, seed=3, temperature=0.7, top_k=10, eos_token_id=[])
     raw = generate_ids(model, torch.tensor([prompt]), return_logprobs=True, **options)
-    processed = generate_ids(model, torch.tensor([prompt]), return_logprobs=True, logprobs_of="processed",
-                             **options)
+    processed = generate_ids(
+        model, torch.tensor([prompt]), return_logprobs=True, logprobs_of="processed", **options
+    )
     assert raw.ids.tolist() == processed.ids.tolist() and bool(raw.mask.all())
     new = raw.ids[0].tolist()
     logits = recomputed_logits(model, prompt, new)
     index = torch.tensor(new)[:, None]
     # "model": temperature 1, no filter: exactly what a forward pass gives
-    torch.testing.assert_close(raw.logprobs[0], logits.log_softmax(-1).gather(1, index).squeeze(1),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        raw.logprobs[0], logits.log_softmax(-1).gather(1, index).squeeze(1), atol=1e-5, rtol=0
+    )
     # "processed": the distribution the tokens were drawn from (temperature, then the top 10 only)
     scores = logits / 0.7
     kth = scores.topk(10, dim=-1).values[:, -1:]
     scores = scores.masked_fill(scores < kth, float("-inf"))
-    torch.testing.assert_close(processed.logprobs[0], scores.log_softmax(-1).gather(1, index).squeeze(1),
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        processed.logprobs[0], scores.log_softmax(-1).gather(1, index).squeeze(1), atol=1e-5, rtol=0
+    )
     assert bool((processed.logprobs[0] > raw.logprobs[0]).all())  # mass moved onto the kept tokens
 
 

@@ -22,12 +22,29 @@ from plmkit.train.memory import track_cpu_allocations
 
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=128)
-LLAMA_LIKE = dict(position="rotary", norm="rmsnorm", n_kv_head=2, gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, tie_embeddings=False)
+LLAMA_LIKE = dict(
+    position="rotary",
+    norm="rmsnorm",
+    n_kv_head=2,
+    gated_mlp=True,
+    activation="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+)
 GPT2_LIKE = dict(activation="gelu_tanh")
-T5_LIKE = dict(position="relative", norm="rmsnorm", norm_bias=False, activation="relu", attention_bias=False,
-               mlp_bias=False, attention_scale=1.0, tied_output_scale=True, relative_buckets=8,
-               relative_max_distance=16)
+T5_LIKE = dict(
+    position="relative",
+    norm="rmsnorm",
+    norm_bias=False,
+    activation="relu",
+    attention_bias=False,
+    mlp_bias=False,
+    attention_scale=1.0,
+    tied_output_scale=True,
+    relative_buckets=8,
+    relative_max_distance=16,
+)
 
 
 def ids_and_mask(seed: int = 1, t: int = 12) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,21 +70,27 @@ def build(case: str):
         model = build_electra(ModelConfig(family="masked", **TINY), generator_layers=2, generator_heads=2)
         where = torch.zeros_like(ids, dtype=torch.bool)
         where[:, 2::3] = True
-        return model, dict(input_ids=ids.masked_fill(where, 3), attention_mask=mask,
-                           labels=ids.masked_fill(~where, -100))
+        return model, dict(
+            input_ids=ids.masked_fill(where, 3), attention_mask=mask, labels=ids.masked_fill(~where, -100)
+        )
     family = "causal" if case.endswith("causal") else "masked"
     config = ModelConfig(family=family, **TINY)
     head = case.split("-")[0]
     if head == "classifier":
-        return SequenceClassifier(config, num_labels=3, pooling="last" if family == "causal" else "cls",
-                                  pooler_dense=True), dict(input_ids=ids, attention_mask=mask,
-                                                           labels=torch.tensor([0, 2]))
+        return SequenceClassifier(
+            config, num_labels=3, pooling="last" if family == "causal" else "cls", pooler_dense=True
+        ), dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([0, 2]))
     if head == "tokens":
-        return TokenClassifier(config, num_labels=5), dict(input_ids=ids, attention_mask=mask,
-                                                          labels=(ids % 5).masked_fill(mask == 0, -100))
+        return TokenClassifier(config, num_labels=5), dict(
+            input_ids=ids, attention_mask=mask, labels=(ids % 5).masked_fill(mask == 0, -100)
+        )
     if head == "qa":
-        return SpanQA(config), dict(input_ids=ids, attention_mask=mask, start_positions=torch.tensor([1, 2]),
-                                    end_positions=torch.tensor([4, 6]))
+        return SpanQA(config), dict(
+            input_ids=ids,
+            attention_mask=mask,
+            start_positions=torch.tensor([1, 2]),
+            end_positions=torch.tensor([4, 6]),
+        )
     if head == "reward":
         return RewardModel(config), dict(input_ids=ids, attention_mask=mask, labels=torch.tensor([1.0, -1.0]))
     return TransformerModel(config, pooler=True), dict(input_ids=ids, attention_mask=mask)
@@ -87,8 +110,17 @@ def stacks(model) -> list:
     return [model.transformer]
 
 
-CASES = ["causal-llama", "seq2seq-t5", "electra", "classifier-causal", "classifier-masked", "tokens-masked",
-         "qa-masked", "reward-causal", "encoder-masked"]
+CASES = [
+    "causal-llama",
+    "seq2seq-t5",
+    "electra",
+    "classifier-causal",
+    "classifier-masked",
+    "tokens-masked",
+    "qa-masked",
+    "reward-causal",
+    "encoder-masked",
+]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -23,11 +23,20 @@ TEXTS = ["The lazy fox predicts the next sentence.", "models read and write", "A
 def test_spiece_model_ids_match_sentencepiece(tmp_path):
     model = io.BytesIO()
     sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(CORPUS), model_writer=model, vocab_size=60, model_type="unigram",
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1, character_coverage=1.0,
+        sentence_iterator=iter(CORPUS),
+        model_writer=model,
+        vocab_size=60,
+        model_type="unigram",
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
     )
     (tmp_path / "spiece.model").write_bytes(model.getvalue())
-    (tmp_path / "tokenizer_config.json").write_text('{"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}')
+    (tmp_path / "tokenizer_config.json").write_text(
+        '{"eos_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>"}'
+    )
     reference = sentencepiece.SentencePieceProcessor(model_file=str(tmp_path / "spiece.model"))
     ours = load_hf_tokenizer(tmp_path, model_type="t5")
     assert (ours.eos_id, ours.pad_id, ours.unk_id) == (1, 0, 2)

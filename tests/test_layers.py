@@ -130,7 +130,9 @@ def test_rope_matches_transformers_llama_if_available():
     q, k = torch.randn(2, 4, 6, 16), torch.randn(2, 2, 6, 16)
     positions = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 0, 0, 1, 2, 3]])
     cos, sin = Rotary(16, 500000.0).cos_sin(positions, torch.float32)  # (B, 1, T, d)
-    hf_q, hf_k = llama.apply_rotary_pos_emb(q, k, cos[:, 0], sin[:, 0])  # HF takes (B, T, d), unsqueezes dim 1
+    hf_q, hf_k = llama.apply_rotary_pos_emb(
+        q, k, cos[:, 0], sin[:, 0]
+    )  # HF takes (B, T, d), unsqueezes dim 1
     torch.testing.assert_close(apply_rotary(q, cos, sin), hf_q, atol=1e-6, rtol=0)
     torch.testing.assert_close(apply_rotary(k, cos, sin), hf_k, atol=1e-6, rtol=0)
 
@@ -151,19 +153,49 @@ def t5_bucket(relative: int, bidirectional: bool, num_buckets: int, max_distance
     exact = num_buckets // 2
     if distance < exact:
         return bucket + distance
-    log_bucket = exact + int(math.log(distance / exact) / math.log(max_distance / exact) * (num_buckets - exact))
+    log_bucket = exact + int(
+        math.log(distance / exact) / math.log(max_distance / exact) * (num_buckets - exact)
+    )
     return bucket + min(log_bucket, num_buckets - 1)
 
 
 # hand-checked values for T5's defaults (32 buckets, max distance 128):
 # bidirectional: 16 buckets a side, exact below 8, then 8 + floor(2·log2(d/8)); keys after the query + 16
 KNOWN_BIDIRECTIONAL = {
-    0: 0, -1: 1, -7: 7, -8: 8, -11: 8, -12: 9, -16: 10, -31: 11, -33: 12, -90: 14, -91: 15, -127: 15,
-    -128: 15, -1000: 15, 1: 17, 7: 23, 8: 24, 12: 25, 1000: 31,
+    0: 0,
+    -1: 1,
+    -7: 7,
+    -8: 8,
+    -11: 8,
+    -12: 9,
+    -16: 10,
+    -31: 11,
+    -33: 12,
+    -90: 14,
+    -91: 15,
+    -127: 15,
+    -128: 15,
+    -1000: 15,
+    1: 17,
+    7: 23,
+    8: 24,
+    12: 25,
+    1000: 31,
 }
 # causal: exact below 16, then 16 + floor(16/3·log2(d/16)); any key after the query -> bucket 0
 KNOWN_CAUSAL = {
-    0: 0, 1: 0, 5: 0, -1: 1, -15: 15, -16: 16, -31: 21, -32: 21, -63: 26, -65: 26, -127: 31, -1000: 31,
+    0: 0,
+    1: 0,
+    5: 0,
+    -1: 1,
+    -15: 15,
+    -16: 16,
+    -31: 21,
+    -32: 21,
+    -63: 26,
+    -65: 26,
+    -127: 31,
+    -1000: 31,
 }
 
 

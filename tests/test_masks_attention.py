@@ -80,7 +80,9 @@ def test_masked_lm_every_token_sees_every_token(position):
     ids = random_ids((2, T))
     for j in (0, T // 2, T - 1):
         for a, b in zip(outputs(model, ids), outputs(model, perturb(ids, j))):
-            assert (per_position_change(a, b) > CHANGED).all(), f"changing token {j} left a position unchanged"
+            assert (per_position_change(a, b) > CHANGED).all(), (
+                f"changing token {j} left a position unchanged"
+            )
 
 
 # ---- prefix ------------------------------------------------------------------------------------
@@ -302,8 +304,19 @@ def _mask_case(kind: str):
 
 
 MASK_KINDS = [
-    "bidirectional", "causal", "causal-sdpa-fast-path", "causal-past", "prefix", "prefix-past", "padding",
-    "causal+left-padding", "user-3d", "gqa-causal", "gqa-past", "mqa-prefix", "mqa-sdpa-fast-path",
+    "bidirectional",
+    "causal",
+    "causal-sdpa-fast-path",
+    "causal-past",
+    "prefix",
+    "prefix-past",
+    "padding",
+    "causal+left-padding",
+    "user-3d",
+    "gqa-causal",
+    "gqa-past",
+    "mqa-prefix",
+    "mqa-sdpa-fast-path",
 ]
 
 
@@ -317,8 +330,10 @@ def test_sdpa_attention_equals_reference(kind, rotary):
     x = torch.randn(B, TQ, config.d_model)
     cache = None
     if past:
-        cache = (torch.randn(B, config.kv_heads, past, config.dim_per_head),
-                 torch.randn(B, config.kv_heads, past, config.dim_per_head))
+        cache = (
+            torch.randn(B, config.kv_heads, past, config.dim_per_head),
+            torch.randn(B, config.kv_heads, past, config.dim_per_head),
+        )
     rot = None
     if rotary:
         positions = torch.arange(past, past + TQ)[None].expand(B, TQ)
@@ -375,7 +390,9 @@ def test_sdpa_cross_attention_equals_reference(n_kv_head):
         ref = reference_attention(q, k, v, mask)
         # with the cached encoder keys/values the memory is not needed again
         y_cached, _ = attn(x, mask, cache=(k_cached, v_cached))
-    torch.testing.assert_close(ref, explicit_attention(q, k, v, mask, config.dim_per_head**-0.5), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        ref, explicit_attention(q, k, v, mask, config.dim_per_head**-0.5), atol=1e-6, rtol=0
+    )
     torch.testing.assert_close(y, finish(attn, ref), atol=1e-5, rtol=0)
     torch.testing.assert_close(y_cached, y, atol=0, rtol=0)
 

@@ -87,8 +87,9 @@ def test_learned_positions_limit_with_offset_and_relative_has_none():
     model(torch.ones(1, 16, dtype=torch.long), decoder_input_ids=torch.ones(1, 16, dtype=torch.long))
     # T5's relative buckets have no length limit: the last bucket covers every long distance
     t5 = tiny("seq2seq", position="relative")
-    assert t5(torch.ones(1, 40, dtype=torch.long), decoder_input_ids=torch.ones(1, 40, dtype=torch.long)).logits.shape == (
-        1, 40, VOCAB)
+    assert t5(
+        torch.ones(1, 40, dtype=torch.long), decoder_input_ids=torch.ones(1, 40, dtype=torch.long)
+    ).logits.shape == (1, 40, VOCAB)
 
 
 # ---- attention masks ---------------------------------------------------------------------------
@@ -140,7 +141,11 @@ def test_unknown_family_suggests_the_closest():
 
 @pytest.mark.parametrize(
     "field, value, suggestion",
-    [("position", "rotery", "rotary"), ("norm", "rms_norm", "rmsnorm"), ("activation", "gelu-tanh", "gelu_tanh")],
+    [
+        ("position", "rotery", "rotary"),
+        ("norm", "rms_norm", "rmsnorm"),
+        ("activation", "gelu-tanh", "gelu_tanh"),
+    ],
 )
 def test_unknown_choice_suggests_the_closest(field, value, suggestion):
     assert f'did you mean "{suggestion}"' in config_error(**{field: value})
@@ -189,7 +194,9 @@ def test_from_dict_unknown_key_suggests_the_closest():
 
 
 def test_decoder_start_needs_an_id():
-    config = ModelConfig(**{**TINY, "family": "seq2seq", "pad_token_id": None, "decoder_start_token_id": None})
+    config = ModelConfig(
+        **{**TINY, "family": "seq2seq", "pad_token_id": None, "decoder_start_token_id": None}
+    )
     with pytest.raises(ConfigError, match="decoder_start_token_id"):
         _ = config.decoder_start_id
 

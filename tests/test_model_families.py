@@ -27,18 +27,47 @@ TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_posi
 CAUSAL_VARIANTS = {
     "learned": {},
     "sinusoidal": {"position": "sinusoidal"},
-    "rotary-gqa": {"position": "rotary", "n_kv_head": 2, "norm": "rmsnorm", "gated_mlp": True,
-                   "activation": "silu", "attention_bias": False, "mlp_bias": False, "tie_embeddings": False},
+    "rotary-gqa": {
+        "position": "rotary",
+        "n_kv_head": 2,
+        "norm": "rmsnorm",
+        "gated_mlp": True,
+        "activation": "silu",
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_embeddings": False,
+    },
     "rotary-mqa": {"position": "rotary", "n_kv_head": 1},
-    "relative": {"position": "relative", "norm": "rmsnorm", "attention_scale": 1.0, "relative_buckets": 8,
-                 "relative_max_distance": 16},
+    "relative": {
+        "position": "relative",
+        "norm": "rmsnorm",
+        "attention_scale": 1.0,
+        "relative_buckets": 8,
+        "relative_max_distance": 16,
+    },
     "post-norm": {"pre_norm": False, "embedding_norm": True, "final_norm": False},
 }
-BART_STYLE = {"position_offset": 2, "pre_norm": False, "embedding_norm": True, "final_norm": False,
-              "pad_token_id": 1, "decoder_start_token_id": 2}
-T5_STYLE = {"position": "relative", "norm": "rmsnorm", "norm_bias": False, "activation": "relu",
-            "attention_bias": False, "mlp_bias": False, "attention_scale": 1.0, "tied_output_scale": True,
-            "relative_buckets": 8, "relative_max_distance": 16, "head_dim": 16}
+BART_STYLE = {
+    "position_offset": 2,
+    "pre_norm": False,
+    "embedding_norm": True,
+    "final_norm": False,
+    "pad_token_id": 1,
+    "decoder_start_token_id": 2,
+}
+T5_STYLE = {
+    "position": "relative",
+    "norm": "rmsnorm",
+    "norm_bias": False,
+    "activation": "relu",
+    "attention_bias": False,
+    "mlp_bias": False,
+    "attention_scale": 1.0,
+    "tied_output_scale": True,
+    "relative_buckets": 8,
+    "relative_max_distance": 16,
+    "head_dim": 16,
+}
 
 
 def tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
@@ -84,7 +113,8 @@ def test_causal_kv_cache_equals_recompute(variant):
     ones = torch.ones_like(ids)
     masked = decode_in_pieces(
         lambda x, a, b, past: model(x, attention_mask=ones[:, :b], past_key_values=past, use_cache=True),
-        ids, CUTS,
+        ids,
+        CUTS,
     )
     close(masked, full)
 
@@ -105,9 +135,14 @@ def test_causal_kv_cache_left_padded_batch(variant):
     full = model(ids, attention_mask=mask, position_ids=positions).logits
     cached = decode_in_pieces(
         lambda x, a, b, past: model(
-            x, attention_mask=mask[:, :b], position_ids=positions[:, a:b], past_key_values=past, use_cache=True
+            x,
+            attention_mask=mask[:, :b],
+            position_ids=positions[:, a:b],
+            past_key_values=past,
+            use_cache=True,
         ),
-        ids, [5, 6, 7, 9],
+        ids,
+        [5, 6, 7, 9],
     )
     real = mask.bool()
     close(cached[real], full[real])
@@ -150,7 +185,8 @@ def test_prefix_lm_kv_cache(variant):
     full = model(ids, prefix_lengths=prefix_lengths).logits
     cached = decode_in_pieces(
         lambda x, a, b, past: model(x, prefix_lengths=prefix_lengths, past_key_values=past, use_cache=True),
-        ids, [4, 5, 6, 8],
+        ids,
+        [4, 5, 6, 8],
     )
     close(cached, full)
     # different prefix lengths per example, prefix in one pass up to the longest one
@@ -158,7 +194,8 @@ def test_prefix_lm_kv_cache(variant):
     full = model(ids, prefix_lengths=lengths).logits
     cached = decode_in_pieces(
         lambda x, a, b, past: model(x, prefix_lengths=lengths, past_key_values=past, use_cache=True),
-        ids, [5, 6, 7],
+        ids,
+        [5, 6, 7],
     )
     close(cached, full)
 
@@ -177,8 +214,11 @@ def test_seq2seq_decoder_kv_cache(style):
 
     def step(x, a, b, past):
         out = model(
-            attention_mask=src_mask, decoder_input_ids=x, encoder_hidden_states=memory,
-            past_key_values=past, use_cache=True,
+            attention_mask=src_mask,
+            decoder_input_ids=x,
+            encoder_hidden_states=memory,
+            past_key_values=past,
+            use_cache=True,
         )
         layer = out.past_key_values[0]
         assert len(layer) == 4 and layer[2].shape[2] == 9  # self k, v + cross k, v over the source
@@ -296,7 +336,9 @@ def test_pool_cls_mean_last():
     close(pool(h, right, "last"), torch.stack([h[0, 2], h[1, 1]]), atol=0)
     close(pool(h, left, "last"), h[:, 3], atol=0)
     close(pool(h, None, "last"), h[:, 3], atol=0)
-    close(pool(h, torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]]), "last"), torch.stack([h[0, 0], h[1, 3]]), atol=0)
+    close(
+        pool(h, torch.tensor([[1, 0, 0, 0], [1, 1, 1, 1]]), "last"), torch.stack([h[0, 0], h[1, 3]]), atol=0
+    )
 
 
 @pytest.mark.parametrize("pooling", ["cls", "mean", "last"])
@@ -377,9 +419,13 @@ def test_reward_model_scores_and_ranking_loss():
     close(out.loss, ((out.scores - torch.tensor([1.0, -1.0])) ** 2).mean())
     # -log σ(r_chosen - r_rejected), averaged over pairs
     chosen, rejected = torch.tensor([1.0, 0.0, -2.0]), torch.tensor([0.0, 0.0, 1.0])
-    expected = sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(chosen.tolist(), rejected.tolist())) / 3
+    expected = (
+        sum(-math.log(1 / (1 + math.exp(-(c - r)))) for c, r in zip(chosen.tolist(), rejected.tolist())) / 3
+    )
     assert pairwise_ranking_loss(chosen, rejected).item() == pytest.approx(expected, rel=1e-6)
-    assert pairwise_ranking_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(math.log(2))
+    assert pairwise_ranking_loss(torch.tensor([0.0]), torch.tensor([0.0])).item() == pytest.approx(
+        math.log(2)
+    )
 
 
 # ---- gradient checkpointing --------------------------------------------------------------------

@@ -28,7 +28,9 @@ def glm_tokenizer(with_glm: bool = True) -> Tokenizer:
     backend = zh_char_tokenizer().backend
     extra = GLM_TOKENS if with_glm else []
     backend.add_special_tokens(extra)
-    special = SpecialTokens(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]", additional=extra)
+    special = SpecialTokens(
+        pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]", additional=extra
+    )
     return Tokenizer(backend, special)
 
 
@@ -44,8 +46,17 @@ def random_text(tok: Tokenizer, n: int, seed: int) -> list[int]:
 
 def tiny_prefix_lm(tok: Tokenizer, **overrides) -> PrefixLM:
     torch.manual_seed(0)
-    config = ModelConfig(family="prefix", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=2, d_ff=64,
-                         max_positions=128, pad_token_id=tok.pad_id, **overrides)
+    config = ModelConfig(
+        family="prefix",
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        n_layer=2,
+        n_head=2,
+        d_ff=64,
+        max_positions=128,
+        pad_token_id=tok.pad_id,
+        **overrides,
+    )
     return PrefixLM(config).eval()
 
 
@@ -99,7 +110,17 @@ def test_unilm_seq2seq_labels_exact(tok):
     batch = objective([{"input_ids": [tok.cls_id, *ids, tok.sep_id], "source_length": 3}])
     t = tok.token_to_id
     assert batch["input_ids"][0].tolist() == [tok.cls_id, *ids[:3], tok.sep_id, *ids[3:], tok.sep_id]
-    assert batch["labels"][0].tolist() == [-100, -100, -100, -100, t("气"), t("真"), t("好"), tok.sep_id, -100]
+    assert batch["labels"][0].tolist() == [
+        -100,
+        -100,
+        -100,
+        -100,
+        t("气"),
+        t("真"),
+        t("好"),
+        tok.sep_id,
+        -100,
+    ]
     assert batch["token_type_ids"][0].tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1]
     with pytest.raises(ConfigError, match="source_length"):
         objective([{"input_ids": ids, "source_length": 6}])
@@ -125,8 +146,10 @@ def test_unilm_mlm_labels_where_masked_and_never_on_specials(tok):
             src = labels[row, 1 : prefix - 1]
             src_orig = original[1 : prefix - 1]
             assert ((src == -100) | (src == src_orig)).all()
-            assert torch.equal(ids[row, : prefix][labels[row, :prefix] == -100],
-                               original[:prefix][labels[row, :prefix] == -100])  # unselected: unchanged
+            assert torch.equal(
+                ids[row, :prefix][labels[row, :prefix] == -100],
+                original[:prefix][labels[row, :prefix] == -100],
+            )  # unselected: unchanged
             selected[row, 1 : prefix - 1] = src != -100
             text_tokens += prefix - 2
         else:
@@ -198,7 +221,19 @@ def test_glm_hand_made_example_exact(tok):
     cls, mask, sop, eop = tok.cls_id, tok.mask_id, t("<sop>"), t("<eop>")
     assert batch["input_ids"].tolist() == [
         [cls, t("今"), t("天"), mask, t("真"), mask, sop, t("好"), sop, t("天"), t("气")],
-        [cls, t("今"), mask, t("天"), sop, t("天"), tok.pad_id, tok.pad_id, tok.pad_id, tok.pad_id, tok.pad_id],
+        [
+            cls,
+            t("今"),
+            mask,
+            t("天"),
+            sop,
+            t("天"),
+            tok.pad_id,
+            tok.pad_id,
+            tok.pad_id,
+            tok.pad_id,
+            tok.pad_id,
+        ],
     ]
     assert batch["labels"].tolist() == [
         [-100] * 6 + [t("好"), eop, t("天"), t("气"), eop],

@@ -26,8 +26,16 @@ def random_text(tok, n: int, seed: int) -> list[int]:
 
 def tiny_electra(tok, **kwargs) -> ElectraPretrainer:
     torch.manual_seed(0)
-    config = ModelConfig(family="masked", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=4, d_ff=64,
-                         max_positions=64, pad_token_id=tok.pad_id)
+    config = ModelConfig(
+        family="masked",
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        n_layer=2,
+        n_head=4,
+        d_ff=64,
+        max_positions=64,
+        pad_token_id=tok.pad_id,
+    )
     return build_electra(config, **kwargs)
 
 
@@ -38,7 +46,11 @@ def batch_of(tok, seed: int = 0, n: int = 4, length: int = 24):
 
 def test_collator_uses_electra_masking(tok):
     objective = build_objective("electra", tok, seed=0)
-    assert (objective.mlm_probability, objective.mask_replace_prob, objective.random_replace_prob) == (0.15, 0.85, 0.0)
+    assert (objective.mlm_probability, objective.mask_replace_prob, objective.random_replace_prob) == (
+        0.15,
+        0.85,
+        0.0,
+    )
     examples = [random_text(tok, 100, s) for s in range(200)]
     batch = objective(examples)
     selected = batch["labels"] != -100
@@ -81,8 +93,12 @@ def test_replacements_counted_and_losses_exact(tok):
     assert torch.equal(out.loss, out.generator_loss + 50 * out.discriminator_loss)
     mlm = MaskedLM(model.generator.config)
     mlm.load_state_dict(model.generator.state_dict())
-    torch.testing.assert_close(out.generator_loss, mlm(batch["input_ids"], batch["attention_mask"],
-                                                        labels=batch["labels"]).loss, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        out.generator_loss,
+        mlm(batch["input_ids"], batch["attention_mask"], labels=batch["labels"]).loss,
+        rtol=1e-5,
+        atol=1e-6,
+    )
     disc = F.binary_cross_entropy_with_logits(out.logits[real], out.replaced[real].float())
     torch.testing.assert_close(out.discriminator_loss, disc, rtol=0, atol=0)
     assert 0.0 <= out.discriminator_accuracy <= 1.0 and 0.0 <= out.generator_accuracy <= 1.0
@@ -142,6 +158,8 @@ def test_no_masked_token_and_errors(tok):
     out.loss.backward()
     with pytest.raises(ConfigError, match="labels"):
         model(ids)
-    gen = MaskedLM(ModelConfig(family="masked", vocab_size=tok.vocab_size, d_model=16, n_layer=1, n_head=2, d_ff=32))
+    gen = MaskedLM(
+        ModelConfig(family="masked", vocab_size=tok.vocab_size, d_model=16, n_layer=1, n_head=2, d_ff=32)
+    )
     with pytest.raises(ConfigError, match="d_model"):
         ElectraPretrainer(gen, model.discriminator)

@@ -29,9 +29,16 @@ def s2s_tokenizer(sentinels: bool = True, eos: bool = True) -> Tokenizer:
     backend = zh_char_tokenizer().backend
     extra = (["<s>", "</s>"] if eos else []) + (SENTINELS if sentinels else [])
     backend.add_special_tokens(extra)
-    special = SpecialTokens(pad="[PAD]", unk="[UNK]", cls="[CLS]", sep="[SEP]", mask="[MASK]",
-                            bos="<s>" if eos else None, eos="</s>" if eos else None,
-                            additional=SENTINELS if sentinels else [])
+    special = SpecialTokens(
+        pad="[PAD]",
+        unk="[UNK]",
+        cls="[CLS]",
+        sep="[SEP]",
+        mask="[MASK]",
+        bos="<s>" if eos else None,
+        eos="</s>" if eos else None,
+        additional=SENTINELS if sentinels else [],
+    )
     return Tokenizer(backend, special)
 
 
@@ -48,8 +55,17 @@ def random_text(tok: Tokenizer, n: int, seed: int) -> list[int]:
 
 def tiny_seq2seq(tok: Tokenizer) -> Seq2SeqLM:
     torch.manual_seed(0)
-    config = ModelConfig(family="seq2seq", vocab_size=tok.vocab_size, d_model=32, n_layer=2, n_head=2, d_ff=64,
-                         max_positions=256, pad_token_id=tok.pad_id, decoder_start_token_id=tok.eos_id)
+    config = ModelConfig(
+        family="seq2seq",
+        vocab_size=tok.vocab_size,
+        d_model=32,
+        n_layer=2,
+        n_head=2,
+        d_ff=64,
+        max_positions=256,
+        pad_token_id=tok.pad_id,
+        decoder_start_token_id=tok.eos_id,
+    )
     return Seq2SeqLM(config)
 
 
@@ -97,9 +113,25 @@ def test_t5_hand_checked_examples(tok):
     objective.noise_mask = lambda n: torch.tensor([0, 0, 1, 1, 1, 0, 0, 1, 0, 0], dtype=torch.bool)
     inputs, targets = objective.corrupt(tok.encode("今天天气真好我们一起"))
     assert tok.decode(inputs, skip_special_tokens=False).split() == [
-        "今", "天", "<extra_id_0>", "好", "我", "<extra_id_1>", "一", "起", "</s>"]
+        "今",
+        "天",
+        "<extra_id_0>",
+        "好",
+        "我",
+        "<extra_id_1>",
+        "一",
+        "起",
+        "</s>",
+    ]
     assert tok.decode(targets, skip_special_tokens=False).split() == [
-        "<extra_id_0>", "天", "气", "真", "<extra_id_1>", "们", "</s>"]
+        "<extra_id_0>",
+        "天",
+        "气",
+        "真",
+        "<extra_id_1>",
+        "们",
+        "</s>",
+    ]
 
 
 def test_t5_statistics_over_100k_tokens(tok):
@@ -255,7 +287,9 @@ def test_bart_permutation_keeps_the_sentences(tok):
 
 def test_bart_rotation_is_a_rotation(tok):
     text = random_text(tok, 20, 0)
-    objective = BartDenoisingObjective(tok, seed=0, mask_ratio=0.0, permute_sentences=0.0, rotate_probability=1.0)
+    objective = BartDenoisingObjective(
+        tok, seed=0, mask_ratio=0.0, permute_sentences=0.0, rotate_probability=1.0
+    )
     starts = set()
     for _ in range(30):
         out = body_of(tok, objective([text])["input_ids"][0])
@@ -278,7 +312,9 @@ def test_bart_deletion_deletes_but_keeps_special_tokens(tok):
 def test_bart_specials_survive_all_noise(tok):
     text = tok.encode("今天天气真好。我们一起出去玩吧。明天见。")
     ids = [*text[:7], tok.sep_id, *text[7:]]
-    objective = BartDenoisingObjective(tok, seed=0, deletion_ratio=0.1, rotate_probability=0.5, mask_ratio=0.5)
+    objective = BartDenoisingObjective(
+        tok, seed=0, deletion_ratio=0.1, rotate_probability=0.5, mask_ratio=0.5
+    )
     for _ in range(50):
         out = body_of(tok, objective([ids])["input_ids"][0])
         assert out.count(tok.sep_id) == 1

@@ -14,11 +14,29 @@ VOCAB = 61
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=48, dropout=0.1)
 ARCHS = {
     "gpt2": dict(family="causal"),
-    "llama": dict(family="causal", position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, n_kv_head=2, tie_embeddings=False),
+    "llama": dict(
+        family="causal",
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        n_kv_head=2,
+        tie_embeddings=False,
+    ),
     "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2),
-    "t5": dict(family="seq2seq", position="relative", norm="rmsnorm", norm_bias=False, attention_bias=False,
-               mlp_bias=False, gated_mlp=True, attention_scale=1.0, tied_output_scale=True),
+    "t5": dict(
+        family="seq2seq",
+        position="relative",
+        norm="rmsnorm",
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        attention_scale=1.0,
+        tied_output_scale=True,
+    ),
 }
 METHODS = {
     "lora": ("lora", dict(r=2, target="all-linear")),
@@ -27,8 +45,12 @@ METHODS = {
     "ptuning_v2": ("prefix", dict(n_tokens=3, projection=False)),
     "prompt": ("prompt", dict(n_tokens=3)),
 }
-CASES = [(m, a) for m in METHODS for a in ("gpt2", "bart")] + [("prefix", "llama"), ("prefix", "t5"),
-                                                               ("adapter", "t5"), ("prefix", "seq-cls")]
+CASES = [(m, a) for m in METHODS for a in ("gpt2", "bart")] + [
+    ("prefix", "llama"),
+    ("prefix", "t5"),
+    ("adapter", "t5"),
+    ("prefix", "seq-cls"),
+]
 
 
 def build(method: str, arch: str) -> torch.nn.Module:

@@ -26,14 +26,47 @@ VOCAB = 61
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
 ARCHS = {
     "gpt2": (dict(family="causal", activation="gelu_tanh"), "AutoModelForCausalLM"),
-    "llama": (dict(family="causal", position="rotary", norm="rmsnorm", norm_eps=1e-6, gated_mlp=True,
-                   activation="silu", attention_bias=False, mlp_bias=False, n_kv_head=2, tie_embeddings=False),
-              "AutoModelForCausalLM"),
-    "bart": (dict(family="seq2seq", n_decoder_layer=2, pre_norm=False, embedding_norm=True, final_norm=False,
-                  position_offset=2,
-                  pad_token_id=1, decoder_start_token_id=2), "AutoModelForSeq2SeqLM"),
-    "bert": (dict(family="masked", pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2,
-                  norm_eps=1e-12, lm_head_bias=True, lm_head_transform=True), "AutoModelForMaskedLM"),
+    "llama": (
+        dict(
+            family="causal",
+            position="rotary",
+            norm="rmsnorm",
+            norm_eps=1e-6,
+            gated_mlp=True,
+            activation="silu",
+            attention_bias=False,
+            mlp_bias=False,
+            n_kv_head=2,
+            tie_embeddings=False,
+        ),
+        "AutoModelForCausalLM",
+    ),
+    "bart": (
+        dict(
+            family="seq2seq",
+            n_decoder_layer=2,
+            pre_norm=False,
+            embedding_norm=True,
+            final_norm=False,
+            position_offset=2,
+            pad_token_id=1,
+            decoder_start_token_id=2,
+        ),
+        "AutoModelForSeq2SeqLM",
+    ),
+    "bert": (
+        dict(
+            family="masked",
+            pre_norm=False,
+            embedding_norm=True,
+            final_norm=False,
+            type_vocab_size=2,
+            norm_eps=1e-12,
+            lm_head_bias=True,
+            lm_head_transform=True,
+        ),
+        "AutoModelForMaskedLM",
+    ),
 }
 TARGETS = ["attn.qkv", "attn.q,attn.v", "attn.k,attn.out,mlp.fc_out", "all-linear"]
 

@@ -185,8 +185,17 @@ def test_cli_merge_lora_writes_a_plain_merged_checkpoint(tmp_path, capsys):
     expected = logits(model)
     peft.save_adapter(model, tmp_path / "adapter")
 
-    code = main(["merge-lora", "--base", str(tmp_path / "base"), "--adapter", str(tmp_path / "adapter"),
-                 "--out", str(tmp_path / "merged")])
+    code = main(
+        [
+            "merge-lora",
+            "--base",
+            str(tmp_path / "base"),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "merged"),
+        ]
+    )
     assert code == 0
     assert "merged" in capsys.readouterr().out
     merged, _ = plmkit.io.load(tmp_path / "merged")
@@ -205,8 +214,17 @@ def test_cli_merge_lora_errors_exit_2_with_one_line(case, tmp_path, capsys):
     elif case == "missing-base":
         peft.save_adapter(peft.apply(make(), "lora"), tmp_path / "adapter")
     base = tmp_path / ("nowhere" if case == "missing-base" else "base")
-    code = main(["merge-lora", "--base", str(base), "--adapter", str(tmp_path / "adapter"),
-                 "--out", str(tmp_path / "merged")])
+    code = main(
+        [
+            "merge-lora",
+            "--base",
+            str(base),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--out",
+            str(tmp_path / "merged"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1, err

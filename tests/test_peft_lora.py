@@ -24,14 +24,39 @@ VOCAB = 61
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
 ARCHS = {
     "gpt2": dict(family="causal"),
-    "llama": dict(family="causal", position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, n_kv_head=2, tie_embeddings=False),
-    "bert": dict(family="masked", pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2,
-                 lm_head_bias=True, lm_head_transform=True),
+    "llama": dict(
+        family="causal",
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        n_kv_head=2,
+        tie_embeddings=False,
+    ),
+    "bert": dict(
+        family="masked",
+        pre_norm=False,
+        embedding_norm=True,
+        final_norm=False,
+        type_vocab_size=2,
+        lm_head_bias=True,
+        lm_head_transform=True,
+    ),
     "unilm": dict(family="prefix"),
     "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2),
-    "t5": dict(family="seq2seq", position="relative", norm="rmsnorm", norm_bias=False, attention_bias=False,
-               mlp_bias=False, gated_mlp=True, attention_scale=1.0, tied_output_scale=True),
+    "t5": dict(
+        family="seq2seq",
+        position="relative",
+        norm="rmsnorm",
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        attention_scale=1.0,
+        tied_output_scale=True,
+    ),
 }
 HEADS = {
     "seq-cls": lambda c: SequenceClassifier(c, num_labels=3),
@@ -112,7 +137,9 @@ def test_part_targets_update_only_their_rows_and_merge_exactly(arch):
     target += ",mlp.up" if arch == "llama" else ""
     peft.apply(model, "lora", r=2, alpha=4, target=target)
     randomize_lora(model)
-    qkv = model.get_submodule("decoder.blocks.0.attn.qkv" if arch == "bart" else "transformer.blocks.0.attn.qkv")
+    qkv = model.get_submodule(
+        "decoder.blocks.0.attn.qkv" if arch == "bart" else "transformer.blocks.0.attn.qkv"
+    )
     assert isinstance(qkv, LoRALinear) and list(qkv.parts) == ["q", "v"]
     x = torch.randn(3, 32)
     delta = qkv(x) - qkv.base_forward(x)
@@ -183,8 +210,10 @@ def test_classifier_head_trains_in_full_by_default():
 def test_targets_by_suffix_glob_and_all_linear():
     model = peft.apply(make("bart"), "lora", target="encoder.blocks.*.attn.out, mlp.fc_in")
     wrapped = sorted(n for n, m in model.named_modules() if isinstance(m, LoRALinear))
-    assert wrapped == sorted([f"encoder.blocks.{i}.attn.out" for i in range(2)]
-                             + [f"{s}.blocks.{i}.mlp.fc_in" for s in ("encoder", "decoder") for i in range(2)])
+    assert wrapped == sorted(
+        [f"encoder.blocks.{i}.attn.out" for i in range(2)]
+        + [f"{s}.blocks.{i}.mlp.fc_in" for s in ("encoder", "decoder") for i in range(2)]
+    )
     model = peft.apply(make("bart"), "lora", target="all-linear")
     wrapped = {n for n, m in model.named_modules() if isinstance(m, LoRALinear)}
     assert len(wrapped) == 2 * 4 + 2 * 7  # encoder: qkv out fc_in fc_out; decoder adds cross q kv out
@@ -206,11 +235,14 @@ def test_a_target_that_matches_nothing_lists_the_modules():
     assert isinstance(info.value, PlmkitError)
 
 
-@pytest.mark.parametrize(("target", "words"), [
-    ("lm_head.decoder", "LM head"),
-    ("attn.qkv,attn.q", "not both"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    ("target", "words"),
+    [
+        ("lm_head.decoder", "LM head"),
+        ("attn.qkv,attn.q", "not both"),
+        ("", "empty"),
+    ],
+)
 def test_bad_targets_are_refused(target, words):
     with pytest.raises(ConfigError, match=words):
         peft.apply(make("gpt2"), "lora", target=target)
@@ -248,7 +280,10 @@ def test_trainable_report():
     model = peft.apply(make(), "lora", r=4, target="attn.qkv")
     trainable = 2 * (4 * 32 + 96 * 4)
     total = sum(p.numel() for p in model.parameters())
-    assert peft.trainable_report(model) == f"trainable: {trainable:,} / total: {total:,} ({100 * trainable / total:.4g}%)"
+    assert (
+        peft.trainable_report(model)
+        == f"trainable: {trainable:,} / total: {total:,} ({100 * trainable / total:.4g}%)"
+    )
 
 
 def test_a_wildcard_over_a_fused_module_and_its_parts_takes_the_whole_module():
@@ -261,7 +296,12 @@ def test_a_wildcard_over_a_fused_module_and_its_parts_takes_the_whole_module():
 
 @pytest.mark.parametrize("method", ["lora", "adapter", "prefix", "prompt"])
 def test_apply_keeps_the_models_train_or_eval_mode(method):
-    options = {"lora": dict(dropout=0.5), "adapter": {}, "prefix": dict(n_tokens=2), "prompt": dict(n_tokens=2)}
+    options = {
+        "lora": dict(dropout=0.5),
+        "adapter": {},
+        "prefix": dict(n_tokens=2),
+        "prompt": dict(n_tokens=2),
+    }
     model = peft.apply(make("gpt2", dropout=0.5), method, **options[method])  # make() gives eval mode
     assert not any(m.training for m in model.modules())
     assert torch.equal(outputs(model), outputs(model))  # no dropout: deterministic

@@ -15,14 +15,39 @@ VOCAB = 61
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
 ARCHS = {
     "gpt2": dict(family="causal"),
-    "llama": dict(family="causal", position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, n_kv_head=2, tie_embeddings=False),
-    "bert": dict(family="masked", pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2,
-                 lm_head_bias=True, lm_head_transform=True),
+    "llama": dict(
+        family="causal",
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        n_kv_head=2,
+        tie_embeddings=False,
+    ),
+    "bert": dict(
+        family="masked",
+        pre_norm=False,
+        embedding_norm=True,
+        final_norm=False,
+        type_vocab_size=2,
+        lm_head_bias=True,
+        lm_head_transform=True,
+    ),
     "unilm": dict(family="prefix"),
     "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2),
-    "t5": dict(family="seq2seq", position="relative", norm="rmsnorm", norm_bias=False, attention_bias=False,
-               mlp_bias=False, gated_mlp=True, attention_scale=1.0, tied_output_scale=True),
+    "t5": dict(
+        family="seq2seq",
+        position="relative",
+        norm="rmsnorm",
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        attention_scale=1.0,
+        tied_output_scale=True,
+    ),
 }
 
 
@@ -72,19 +97,28 @@ def test_adapters_start_as_the_identity(arch, kind):
     expected = logits(model, ids, mask)
     model = peft.apply(model, "adapter", kind=kind, size=8)
     assert torch.equal(logits(model, ids, mask), expected)
-    wrapped = {n.split("blocks.")[-1].split(".", 1)[1] for n, m in model.named_modules()
-               if isinstance(m, AdapterLinear)}
+    wrapped = {
+        n.split("blocks.")[-1].split(".", 1)[1]
+        for n, m in model.named_modules()
+        if isinstance(m, AdapterLinear)
+    }
     if kind == "pfeiffer":
         assert wrapped == {"mlp.fc_out"}
     else:
-        assert wrapped == {"attn.out", "mlp.fc_out"} | ({"cross_attn.out"} if "bart" in arch or "t5" in arch else set())
+        assert wrapped == {"attn.out", "mlp.fc_out"} | (
+            {"cross_attn.out"} if "bart" in arch or "t5" in arch else set()
+        )
 
 
 def test_adapter_options():
     model = peft.apply(make(), "adapter", reduction=4)
     adapter = model.transformer.blocks[0].mlp.fc_out.adapter
     assert adapter.down.out_features == 32 // 4
-    for bad, words in ((dict(kind="lora"), "kind"), (dict(size=0), "positive"), (dict(activation="tanh"), "activation")):
+    for bad, words in (
+        (dict(kind="lora"), "kind"),
+        (dict(size=0), "positive"),
+        (dict(activation="tanh"), "activation"),
+    ):
         with pytest.raises(ConfigError, match=words):
             peft.apply(make(), "adapter", **bad)
     with pytest.raises(ConfigError, match="only LoRA can be merged"):
@@ -109,8 +143,9 @@ def test_bitfit_trains_biases_only():
 def test_bitfit_with_a_classifier_trains_the_head_and_refuses_models_without_biases():
     model = peft.apply(make("gpt2", "seq-cls"), "bitfit")
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert "classifier.weight" in trainable and all(n.endswith(".bias") or n.startswith("classifier.")
-                                                    for n in trainable)
+    assert "classifier.weight" in trainable and all(
+        n.endswith(".bias") or n.startswith("classifier.") for n in trainable
+    )
     with pytest.raises(ConfigError, match="no bias terms"):
         peft.apply(make("llama"), "bitfit")
 
@@ -166,7 +201,9 @@ def test_prompt_gradients_reach_only_the_prompt_and_labels_align():
     out = model(ids, attention_mask=mask, labels=ids)
     assert out.logits.shape == (2, ids.shape[1], VOCAB)
     # the loss covers the same positions as the base model's loss: t predicts t+1 within the input
-    expected = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1))
+    expected = torch.nn.functional.cross_entropy(
+        out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)
+    )
     assert torch.allclose(out.loss, expected, atol=1e-6)
     out.loss.backward()
     assert model.prompt.embedding.grad.abs().sum() > 0

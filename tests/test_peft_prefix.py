@@ -17,17 +17,44 @@ from plmkit.model.attention import Attention, reference_attention
 from plmkit.peft.prefix import PrefixEncoder
 
 VOCAB = 61
-TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=48, initializer_range=0.3)
+TINY = dict(
+    vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=48, initializer_range=0.3
+)
 ARCHS = {
     "gpt2": dict(family="causal"),
-    "llama": dict(family="causal", position="rotary", norm="rmsnorm", gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, n_kv_head=2, tie_embeddings=False),
+    "llama": dict(
+        family="causal",
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        n_kv_head=2,
+        tie_embeddings=False,
+    ),
     "bert": dict(family="masked", pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2),
     "unilm": dict(family="prefix"),
-    "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2,
-                 decoder_start_token_id=2),
-    "t5": dict(family="seq2seq", position="relative", norm="rmsnorm", norm_bias=False, attention_bias=False,
-               mlp_bias=False, gated_mlp=True, attention_scale=1.0, tied_output_scale=True, n_kv_head=2),
+    "bart": dict(
+        family="seq2seq",
+        pre_norm=False,
+        embedding_norm=True,
+        final_norm=False,
+        position_offset=2,
+        decoder_start_token_id=2,
+    ),
+    "t5": dict(
+        family="seq2seq",
+        position="relative",
+        norm="rmsnorm",
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        attention_scale=1.0,
+        tied_output_scale=True,
+        n_kv_head=2,
+    ),
 }
 S = [5, 9, 11, 7]  # the real tokens a prefix is made of (P = 4)
 P = len(S)
@@ -188,8 +215,9 @@ def test_a_prefix_made_of_real_tokens_equals_the_base_reading_them_first(arch):
             got = tuned(input_ids=ids, attention_mask=mask, decoder_input_ids=decoder_ids).logits
             # the decoder's S rows cross-attend to the encoder's S rows only, as when the prefix was made
             cross = see_s_then(masks.padding(mask)[:, 0].expand(2, 5, t))
-            want = base(encoder_hidden_states=base_memory, attention_mask=cross,
-                        decoder_input_ids=with_s(decoder_ids)).logits[:, P:]
+            want = base(
+                encoder_hidden_states=base_memory, attention_mask=cross, decoder_input_ids=with_s(decoder_ids)
+            ).logits[:, P:]
     assert torch.allclose(got, want, atol=1e-5, rtol=0)
 
 
@@ -200,9 +228,13 @@ def test_outputs_change_only_through_the_prefix_and_the_base_stays_frozen():
     frozen = {n: p.detach().clone() for n, p in base.named_parameters()}
     model = peft.apply(base, "prefix", n_tokens=3)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert trainable == {"transformer.prefix_encoder.embedding", "transformer.prefix_encoder.mlp.0.weight",
-                         "transformer.prefix_encoder.mlp.0.bias", "transformer.prefix_encoder.mlp.2.weight",
-                         "transformer.prefix_encoder.mlp.2.bias"}
+    assert trainable == {
+        "transformer.prefix_encoder.embedding",
+        "transformer.prefix_encoder.mlp.0.weight",
+        "transformer.prefix_encoder.mlp.0.bias",
+        "transformer.prefix_encoder.mlp.2.weight",
+        "transformer.prefix_encoder.mlp.2.bias",
+    }
     assert (logits(model, ids, mask) - expected).abs().max() > 1e-3  # a random prefix is attended to
     model.train()
     model(ids, attention_mask=mask, labels=ids).loss.backward()
@@ -243,8 +275,13 @@ def test_kv_cache_decoding_with_a_prefix_equals_full_recompute(arch):
             memory = model.encode(ids, mask)
             past, steps = None, []
             for i in range(decoder_ids.shape[1]):
-                out = model(encoder_hidden_states=memory, attention_mask=mask, use_cache=True,
-                            decoder_input_ids=decoder_ids[:, i : i + 1], past_key_values=past)
+                out = model(
+                    encoder_hidden_states=memory,
+                    attention_mask=mask,
+                    use_cache=True,
+                    decoder_input_ids=decoder_ids[:, i : i + 1],
+                    past_key_values=past,
+                )
                 past = out.past_key_values
                 steps.append(out.logits)
             assert past[0][2].shape[2] == ids.shape[1]  # the cross cache holds the real encoder keys
@@ -255,8 +292,13 @@ def test_kv_cache_decoding_with_a_prefix_equals_full_recompute(arch):
             out = model(ids[:, :4], attention_mask=mask[:, :4], position_ids=positions[:, :4], use_cache=True)
             past, steps = out.past_key_values, [out.logits]
             for i in range(4, ids.shape[1]):
-                out = model(ids[:, i : i + 1], attention_mask=mask[:, : i + 1], use_cache=True,
-                            position_ids=positions[:, i : i + 1], past_key_values=past)
+                out = model(
+                    ids[:, i : i + 1],
+                    attention_mask=mask[:, : i + 1],
+                    use_cache=True,
+                    position_ids=positions[:, i : i + 1],
+                    past_key_values=past,
+                )
                 past = out.past_key_values
                 steps.append(out.logits)
         assert past[0][0].shape[2] == (6 if seq2seq else ids.shape[1])  # real tokens only, no prefix
@@ -305,8 +347,10 @@ def test_fold_keeps_the_outputs_and_drops_the_mlp(arch):
     shapes = {n: tuple(model.get_parameter(n).shape) for n in names}
     hd = model.config.dim_per_head
     if arch == "t5":
-        assert shapes == {"encoder.prefix_encoder.key_values": (layers, 2, 2, 3, hd),
-                          "decoder.prefix_encoder.key_values": (layers, 4, 2, 3, hd)}
+        assert shapes == {
+            "encoder.prefix_encoder.key_values": (layers, 2, 2, 3, hd),
+            "decoder.prefix_encoder.key_values": (layers, 4, 2, 3, hd),
+        }
     else:
         assert shapes == {"transformer.prefix_encoder.key_values": (layers, 2, 2, 3, hd)}
 
@@ -332,7 +376,12 @@ LEARN = {
     "prefix-gpt2": ("gpt2", dict(n_tokens=4), 3e-2, "next"),
     "prefix-bart": ("bart", dict(n_tokens=4), 1e-2, "recall"),
     "ptuning_v2-llama": ("llama", dict(n_tokens=4, projection=False), 1e-1, "recall"),
-    "ptuning_v2-bert-classifier": ("bert", dict(n_tokens=4, projection=False, train_head=False), 1e-1, "classify"),
+    "ptuning_v2-bert-classifier": (
+        "bert",
+        dict(n_tokens=4, projection=False, train_head=False),
+        1e-1,
+        "classify",
+    ),
 }
 
 
@@ -356,8 +405,10 @@ def test_prefix_and_ptuning_v2_learn_a_tiny_task_with_the_base_frozen(name):
     if task == "classify":
         inputs["labels"] = (start[:, 0] > VOCAB // 2).long()
     elif arch == "bart":
-        inputs = {"input_ids": torch.randint(3, VOCAB, (8, 6), generator=torch.Generator().manual_seed(3)),
-                  "labels": ids[:, :8]}
+        inputs = {
+            "input_ids": torch.randint(3, VOCAB, (8, 6), generator=torch.Generator().manual_seed(3)),
+            "labels": ids[:, :8],
+        }
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
     losses = []
     for _ in range(40):
@@ -383,7 +434,9 @@ def test_the_adapter_holds_the_folded_prefixes_and_reloads_exactly(projection, t
     tensors = load_file(tmp_path / "a" / "adapter_model.safetensors")
     hd = model.config.dim_per_head
     assert {n: tuple(t.shape) for n, t in tensors.items()} == {
-        "encoder.prefix_encoder.key_values": (2, 2, 2, 3, hd), "decoder.prefix_encoder.key_values": (2, 4, 2, 3, hd)}
+        "encoder.prefix_encoder.key_values": (2, 2, 2, 3, hd),
+        "decoder.prefix_encoder.key_values": (2, 4, 2, 3, hd),
+    }
     assert hasattr(model.encoder.prefix_encoder, "mlp") == projection  # saving did not fold the model
     loaded = peft.load_adapter(make("t5"), tmp_path / "a")
     assert loaded.peft_config.options["projection"] is False
@@ -401,19 +454,24 @@ def test_a_prefix_adapter_on_a_base_of_another_shape_is_a_clear_error(tmp_path):
         peft.load_adapter(make("llama", n_layer=3), tmp_path / "a")
     header = (tmp_path / "a" / "adapter_config.json").read_text().replace('"n_tokens": 3', '"n_tokens": 5')
     (tmp_path / "a" / "adapter_config.json").write_text(header)
-    with pytest.raises(CheckpointError, match=r"has shape \[2, 2, 2, 3, 8\] but the model expects \[2, 2, 2, 5, 8\]"):
+    with pytest.raises(
+        CheckpointError, match=r"has shape \[2, 2, 2, 3, 8\] but the model expects \[2, 2, 2, 5, 8\]"
+    ):
         peft.load_adapter(make("llama"), tmp_path / "a")
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize(("options", "words"), [
-    (dict(n_token=3), 'did you mean "n_tokens"'),
-    (dict(n_tokens=0), "positive integer"),
-    (dict(hidden=0), "hidden must be a positive integer"),
-    (dict(init_ids=[3, 4]), "use projection=false"),
-    (dict(projection=False, init_text="hello"), "needs the tokenizer"),
-    (dict(projection=False, init_ids=[VOCAB]), r"init_ids must be token ids in \[0, 61\)"),
-])
+@pytest.mark.parametrize(
+    ("options", "words"),
+    [
+        (dict(n_token=3), 'did you mean "n_tokens"'),
+        (dict(n_tokens=0), "positive integer"),
+        (dict(hidden=0), "hidden must be a positive integer"),
+        (dict(init_ids=[3, 4]), "use projection=false"),
+        (dict(projection=False, init_text="hello"), "needs the tokenizer"),
+        (dict(projection=False, init_ids=[VOCAB]), r"init_ids must be token ids in \[0, 61\)"),
+    ],
+)
 def test_bad_prefix_options_are_refused(options, words):
     with pytest.raises(ConfigError, match=words):
         peft.apply(make("gpt2"), "prefix", **options)

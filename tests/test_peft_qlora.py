@@ -28,8 +28,17 @@ SEQ = torch.randint(0, 256, (1, 24), generator=torch.Generator().manual_seed(5))
 def base() -> torch.nn.Module:
     # initializer_range 0.1: the frozen (tied) embeddings must allow confident logits for LoRA to fit SEQ
     torch.manual_seed(0)
-    return build_model("gpt2-tiny", vocab_size=256, d_model=64, n_layer=2, n_head=4, d_ff=128, dropout=0.0,
-                       max_positions=64, initializer_range=0.1)
+    return build_model(
+        "gpt2-tiny",
+        vocab_size=256,
+        d_model=64,
+        n_layer=2,
+        n_head=4,
+        d_ff=128,
+        dropout=0.0,
+        max_positions=64,
+        initializer_range=0.1,
+    )
 
 
 def train(model: torch.nn.Module, steps: int, lr: float = 1e-2) -> list[float]:
@@ -69,7 +78,9 @@ def test_qlora_trains_only_lora_keeps_the_base_bitwise_and_learns(mode):
     state = model.state_dict()
     for name, tensor in frozen.items():  # same names as the quantized base, same bytes
         assert torch.equal(state[name], tensor), name
-    assert state["transformer.blocks.0.attn.qkv.weight"].dtype == (torch.uint8 if mode == "nf4" else torch.int8)
+    assert state["transformer.blocks.0.attn.qkv.weight"].dtype == (
+        torch.uint8 if mode == "nf4" else torch.int8
+    )
 
 
 def test_qlora_with_gradient_checkpointing_gives_the_same_gradients():
@@ -159,12 +170,22 @@ def test_plm_merge_lora_on_a_quantized_base(qlora_int8, tmp_path, capsys):
     model, _ = qlora_int8
     peft.save_adapter(model, tmp_path / "adapter")
     plmkit.save(quantize(base(), "int8"), None, tmp_path / "base")
-    argv = ["merge-lora", "--base", tmp_path / "base", "--adapter", tmp_path / "adapter", "--out", tmp_path / "m"]
+    argv = [
+        "merge-lora",
+        "--base",
+        tmp_path / "base",
+        "--adapter",
+        tmp_path / "adapter",
+        "--out",
+        tmp_path / "m",
+    ]
     code, out, err = h.run_cli(argv, capsys)
     assert code == 0, err
     assert "requantize: max |logits change|" in out
     merged, _ = plmkit.load(tmp_path / "m")
-    assert merged.quant_config.mode == "int8" and isinstance(merged.transformer.blocks[1].mlp.fc_out, QuantLinear)
+    assert merged.quant_config.mode == "int8" and isinstance(
+        merged.transformer.blocks[1].mlp.fc_out, QuantLinear
+    )
     code, _, err = h.run_cli([*argv[:-1], tmp_path / "m2", "--max-logits-error", "0"], capsys)
     assert code == 2 and err.startswith("error: ") and "left unmerged" in err and err.count("\n") == 1
     assert not (tmp_path / "m2").exists()
@@ -172,8 +193,9 @@ def test_plm_merge_lora_on_a_quantized_base(qlora_int8, tmp_path, capsys):
 
 def test_qlora_on_a_llama_base_without_biases():
     torch.manual_seed(0)
-    llama = build_model("llama-tiny", vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128,
-                        max_positions=64)
+    llama = build_model(
+        "llama-tiny", vocab_size=256, d_model=64, n_layer=2, n_head=4, n_kv_head=2, d_ff=128, max_positions=64
+    )
     model = peft.apply(quantize(llama, "nf4"), "lora", r=4, target="attn.q,attn.v,mlp.gate,mlp.up,mlp.fc_out")
     assert model.transformer.blocks[0].mlp.fc_in.bias is None
     losses = train(model, 3)
@@ -181,7 +203,10 @@ def test_qlora_on_a_llama_base_without_biases():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         merged = peft.merge(model, unload=True)
-    assert isinstance(merged.transformer.blocks[0].mlp.fc_in, QuantLinear) and merged.lm_head.decoder.bias is None
+    assert (
+        isinstance(merged.transformer.blocks[0].mlp.fc_in, QuantLinear)
+        and merged.lm_head.decoder.bias is None
+    )
 
 
 def test_part_targets_and_adapters_on_a_quantized_base():

@@ -32,7 +32,11 @@ def corpus(tmp_path_factory) -> Path:
 
 def overrides(corpus: Path, tmp_path: Path, *extra: str) -> list[str]:
     return h.tiny_overrides(LORA, corpus, tmp_path, steps=6) + [
-        "checkpoint.every=3", "checkpoint.keep_last=5", "optim.lr=1e-2", *extra]
+        "checkpoint.every=3",
+        "checkpoint.keep_last=5",
+        "optim.lr=1e-2",
+        *extra,
+    ]
 
 
 def run(corpus: Path, tmp_path: Path, *extra: str) -> tuple[RecipeConfig, dict, str]:
@@ -76,12 +80,14 @@ def test_a_lora_run_trains_only_the_adapter_and_its_checkpoint_serves_every_comm
     assert not hasattr(merged, "peft_config")
     assert torch.allclose(logits(merged), logits(model), atol=1e-5, rtol=0)
 
-    code, out, err = h.run_cli(["eval", checkpoint, "--data", corpus, "--block-size", "32",
-                                "--max-batches", "2"], capsys)
+    code, out, err = h.run_cli(
+        ["eval", checkpoint, "--data", corpus, "--block-size", "32", "--max-batches", "2"], capsys
+    )
     assert code == 0, err
     assert math.isfinite(json.loads(out)["loss"])
-    code, out, err = h.run_cli(["generate", "--model", checkpoint, "--prompt", "The", "--max-new-tokens", "5"],
-                               capsys)
+    code, out, err = h.run_cli(
+        ["generate", "--model", checkpoint, "--prompt", "The", "--max-new-tokens", "5"], capsys
+    )
     assert code == 0, err
     assert out.startswith("The")
     code, out, err = h.run_cli(["info", checkpoint], capsys)
@@ -92,17 +98,26 @@ def test_a_lora_run_trains_only_the_adapter_and_its_checkpoint_serves_every_comm
     assert code == 0, err
 
 
-@pytest.mark.parametrize("section", [
-    "{method: prefix, n_tokens: 4, hidden: 16}",
-    "{method: prompt, n_tokens: 4, init_text: 'The quick'}",
-])
+@pytest.mark.parametrize(
+    "section",
+    [
+        "{method: prefix, n_tokens: 4, hidden: 16}",
+        "{method: prompt, n_tokens: 4, init_text: 'The quick'}",
+    ],
+)
 def test_prefix_and_prompt_runs_resume_exactly(section, corpus, tmp_path):
     config, _, printed = run(corpus, tmp_path, f"peft={section}")
     assert f"peft: {section.split(',')[0].split()[-1]} (" in printed
     original = Path(config.run_dir)
     copy = tmp_path / "resumed"
     shutil.copytree(original, copy)
-    run(corpus, tmp_path, f"peft={section}", f"out_dir={copy}", f"resume={copy / 'checkpoints' / 'step-00000003'}")
+    run(
+        corpus,
+        tmp_path,
+        f"peft={section}",
+        f"out_dir={copy}",
+        f"resume={copy / 'checkpoints' / 'step-00000003'}",
+    )
     keys = ("step", "loss", "lr", "tokens", "val_loss")
     rows = [[{k: r.get(k) for k in keys} for r in h.read_metrics(d)] for d in (original, copy)]
     assert rows[0] == rows[1]
@@ -116,7 +131,9 @@ def test_a_bad_peft_section_is_one_error_line(corpus, tmp_path, capsys):
     args = ["pretrain", LORA, *overrides(corpus, tmp_path, "peft={method: lora, target: attn.qvk}")]
     code, _, err = h.run_cli(args, capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert err.startswith('error: peft: lora target "attn.qvk" matches no Linear module') and "attn.qkv" in err
+    assert (
+        err.startswith('error: peft: lora target "attn.qvk" matches no Linear module') and "attn.qkv" in err
+    )
     code, _, err = h.run_cli(["pretrain", LORA, *overrides(corpus, tmp_path, "peft={r: 8}")], capsys)
     assert code == 2 and "peft must be a mapping with a method" in err
 
@@ -134,7 +151,13 @@ def test_a_qlora_run_trains_lora_on_a_frozen_int8_base_and_resumes_exactly(corpu
     assert model.quant_config.mode == "int8" and model.peft_config.method == "lora"
     copy = tmp_path / "resumed"
     shutil.copytree(Path(config.run_dir), copy)
-    run(corpus, tmp_path, "quantize.mode=int8", f"out_dir={copy}", f"resume={copy / 'checkpoints' / 'step-00000003'}")
+    run(
+        corpus,
+        tmp_path,
+        "quantize.mode=int8",
+        f"out_dir={copy}",
+        f"resume={copy / 'checkpoints' / 'step-00000003'}",
+    )
     keys = ("step", "loss", "lr", "tokens", "val_loss")
     rows = [[{k: r.get(k) for k in keys} for r in h.read_metrics(d)] for d in (Path(config.run_dir), copy)]
     assert rows[0] == rows[1]

@@ -72,8 +72,15 @@ def test_get_preset_returns_a_copy_and_build_model_overrides():
     assert model.transformer.embed.tokens.num_embeddings == 4096
 
 
-@pytest.mark.parametrize("typo, suggestion", [("gpt2-smal", "gpt2-small"), ("bert_base", "bert-base"),
-                                               ("llama-1B", "llama-1b"), ("t5small", "t5-small")])
+@pytest.mark.parametrize(
+    "typo, suggestion",
+    [
+        ("gpt2-smal", "gpt2-small"),
+        ("bert_base", "bert-base"),
+        ("llama-1B", "llama-1b"),
+        ("t5small", "t5-small"),
+    ],
+)
 def test_unknown_preset_suggests_the_closest(typo, suggestion):
     with pytest.raises(ConfigError) as info:
         get_preset(typo)
@@ -95,15 +102,29 @@ def hf_count(class_name: str, config_name: str, **config_kw) -> int:
 def test_gpt2_matches_transformers():
     for name in ("gpt2-small", "gpt2-medium"):
         c = get_preset(name)
-        theirs = hf_count("GPT2LMHeadModel", "GPT2Config", vocab_size=c.vocab_size, n_positions=c.max_positions,
-                          n_embd=c.d_model, n_layer=c.n_layer, n_head=c.n_head, n_inner=c.d_ff)
+        theirs = hf_count(
+            "GPT2LMHeadModel",
+            "GPT2Config",
+            vocab_size=c.vocab_size,
+            n_positions=c.max_positions,
+            n_embd=c.d_model,
+            n_layer=c.n_layer,
+            n_head=c.n_head,
+            n_inner=c.d_ff,
+        )
         assert count(meta_model(name)) == theirs == KNOWN_COUNTS[name]
 
 
 def bert_kwargs(c: ModelConfig) -> dict:
-    return dict(vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.n_layer,
-                num_attention_heads=c.n_head, intermediate_size=c.d_ff, type_vocab_size=c.type_vocab_size,
-                max_position_embeddings=c.max_positions + c.position_offset)
+    return dict(
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        intermediate_size=c.d_ff,
+        type_vocab_size=c.type_vocab_size,
+        max_position_embeddings=c.max_positions + c.position_offset,
+    )
 
 
 @pytest.mark.parametrize("name", ["bert-base", "bert-large", "bert-tiny", "unilm-base"])
@@ -131,30 +152,57 @@ def test_roberta_matches_transformers():
 
 def test_t5_small_matches_transformers():
     c = get_preset("t5-small")
-    theirs = hf_count("T5ForConditionalGeneration", "T5Config", vocab_size=c.vocab_size, d_model=c.d_model,
-                      d_kv=c.dim_per_head, d_ff=c.d_ff, num_layers=c.n_layer, num_decoder_layers=c.decoder_layers,
-                      num_heads=c.n_head, relative_attention_num_buckets=c.relative_buckets,
-                      relative_attention_max_distance=c.relative_max_distance, feed_forward_proj="relu",
-                      tie_word_embeddings=True)
+    theirs = hf_count(
+        "T5ForConditionalGeneration",
+        "T5Config",
+        vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        d_kv=c.dim_per_head,
+        d_ff=c.d_ff,
+        num_layers=c.n_layer,
+        num_decoder_layers=c.decoder_layers,
+        num_heads=c.n_head,
+        relative_attention_num_buckets=c.relative_buckets,
+        relative_attention_max_distance=c.relative_max_distance,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+    )
     assert count(meta_model("t5-small")) == theirs == KNOWN_COUNTS["t5-small"]
 
 
 def test_bart_base_matches_transformers():
     c = get_preset("bart-base")
-    theirs = hf_count("BartForConditionalGeneration", "BartConfig", vocab_size=c.vocab_size,
-                      d_model=c.d_model, encoder_layers=c.n_layer, decoder_layers=c.decoder_layers,
-                      encoder_attention_heads=c.n_head, decoder_attention_heads=c.n_head,
-                      encoder_ffn_dim=c.d_ff, decoder_ffn_dim=c.d_ff, max_position_embeddings=c.max_positions)
+    theirs = hf_count(
+        "BartForConditionalGeneration",
+        "BartConfig",
+        vocab_size=c.vocab_size,
+        d_model=c.d_model,
+        encoder_layers=c.n_layer,
+        decoder_layers=c.decoder_layers,
+        encoder_attention_heads=c.n_head,
+        decoder_attention_heads=c.n_head,
+        encoder_ffn_dim=c.d_ff,
+        decoder_ffn_dim=c.d_ff,
+        max_position_embeddings=c.max_positions,
+    )
     assert count(meta_model("bart-base")) == theirs == KNOWN_COUNTS["bart-base"]
 
 
 @pytest.mark.parametrize("name", ["llama-1b", "llama-tiny"])
 def test_llama_matches_transformers(name):
     c = get_preset(name)
-    theirs = hf_count("LlamaForCausalLM", "LlamaConfig", vocab_size=c.vocab_size, hidden_size=c.d_model,
-                      intermediate_size=c.d_ff, num_hidden_layers=c.n_layer, num_attention_heads=c.n_head,
-                      num_key_value_heads=c.kv_heads, max_position_embeddings=c.max_positions,
-                      tie_word_embeddings=c.tie_embeddings)
+    theirs = hf_count(
+        "LlamaForCausalLM",
+        "LlamaConfig",
+        vocab_size=c.vocab_size,
+        hidden_size=c.d_model,
+        intermediate_size=c.d_ff,
+        num_hidden_layers=c.n_layer,
+        num_attention_heads=c.n_head,
+        num_key_value_heads=c.kv_heads,
+        max_position_embeddings=c.max_positions,
+        tie_word_embeddings=c.tie_embeddings,
+    )
     assert count(meta_model(name)) == theirs
     if name == "llama-1b":
         assert theirs == KNOWN_COUNTS["llama-1b"]

@@ -84,7 +84,11 @@ def test_quantized_linear_close_to_float_within_the_documented_bound():
     linear = torch.nn.Linear(64, 96)
     x = torch.randn(3, 5, 64)
     reference = linear(x)
-    for spec, tolerance in ((QuantSpec("int8"), 0.02), (QuantSpec("int8", "dynamic"), 0.02), (QuantSpec("nf4"), 0.2)):
+    for spec, tolerance in (
+        (QuantSpec("int8"), 0.02),
+        (QuantSpec("int8", "dynamic"), 0.02),
+        (QuantSpec("nf4"), 0.2),
+    ):
         q = QuantLinear.from_linear(linear, spec)
         y = q(x)
         assert y.shape == (3, 5, 96) and y.dtype == torch.float32
@@ -171,7 +175,13 @@ def test_backward_dequantizes_in_row_chunks(monkeypatch):
 
 @pytest.mark.parametrize("preset", ["gpt2-tiny", "llama-tiny", "bert-tiny", "bart-base"])
 def test_quantize_every_family_and_reload_exactly(preset, tmp_path):
-    extra = {"n_kv_head": 2} if preset == "llama-tiny" else {"n_decoder_layer": 1} if preset == "bart-base" else {}
+    extra = (
+        {"n_kv_head": 2}
+        if preset == "llama-tiny"
+        else {"n_decoder_layer": 1}
+        if preset == "bart-base"
+        else {}
+    )
     model = tiny(preset, **extra)
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     inputs = {"input_ids": ids, "labels": ids}
@@ -182,7 +192,9 @@ def test_quantize_every_family_and_reload_exactly(preset, tmp_path):
         assert not any(isinstance(m, torch.nn.Linear) for n, m in q.named_modules() if ".blocks." in f".{n}")
         with torch.no_grad():
             logits = q(**inputs).logits
-        assert (logits - reference).abs().max() < (0.15 if mode == "nf4" else 0.03) * reference.abs().max() + 0.02
+        assert (logits - reference).abs().max() < (
+            0.15 if mode == "nf4" else 0.03
+        ) * reference.abs().max() + 0.02
         plmkit.save(q, None, tmp_path / mode)
         loaded, _ = plmkit.load(tmp_path / mode)
         assert loaded.quant_config == q.quant_config
@@ -213,7 +225,12 @@ def test_checkpoint_stores_integers_and_the_tied_head_once(tmp_path):
     assert head.weight is tokens.weight and head.weight_scale is tokens.weight_scale  # one int8 table
     plmkit.save(model, None, tmp_path / "q")
     header = json.loads((tmp_path / "q" / "plmkit.json").read_text())
-    assert header["quantization"] == {"mode": "int8", "embeddings": True, "backend": "torch", "block_size": 64}
+    assert header["quantization"] == {
+        "mode": "int8",
+        "embeddings": True,
+        "backend": "torch",
+        "block_size": 64,
+    }
     with safe_open(str(tmp_path / "q" / "model.safetensors"), "pt") as f:
         dtypes = {name: f.get_slice(name).get_dtype() for name in f.keys()}
         tied = json.loads(f.metadata()["tied"])
@@ -254,7 +271,7 @@ def test_generation_on_a_quantized_model_and_the_lm_head_decoding_path():
     # greedy decoding through the KV cache matches full recomputation of the quantized model
     full = torch.cat((ids, out), dim=1)
     with torch.no_grad():
-        logits = q(full).logits[:, ids.shape[1] - 1:-1]
+        logits = q(full).logits[:, ids.shape[1] - 1 : -1]
     assert torch.equal(logits.argmax(-1), out)
 
 
@@ -355,8 +372,15 @@ def trained(tmp_path_factory):
     held_out = tmp / "held_out.txt"
     held_out.write_text(h.english_text(70_000)[60_000:], encoding="utf-8")
     overrides = h.tiny_overrides(GPT, corpus, tmp, steps=40, vocab=512) + [
-        "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.d_ff=256", "data.block_size=64",
-        "optim.lr=3e-3", "schedule.warmup_steps=4", "log.every=10"]
+        "model.n_layer=2",
+        "model.d_model=64",
+        "model.n_head=4",
+        "model.d_ff=256",
+        "data.block_size=64",
+        "optim.lr=3e-3",
+        "schedule.warmup_steps=4",
+        "log.every=10",
+    ]
     result = pretrain(load_config(RecipeConfig, GPT, overrides), stream=io.StringIO())
     return tmp, result["checkpoint"], held_out
 
@@ -395,7 +419,9 @@ def test_plm_quantize_then_generate_eval_and_info(trained, capsys):
     on_disk = [line for line in stdout.splitlines() if line.startswith("weights on disk:")]
     ratio = float(on_disk[0].split("(")[1].split("x")[0])
     assert ratio >= 3.5
-    code, text, err = h.run_cli(["generate", "--model", out, "--prompt", "The class", "--max-new-tokens", "8"], capsys)
+    code, text, err = h.run_cli(
+        ["generate", "--model", out, "--prompt", "The class", "--max-new-tokens", "8"], capsys
+    )
     assert code == 0 and text.startswith("The class"), err
     code, text, err = h.run_cli(["eval", out, "--data", held_out, "--block-size", "64"], capsys)
     assert code == 0 and math.isfinite(json.loads(text)["perplexity"]), err
@@ -405,12 +431,15 @@ def test_plm_quantize_then_generate_eval_and_info(trained, capsys):
     assert code == 0, err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--out", "{tmp}/x"], "choose a quantization mode"),
-    (["--mode", "int4", "--out", "{tmp}/x"], "unknown quantization mode 'int4'"),
-    (["--int8", "--out", "{ckpt}"], "is the input checkpoint"),
-    (["--int8", "--backend", "gpu", "--out", "{tmp}/x"], "unknown quantization backend"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--out", "{tmp}/x"], "choose a quantization mode"),
+        (["--mode", "int4", "--out", "{tmp}/x"], "unknown quantization mode 'int4'"),
+        (["--int8", "--out", "{ckpt}"], "is the input checkpoint"),
+        (["--int8", "--backend", "gpu", "--out", "{tmp}/x"], "unknown quantization backend"),
+    ],
+)
 def test_plm_quantize_errors_are_one_line(trained, capsys, args, message):
     tmp, checkpoint, _ = trained
     argv = ["quantize", checkpoint, *[a.format(tmp=tmp, ckpt=checkpoint) for a in args]]

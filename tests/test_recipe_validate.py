@@ -28,15 +28,21 @@ def recipe(*overrides: str, path: Path = GPT) -> RecipeConfig:
 def plm(cwd: Path, *args: str) -> subprocess.CompletedProcess:
     paths = [str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    return subprocess.run([sys.executable, "-m", "plmkit", *args], capture_output=True, text=True, cwd=cwd,
-                          env=env, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "plmkit", *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=120
+    )
 
 
-@pytest.mark.parametrize("override, message", [
-    ("model.n_layers=2", 'unknown config key "model.n_layers" (did you mean "model.n_layer"?)'),
-    ("schedule.kind=cosin",
-     'schedule.kind="cosin" is not one of linear, cosine, constant, wsd (did you mean "cosine"?)'),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.n_layers=2", 'unknown config key "model.n_layers" (did you mean "model.n_layer"?)'),
+        (
+            "schedule.kind=cosin",
+            'schedule.kind="cosin" is not one of linear, cosine, constant, wsd (did you mean "cosine"?)',
+        ),
+    ],
+)
 def test_cli_fails_before_writing_anything(tmp_path, override, message):
     result = plm(tmp_path, "pretrain", str(GPT), override, "out_dir=runs/{name}")
     lines = result.stderr.strip().splitlines()
@@ -55,8 +61,11 @@ def test_every_shipped_recipe_validates():
 
 
 def test_typed_sections_reject_values_outside_their_choices_and_ranges():
-    with pytest.raises(ConfigError, match=r'train.precision="bf61" is not one of auto, fp32, bf16, fp16 '
-                                          r'\(did you mean "bf16"\?\)'):
+    with pytest.raises(
+        ConfigError,
+        match=r'train.precision="bf61" is not one of auto, fp32, bf16, fp16 '
+        r'\(did you mean "bf16"\?\)',
+    ):
         recipe("train.precision=bf61")
     with pytest.raises(ConfigError, match=r'distributed.strategy="fsdb" .*did you mean "fsdp"'):
         recipe("distributed.strategy=fsdb")
@@ -72,33 +81,50 @@ def test_typed_sections_reject_values_outside_their_choices_and_ranges():
 
 def test_model_section_keeps_only_the_keys_given():
     config = recipe("model.n_kv_head=null")
-    assert to_dict(config)["model"] == {"preset": "gpt2-tiny", "n_layer": 6, "d_model": 384, "n_head": 6,
-                                        "d_ff": 1536, "dropout": 0.0, "n_kv_head": None}
+    assert to_dict(config)["model"] == {
+        "preset": "gpt2-tiny",
+        "n_layer": 6,
+        "d_model": 384,
+        "n_head": 6,
+        "d_ff": 1536,
+        "dropout": 0.0,
+        "n_kv_head": None,
+    }
     architecture = recipe_architecture(config)
     assert (architecture.n_layer, architecture.family, architecture.n_kv_head) == (6, "causal", None)
     assert load_config(RecipeConfig, None, []).model.overrides() == {}
 
 
 def test_objective_options_are_checked_against_the_objective():
-    with pytest.raises(ConfigError, match=r'^unknown config key "objective.options.mlm_probabilty" '
-                                          r'\(did you mean "objective.options.mlm_probability"\?\)$'):
+    with pytest.raises(
+        ConfigError,
+        match=r'^unknown config key "objective.options.mlm_probabilty" '
+        r'\(did you mean "objective.options.mlm_probability"\?\)$',
+    ):
         validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probabilty=0.2"))
     with pytest.raises(ConfigError, match=r'"objective.options.seed"'):  # the recipe's seed is the seed
         validate(recipe("objective.options.seed=3"))
     with pytest.raises(ConfigError, match=r'config key "objective.options.mlm_probability" must be float'):
-        validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=high"))
+        validate(
+            recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=high")
+        )
     with pytest.raises(ConfigError, match=r"^objective.options.mlm_probability=1.5 is not in \(0, 1\]"):
         validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=1.5"))
     with pytest.raises(ConfigError, match=r"^objective.options.noise_density=0 is not in \(0, 1\)"):
-        validate(recipe("objective.name=t5_span", "model.family=seq2seq", "objective.options.noise_density=0"))
+        validate(
+            recipe("objective.name=t5_span", "model.family=seq2seq", "objective.options.noise_density=0")
+        )
     validate(recipe("objective.name=mlm", "model.family=masked", "objective.options.mlm_probability=0.3"))
 
 
 def test_electra_declares_its_model_and_its_options():
     electra = ("objective.name=electra", "model.family=masked")
     validate(recipe(*electra, "objective.options.model={generator_layers: 1, disc_weight: 20}"))
-    with pytest.raises(ConfigError, match=r'"objective.options.model.generator_layer" '
-                                          r'\(did you mean "objective.options.model.generator_layers"\?\)'):
+    with pytest.raises(
+        ConfigError,
+        match=r'"objective.options.model.generator_layer" '
+        r'\(did you mean "objective.options.model.generator_layers"\?\)',
+    ):
         validate(recipe(*electra, "objective.options.model={generator_layer: 1}"))
     with pytest.raises(ConfigError, match=r"objective.options.model.temperature=0 is not in \(0, inf\)"):
         validate(recipe(*electra, "objective.options.model={temperature: 0}"))
@@ -114,22 +140,32 @@ def test_model_family_and_architecture_are_checked_before_building():
         validate(recipe("model.n_head=5"))
 
 
-@pytest.mark.parametrize("peft, message", [
-    ("{method: lora, rr: 2}", r'unknown config key "peft.rr" \(did you mean "peft.r"\?\)'),
-    ("{method: lorra}", r'peft.method="lorra" is not one of lora, adapter, bitfit, prompt, prefix '
-                        r'\(did you mean "lora"\?\)'),
-    ("{r: 8}", r'missing required config key "peft.method"'),
-    ("{method: lora, r: 0}", r"peft: lora r must be a positive integer"),
-    ("{method: bitfit, r: 2}", r'unknown config key "peft.r"'),
-    ("{method: prefix, n_token: 4}", r'"peft.n_token" \(did you mean "peft.n_tokens"\?\)'),
-    ("{method: adapter, train_head: maybe}", r'config key "peft.train_head" must be bool'),
-])
+@pytest.mark.parametrize(
+    "peft, message",
+    [
+        ("{method: lora, rr: 2}", r'unknown config key "peft.rr" \(did you mean "peft.r"\?\)'),
+        (
+            "{method: lorra}",
+            r'peft.method="lorra" is not one of lora, adapter, bitfit, prompt, prefix '
+            r'\(did you mean "lora"\?\)',
+        ),
+        ("{r: 8}", r'missing required config key "peft.method"'),
+        ("{method: lora, r: 0}", r"peft: lora r must be a positive integer"),
+        ("{method: bitfit, r: 2}", r'unknown config key "peft.r"'),
+        ("{method: prefix, n_token: 4}", r'"peft.n_token" \(did you mean "peft.n_tokens"\?\)'),
+        ("{method: adapter, train_head: maybe}", r'config key "peft.train_head" must be bool'),
+    ],
+)
 def test_peft_section_is_checked_against_the_method_options(peft, message):
     with pytest.raises(ConfigError, match=message):
         validate(recipe(f"peft={peft}"))
 
 
 def test_valid_peft_sections_pass():
-    for peft in ("{method: lora, r: 4, target: all-linear}", "{method: prompt, n_tokens: 4}",
-                 "{method: bitfit, train_head: true}", "{method: adapter, kind: pfeiffer}"):
+    for peft in (
+        "{method: lora, r: 4, target: all-linear}",
+        "{method: prompt, n_tokens: 4}",
+        "{method: bitfit, train_head: true}",
+        "{method: adapter, kind: pfeiffer}",
+    ):
         validate(recipe(f"peft={peft}"))

@@ -69,8 +69,16 @@ def test_add_special_tokens_appends_eos(tok):
 
 
 def test_custom_special_tokens():
-    specials = SpecialTokens(bos="<s>", eos="</s>", pad="<pad>", unk="<unk>", mask="<mask>",
-                             cls="<cls>", sep="<sep>", additional=["<extra_0>"])
+    specials = SpecialTokens(
+        bos="<s>",
+        eos="</s>",
+        pad="<pad>",
+        unk="<unk>",
+        mask="<mask>",
+        cls="<cls>",
+        sep="<sep>",
+        additional=["<extra_0>"],
+    )
     tok = Tokenizer.train_bpe(CORPUS, vocab_size=400, special_tokens=specials)
     ids = [tok.bos_id, tok.eos_id, tok.pad_id, tok.unk_id, tok.mask_id, tok.cls_id, tok.sep_id]
     assert ids == list(range(7))

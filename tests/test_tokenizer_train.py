@@ -16,10 +16,18 @@ from plmkit.tokenizer import (
     special_token_order,
 )
 
-ENGLISH = ("the quick brown fox jumps over lazy dogs while language models predict the next token "
-           "players played playing games unbelievable weather today").split()
-CHINESE = ["今天天气真好", "我们一起出去玩吧", "今天天气不好", "我们在家读书", "语言模型预测下一个词",
-           "天气预报说明天下雨"]
+ENGLISH = (
+    "the quick brown fox jumps over lazy dogs while language models predict the next token "
+    "players played playing games unbelievable weather today"
+).split()
+CHINESE = [
+    "今天天气真好",
+    "我们一起出去玩吧",
+    "今天天气不好",
+    "我们在家读书",
+    "语言模型预测下一个词",
+    "天气预报说明天下雨",
+]
 
 
 def make_corpus(n: int = 400, seed: int = 0) -> list[str]:
@@ -41,8 +49,10 @@ TEXTS = ["the quick brown fox", "今天天气真好", "players played unbelievab
 @pytest.fixture(scope="module")
 def trained() -> dict[str, Tokenizer]:
     """One tokenizer of each kind with its default family (bpe: gpt2, wordpiece: bert, unigram: t5)."""
-    return {kind: Tokenizer.train(CORPUS, kind, vocab_size=300 if kind == "bpe" else 250, n_sentinels=10)
-            for kind in ("bpe", "wordpiece", "unigram")}
+    return {
+        kind: Tokenizer.train(CORPUS, kind, vocab_size=300 if kind == "bpe" else 250, n_sentinels=10)
+        for kind in ("bpe", "wordpiece", "unigram")
+    }
 
 
 def tokens(tok: Tokenizer, text: str, add_special_tokens: bool = False) -> list[str]:
@@ -112,7 +122,12 @@ def test_wordpiece_matches_transformers_bert_tokenizer(trained, tmp_path):
     enc = tok.backend.encode("今天天气", "the quick fox")
     assert pair["input_ids"] == enc.ids and pair["token_type_ids"] == enc.type_ids
     assert [hf.cls_token_id, hf.sep_token_id, hf.pad_token_id, hf.mask_token_id, hf.unk_token_id] == [
-        tok.cls_id, tok.sep_id, tok.pad_id, tok.mask_id, tok.unk_id]
+        tok.cls_id,
+        tok.sep_id,
+        tok.pad_id,
+        tok.mask_id,
+        tok.unk_id,
+    ]
 
 
 # ---------------------------------------------------------------- unigram
@@ -194,7 +209,9 @@ def test_t5_sentinels_take_the_last_ids_extra_id_0_highest(trained):
 def test_t5_default_sentinel_count_and_vocab_size():
     tok = Tokenizer.train(CORPUS, family="t5", vocab_size=400)
     assert tok.vocab_size <= 400  # vocab_size counts the 100 sentinels
-    assert tok.sentinel_ids(100)[0] == tok.vocab_size - 1 and tok.sentinel_ids(100)[-1] == tok.vocab_size - 100
+    assert (
+        tok.sentinel_ids(100)[0] == tok.vocab_size - 1 and tok.sentinel_ids(100)[-1] == tok.vocab_size - 100
+    )
 
 
 def test_glm_extra_tokens_are_special():
@@ -202,16 +219,27 @@ def test_glm_extra_tokens_are_special():
     extra = [tok.special_token_id(t) for t in ("[gMASK]", "[sMASK]", "<sop>", "<eop>")]
     assert extra == [5, 6, 7, 8] and set(extra) <= set(tok.all_special_ids)
     ids = tok.encode("今天[gMASK]天气<sop>真好<eop>")  # not split, not lowercased
-    assert ids == [tok.token_to_id(t) for t in ["今", "天", "[gMASK]", "天", "气", "<sop>", "真", "好", "<eop>"]]
+    assert ids == [
+        tok.token_to_id(t) for t in ["今", "天", "[gMASK]", "天", "气", "<sop>", "真", "好", "<eop>"]
+    ]
     assert tok.decode(ids) == "今 天 天 气 真 好"
     with pytest.raises(ConfigError, match='did you mean "<sop>"'):
         tok.special_token_id("<sopp>")
 
 
 def test_custom_special_tokens_order_and_registration():
-    specials = SpecialTokens(eos="</s>", pad="<pad>", unk="<unk>", additional=["<extra_id_1>", "<x>", "<extra_id_0>"])
+    specials = SpecialTokens(
+        eos="</s>", pad="<pad>", unk="<unk>", additional=["<extra_id_1>", "<x>", "<extra_id_0>"]
+    )
     assert special_token_order(specials) == ["</s>", "<pad>", "<unk>", "<x>", "<extra_id_1>", "<extra_id_0>"]
-    assert special_token_order(specials, "t5") == ["<pad>", "</s>", "<unk>", "<x>", "<extra_id_1>", "<extra_id_0>"]
+    assert special_token_order(specials, "t5") == [
+        "<pad>",
+        "</s>",
+        "<unk>",
+        "<x>",
+        "<extra_id_1>",
+        "<extra_id_0>",
+    ]
     tok = Tokenizer.train(CORPUS, "bpe", vocab_size=300, special_tokens=specials)
     assert [tok.token_to_id(t) for t in ("</s>", "<pad>", "<unk>", "<x>")] == [0, 1, 2, 3]
     assert tok.sentinel_ids(2) == [tok.vocab_size - 1, tok.vocab_size - 2]
@@ -274,8 +302,9 @@ def test_plmkit_load_checkpoint_with_each_kind(trained, kind, tmp_path):
     from plmkit.model import build_model
 
     tok = trained[kind]
-    model = build_model("gpt2-tiny", vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2, d_ff=64,
-                        max_positions=32)
+    model = build_model(
+        "gpt2-tiny", vocab_size=tok.vocab_size, d_model=32, n_layer=1, n_head=2, d_ff=64, max_positions=32
+    )
     plmkit.io.save(model, tok, tmp_path / "ckpt")
     _, loaded = plmkit.load(tmp_path / "ckpt")
     assert type(loaded.backend.model) is type(tok.backend.model)

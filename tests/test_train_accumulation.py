@@ -37,8 +37,16 @@ class GradientSpy(torch.optim.SGD):
 def tiny(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
     config = ModelConfig(
-        family=family, vocab_size=VOCAB, d_model=32, n_layer=2, n_head=2, d_ff=64, max_positions=64,
-        pad_token_id=PAD, dropout=0.0, attention_dropout=0.0,
+        family=family,
+        vocab_size=VOCAB,
+        d_model=32,
+        n_layer=2,
+        n_head=2,
+        d_ff=64,
+        max_positions=64,
+        pad_token_id=PAD,
+        dropout=0.0,
+        attention_dropout=0.0,
     )
     return build_model(config).double()  # float64 weights: the comparison tests the weighting, not rounding
 
@@ -58,7 +66,9 @@ def fake_run(model: torch.nn.Module, clip_grad: float | None = None) -> SimpleNa
     )
 
 
-def reference_grads(model: torch.nn.Module, batch: dict, clip_grad: float | None = None) -> list[torch.Tensor]:
+def reference_grads(
+    model: torch.nn.Module, batch: dict, clip_grad: float | None = None
+) -> list[torch.Tensor]:
     model.zero_grad(set_to_none=True)
     model(**batch).loss.backward()
     if clip_grad:
@@ -132,7 +142,9 @@ def test_causal_lm_accumulation_equals_big_batch_after_clipping():
     examples = clm_examples()
     model = tiny("causal")
     want = reference_grads(model, objective(examples), clip_grad=0.05)
-    got, _ = accumulated_grads(model, [objective(examples[i : i + 2]) for i in range(0, 8, 2)], clip_grad=0.05)
+    got, _ = accumulated_grads(
+        model, [objective(examples[i : i + 2]) for i in range(0, 8, 2)], clip_grad=0.05
+    )
     assert_same(got, want)
 
 
@@ -165,7 +177,12 @@ def test_unshifted_lm_accumulation_equals_big_batch_with_uneven_targets(family):
     assert sum(counts) == count_targets(model, big["labels"]) and max(counts) > 5 * min(counts)
     got, _ = accumulated_grads(model, micro)
     assert_same(got, reference_grads(model, big))
-    assert max(float((n - w).abs().max()) for n, w in zip(naive_grads(model, micro), reference_grads(model, big))) > 1e-4
+    assert (
+        max(
+            float((n - w).abs().max()) for n, w in zip(naive_grads(model, micro), reference_grads(model, big))
+        )
+        > 1e-4
+    )
 
 
 # ---- Seq2SeqLM: decoder labels of different lengths ---------------------------------------------
@@ -214,10 +231,16 @@ def test_recipe_with_accumulation_4x2_follows_the_batch_8_run(tmp_path):
     corpus = h.write_english(tmp_path / "en.txt", 20_000)
     Tokenizer.train([corpus.read_text(encoding="utf-8")], kind="bpe", vocab_size=400).save(tmp_path / "tok")
     results, losses = {}, {}
-    for name, sizes in {"big": ["train.batch_size=8"], "acc": ["train.batch_size=2", "train.accumulation=4"]}.items():
+    for name, sizes in {
+        "big": ["train.batch_size=8"],
+        "acc": ["train.batch_size=2", "train.accumulation=4"],
+    }.items():
         overrides = h.tiny_overrides(recipe, corpus, tmp_path, steps=8) + [
-            f"tokenizer.path={tmp_path / 'tok'}", f"out_dir={tmp_path / name}", "optim.lr=1e-2",
-            "eval.batches=1000", *sizes,  # all validation blocks, whatever the batch size
+            f"tokenizer.path={tmp_path / 'tok'}",
+            f"out_dir={tmp_path / name}",
+            "optim.lr=1e-2",
+            "eval.batches=1000",
+            *sizes,  # all validation blocks, whatever the batch size
         ]
         results[name] = pretrain(load_config(RecipeConfig, recipe, overrides), stream=io.StringIO())
         losses[name] = h.losses_by_step(tmp_path / name)

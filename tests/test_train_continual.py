@@ -72,7 +72,9 @@ def _random_init_loss(config, vocab_size: int) -> float:
 def test_init_from_with_another_tokenizer_is_refused(first_run, tmp_path):
     tmp, result = first_run
     corpus = h.write_english(tmp_path / "c.txt", 20_000)
-    overrides = h.tiny_overrides(GPT, corpus, tmp_path, steps=2, vocab=300) + [f"init_from={result['checkpoint']}"]
+    overrides = h.tiny_overrides(GPT, corpus, tmp_path, steps=2, vocab=300) + [
+        f"init_from={result['checkpoint']}"
+    ]
     config = load_config(RecipeConfig, GPT, overrides)
     config.tokenizer.path = None
     other = tmp_path / "tok"

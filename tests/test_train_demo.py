@@ -15,10 +15,23 @@ from plmkit.recipes.demo import DEMO_RECIPE, PROMPTS, demo_config, run_demo
 
 # ~8 s on one core: 250 steps of 32 x 32 tokens on a 1-layer, 64-wide GPT (the real demo: 4 x 192, 600 steps)
 SHORT = [
-    "model.d_model=64", "model.n_layer=1", "model.n_head=4", "model.d_ff=256",
-    "tokenizer.vocab_size=1000", "data.block_size=32", "train.batch_size=32", "train.steps=250",
-    "optim.lr=3e-3", "schedule.warmup_steps=10", "eval.every=125", "eval.batches=8", "log.every=10",
-    "checkpoint.every=0", "train.precision=fp32", "train.threads=1", "log.tensorboard=false",
+    "model.d_model=64",
+    "model.n_layer=1",
+    "model.n_head=4",
+    "model.d_ff=256",
+    "tokenizer.vocab_size=1000",
+    "data.block_size=32",
+    "train.batch_size=32",
+    "train.steps=250",
+    "optim.lr=3e-3",
+    "schedule.warmup_steps=10",
+    "eval.every=125",
+    "eval.batches=8",
+    "log.every=10",
+    "checkpoint.every=0",
+    "train.precision=fp32",
+    "train.threads=1",
+    "log.tensorboard=false",
 ]
 
 

@@ -17,8 +17,17 @@ VOCAB = 61
 
 def tiny(seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
-    config = ModelConfig(family="causal", vocab_size=VOCAB, d_model=16, n_layer=1, n_head=2, d_ff=32,
-                         max_positions=32, dropout=0.0, attention_dropout=0.0)
+    config = ModelConfig(
+        family="causal",
+        vocab_size=VOCAB,
+        d_model=16,
+        n_layer=1,
+        n_head=2,
+        d_ff=32,
+        max_positions=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+    )
     return build_model(config)
 
 
@@ -44,8 +53,16 @@ def job(seed: int = 0, optimizer=torch.optim.AdamW) -> TrainState:
 
 
 def step(state: TrainState, n: int, loss_fn=two_model_loss) -> float:
-    return train_step(state.models, state.optimizers, state.schedulers, loss_fn, batches(n), Strategy(),
-                      Precision("fp32", torch.device("cpu")), max_norm=1.0)
+    return train_step(
+        state.models,
+        state.optimizers,
+        state.schedulers,
+        loss_fn,
+        batches(n),
+        Strategy(),
+        Precision("fp32", torch.device("cpu")),
+        max_norm=1.0,
+    )
 
 
 def test_two_models_train_checkpoint_and_resume_exactly(tmp_path):
@@ -56,7 +73,9 @@ def test_two_models_train_checkpoint_and_resume_exactly(tmp_path):
     later = [step(state, n) for n in range(2, 4)]
     assert all(torch.isfinite(torch.tensor(losses + later)))
 
-    assert (path / "model.safetensors").is_file() and (path / "models" / "critic" / "model.safetensors").is_file()
+    assert (path / "model.safetensors").is_file() and (
+        path / "models" / "critic" / "model.safetensors"
+    ).is_file()
     assert not (path / "models" / "reference").exists()  # frozen: rebuilt by the job, never written
     saved, info = load_training_state(path)
     assert set(saved["optimizers"]) == {"actor", "critic"} and set(saved["schedulers"]) == {"actor", "critic"}
@@ -81,7 +100,10 @@ class CountedLoss:
 
 
 def test_a_loss_without_count_steps_like_one_with_count():
-    plain, counted = job(optimizer=torch.optim.SGD), job(optimizer=torch.optim.SGD)  # SGD: the updates show the gradients
+    plain, counted = (
+        job(optimizer=torch.optim.SGD),
+        job(optimizer=torch.optim.SGD),
+    )  # SGD: the updates show the gradients
     for n in range(3):
         a, b = step(plain, n), step(counted, n, CountedLoss())
         assert abs(a - b) < 1e-6

@@ -68,7 +68,9 @@ def test_missing_recipe_file(capsys, tmp_path):
 # ---- missing data --------------------------------------------------------------------------------
 def test_missing_data_path_is_named(capsys, tmp_path, corpus):
     missing = tmp_path / "data" / "missing-corpus.txt"
-    code, _, err = pretrain_cli(capsys, tmp_path, corpus, f"data.sources=[{{path: {json.dumps(str(missing))}}}]")
+    code, _, err = pretrain_cli(
+        capsys, tmp_path, corpus, f"data.sources=[{{path: {json.dumps(str(missing))}}}]"
+    )
     assert_user_error(code, err, str(missing))
 
 
@@ -79,7 +81,10 @@ def test_missing_data_path_is_named_with_an_existing_tokenizer(capsys, tmp_path,
     Tokenizer.train([corpus.read_text(encoding="utf-8")], kind="bpe", vocab_size=300).save(tmp_path / "tok")
     missing = tmp_path / "missing-corpus.txt"
     code, _, err = pretrain_cli(
-        capsys, tmp_path, corpus, f"tokenizer.path={tmp_path / 'tok'}",
+        capsys,
+        tmp_path,
+        corpus,
+        f"tokenizer.path={tmp_path / 'tok'}",
         f"data.sources=[{{path: {json.dumps(str(missing))}}}]",
     )
     assert_user_error(code, err, str(missing))
@@ -87,7 +92,9 @@ def test_missing_data_path_is_named_with_an_existing_tokenizer(capsys, tmp_path,
 
 def test_missing_validation_path_is_named(capsys, tmp_path, corpus):
     missing = tmp_path / "missing-valid.txt"
-    code, _, err = pretrain_cli(capsys, tmp_path, corpus, f"data.validation=[{{path: {json.dumps(str(missing))}}}]")
+    code, _, err = pretrain_cli(
+        capsys, tmp_path, corpus, f"data.validation=[{{path: {json.dumps(str(missing))}}}]"
+    )
     assert_user_error(code, err, str(missing))
 
 
@@ -128,8 +135,13 @@ def one_layer_checkpoint(tmp_path_factory, corpus):
 def test_resume_from_a_checkpoint_of_another_architecture(capsys, tmp_path, corpus, one_layer_checkpoint):
     checkpoint, run_dir = one_layer_checkpoint
     code, _, err = pretrain_cli(
-        capsys, tmp_path, corpus, "model.n_layer=2", f"tokenizer.path={run_dir / 'tokenizer'}",
-        "--resume", checkpoint,
+        capsys,
+        tmp_path,
+        corpus,
+        "model.n_layer=2",
+        f"tokenizer.path={run_dir / 'tokenizer'}",
+        "--resume",
+        checkpoint,
     )
     assert_user_error(code, err, str(checkpoint), "n_layer")
 
@@ -148,18 +160,27 @@ def test_resume_true_in_a_run_folder_of_another_architecture(capsys, tmp_path, c
 def test_resume_from_another_family(capsys, tmp_path, corpus, one_layer_checkpoint):
     checkpoint, run_dir = one_layer_checkpoint
     code, _, err = pretrain_cli(
-        capsys, tmp_path, corpus, "model.family=prefix", "objective.name=prefix_lm",
-        f"tokenizer.path={run_dir / 'tokenizer'}", f"resume={checkpoint}",
+        capsys,
+        tmp_path,
+        corpus,
+        "model.family=prefix",
+        "objective.name=prefix_lm",
+        f"tokenizer.path={run_dir / 'tokenizer'}",
+        f"resume={checkpoint}",
     )
     assert_user_error(code, err, str(checkpoint))
 
 
 def test_resume_from_a_missing_checkpoint(capsys, tmp_path, corpus):
-    code, _, err = pretrain_cli(capsys, tmp_path, corpus, "--resume", tmp_path / "checkpoints" / "step-00000007")
+    code, _, err = pretrain_cli(
+        capsys, tmp_path, corpus, "--resume", tmp_path / "checkpoints" / "step-00000007"
+    )
     assert_user_error(code, err, "step-00000007")
 
 
-def test_resume_from_a_folder_that_is_not_a_training_checkpoint(capsys, tmp_path, corpus, one_layer_checkpoint):
+def test_resume_from_a_folder_that_is_not_a_training_checkpoint(
+    capsys, tmp_path, corpus, one_layer_checkpoint
+):
     import shutil
 
     checkpoint, run_dir = one_layer_checkpoint
@@ -221,11 +242,15 @@ def test_a_skipped_step_leaves_the_weights_alone(tmp_path, corpus, monkeypatch):
     from plmkit.recipes.pretrain import pretrain_step
 
     poison_training_losses(monkeypatch, bad_calls={2})
-    config = load_config(RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + ["train.accumulation=2"])
+    config = load_config(
+        RecipeConfig, GPT, h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + ["train.accumulation=2"]
+    )
     run = build_run(config)
     run.model.train()
     before = {k: v.clone() for k, v in run.model.state_dict().items()}
-    loss = pretrain_step(run, [run.objective(run.train_data.next_batch()) for _ in range(2)])  # 2nd micro-batch NaN
+    loss = pretrain_step(
+        run, [run.objective(run.train_data.next_batch()) for _ in range(2)]
+    )  # 2nd micro-batch NaN
     assert math.isnan(loss)
     assert all(torch.equal(before[k], v) for k, v in run.model.state_dict().items())
     assert all(p.grad is None for p in run.model.parameters())  # no half-accumulated gradient carries over
@@ -241,7 +266,13 @@ def test_too_many_non_finite_steps_in_a_row_abort_with_a_clear_error(capsys, tmp
 
 def test_a_diverging_learning_rate_aborts_with_a_clear_error(capsys, tmp_path, corpus):
     code, _, err = pretrain_cli(
-        capsys, tmp_path, corpus, "optim.lr=1e30", "train.clip_grad=null", "schedule.kind=constant",
-        "train.max_bad_steps=3", steps=30,
+        capsys,
+        tmp_path,
+        corpus,
+        "optim.lr=1e30",
+        "train.clip_grad=null",
+        "schedule.kind=constant",
+        "train.max_bad_steps=3",
+        steps=30,
     )
     assert_user_error(code, err, "not finite", "3 steps in a row")

@@ -72,7 +72,9 @@ def test_plm_eval_matches_the_training_validation_loss(trained, capsys, tmp_path
     model, tokenizer = load(result["checkpoint"])
     assert tokenizer.vocab_size == run.tokenizer.vocab_size
     text = tmp_path / "val_blocks.txt"  # the blocks decoded back to text, one document each
-    text.write_text("\n".join(tokenizer.decode(b.tolist()).replace("\n", " ") for b in blocks), encoding="utf-8")
+    text.write_text(
+        "\n".join(tokenizer.decode(b.tolist()).replace("\n", " ") for b in blocks), encoding="utf-8"
+    )
     report = plm_eval(capsys, result["checkpoint"], text, "--batch-size", "8")
     assert report["loss"] == pytest.approx(result["val_loss"], abs=0.5)  # re-tokenised text: close, not equal
 
@@ -108,7 +110,9 @@ def test_no_grad_forward_after_an_optimizer_step_uses_the_new_weights():
     from plmkit.train.optim import build_optimizer
 
     torch.manual_seed(0)
-    model = build_model(ModelConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_ff=32, max_positions=16))
+    model = build_model(
+        ModelConfig(vocab_size=50, d_model=16, n_layer=1, n_head=2, d_ff=32, max_positions=16)
+    )
     optimizer = build_optimizer(model, OptimConfig(lr=0.1), torch.device("cpu"))
     x = torch.randint(0, 50, (2, 8))
     with torch.no_grad():

@@ -21,7 +21,10 @@ GPT = h.ROOT / "recipes" / "gpt-clm.yaml"
 def test_progress_lines_metrics_and_run_folder(tmp_path):
     corpus = h.write_english(tmp_path / "en.txt", 20_000)
     overrides = h.tiny_overrides(GPT, corpus, tmp_path, steps=4) + [
-        "log.every=2", "eval.every=2", "log.tensorboard=true", "log.plot=true",
+        "log.every=2",
+        "eval.every=2",
+        "log.tensorboard=true",
+        "log.plot=true",
     ]
     config = load_config(RecipeConfig, GPT, overrides)
     stream = io.StringIO()
@@ -29,8 +32,10 @@ def test_progress_lines_metrics_and_run_folder(tmp_path):
     run_dir = Path(config.run_dir)
     text = stream.getvalue()
     assert f"run gpt-clm -> {run_dir}" in text
-    progress = re.compile(r"step +(\d+)/4  loss \d+\.\d{4}  (val_loss \d+\.\d{4} ppl [\d,.]+  )?lr [\d.]+e[-+]\d+  "
-                          r"[\d,]+ tok/s  eta \d+m\d\ds")
+    progress = re.compile(
+        r"step +(\d+)/4  loss \d+\.\d{4}  (val_loss \d+\.\d{4} ppl [\d,.]+  )?lr [\d.]+e[-+]\d+  "
+        r"[\d,]+ tok/s  eta \d+m\d\ds"
+    )
     assert [int(m.group(1)) for m in progress.finditer(text)] == [2, 4]
     rows = h.read_metrics(run_dir)
     assert [(r["step"], sorted(r)) for r in rows] == [

@@ -13,8 +13,19 @@ VOCAB = 61
 
 def tiny(family: str) -> torch.nn.Module:
     torch.manual_seed(0)
-    return build_model(ModelConfig(family=family, vocab_size=VOCAB, d_model=32, n_layer=2, n_head=2, d_ff=64,
-                                   max_positions=32, dropout=0.0, attention_dropout=0.0)).eval()
+    return build_model(
+        ModelConfig(
+            family=family,
+            vocab_size=VOCAB,
+            d_model=32,
+            n_layer=2,
+            n_head=2,
+            d_ff=64,
+            max_positions=32,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
+    ).eval()
 
 
 def batch(seed: int = 1) -> dict[str, torch.Tensor]:
@@ -53,7 +64,9 @@ def test_sequence_logprobs_sum_the_label_tokens_log_probs_per_row():
     sums, counts = sequence_logprobs(logits, b["labels"], shift=True)
     logp = torch.log_softmax(logits.float(), -1)
     for row in range(3):
-        want = sum(float(logp[row, t - 1, b["labels"][row, t]]) for t in range(1, 12) if b["labels"][row, t] != -100)
+        want = sum(
+            float(logp[row, t - 1, b["labels"][row, t]]) for t in range(1, 12) if b["labels"][row, t] != -100
+        )
         assert float(sums[row]) == pytest.approx(want, abs=1e-5)
     total, count = token_loss(logits, b["labels"], shift=True)
     assert int(counts.sum()) == int(count) and float(-sums.sum()) == pytest.approx(float(total), rel=1e-5)

@@ -90,9 +90,20 @@ def test_scheduler_applies_the_multiplier_to_the_optimizer():
 
 # ---- parameter groups --------------------------------------------------------------------------
 def tiny(**overrides) -> torch.nn.Module:
-    config = ModelConfig(family="masked", vocab_size=50, d_model=16, n_layer=1, n_head=2, d_ff=32,
-                         max_positions=32, type_vocab_size=2, embedding_norm=True, lm_head_transform=True,
-                         lm_head_bias=True, **overrides)
+    config = ModelConfig(
+        family="masked",
+        vocab_size=50,
+        d_model=16,
+        n_layer=1,
+        n_head=2,
+        d_ff=32,
+        max_positions=32,
+        type_vocab_size=2,
+        embedding_norm=True,
+        lm_head_transform=True,
+        lm_head_bias=True,
+        **overrides,
+    )
     return build_model(config)
 
 
@@ -109,8 +120,12 @@ def test_parameter_groups_decay_matrices_only():
     assert not decayed & kept
     assert decayed | kept == {n for n, _ in model.named_parameters()}
     embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
-    norms = {id(p) for m in model.modules() if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))
-             for p in m.parameters()}
+    norms = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.RMSNorm))
+        for p in m.parameters()
+    }
     assert norms, "the tiny model should have norm layers"
     for name, p in model.named_parameters():
         if p.dim() == 1:

@@ -26,10 +26,12 @@ COMPARED = ("step", "loss", "lr", "tokens")
 
 def state_bytes(optimizer_state: dict) -> int:
     """Bytes of every tensor in an optimizer state dict's per-parameter state (nested dicts included)."""
+
     def size(value) -> int:
         if torch.is_tensor(value):
             return value.numel() * value.element_size()
         return sum(size(v) for v in value.values()) if isinstance(value, dict) else 0
+
     return sum(size(s) for s in optimizer_state["state"].values())
 
 
@@ -41,9 +43,19 @@ def runs(tmp_path_factory):
 
     def config(name: str, *extra: str) -> RecipeConfig:
         overrides = h.tiny_overrides(GPT, corpus, root, steps=8, vocab=512) + [
-            "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.d_ff=256", "model.max_positions=72",
-            "data.block_size=64", "optim.lr=3e-3", "checkpoint.every=4", "checkpoint.keep_last=2",
-            f"optim.name={name}", f"out_dir={root / name}", *extra]
+            "model.n_layer=2",
+            "model.d_model=64",
+            "model.n_head=4",
+            "model.d_ff=256",
+            "model.max_positions=72",
+            "data.block_size=64",
+            "optim.lr=3e-3",
+            "checkpoint.every=4",
+            "checkpoint.keep_last=2",
+            f"optim.name={name}",
+            f"out_dir={root / name}",
+            *extra,
+        ]
         return load_config(RecipeConfig, GPT, overrides)
 
     results = {name: pretrain(config(name), stream=io.StringIO()) for name in ("adamw", "adamw8bit")}
@@ -59,7 +71,10 @@ def test_adamw8bit_trains_a_recipe_with_4x_smaller_state(runs):
     sizes, states = {}, {}
     for name, result in results.items():
         state, _ = load_training_state(h.Path(result["checkpoint"]))  # torch.load(weights_only=True)
-        states[name], sizes[name] = state["optimizers"]["model"]["state"], state_bytes(state["optimizers"]["model"])
+        states[name], sizes[name] = (
+            state["optimizers"]["model"]["state"],
+            state_bytes(state["optimizers"]["model"]),
+        )
     # both moments in uint8 for every tensor of >= 4096 elements; smaller ones (biases, norms) keep fp32
     # states and each 8-bit tensor adds its absmax per 256 values and two 256-entry maps: ~3.5x in all here
     moments = [s["__bnb_optimizer_quant_state__"]["state1"] for s in states["adamw8bit"].values()]
@@ -72,13 +87,19 @@ def test_a_resumed_adamw8bit_run_continues_exactly(runs):
     root, config, _ = runs
     checkpoint = root / "adamw8bit" / "checkpoints" / "step-00000004"
     pretrain(config("adamw8bit", f"out_dir={root / 'resumed'}", f"resume={checkpoint}"), stream=io.StringIO())
-    want = [{k: r[k] for k in COMPARED} for r in h.read_metrics(root / "adamw8bit") if r.get("step", 0) > 4 and "loss" in r]
+    want = [
+        {k: r[k] for k in COMPARED}
+        for r in h.read_metrics(root / "adamw8bit")
+        if r.get("step", 0) > 4 and "loss" in r
+    ]
     got = [{k: r[k] for k in COMPARED} for r in h.read_metrics(root / "resumed") if "loss" in r]
     assert got == want and len(got) == 4
 
 
 def test_adamw8bit_keeps_the_parameter_groups():
-    model = build_model("gpt2-tiny", vocab_size=128, d_model=32, n_layer=1, n_head=2, d_ff=64, max_positions=32)
+    model = build_model(
+        "gpt2-tiny", vocab_size=128, d_model=32, n_layer=1, n_head=2, d_ff=64, max_positions=32
+    )
     optimizer = build_optimizer(model, OptimConfig(name="adamw8bit", weight_decay=0.1), torch.device("cpu"))
     assert type(optimizer).__name__ == "AdamW8bit"
     decay, no_decay = optimizer.param_groups
@@ -90,9 +111,15 @@ def test_adamw8bit_keeps_the_parameter_groups():
 
 
 def test_unknown_optimizer_and_missing_package_are_clear_errors(monkeypatch):
-    model = build_model("gpt2-tiny", vocab_size=128, d_model=32, n_layer=1, n_head=2, d_ff=64, max_positions=32)
-    with pytest.raises(ConfigError, match=r"optim.name='adamw8' is not one of adamw, adamw8bit \(did you mean"):
+    model = build_model(
+        "gpt2-tiny", vocab_size=128, d_model=32, n_layer=1, n_head=2, d_ff=64, max_positions=32
+    )
+    with pytest.raises(
+        ConfigError, match=r"optim.name='adamw8' is not one of adamw, adamw8bit \(did you mean"
+    ):
         build_optimizer(model, OptimConfig(name="adamw8"), torch.device("cpu"))
     monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # as if it were not installed
-    with pytest.raises(ConfigError, match=r"adamw8bit needs the bitsandbytes package.*pip install 'plmkit\[quant\]'"):
+    with pytest.raises(
+        ConfigError, match=r"adamw8bit needs the bitsandbytes package.*pip install 'plmkit\[quant\]'"
+    ):
         build_optimizer(model, OptimConfig(name="adamw8bit"), torch.device("cpu"))

@@ -46,7 +46,9 @@ def tiny_run(tmp_path_factory, corpora):
             tmp = tmp_path_factory.mktemp(recipe.stem)
             corpus = corpora["zh" if h.is_chinese(recipe) else "en"]
             overrides = h.tiny_overrides(recipe, corpus, tmp, steps=6) + [
-                "checkpoint.every=3", "checkpoint.keep_last=5", "model.dropout=0.1",
+                "checkpoint.every=3",
+                "checkpoint.keep_last=5",
+                "model.dropout=0.1",
             ]
             config = load_config(RecipeConfig, recipe, overrides)
             done[recipe] = (config, pretrain(config, stream=io.StringIO()))
@@ -84,8 +86,11 @@ def test_recipe_resumes_exactly(recipe, tiny_run, tmp_path):
     copy = tmp_path / "resumed"
     shutil.copytree(original, copy)
     overrides = h.tiny_overrides(recipe, Path(config.data.sources[0].path), tmp_path, steps=6) + [
-        "checkpoint.every=3", "checkpoint.keep_last=5", "model.dropout=0.1",
-        f"data.cache_dir={config.data.cache_dir}", f"out_dir={copy}",
+        "checkpoint.every=3",
+        "checkpoint.keep_last=5",
+        "model.dropout=0.1",
+        f"data.cache_dir={config.data.cache_dir}",
+        f"out_dir={copy}",
         f"resume={copy / 'checkpoints' / 'step-00000003'}",
     ]
     resumed = pretrain(load_config(RecipeConfig, recipe, overrides), stream=io.StringIO())
@@ -110,7 +115,10 @@ def test_loss_falls_on_a_memorisable_corpus(objective, tmp_path):
     recipe = h.ROOT / "recipes" / f"{name}.yaml"
     corpus = h.write_memorisable(tmp_path / "memorise.txt")
     overrides = h.tiny_overrides(recipe, corpus, tmp_path, steps=60, vocab=300) + [
-        "optim.lr=3e-3", "schedule.kind=constant", "model.dropout=0.0", *extra,
+        "optim.lr=3e-3",
+        "schedule.kind=constant",
+        "model.dropout=0.0",
+        *extra,
     ]
     config = load_config(RecipeConfig, recipe, overrides)
     assert config.objective.name == objective
@@ -150,7 +158,9 @@ def test_mixed_precision_on_cuda(precision, tmp_path, corpora):
 
     recipe = h.ROOT / "recipes" / "gpt-clm.yaml"
     overrides = h.tiny_overrides(recipe, corpora["en"], tmp_path, steps=4) + [
-        "train.device=cuda", f"train.precision={precision}", "train.accumulation=2",
+        "train.device=cuda",
+        f"train.precision={precision}",
+        "train.accumulation=2",
     ]
     config = load_config(RecipeConfig, recipe, overrides)
     result = pretrain(config, stream=io.StringIO())

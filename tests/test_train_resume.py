@@ -36,9 +36,18 @@ COMPARED = ("step", "loss", "lr", "tokens", "skipped_steps", "val_loss", "val_pp
 
 def overrides(root: Path, out_dir: Path) -> list[str]:
     return h.tiny_overrides(GPT, root / "en.txt", root, steps=STEPS) + [
-        "model.n_layer=2", "model.d_model=64", "model.n_head=4", "model.d_ff=256", "model.dropout=0.1",
-        "data.block_size=64", "train.batch_size=8", f"checkpoint.every={EVERY}", "checkpoint.keep_last=3",
-        "eval.every=20", f"tokenizer.path={root / 'tokenizer'}", f"out_dir={out_dir}",
+        "model.n_layer=2",
+        "model.d_model=64",
+        "model.n_head=4",
+        "model.d_ff=256",
+        "model.dropout=0.1",
+        "data.block_size=64",
+        "train.batch_size=8",
+        f"checkpoint.every={EVERY}",
+        "checkpoint.keep_last=3",
+        "eval.every=20",
+        f"tokenizer.path={root / 'tokenizer'}",
+        f"out_dir={out_dir}",
     ]
 
 
@@ -46,7 +55,11 @@ def start(root: Path, out_dir: Path, runner: list[str], env: dict | None = None)
     environment = {**os.environ, "PYTHONPATH": str(h.SRC), "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(
         [sys.executable, *runner, "pretrain", str(GPT), *overrides(root, out_dir)],
-        env=environment, cwd=root, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env=environment,
+        cwd=root,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 
@@ -266,7 +279,11 @@ def test_resume_from_a_checkpoint_of_another_run_folder(tmp_path):
     pretrain(first, stream=io.StringIO())
     checkpoint = tmp_path / "a" / "checkpoints" / "step-00000004"
     branch = tiny_config(
-        tmp_path, corpus, "train.steps=6", f"out_dir={tmp_path / 'b'}", f"resume={checkpoint}",
+        tmp_path,
+        corpus,
+        "train.steps=6",
+        f"out_dir={tmp_path / 'b'}",
+        f"resume={checkpoint}",
         f"tokenizer.path={tmp_path / 'a' / 'tokenizer'}",
     )
     stream = io.StringIO()

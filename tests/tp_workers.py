@@ -17,17 +17,34 @@ import torch.multiprocessing as mp
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64)
 GPT2_LIKE = dict(TINY, activation="gelu_tanh")  # learned positions, GELU, biases, tied embeddings
-LLAMA_LIKE = dict(TINY, position="rotary", norm="rmsnorm", n_kv_head=2, gated_mlp=True, activation="silu",
-                  attention_bias=False, mlp_bias=False, tie_embeddings=False)  # llama-tiny's architecture
-BERT_LIKE = dict(TINY, pre_norm=False, embedding_norm=True, final_norm=False, type_vocab_size=2,
-                 lm_head_transform=True, lm_head_bias=True)  # post-norm encoder with BERT's MLM head
+LLAMA_LIKE = dict(
+    TINY,
+    position="rotary",
+    norm="rmsnorm",
+    n_kv_head=2,
+    gated_mlp=True,
+    activation="silu",
+    attention_bias=False,
+    mlp_bias=False,
+    tie_embeddings=False,
+)  # llama-tiny's architecture
+BERT_LIKE = dict(
+    TINY,
+    pre_norm=False,
+    embedding_norm=True,
+    final_norm=False,
+    type_vocab_size=2,
+    lm_head_transform=True,
+    lm_head_bias=True,
+)  # post-norm encoder with BERT's MLM head
 ATOL = 1e-5
 
 
 def spawn(fn, world_size: int, tmp: Path, *args) -> None:
     """Run fn(rank, world_size, tmp, *args) on world_size processes; re-raise the first failure."""
-    mp.start_processes(_entry, args=(fn, world_size, str(tmp), args), nprocs=world_size, join=True,
-                       start_method="spawn")
+    mp.start_processes(
+        _entry, args=(fn, world_size, str(tmp), args), nprocs=world_size, join=True, start_method="spawn"
+    )
 
 
 def _entry(rank: int, fn, world_size: int, tmp: str, args: tuple) -> None:
@@ -55,7 +72,9 @@ def tiny(family: str, arch: dict, seed: int = 0):
 
     torch.manual_seed(seed)
     if family == "classifier":
-        return SequenceClassifier(ModelConfig(family="masked", **arch), num_labels=3, pooler_dense=True).train()
+        return SequenceClassifier(
+            ModelConfig(family="masked", **arch), num_labels=3, pooler_dense=True
+        ).train()
     return build_model(ModelConfig(family=family, **arch)).train()  # dropout is 0: train mode is exact
 
 
@@ -87,8 +106,13 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
     )
 
     mesh = init_device_mesh("cpu", (world,), mesh_dim_names=("tp",))
-    cases = [("causal", "gpt2", GPT2_LIKE), ("causal", "llama", LLAMA_LIKE), ("prefix", "gpt2", GPT2_LIKE),
-             ("masked", "bert", BERT_LIKE), ("classifier", "bert", BERT_LIKE)]
+    cases = [
+        ("causal", "gpt2", GPT2_LIKE),
+        ("causal", "llama", LLAMA_LIKE),
+        ("prefix", "gpt2", GPT2_LIKE),
+        ("masked", "bert", BERT_LIKE),
+        ("classifier", "bert", BERT_LIKE),
+    ]
     for family, name, arch in cases:
         where = f"{family}/{name}"
         reference = tiny(family, arch)
@@ -114,7 +138,9 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
             model(**batch).loss.backward()
             model.set_gradient_checkpointing(False)
             for pname, p in reference.named_parameters():
-                close(unshard(model, pname, grads[pname].grad), p.grad, f"{where} checkpointed grad of {pname}")
+                close(
+                    unshard(model, pname, grads[pname].grad), p.grad, f"{where} checkpointed grad of {pname}"
+                )
 
         if family in ("causal", "prefix"):  # greedy generation with the KV cache (left-padded prompts)
             prompt = batch["input_ids"][:, :6]
@@ -161,7 +187,10 @@ def tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path) -> 
         assert "model.n_kv_head=1 is not divisible by the tensor-parallel size 2" in str(e), str(e)
     else:
         raise AssertionError("n_kv_head=1 on 2 ranks was accepted")
-    assert not hasattr(mqa, "tensor_parallel") and type(mqa.transformer.blocks[0].attn.qkv.weight) is torch.nn.Parameter
+    assert (
+        not hasattr(mqa, "tensor_parallel")
+        and type(mqa.transformer.blocks[0].attn.qkv.weight) is torch.nn.Parameter
+    )
 
     # dropout with ranks seeded differently would let the replicated activations drift apart: refused
     torch.manual_seed(100 + rank)
@@ -206,7 +235,11 @@ def fsdp_tensor_parallel_matches_single_process(rank: int, world: int, tmp: Path
         local = ids[2 * dp_rank : 2 * dp_rank + 2]
         loss = model(local, labels=local).loss
         loss.backward()  # FSDP2 averages the gradients over dp: the same token count per group = global mean
-        close(clip_grad_norm(model.parameters(), 0.5, torch.device("cpu")), ref_norm, f"2d grad norm at step {step}")
+        close(
+            clip_grad_norm(model.parameters(), 0.5, torch.device("cpu")),
+            ref_norm,
+            f"2d grad norm at step {step}",
+        )
         opt.step()
         opt.zero_grad()
         global_loss = loss.detach().clone()

@@ -39,15 +39,26 @@ def export_hf(checkpoint: str | Path, out: str | Path) -> torch.nn.Module:
     model, tokenizer = load(checkpoint)
     peft = getattr(model, "peft_config", None)
     if peft is not None:
-        fix = "merge it first with plm merge-lora" if peft.method == "lora" else "Hugging Face has no place for it"
-        raise ConfigError(f"{checkpoint} carries {peft.method} (a PEFT run's checkpoint): {fix}; "
-                          "plmkit.peft.export_peft writes a LoRA adapter for the peft library")
+        fix = (
+            "merge it first with plm merge-lora"
+            if peft.method == "lora"
+            else "Hugging Face has no place for it"
+        )
+        raise ConfigError(
+            f"{checkpoint} carries {peft.method} (a PEFT run's checkpoint): {fix}; "
+            "plmkit.peft.export_peft writes a LoRA adapter for the peft library"
+        )
     save_hf(model, tokenizer, out)
     return model
 
 
-def merge_adapter(base: str | Path, out: str | Path, adapter: str | Path | None = None, *,
-                  max_logits_error: float | None = None) -> torch.nn.Module:
+def merge_adapter(
+    base: str | Path,
+    out: str | Path,
+    adapter: str | Path | None = None,
+    *,
+    max_logits_error: float | None = None,
+) -> torch.nn.Module:
     """Load `base`, apply the LoRA adapter saved in `adapter` (plmkit.peft.save_adapter), fold it into the
     weights (W += s·BA) and save a plain checkpoint that needs no PEFT code. Without `adapter`, `base` is a
     LoRA run's checkpoint, which holds base and adapter. A quantized base is requantized: the returned
@@ -56,12 +67,18 @@ def merge_adapter(base: str | Path, out: str | Path, adapter: str | Path | None 
     from plmkit.peft.io import CONFIG_FILE, read_adapter_config
 
     if adapter is None and not (Path(base) / CONFIG_FILE).is_file():
-        raise ConfigError(f"{base} holds no adapter (no {CONFIG_FILE}): give the adapter folder (--adapter DIR), "
-                          "or a checkpoint of a LoRA run as the base")
-    adapter = base if adapter is None else adapter  # a LoRA run's checkpoint holds its adapter beside the model
+        raise ConfigError(
+            f"{base} holds no adapter (no {CONFIG_FILE}): give the adapter folder (--adapter DIR), "
+            "or a checkpoint of a LoRA run as the base"
+        )
+    adapter = (
+        base if adapter is None else adapter
+    )  # a LoRA run's checkpoint holds its adapter beside the model
     method = read_adapter_config(adapter)["method"]  # CheckpointError when the folder is not an adapter
     if method != "lora":
-        raise ConfigError(f"{adapter} holds a {method} adapter; only LoRA adapters can be merged into the base weights")
+        raise ConfigError(
+            f"{adapter} holds a {method} adapter; only LoRA adapters can be merged into the base weights"
+        )
     model, tokenizer = load(base)  # a LoRA run's checkpoint loads with its LoRA already applied
     model = merge(load_adapter(model, adapter), unload=True, max_logits_error=max_logits_error)
     save(model, tokenizer, out)
@@ -75,8 +92,9 @@ class QuantizedCheckpoint:
     bytes_after: int  # the output's model.safetensors
 
 
-def quantize_checkpoint(checkpoint: str | Path, out: str | Path, mode: str, *, embeddings: bool = True,
-                        backend: str = "torch") -> QuantizedCheckpoint:
+def quantize_checkpoint(
+    checkpoint: str | Path, out: str | Path, mode: str, *, embeddings: bool = True, backend: str = "torch"
+) -> QuantizedCheckpoint:
     """Quantize the checkpoint's weights (plmkit.quant.quantize: int8, int8-dynamic or nf4; `embeddings`
     also quantizes the embeddings and LM head as int8 rows) and save a checkpoint that plmkit.load,
     `plm generate` and `plm eval` use as it is."""
@@ -84,10 +102,11 @@ def quantize_checkpoint(checkpoint: str | Path, out: str | Path, mode: str, *, e
 
     source, out = Path(checkpoint), Path(out)
     if out.exists() and source.exists() and out.resolve() == source.resolve():
-        raise ConfigError(f"the output folder {out} is the input checkpoint; write the quantized copy to another folder")
+        raise ConfigError(
+            f"the output folder {out} is the input checkpoint; write the quantized copy to another folder"
+        )
     model, tokenizer = load(source)
     quantize(model, mode, embeddings=embeddings, backend=backend)
     save(model, tokenizer, out)
     before = sum(f.stat().st_size for f in source.glob("*.safetensors"))
     return QuantizedCheckpoint(model, before, (out / WEIGHTS_FILE).stat().st_size)
-

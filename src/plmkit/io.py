@@ -41,6 +41,7 @@ from plmkit.weights import (
 CONFIG_FILE = "plmkit.json"
 FORMAT = "plmkit"
 
+
 def _version() -> str:
     try:
         from plmkit import __version__
@@ -59,8 +60,10 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
         raise CheckpointError(f"cannot save checkpoint: {target} exists and is not a folder")
     if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).exists():
         # Replacing the folder would delete the user's files: only ever replace a checkpoint.
-        raise CheckpointError(f"refusing to overwrite {target}: it is not empty and not a plmkit checkpoint "
-                              f"(no {CONFIG_FILE}); choose another folder")
+        raise CheckpointError(
+            f"refusing to overwrite {target}: it is not empty and not a plmkit checkpoint "
+            f"(no {CONFIG_FILE}); choose another folder"
+        )
     with atomic_folder(target) as tmp:
         write_json(tmp / CONFIG_FILE, checkpoint_header(model))
         save_weights(model, tmp / WEIGHTS_FILE)
@@ -76,8 +79,13 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
 def checkpoint_header(model: torch.nn.Module) -> dict[str, Any]:
     """The plmkit.json contents that rebuild `model` (class, config, constructor arguments)."""
     model = unwrap(model)
-    header = {"format": FORMAT, "version": _version(), "model_class": model_class_name(model),
-              "model": model.config.to_dict(), "model_kwargs": init_kwargs(model)}
+    header = {
+        "format": FORMAT,
+        "version": _version(),
+        "model_class": model_class_name(model),
+        "model": model.config.to_dict(),
+        "model_kwargs": init_kwargs(model),
+    }
     if getattr(model, "quant_config", None) is not None:  # plmkit.quant: load rebuilds the layers
         header["quantization"] = model.quant_config.to_dict()
     peft = getattr(model, "peft_config", None)
@@ -88,7 +96,7 @@ def checkpoint_header(model: torch.nn.Module) -> dict[str, Any]:
 
 # ---- load ----------------------------------------------------------------------------------------
 def detect_format(directory: str | Path) -> str | None:
-    """"plmkit", "hf" (a Hugging Face model folder), or None when the folder is neither."""
+    """ "plmkit", "hf" (a Hugging Face model folder), or None when the folder is neither."""
     directory = Path(directory)
     if (directory / CONFIG_FILE).is_file():
         return "plmkit"
@@ -110,14 +118,18 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[tor
         model, tokenizer = load_hf(directory)
         return model.to(device), tokenizer
     if kind != "plmkit":
-        raise CheckpointError(f"{directory} is not a model checkpoint: it has neither {CONFIG_FILE} (plmkit) "
-                              "nor config.json (Hugging Face)")
+        raise CheckpointError(
+            f"{directory} is not a model checkpoint: it has neither {CONFIG_FILE} (plmkit) "
+            "nor config.json (Hugging Face)"
+        )
     weights = directory / WEIGHTS_FILE
     sharded = [name for name in SHARDED_FOLDERS if (directory / name).is_dir()]
     if sharded and not weights.is_file():
-        raise CheckpointError(f"{directory} is a sharded training checkpoint ({sharded[0]}/, written by a "
-                              f"distributed run); make a single-file checkpoint first: plm convert "
-                              f"--from-sharded {directory} --out DIR")
+        raise CheckpointError(
+            f"{directory} is a sharded training checkpoint ({sharded[0]}/, written by a "
+            f"distributed run); make a single-file checkpoint first: plm convert "
+            f"--from-sharded {directory} --out DIR"
+        )
     model = build_from_header(directory / CONFIG_FILE)
     dtype = stored_float_dtype(weights)
     if dtype is not None:
@@ -149,8 +161,9 @@ def build_from_header(path: Path) -> torch.nn.Module:
     classes = model_classes()
     name = header["model_class"]
     if name not in classes:
-        raise CheckpointError(f'{path}: unknown model_class "{name}"{did_you_mean(name, classes)}; '
-                              f"known: {', '.join(classes)}")
+        raise CheckpointError(
+            f'{path}: unknown model_class "{name}"{did_you_mean(name, classes)}; known: {", ".join(classes)}'
+        )
     try:
         config = ModelConfig.from_dict(header["model"], where=f"{path}: model")
     except (ConfigError, TypeError) as e:
@@ -173,7 +186,9 @@ def build_from_header(path: Path) -> torch.nn.Module:
         from plmkit.peft.io import reapply
 
         if not isinstance(peft, dict) or "method" not in peft:
-            raise CheckpointError(f'{path}: "peft" must be {{"method": ..., "options": {{...}}}}, got {peft!r}')
+            raise CheckpointError(
+                f'{path}: "peft" must be {{"method": ..., "options": {{...}}}}, got {peft!r}'
+            )
         model = reapply(model, peft["method"], peft.get("options", {}), str(path))
     return model
 
@@ -187,5 +202,3 @@ def _load_tokenizer(directory: Path) -> Any | None:
         return Tokenizer.load(directory)
     except DataError as e:
         raise CheckpointError(str(e)) from e
-
-

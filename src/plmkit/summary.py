@@ -53,8 +53,9 @@ def summarize(target: str) -> ModelSummary:
             f'"{target}" is neither a preset name nor a checkpoint directory{did_you_mean(target, PRESETS)}'
         )
     config = model.config
-    summary = ModelSummary(target, source, {key: getattr(config, key) for key in ARCHITECTURE_KEYS
-                                            if hasattr(config, key)})
+    summary = ModelSummary(
+        target, source, {key: getattr(config, key) for key in ARCHITECTURE_KEYS if hasattr(config, key)}
+    )
     summary.n_parameters = sum(p.numel() for p in model.parameters())  # parameters() yields a tied one once
     peft = getattr(model, "peft_config", None)
     if peft is not None:

@@ -1,7 +1,7 @@
 """Weights: safetensors files of a model's state (tied tensors stored once) and the model inside wrappers.
 
-    save_weights(model, "model.safetensors")        # tied weights written once, aliases in the metadata
-    load_weights_into(model, "model.safetensors")   # in place; every mismatch is a named CheckpointError
+save_weights(model, "model.safetensors")        # tied weights written once, aliases in the metadata
+load_weights_into(model, "model.safetensors")   # in place; every mismatch is a named CheckpointError
 """
 
 from __future__ import annotations
@@ -57,10 +57,12 @@ def refuse_sharded(state: dict[str, torch.Tensor]) -> None:
 
     sharded = [name for name, tensor in state.items() if isinstance(tensor, DTensor)]
     if sharded:
-        raise CheckpointError(f"cannot save the model: {len(sharded)} of its tensors (e.g. {sharded[0]}) are "
-                              "sharded across processes (DTensor); write a full checkpoint with "
-                              "plmkit.train.distributed.tensor_parallel.save_tensor_parallel_checkpoint(model, tokenizer, "
-                              "directory), called on every rank")
+        raise CheckpointError(
+            f"cannot save the model: {len(sharded)} of its tensors (e.g. {sharded[0]}) are "
+            "sharded across processes (DTensor); write a full checkpoint with "
+            "plmkit.train.distributed.tensor_parallel.save_tensor_parallel_checkpoint(model, tokenizer, "
+            "directory), called on every rank"
+        )
 
 
 def dedupe_shared(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -106,8 +108,10 @@ def load_weights_into(model: torch.nn.Module, path: str | Path, strict: bool = T
                 continue
             found, want = tuple(f.get_slice(name).get_shape()), tuple(expected[name].shape)
             if found != want:
-                raise CheckpointError(f"{path}: tensor {name} has shape {list(found)}, but the model expects "
-                                      f"{list(want)}; the checkpoint belongs to another configuration")
+                raise CheckpointError(
+                    f"{path}: tensor {name} has shape {list(found)}, but the model expects "
+                    f"{list(want)}; the checkpoint belongs to another configuration"
+                )
             state[name] = read_tensor(f, name, path)
     for alias, source in aliases.items():
         if source in state and alias in expected:

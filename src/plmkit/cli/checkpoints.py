@@ -14,9 +14,12 @@ def _n_parameters(model: Any) -> int:
 
 
 def add_info(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("info", help="show a preset's or checkpoint's architecture and size",
-                       description="Print the family, sizes and exact parameter count of a preset or "
-                                   "a checkpoint directory.")
+    p = sub.add_parser(
+        "info",
+        help="show a preset's or checkpoint's architecture and size",
+        description="Print the family, sizes and exact parameter count of a preset or "
+        "a checkpoint directory.",
+    )
     p.add_argument("target", metavar="TARGET", help="preset name (e.g. gpt2) or checkpoint directory")
     p.set_defaults(run=_run_info)
 
@@ -37,17 +40,23 @@ def _run_info(args: argparse.Namespace) -> int:
 
 
 def add_convert(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("convert", help="convert checkpoints to and from the Hugging Face format",
-                       description="--from-hf DIR: a Hugging Face model folder (config.json + weights + "
-                                   "tokenizer files) becomes a plmkit checkpoint. --to-hf CKPT: a plmkit "
-                                   "checkpoint becomes a folder that transformers' from_pretrained loads. "
-                                   "--from-sharded CKPT: a training checkpoint of an FSDP or DeepSpeed run "
-                                   "(weights in shards) becomes a single-file plmkit checkpoint.")
+    p = sub.add_parser(
+        "convert",
+        help="convert checkpoints to and from the Hugging Face format",
+        description="--from-hf DIR: a Hugging Face model folder (config.json + weights + "
+        "tokenizer files) becomes a plmkit checkpoint. --to-hf CKPT: a plmkit "
+        "checkpoint becomes a folder that transformers' from_pretrained loads. "
+        "--from-sharded CKPT: a training checkpoint of an FSDP or DeepSpeed run "
+        "(weights in shards) becomes a single-file plmkit checkpoint.",
+    )
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--from-hf", metavar="DIR", help="Hugging Face model folder to import")
     source.add_argument("--to-hf", metavar="CKPT", help="plmkit checkpoint folder to export")
-    source.add_argument("--from-sharded", metavar="CKPT",
-                        help="FSDP (dcp/) or DeepSpeed (deepspeed/) training checkpoint to gather")
+    source.add_argument(
+        "--from-sharded",
+        metavar="CKPT",
+        help="FSDP (dcp/) or DeepSpeed (deepspeed/) training checkpoint to gather",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder")
     p.set_defaults(run=_run_convert)
 
@@ -70,19 +79,35 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def add_merge_lora(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("merge-lora", help="fold a LoRA adapter into its base model's weights",
-                       description="Load the base checkpoint, apply the LoRA adapter saved by "
-                                   "plmkit.peft.save_adapter, merge it into the weights (W += s·BA) and "
-                                   "write a plain plmkit checkpoint that needs no PEFT code to run. "
-                                   "A checkpoint of a LoRA run (plm pretrain with peft: {method: lora}) "
-                                   "holds base and adapter: give it as --base alone.")
-    p.add_argument("--base", required=True, metavar="CKPT",
-                   help="base model: plmkit checkpoint or Hugging Face model folder")
-    p.add_argument("--adapter", default=None, metavar="DIR",
-                   help="adapter folder (adapter_config.json); default: the adapter inside --base")
+    p = sub.add_parser(
+        "merge-lora",
+        help="fold a LoRA adapter into its base model's weights",
+        description="Load the base checkpoint, apply the LoRA adapter saved by "
+        "plmkit.peft.save_adapter, merge it into the weights (W += s·BA) and "
+        "write a plain plmkit checkpoint that needs no PEFT code to run. "
+        "A checkpoint of a LoRA run (plm pretrain with peft: {method: lora}) "
+        "holds base and adapter: give it as --base alone.",
+    )
+    p.add_argument(
+        "--base",
+        required=True,
+        metavar="CKPT",
+        help="base model: plmkit checkpoint or Hugging Face model folder",
+    )
+    p.add_argument(
+        "--adapter",
+        default=None,
+        metavar="DIR",
+        help="adapter folder (adapter_config.json); default: the adapter inside --base",
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
-    p.add_argument("--max-logits-error", type=float, default=None, metavar="X",
-                   help="quantized base: refuse when requantizing changes the logits by more than X")
+    p.add_argument(
+        "--max-logits-error",
+        type=float,
+        default=None,
+        metavar="X",
+        help="quantized base: refuse when requantizing changes the logits by more than X",
+    )
     p.set_defaults(run=_run_merge_lora)
 
 
@@ -97,29 +122,54 @@ def _run_merge_lora(args: argparse.Namespace) -> int:
     if getattr(model, "merge_report", None) is not None:  # a quantized base was requantized
         print(model.merge_report)
     adapter = args.adapter or args.base
-    print(f"merged {adapter} into {args.base} -> {args.out} ({type(model).__name__}, "
-          f"{_n_parameters(model):,} parameters)")
+    print(
+        f"merged {adapter} into {args.base} -> {args.out} ({type(model).__name__}, "
+        f"{_n_parameters(model):,} parameters)"
+    )
     return 0
 
 
 def add_quantize(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("quantize", help="quantize a checkpoint's weights to int8 or 4-bit NF4",
-                       description="Load CKPT, quantize the Linear layers of its transformer blocks (and its "
-                                   "embeddings and LM head as int8 rows), and save a plmkit checkpoint that "
-                                   "`plm generate` and `plm eval` use as it is. Prints the sizes on disk.")
+    p = sub.add_parser(
+        "quantize",
+        help="quantize a checkpoint's weights to int8 or 4-bit NF4",
+        description="Load CKPT, quantize the Linear layers of its transformer blocks (and its "
+        "embeddings and LM head as int8 rows), and save a plmkit checkpoint that "
+        "`plm generate` and `plm eval` use as it is. Prints the sizes on disk.",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="plmkit checkpoint or Hugging Face model folder")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--int8", dest="mode", action="store_const", const="int8",
-                      help="weight-only int8, one scale per output channel")
-    mode.add_argument("--int8-dynamic", dest="mode", action="store_const", const="int8-dynamic",
-                      help="int8 weights and int8 activations per token (int8 x int8 matmuls)")
-    mode.add_argument("--nf4", dest="mode", action="store_const", const="nf4",
-                      help="4-bit NormalFloat (QLoRA), blocks of 64")
+    mode.add_argument(
+        "--int8",
+        dest="mode",
+        action="store_const",
+        const="int8",
+        help="weight-only int8, one scale per output channel",
+    )
+    mode.add_argument(
+        "--int8-dynamic",
+        dest="mode",
+        action="store_const",
+        const="int8-dynamic",
+        help="int8 weights and int8 activations per token (int8 x int8 matmuls)",
+    )
+    mode.add_argument(
+        "--nf4",
+        dest="mode",
+        action="store_const",
+        const="nf4",
+        help="4-bit NormalFloat (QLoRA), blocks of 64",
+    )
     mode.add_argument("--mode", dest="mode", metavar="MODE", help="int8 | int8-dynamic | nf4")
-    p.add_argument("--backend", default="torch", metavar="NAME",
-                   help="torch (default) | bitsandbytes (LLM.int8 / 4-bit kernels, CUDA)")
-    p.add_argument("--no-embeddings", action="store_true",
-                   help="keep the embeddings and the LM head in float")
+    p.add_argument(
+        "--backend",
+        default="torch",
+        metavar="NAME",
+        help="torch (default) | bitsandbytes (LLM.int8 / 4-bit kernels, CUDA)",
+    )
+    p.add_argument(
+        "--no-embeddings", action="store_true", help="keep the embeddings and the LM head in float"
+    )
     p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
     p.set_defaults(run=_run_quantize, mode=None)
 
@@ -129,11 +179,16 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from plmkit.quant import MODES, report
 
     if args.mode is None:
-        raise ConfigError(f"choose a quantization mode: --int8, --int8-dynamic or --nf4 (modes: {', '.join(MODES)})")
-    result = quantize_checkpoint(args.checkpoint, args.out, args.mode, embeddings=not args.no_embeddings,
-                                 backend=args.backend)
+        raise ConfigError(
+            f"choose a quantization mode: --int8, --int8-dynamic or --nf4 (modes: {', '.join(MODES)})"
+        )
+    result = quantize_checkpoint(
+        args.checkpoint, args.out, args.mode, embeddings=not args.no_embeddings, backend=args.backend
+    )
     print(f"quantized {args.checkpoint} -> {args.out}: {report(result.model)}")
     if result.bytes_before:
-        print(f"weights on disk: {result.bytes_before:,} -> {result.bytes_after:,} bytes "
-              f"({result.bytes_before / result.bytes_after:.2f}x smaller)")
+        print(
+            f"weights on disk: {result.bytes_before:,} -> {result.bytes_after:,} bytes "
+            f"({result.bytes_before / result.bytes_after:.2f}x smaller)"
+        )
     return 0

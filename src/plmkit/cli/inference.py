@@ -6,10 +6,14 @@ import argparse
 
 
 def add_generate(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("generate", help="generate text from a saved model", description=(
-        "Continue PROMPT with a model saved by plmkit (greedy by default; --sample to sample)."))
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="plmkit checkpoint or Hugging Face model folder")
+    p = sub.add_parser(
+        "generate",
+        help="generate text from a saved model",
+        description=("Continue PROMPT with a model saved by plmkit (greedy by default; --sample to sample)."),
+    )
+    p.add_argument(
+        "--model", required=True, metavar="DIR", help="plmkit checkpoint or Hugging Face model folder"
+    )
     p.add_argument("--prompt", required=True, metavar="TEXT", help="text to continue")
     p.add_argument("--max-new-tokens", type=int, default=32, metavar="N", help="default: 32")
     p.add_argument("--temperature", type=float, default=1.0, metavar="T", help="default: 1.0")
@@ -19,8 +23,9 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0, metavar="X", help="1.0: off")
     p.add_argument("--sample", action="store_true", help="sample instead of greedy/beam decoding")
     p.add_argument("--seed", type=int, default=None, metavar="N", help="random seed for sampling")
-    p.add_argument("--stop", action="append", default=[], metavar="STR",
-                   help="stop when this text appears (repeatable)")
+    p.add_argument(
+        "--stop", action="append", default=[], metavar="STR", help="stop when this text appears (repeatable)"
+    )
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
     p.set_defaults(run=_run_generate)
 
@@ -54,8 +59,11 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="loss and perplexity of a checkpoint on a text file",
-                       description="Stream FILE through the checkpoint's objective and report loss/perplexity.")
+    p = sub.add_parser(
+        "eval",
+        help="loss and perplexity of a checkpoint on a text file",
+        description="Stream FILE through the checkpoint's objective and report loss/perplexity.",
+    )
     p.add_argument("checkpoint", metavar="CKPT", help="plmkit checkpoint or Hugging Face folder")
     p.add_argument("--data", required=True, metavar="FILE", help="text file (.txt, .jsonl, ...)")
     p.add_argument("--objective", default=None, help="default: clm / mlm / prefix_lm / t5_span by family")
@@ -72,7 +80,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from plmkit.io import load
 
     model, tokenizer = load(args.checkpoint)
-    result = evaluate_loss(model, tokenizer, args.data, args.objective, args.block_size, args.batch_size,
-                           args.max_batches)
+    result = evaluate_loss(
+        model, tokenizer, args.data, args.objective, args.block_size, args.batch_size, args.max_batches
+    )
     print(json.dumps({"checkpoint": args.checkpoint, "data": args.data, **result}))
     return 0

@@ -10,17 +10,32 @@ def add_recipes(sub: argparse._SubParsersAction) -> None:
     from plmkit.recipes import RECIPES  # names and help only: no torch
 
     for name, recipe in RECIPES.items():
-        p = sub.add_parser(name, help=recipe.help, description=(
-            f"{recipe.description} Override any key with dotted key=value pairs, e.g. train.steps=100 "
-            "model.n_layer=2."))
+        p = sub.add_parser(
+            name,
+            help=recipe.help,
+            description=(
+                f"{recipe.description} Override any key with dotted key=value pairs, e.g. train.steps=100 "
+                "model.n_layer=2."
+            ),
+        )
         p.add_argument("recipe_file", metavar="RECIPE.yaml", help="recipe file (see recipes/)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
-        p.add_argument("--resume", nargs="?", const=True, default=None, metavar="CKPT",
-                       help="continue the run from its latest checkpoint (or from CKPT)")
-        p.add_argument("--nproc", default=None, metavar="N",
-                       help="start N training processes on this machine under torchrun (distributed.strategy: "
-                            f"auto = ddp, or fsdp / deepspeed); the same as torchrun --nproc-per-node N -m plmkit "
-                            f"{name} ...")
+        p.add_argument(
+            "--resume",
+            nargs="?",
+            const=True,
+            default=None,
+            metavar="CKPT",
+            help="continue the run from its latest checkpoint (or from CKPT)",
+        )
+        p.add_argument(
+            "--nproc",
+            default=None,
+            metavar="N",
+            help="start N training processes on this machine under torchrun (distributed.strategy: "
+            f"auto = ddp, or fsdp / deepspeed); the same as torchrun --nproc-per-node N -m plmkit "
+            f"{name} ...",
+        )
         p.set_defaults(run=_run_recipe, recipe_name=name)
 
 
@@ -52,14 +67,21 @@ def _run_recipe(args: argparse.Namespace) -> int:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the quickstart: train a tokenizer and a small GPT on CPU, then generate",
-                       description="Train a byte-level BPE tokenizer and a small GPT on the Python language "
-                                   "reference shipped with CPython (about 3 minutes on 2 cores), report "
-                                   "validation perplexity, save a checkpoint and a loss curve, generate samples. "
-                                   "The settings are recipes/demo.yaml; data=PATH trains on your own text and "
-                                   "any recipe key can be overridden.")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="data=PATH, or recipe keys such as train.steps=100 out_dir=runs/mine")
+    p = sub.add_parser(
+        "demo",
+        help="the quickstart: train a tokenizer and a small GPT on CPU, then generate",
+        description="Train a byte-level BPE tokenizer and a small GPT on the Python language "
+        "reference shipped with CPython (about 3 minutes on 2 cores), report "
+        "validation perplexity, save a checkpoint and a loss curve, generate samples. "
+        "The settings are recipes/demo.yaml; data=PATH trains on your own text and "
+        "any recipe key can be overridden.",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="data=PATH, or recipe keys such as train.steps=100 out_dir=runs/mine",
+    )
     p.set_defaults(run=_run_demo)
 
 

@@ -8,24 +8,51 @@ from pathlib import Path
 
 
 def add_tokenizer(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tokenizer", help="train a tokenizer",
-                       description="Tokenizer tools. `plm tokenizer train --help` for training.")
+    p = sub.add_parser(
+        "tokenizer",
+        help="train a tokenizer",
+        description="Tokenizer tools. `plm tokenizer train --help` for training.",
+    )
     p.set_defaults(run=lambda args: _print_help(p))  # `plm tokenizer` alone: its help, exit 2
     actions = p.add_subparsers(dest="action", title="actions", metavar="ACTION")
-    t = actions.add_parser("train", help="train a tokenizer on text files", description=(
-        "Train a byte-level BPE (GPT-2), WordPiece (Chinese BERT: one token per CJK character) or "
-        "Unigram (T5) tokenizer and write tokenizer.json + tokenizer_config.json to --out."))
-    t.add_argument("--data", nargs="+", required=True, metavar="PATH",
-                   help=".txt (a document per line), .jsonl (--text-field), .gz of those, folders, globs")
-    t.add_argument("--kind", default=None, metavar="KIND",
-                   help="bpe | wordpiece | unigram (default: the family's, else bpe)")
-    t.add_argument("--vocab-size", type=int, required=True, metavar="N",
-                   help="vocabulary size, special tokens included")
+    t = actions.add_parser(
+        "train",
+        help="train a tokenizer on text files",
+        description=(
+            "Train a byte-level BPE (GPT-2), WordPiece (Chinese BERT: one token per CJK character) or "
+            "Unigram (T5) tokenizer and write tokenizer.json + tokenizer_config.json to --out."
+        ),
+    )
+    t.add_argument(
+        "--data",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help=".txt (a document per line), .jsonl (--text-field), .gz of those, folders, globs",
+    )
+    t.add_argument(
+        "--kind",
+        default=None,
+        metavar="KIND",
+        help="bpe | wordpiece | unigram (default: the family's, else bpe)",
+    )
+    t.add_argument(
+        "--vocab-size", type=int, required=True, metavar="N", help="vocabulary size, special tokens included"
+    )
     t.add_argument("--out", required=True, metavar="DIR", help="output folder")
-    t.add_argument("--family", default=None, metavar="NAME",
-                   help="special tokens of bert | roberta | bart | gpt2 | t5 | glm | llama")
-    t.add_argument("--min-frequency", type=int, default=2, metavar="N",
-                   help="minimum pair frequency for a merge (bpe, wordpiece; default: 2)")
+    t.add_argument(
+        "--family",
+        default=None,
+        metavar="NAME",
+        help="special tokens of bert | roberta | bart | gpt2 | t5 | glm | llama",
+    )
+    t.add_argument(
+        "--min-frequency",
+        type=int,
+        default=2,
+        metavar="N",
+        help="minimum pair frequency for a merge (bpe, wordpiece; default: 2)",
+    )
     t.add_argument("--text-field", default="text", metavar="KEY", help="JSONL field with the text")
     t.add_argument("--cased", action="store_true", help="wordpiece: keep case (default: lowercase)")
     t.add_argument("--sentinels", type=int, default=100, metavar="N", help="t5: sentinel count (100)")
@@ -45,10 +72,18 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     n_files = sum(len(resolve_files(spec)) for spec in specs)  # checked before training: a typo fails at once
     texts = (document.text for spec in specs for document in iter_documents(spec))
     tokenizer: Tokenizer = Tokenizer.train(
-        texts, args.kind, vocab_size=args.vocab_size, family=args.family, min_frequency=args.min_frequency,
-        lowercase=not args.cased, n_sentinels=args.sentinels)
+        texts,
+        args.kind,
+        vocab_size=args.vocab_size,
+        family=args.family,
+        min_frequency=args.min_frequency,
+        lowercase=not args.cased,
+        n_sentinels=args.sentinels,
+    )
     tokenizer.save(args.out)
     kind = args.kind or type(tokenizer.backend.model).__name__.lower()
-    print(f"trained {kind} tokenizer, vocab size {tokenizer.vocab_size}, on {n_files} file(s) -> "
-          f"{Path(args.out) / TOKENIZER_FILE} (+ {CONFIG_FILE})")
+    print(
+        f"trained {kind} tokenizer, vocab size {tokenizer.vocab_size}, on {n_files} file(s) -> "
+        f"{Path(args.out) / TOKENIZER_FILE} (+ {CONFIG_FILE})"
+    )
     return 0

@@ -112,9 +112,7 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         if not isinstance(value, Mapping):
             raise wrong()
         key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _convert(k, key_tp, path): _convert(v, val_tp, join(path, k)) for k, v in value.items()
-        }
+        return {_convert(k, key_tp, path): _convert(v, val_tp, join(path, k)) for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

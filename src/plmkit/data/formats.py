@@ -54,23 +54,38 @@ def file_format(path: Path, override: str | None = None) -> str | None:
     return suffix if suffix in FORMATS else None
 
 
-def read_file(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-              ) -> Iterator[Document]:
+def read_file(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     """The documents of one file; a file without any is bad input too (unless its lines were)."""
     fmt = file_format(path, spec.format)
-    readers = {"txt": _read_txt, "jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-               "tsv": _read_csv, "parquet": _read_parquet}
+    readers = {
+        "txt": _read_txt,
+        "jsonl": _read_jsonl,
+        "json": _read_json,
+        "csv": _read_csv,
+        "tsv": _read_csv,
+        "parquet": _read_parquet,
+    }
     count, skipped_before = 0, policy.report.total
     try:
         for doc in readers[fmt](path, spec, policy, progress):
             count += 1
             yield doc
     except (gzip.BadGzipFile, EOFError, zlib.error) as e:  # corrupt or truncated .gz
-        policy.bad("corrupt gzip file", str(path), f"not a valid gzip file ({e})",
-                   "re-create or re-download the file")
+        policy.bad(
+            "corrupt gzip file",
+            str(path),
+            f"not a valid gzip file ({e})",
+            "re-create or re-download the file",
+        )
     if count == 0 and policy.report.total == skipped_before:  # else its lines were reported already
-        policy.bad("file without documents", str(path), "the file has no documents (it is empty or blank)",
-                   "remove it from the source or fill it")
+        policy.bad(
+            "file without documents",
+            str(path),
+            "the file has no documents (it is empty or blank)",
+            "remove it from the source or fill it",
+        )
 
 
 @contextmanager
@@ -96,15 +111,20 @@ def _lines(path: Path, policy: ErrorPolicy, progress: Callable[[int], None]) -> 
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                policy.bad("invalid UTF-8", f"{path}:{lineno}", f"invalid UTF-8 at byte {e.start} of the line",
-                           "convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)")
+                policy.bad(
+                    "invalid UTF-8",
+                    f"{path}:{lineno}",
+                    f"invalid UTF-8 at byte {e.start} of the line",
+                    "convert the file to UTF-8 (e.g. iconv -f GBK -t UTF-8)",
+                )
                 continue
             yield lineno, (line[1:] if lineno == 1 and line.startswith("\ufeff") else line)
         progress(tell() - reported)
 
 
-def _read_txt(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-              ) -> Iterator[Document]:
+def _read_txt(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     paragraph: list[str] = []
     start = 0
     for lineno, line in _lines(path, policy, progress):
@@ -122,8 +142,9 @@ def _read_txt(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Calla
         yield Document("\n".join(paragraph), f"{path}:{start}")
 
 
-def _read_jsonl(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-                ) -> Iterator[Document]:
+def _read_jsonl(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     for lineno, line in _lines(path, policy, progress):
         if not line.strip():
             continue
@@ -131,8 +152,12 @@ def _read_jsonl(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Cal
         try:
             record = json.loads(line)
         except json.JSONDecodeError as e:
-            policy.bad("malformed JSON", where, f"malformed JSON ({e.msg} at column {e.colno})",
-                       "fix the line; each line must be one JSON object")
+            policy.bad(
+                "malformed JSON",
+                where,
+                f"malformed JSON ({e.msg} at column {e.colno})",
+                "fix the line; each line must be one JSON object",
+            )
             continue
         text = _text_of(record, spec.text_field, where, policy)
         if text is not None:
@@ -142,23 +167,36 @@ def _read_jsonl(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Cal
 def _text_of(record: Any, key: str, where: str, policy: ErrorPolicy) -> str | None:
     """record[key] when it is a string; otherwise report why not and return None."""
     if not isinstance(record, dict):
-        policy.bad("record that is not an object", where, f"expected a JSON object, got {type(record).__name__}",
-                   "each record must be an object such as {\"text\": \"...\"}")
+        policy.bad(
+            "record that is not an object",
+            where,
+            f"expected a JSON object, got {type(record).__name__}",
+            'each record must be an object such as {"text": "..."}',
+        )
         return None
     if key not in record:
-        policy.bad(f'missing field "{key}"', where, f'no field "{key}"{did_you_mean(key, record)}; fields: '
-                   f"{', '.join(map(str, record)) or '(none)'}", "set text_field: to the field holding the text")
+        policy.bad(
+            f'missing field "{key}"',
+            where,
+            f'no field "{key}"{did_you_mean(key, record)}; fields: {", ".join(map(str, record)) or "(none)"}',
+            "set text_field: to the field holding the text",
+        )
         return None
     value = record[key]
     if not isinstance(value, str):
-        policy.bad(f'non-text field "{key}"', where, f'field "{key}" is {type(value).__name__}, not a string',
-                   "set text_field: to a field holding text")
+        policy.bad(
+            f'non-text field "{key}"',
+            where,
+            f'field "{key}" is {type(value).__name__}, not a string',
+            "set text_field: to a field holding text",
+        )
         return None
     return value
 
 
-def _read_json(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-               ) -> Iterator[Document]:
+def _read_json(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     with _open_binary(path) as (stream, tell):
         data = stream.read()
         progress(tell())
@@ -169,21 +207,32 @@ def _read_json(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Call
         policy.bad("invalid UTF-8", f"{path}:{line}", "invalid UTF-8", "convert the file to UTF-8")
         return
     except json.JSONDecodeError as e:
-        policy.bad("malformed JSON", f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})",
-                   "fix the file; a .json source is one JSON document (use .jsonl for one object per line)")
+        policy.bad(
+            "malformed JSON",
+            f"{path}:{e.lineno}",
+            f"malformed JSON ({e.msg} at column {e.colno})",
+            "fix the file; a .json source is one JSON document (use .jsonl for one object per line)",
+        )
         return
     records, prefix = content, ""
     if isinstance(content, dict):
         lists = [k for k, v in content.items() if isinstance(v, list)]
         if len(lists) != 1:
-            policy.bad("JSON without one list of records", str(path),
-                       f"expected a list of records or an object with one list, found lists {lists}",
-                       "store the records as a list (or use .jsonl)")
+            policy.bad(
+                "JSON without one list of records",
+                str(path),
+                f"expected a list of records or an object with one list, found lists {lists}",
+                "store the records as a list (or use .jsonl)",
+            )
             return
         records, prefix = content[lists[0]], lists[0]
     if not isinstance(records, list):
-        policy.bad("JSON without one list of records", str(path), f"expected a list, got {type(records).__name__}",
-                   "store the records as a list (or use .jsonl)")
+        policy.bad(
+            "JSON without one list of records",
+            str(path),
+            f"expected a list, got {type(records).__name__}",
+            "store the records as a list (or use .jsonl)",
+        )
         return
     for i, record in enumerate(records):
         where = f"{path}: {prefix}[{i}]" if prefix else f"{path}: item {i}"
@@ -192,8 +241,9 @@ def _read_json(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Call
             yield Document(text, where)
 
 
-def _read_csv(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-              ) -> Iterator[Document]:
+def _read_csv(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     tsv = file_format(path, spec.format) == "tsv"
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are longer than csv's 128 KiB default
     # .tsv: quotes are ordinary characters (GLUE-style files quote nothing); .csv: standard quoting.
@@ -214,9 +264,13 @@ def _read_csv(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Calla
         policy.bad("malformed CSV", f"{path}:{last_line[0]}", f"malformed CSV ({e})", "fix the header row")
         return
     if spec.text_field not in header:
-        policy.bad(f'missing column "{spec.text_field}"', f"{path}:1", f'no column "{spec.text_field}"'
-                   f"{did_you_mean(spec.text_field, header)}; columns: {', '.join(header)}",
-                   "set text_field: to the column holding the text (the first row must name the columns)")
+        policy.bad(
+            f'missing column "{spec.text_field}"',
+            f"{path}:1",
+            f'no column "{spec.text_field}"'
+            f"{did_you_mean(spec.text_field, header)}; columns: {', '.join(header)}",
+            "set text_field: to the column holding the text (the first row must name the columns)",
+        )
         return
     column = header.index(spec.text_field)
     while True:
@@ -232,14 +286,19 @@ def _read_csv(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Calla
         if not row:
             continue  # a blank line
         if column >= len(row):
-            policy.bad(f'missing column "{spec.text_field}"', where,
-                       f"the row has {len(row)} fields, the header {len(header)}", "fix the row")
+            policy.bad(
+                f'missing column "{spec.text_field}"',
+                where,
+                f"the row has {len(row)} fields, the header {len(header)}",
+                "fix the row",
+            )
             continue
         yield Document(row[column], where)
 
 
-def _read_parquet(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-                  ) -> Iterator[Document]:
+def _read_parquet(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
@@ -251,8 +310,12 @@ def _read_parquet(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: C
         try:
             parquet = pq.ParquetFile(path)
         except Exception as e:  # pyarrow raises ArrowInvalid etc. on a file that is not parquet
-            policy.bad("unreadable parquet file", str(path), f"not a readable parquet file ({e})",
-                       "re-create the file")
+            policy.bad(
+                "unreadable parquet file",
+                str(path),
+                f"not a readable parquet file ({e})",
+                "re-create the file",
+            )
             return
         yield from _parquet_rows(parquet, path, spec, policy)
     progress(path.stat().st_size)
@@ -261,9 +324,13 @@ def _read_parquet(path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: C
 def _parquet_rows(parquet: Any, path: Path, spec: SourceSpec, policy: ErrorPolicy) -> Iterator[Document]:
     names = parquet.schema_arrow.names
     if spec.text_field not in names:
-        policy.bad(f'missing column "{spec.text_field}"', str(path), f'no column "{spec.text_field}"'
-                   f"{did_you_mean(spec.text_field, names)}; columns: {', '.join(names)}",
-                   "set text_field: to the column holding the text")
+        policy.bad(
+            f'missing column "{spec.text_field}"',
+            str(path),
+            f'no column "{spec.text_field}"'
+            f"{did_you_mean(spec.text_field, names)}; columns: {', '.join(names)}",
+            "set text_field: to the column holding the text",
+        )
         return
     row = 0
     for batch in parquet.iter_batches(columns=[spec.text_field]):
@@ -271,8 +338,16 @@ def _parquet_rows(parquet: Any, path: Path, spec: SourceSpec, policy: ErrorPolic
             where = f"{path}: row {row}"
             row += 1
             if not isinstance(value, str):
-                reason = f'missing field "{spec.text_field}"' if value is None else f'non-text field "{spec.text_field}"'
-                policy.bad(reason, where, f"column {spec.text_field} holds {value!r}, not a string",
-                           "fill or drop the row, or choose another text_field")
+                reason = (
+                    f'missing field "{spec.text_field}"'
+                    if value is None
+                    else f'non-text field "{spec.text_field}"'
+                )
+                policy.bad(
+                    reason,
+                    where,
+                    f"column {spec.text_field} holds {value!r}, not a string",
+                    "fill or drop the row, or choose another text_field",
+                )
                 continue
             yield Document(value, where)

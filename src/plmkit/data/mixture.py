@@ -28,21 +28,35 @@ from plmkit.errors import ConfigError
 class MixtureSampler:
     """Batches of (source, index) pairs from several datasets with weighted, per-item source choice."""
 
-    def __init__(self, datasets: Sequence[Sized], weights: Sequence[float], batch_size: int, seed: int = 0,
-                 shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        datasets: Sequence[Sized],
+        weights: Sequence[float],
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if len(datasets) != len(weights) or not datasets:
-            raise ConfigError(f"need one weight per dataset, got {len(datasets)} datasets, {len(weights)} weights")
+            raise ConfigError(
+                f"need one weight per dataset, got {len(datasets)} datasets, {len(weights)} weights"
+            )
         if any(not (math.isfinite(w) and w > 0) for w in weights):
             raise ConfigError(f"mixture weights must be positive numbers, got {list(weights)}")
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
-                              f"rank={rank}, world_size={world_size}")
+            raise ConfigError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
+                f"rank={rank}, world_size={world_size}"
+            )
         self.weights = [float(w) for w in weights]
         self.probabilities = torch.tensor(self.weights, dtype=torch.float64) / sum(self.weights)
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         # each source walks its own permutations, from its own seed; drop_last is moot per item
-        self.samplers = [ResumableSampler(len(d), 1, seed=derive_seed(seed, k, 2), shuffle=shuffle,
-                                          drop_last=False) for k, d in enumerate(datasets)]
+        self.samplers = [
+            ResumableSampler(len(d), 1, seed=derive_seed(seed, k, 2), shuffle=shuffle, drop_last=False)
+            for k, d in enumerate(datasets)
+        ]
         self.step = 0
 
     def __iter__(self):
@@ -63,7 +77,7 @@ class MixtureSampler:
         self.step += 1
         drawn = [iter(s.take(sources.count(k))) for k, s in enumerate(self.samplers)]
         pairs = [(k, next(drawn[k])) for k in sources]
-        return pairs[self.rank * self.batch_size: (self.rank + 1) * self.batch_size]
+        return pairs[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
 
     @property
     def epochs(self) -> list[float]:
@@ -71,16 +85,24 @@ class MixtureSampler:
         return [s.epoch + s.position / s.num_items for s in self.samplers]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "seed": self.seed, "weights": list(self.weights),
-                "samplers": [s.state_dict() for s in self.samplers]}
+        return {
+            "step": self.step,
+            "seed": self.seed,
+            "weights": list(self.weights),
+            "samplers": [s.state_dict() for s in self.samplers],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state["seed"] != self.seed or [float(w) for w in state["weights"]] != self.weights:
-            raise ConfigError(f"cannot resume the mixture: the checkpoint has seed={state['seed']}, weights="
-                              f"{state['weights']}; this run seed={self.seed}, weights={self.weights}")
+            raise ConfigError(
+                f"cannot resume the mixture: the checkpoint has seed={state['seed']}, weights="
+                f"{state['weights']}; this run seed={self.seed}, weights={self.weights}"
+            )
         if len(state["samplers"]) != len(self.samplers):
-            raise ConfigError(f"cannot resume the mixture: the checkpoint has {len(state['samplers'])} sources, "
-                              f"this run {len(self.samplers)}")
+            raise ConfigError(
+                f"cannot resume the mixture: the checkpoint has {len(state['samplers'])} sources, "
+                f"this run {len(self.samplers)}"
+            )
         for sampler, sub in zip(self.samplers, state["samplers"]):
             sampler.load_state_dict(sub)
         self.step = int(state["step"])

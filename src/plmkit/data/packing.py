@@ -30,20 +30,26 @@ class PackedDataset:
             raise ConfigError(f"block_size must be >= 1, got {block_size}")
         if store.add_eos:
             if eos_id is not None and eos_id != store.eos_id:
-                raise ConfigError(f"the store already ends documents with eos id {store.eos_id}, not {eos_id}; "
-                                  "pass eos_id=None or rebuild the store with add_eos=False")
+                raise ConfigError(
+                    f"the store already ends documents with eos id {store.eos_id}, not {eos_id}; "
+                    "pass eos_id=None or rebuild the store with add_eos=False"
+                )
             separator = None  # already in the tokens: never double it
         elif eos_id is None:
-            raise ConfigError("the store has no separator between documents (built with add_eos=False); "
-                              "pass eos_id= to insert one, or rebuild it with add_eos=True")
+            raise ConfigError(
+                "the store has no separator between documents (built with add_eos=False); "
+                "pass eos_id= to insert one, or rebuild it with add_eos=True"
+            )
         else:
             separator = eos_id
         self.store, self.block_size, self.separator = store, block_size, separator
         stream = store.num_tokens + (store.num_documents if separator is not None else 0)
         self.num_blocks = stream // block_size
         if self.num_blocks == 0:
-            raise DataError(f"{store.directory.name}: {stream} tokens are fewer than one block of {block_size}; "
-                            "add data or lower block_size")
+            raise DataError(
+                f"{store.directory.name}: {stream} tokens are fewer than one block of {block_size}; "
+                "add data or lower block_size"
+            )
         if separator is not None:
             # stream position where document d starts: every earlier document added one separator
             self._starts = store.offsets[:-1] + np.arange(store.num_documents, dtype=np.int64)
@@ -57,7 +63,7 @@ class PackedDataset:
             raise IndexError(f"block {i} out of range: {self.num_blocks} blocks")
         start = (i % self.num_blocks) * self.block_size
         if self.separator is None:
-            ids = self.store.tokens[start: start + self.block_size]
+            ids = self.store.tokens[start : start + self.block_size]
         else:
             ids = self._with_separators(start, start + self.block_size)
         return torch.from_numpy(ids.astype(np.int64))
@@ -71,7 +77,7 @@ class PackedDataset:
             within, length = position - int(self._starts[d]), int(self._lengths[d])
             if within < length:
                 take = min(length - within, end - position)
-                pieces.append(tokens[offsets[d] + within: offsets[d] + within + take])
+                pieces.append(tokens[offsets[d] + within : offsets[d] + within + take])
                 position += take
             else:  # at the separator after document d
                 pieces.append(np.array([self.separator], dtype=tokens.dtype))

@@ -78,8 +78,9 @@ class PretrainingData:
         blocks = sum(len(d) for d in self.datasets)
         block_size = self.datasets[0].block_size if self.datasets else 0
         held_out = sum(len(v) for v in self.validation)
-        return (f"{len(self.datasets)} source(s), {blocks:,} training blocks of {block_size} tokens"
-                + (f", {held_out:,} validation blocks" if held_out else ", no validation"))
+        return f"{len(self.datasets)} source(s), {blocks:,} training blocks of {block_size} tokens" + (
+            f", {held_out:,} validation blocks" if held_out else ", no validation"
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -88,12 +89,21 @@ class PretrainingData:
         self.sampler.load_state_dict(state)
 
 
-def build_pretraining_data(sources: Sequence[SourceSpec | Mapping[str, Any] | str], tokenizer: Any,
-                           block_size: int, batch_size: int, seed: int = 0,
-                           cache_dir: str | Path | None = None, *, shuffle: bool = True, rank: int = 0,
-                           world_size: int = 1, progress: bool | None = None,
-                           validation: Sequence[SourceSpec | Mapping[str, Any] | str] = (),
-                           validation_fraction: float = 0.0) -> PretrainingData:
+def build_pretraining_data(
+    sources: Sequence[SourceSpec | Mapping[str, Any] | str],
+    tokenizer: Any,
+    block_size: int,
+    batch_size: int,
+    seed: int = 0,
+    cache_dir: str | Path | None = None,
+    *,
+    shuffle: bool = True,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool | None = None,
+    validation: Sequence[SourceSpec | Mapping[str, Any] | str] = (),
+    validation_fraction: float = 0.0,
+) -> PretrainingData:
     """Tokenize (or reuse the cache of) every source, pack it into `block_size` blocks and mix the
     sources by weight. `sources` items may be SourceSpecs, dicts of their fields (from YAML) or paths.
     Validation: the `validation` sources, else the last `validation_fraction` of every source's blocks
@@ -106,8 +116,10 @@ def build_pretraining_data(sources: Sequence[SourceSpec | Mapping[str, Any] | st
     train: list[PackedDataset | BlockRange] = list(datasets)
     held_out: list[PackedDataset | BlockRange] = []
     if validation:
-        held_out = [packed_blocks(_as_spec(s), tokenizer, block_size, cache_dir, progress=progress)
-                    for s in validation]
+        held_out = [
+            packed_blocks(_as_spec(s), tokenizer, block_size, cache_dir, progress=progress)
+            for s in validation
+        ]
     elif validation_fraction:
         train = []
         for dataset in datasets:
@@ -117,8 +129,15 @@ def build_pretraining_data(sources: Sequence[SourceSpec | Mapping[str, Any] | st
                 continue
             train.append(BlockRange(dataset, 0, len(dataset) - n))
             held_out.append(BlockRange(dataset, len(dataset) - n, len(dataset)))
-    sampler = MixtureSampler(train, [s.weight for s in specs], batch_size, seed=seed, shuffle=shuffle,
-                             rank=rank, world_size=world_size)
+    sampler = MixtureSampler(
+        train,
+        [s.weight for s in specs],
+        batch_size,
+        seed=seed,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+    )
     return PretrainingData(specs, stores, train, sampler, held_out)
 
 
@@ -131,8 +150,14 @@ def iter_source_texts(sources: Sequence[SourceSpec]) -> Iterator[str]:
             yield document.text
 
 
-def packed_blocks(spec: SourceSpec, tokenizer: Any, block_size: int, cache_dir: str | Path | None = None,
-                  *, progress: bool | None = None) -> PackedDataset:
+def packed_blocks(
+    spec: SourceSpec,
+    tokenizer: Any,
+    block_size: int,
+    cache_dir: str | Path | None = None,
+    *,
+    progress: bool | None = None,
+) -> PackedDataset:
     """One source tokenized into its cached store and packed into blocks. Documents are separated by
     the tokenizer's eos, or by [SEP] for tokenizers without one (BERT-style vocabularies)."""
     if tokenizer.eos_id is not None:

@@ -31,9 +31,13 @@ class Progress:
     def _draw(self, end: str) -> None:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
         percent = 100.0 * min(self.bytes / self.total, 1.0) if self.total else 100.0
-        print(f"tokenizing: {percent:5.1f}% of {self.total / 2**20:.1f} MB, {self.documents:,} documents, "
-              f"{self.tokens:,} tokens, {self.tokens / elapsed:,.0f} tokens/s", end=end, file=sys.stderr,
-              flush=True)
+        print(
+            f"tokenizing: {percent:5.1f}% of {self.total / 2**20:.1f} MB, {self.documents:,} documents, "
+            f"{self.tokens:,} tokens, {self.tokens / elapsed:,.0f} tokens/s",
+            end=end,
+            file=sys.stderr,
+            flush=True,
+        )
 
     def close(self) -> None:
         if self.enabled:

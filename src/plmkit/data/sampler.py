@@ -38,18 +38,32 @@ class ResumableSampler:
     drop_last=False: the last batch of an epoch is short (single process only).
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        seed: int = 0,
+        shuffle: bool = True,
+        drop_last: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if batch_size < 1 or world_size < 1 or not 0 <= rank < world_size:
-            raise ConfigError(f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
-                              f"rank={rank}, world_size={world_size}")
+            raise ConfigError(
+                f"need batch_size >= 1 and 0 <= rank < world_size, got batch_size={batch_size}, "
+                f"rank={rank}, world_size={world_size}"
+            )
         if num_items < 1:
             raise ConfigError("cannot sample from an empty dataset")
         if drop_last and num_items < batch_size * world_size:
-            raise ConfigError(f"the dataset has {num_items} items, fewer than one batch of "
-                              f"{batch_size * world_size}; add data or lower the batch size")
+            raise ConfigError(
+                f"the dataset has {num_items} items, fewer than one batch of "
+                f"{batch_size * world_size}; add data or lower the batch size"
+            )
         if not drop_last and world_size > 1:
-            raise ConfigError("drop_last=False would give ranks batches of different sizes; use it in one process")
+            raise ConfigError(
+                "drop_last=False would give ranks batches of different sizes; use it in one process"
+            )
         self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
         self.shuffle, self.drop_last, self.rank, self.world_size = shuffle, drop_last, rank, world_size
         self.epoch, self.position = 0, 0  # position: items of this epoch's permutation already used
@@ -81,9 +95,9 @@ class ResumableSampler:
         remaining = self.num_items - self.position
         if remaining <= 0 or (self.drop_last and remaining < global_batch):
             self.epoch, self.position = self.epoch + 1, 0
-        chunk = self.permutation(self.epoch)[self.position: self.position + global_batch]
+        chunk = self.permutation(self.epoch)[self.position : self.position + global_batch]
         self.position += len(chunk)
-        return chunk[self.rank * self.batch_size: (self.rank + 1) * self.batch_size].tolist()
+        return chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size].tolist()
 
     def take(self, n: int) -> list[int]:
         """The next `n` items of the item stream, crossing epochs as needed (all ranks' items; used by
@@ -92,19 +106,26 @@ class ResumableSampler:
         while len(items) < n:
             if self.position >= self.num_items:
                 self.epoch, self.position = self.epoch + 1, 0
-            chunk = self.permutation(self.epoch)[self.position: self.position + n - len(items)]
+            chunk = self.permutation(self.epoch)[self.position : self.position + n - len(items)]
             self.position += len(chunk)
             items.extend(chunk.tolist())
         return items
 
     # ---- resumability -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "num_items": self.num_items, "shuffle": self.shuffle}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "num_items": self.num_items,
+            "shuffle": self.shuffle,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("seed", "num_items", "shuffle"):
             if state[key] != getattr(self, key):
-                raise ConfigError(f"cannot resume the sampler: the checkpoint has {key}={state[key]!r}, this run "
-                                  f"{getattr(self, key)!r} (resuming needs the same data and seed)")
+                raise ConfigError(
+                    f"cannot resume the sampler: the checkpoint has {key}={state[key]!r}, this run "
+                    f"{getattr(self, key)!r} (resuming needs the same data and seed)"
+                )
         self.epoch, self.position = int(state["epoch"]), int(state["position"])

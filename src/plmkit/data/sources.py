@@ -52,10 +52,14 @@ class SourceSpec:
         if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight > 0):
             raise ConfigError(f"source {self.path}: weight must be a positive number, got {self.weight!r}")
         if self.on_error not in ("raise", "skip"):
-            raise ConfigError(f'source {self.path}: on_error must be "raise" or "skip", got {self.on_error!r}')
+            raise ConfigError(
+                f'source {self.path}: on_error must be "raise" or "skip", got {self.on_error!r}'
+            )
         if self.format is not None and self.format not in FORMATS:
-            raise ConfigError(f"source {self.path}: unknown format {self.format!r}"
-                              f"{did_you_mean(self.format, FORMATS)}; known: {', '.join(FORMATS)}")
+            raise ConfigError(
+                f"source {self.path}: unknown format {self.format!r}"
+                f"{did_you_mean(self.format, FORMATS)}; known: {', '.join(FORMATS)}"
+            )
 
 
 @dataclass
@@ -95,7 +99,9 @@ class SkipReport:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SkipReport:
-        return cls(counts=dict(d.get("counts", {})), first={k: list(v) for k, v in d.get("first", {}).items()})
+        return cls(
+            counts=dict(d.get("counts", {})), first={k: list(v) for k, v in d.get("first", {}).items()}
+        )
 
 
 def resolve_files(spec: SourceSpec) -> list[Path]:
@@ -106,21 +112,28 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
         if not files:
             raise DataError(f"{spec.path}: the glob matches no files; check the pattern")
     elif path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and not _hidden(p, path)
-                       and file_format(p) is not None)
+        files = sorted(
+            p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and file_format(p) is not None
+        )
         if not files:
-            raise DataError(f"{spec.path}: the folder has no data files (suffixes: "
-                            f"{', '.join('.' + f for f in FORMATS)}, optionally + .gz)")
+            raise DataError(
+                f"{spec.path}: the folder has no data files (suffixes: "
+                f"{', '.join('.' + f for f in FORMATS)}, optionally + .gz)"
+            )
         return files
     elif path.is_file():
         files = [path]
     else:
-        raise DataError(f"{spec.path}: no such file or folder; check the path (relative paths are "
-                        f"relative to the working directory {Path.cwd()})")
+        raise DataError(
+            f"{spec.path}: no such file or folder; check the path (relative paths are "
+            f"relative to the working directory {Path.cwd()})"
+        )
     for f in files:
         if file_format(f, spec.format) is None:
-            raise DataError(f"{f}: unknown file type; use one of {', '.join('.' + x for x in FORMATS)} "
-                            f"(optionally + .gz) or set format: in the source")
+            raise DataError(
+                f"{f}: unknown file type; use one of {', '.join('.' + x for x in FORMATS)} "
+                f"(optionally + .gz) or set format: in the source"
+            )
     return files
 
 
@@ -128,8 +141,11 @@ def _hidden(path: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in path.relative_to(root).parts)
 
 
-def iter_documents(spec: SourceSpec | str | Path, skipped: SkipReport | None = None,
-                   progress: Callable[[int], None] | None = None) -> Iterator[Document]:
+def iter_documents(
+    spec: SourceSpec | str | Path,
+    skipped: SkipReport | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Iterator[Document]:
     """Every document of a source, in file order. Bad input raises DataError or is counted in `skipped`.
 
     With on_error="skip" and no `skipped` report given, a summary is issued as a warning at the end.

@@ -82,14 +82,16 @@ class TokenStore:
         if not -self.num_documents <= i < self.num_documents:
             raise IndexError(f"document {i} out of range: the store has {self.num_documents}")
         i %= self.num_documents
-        return self.tokens[self.offsets[i]: self.offsets[i + 1]]
+        return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
     def document_lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
     def __repr__(self) -> str:
-        return (f"TokenStore({self.directory.name}: {self.num_documents} documents, {self.num_tokens} tokens, "
-                f"{self.tokens.dtype})")
+        return (
+            f"TokenStore({self.directory.name}: {self.num_documents} documents, {self.num_tokens} tokens, "
+            f"{self.tokens.dtype})"
+        )
 
     @classmethod
     def open(cls, directory: str | Path, verify: bool = True) -> TokenStore:
@@ -105,18 +107,27 @@ class TokenStore:
             sums = header["tokens_sha256"], header["offsets_sha256"]
         except FileNotFoundError as e:
             raise DataError(f"{directory}: not a token store ({e.filename} is missing)") from e
-        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+        ) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
             raise DataError(f"{directory / HEADER_FILE}: garbled header ({e!r})") from e
-        files = [(directory / TOKENS_FILE, n_tokens * dtype.itemsize, sums[0]),
-                 (directory / OFFSETS_FILE, (n_docs + 1) * 8, sums[1])]
+        files = [
+            (directory / TOKENS_FILE, n_tokens * dtype.itemsize, sums[0]),
+            (directory / OFFSETS_FILE, (n_docs + 1) * 8, sums[1]),
+        ]
         for path, size, digest in files:
             actual = path.stat().st_size if path.is_file() else None
             if actual != size:
                 raise DataError(f"{path}: {actual} bytes, expected {size} (truncated or incomplete)")
             if verify and _sha256_file(path) != digest:
                 raise DataError(f"{path}: checksum mismatch (the file is corrupt)")
-        tokens = (np.memmap(directory / TOKENS_FILE, dtype=dtype, mode="r", shape=(n_tokens,))
-                  if n_tokens else np.zeros(0, dtype))  # mmap cannot map an empty file
+        tokens = (
+            np.memmap(directory / TOKENS_FILE, dtype=dtype, mode="r", shape=(n_tokens,))
+            if n_tokens
+            else np.zeros(0, dtype)
+        )  # mmap cannot map an empty file
         offsets = np.fromfile(directory / OFFSETS_FILE, dtype=np.int64)
         if offsets[0] != 0 or offsets[-1] != n_tokens or (n_docs and np.any(np.diff(offsets) < 0)):
             raise DataError(f"{directory / OFFSETS_FILE}: inconsistent document offsets")
@@ -124,9 +135,16 @@ class TokenStore:
 
     # ---- building ---------------------------------------------------------------------------------
     @classmethod
-    def build(cls, sources: Sequence[SourceSpec] | SourceSpec, tokenizer: Any,
-              cache_dir: str | Path | None = None, *, add_eos: bool = True, progress: bool | None = None,
-              verify: bool = True) -> TokenStore:
+    def build(
+        cls,
+        sources: Sequence[SourceSpec] | SourceSpec,
+        tokenizer: Any,
+        cache_dir: str | Path | None = None,
+        *,
+        add_eos: bool = True,
+        progress: bool | None = None,
+        verify: bool = True,
+    ) -> TokenStore:
         """Tokenize `sources` (in order) into a store under `cache_dir`, or reuse the cached one.
 
         `tokenizer` is a plmkit Tokenizer (anything with encode_batch, vocab_size, eos_id and a
@@ -140,7 +158,9 @@ class TokenStore:
         files = [resolve_files(spec) for spec in specs]  # fails early on a bad path
         eos_id = tokenizer.eos_id if add_eos else None
         if add_eos and eos_id is None:
-            raise ConfigError("add_eos=True needs a tokenizer with an eos token; add one or pass add_eos=False")
+            raise ConfigError(
+                "add_eos=True needs a tokenizer with an eos token; add one or pass add_eos=False"
+            )
         cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         key = cache_key(specs, files, tokenizer, add_eos)
         directory = cache_dir / f"{_slug(specs[0].path)}-{key[:20]}"
@@ -157,8 +177,10 @@ class TokenStore:
             tmp = cache_dir / f".{directory.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
         except OSError as e:
-            raise DataError(f"cannot write the token cache to {cache_dir} ({e.strerror}); "
-                            "set cache_dir or $PLMKIT_CACHE to a writable folder") from e
+            raise DataError(
+                f"cannot write the token cache to {cache_dir} ({e.strerror}); "
+                "set cache_dir or $PLMKIT_CACHE to a writable folder"
+            ) from e
         try:
             header = _tokenize_into(tmp, specs, files, tokenizer, eos_id, progress)
             header.update(key=key, created=time.strftime("%Y-%m-%d %H:%M:%S"))
@@ -171,22 +193,40 @@ class TokenStore:
         return store
 
 
-def cache_key(specs: Sequence[SourceSpec], files: Sequence[Sequence[Path]], tokenizer: Any,
-              add_eos: bool) -> str:
+def cache_key(
+    specs: Sequence[SourceSpec], files: Sequence[Sequence[Path]], tokenizer: Any, add_eos: bool
+) -> str:
     """SHA-256 of everything the tokens depend on (weights do not: they only matter for sampling)."""
     described = []
     for spec, paths in zip(specs, files):
         stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
-        described.append({"files": stats, "text_field": spec.text_field, "format": spec.format,
-                          "on_error": spec.on_error, "blank_line_documents": spec.blank_line_documents})
-    key = {"format": FORMAT_VERSION, "sources": described, "add_eos": add_eos,
-           "eos_id": tokenizer.eos_id if add_eos else None,
-           "tokenizer": hashlib.sha256(tokenizer.backend.to_str().encode("utf-8")).hexdigest()}
+        described.append(
+            {
+                "files": stats,
+                "text_field": spec.text_field,
+                "format": spec.format,
+                "on_error": spec.on_error,
+                "blank_line_documents": spec.blank_line_documents,
+            }
+        )
+    key = {
+        "format": FORMAT_VERSION,
+        "sources": described,
+        "add_eos": add_eos,
+        "eos_id": tokenizer.eos_id if add_eos else None,
+        "tokenizer": hashlib.sha256(tokenizer.backend.to_str().encode("utf-8")).hexdigest(),
+    }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode("utf-8")).hexdigest()
 
 
-def _tokenize_into(folder: Path, specs: Sequence[SourceSpec], files: Sequence[Sequence[Path]],
-                   tokenizer: Any, eos_id: int | None, progress: bool | None) -> dict[str, Any]:
+def _tokenize_into(
+    folder: Path,
+    specs: Sequence[SourceSpec],
+    files: Sequence[Sequence[Path]],
+    tokenizer: Any,
+    eos_id: int | None,
+    progress: bool | None,
+) -> dict[str, Any]:
     """Tokenize every document into folder/tokens.bin + offsets.bin; return the header (no key yet)."""
     dtype = token_dtype(tokenizer.vocab_size)
     total_bytes = sum(p.stat().st_size for paths in files for p in paths)
@@ -226,8 +266,9 @@ def _tokenize_into(folder: Path, specs: Sequence[SourceSpec], files: Sequence[Se
             if texts:
                 source_tokens += flush(texts)
                 docs += len(texts)
-            per_source.append({"path": spec.path, "files": len(paths), "num_documents": docs,
-                               "num_tokens": source_tokens})
+            per_source.append(
+                {"path": spec.path, "files": len(paths), "num_documents": docs, "num_tokens": source_tokens}
+            )
         out.flush()
         os.fsync(out.fileno())
     bar.close()
@@ -236,10 +277,19 @@ def _tokenize_into(folder: Path, specs: Sequence[SourceSpec], files: Sequence[Se
         raise DataError(f"no documents in {', '.join(s.path for s in specs)} ({report})")
     offsets = np.concatenate([[0], np.cumsum(np.concatenate(lengths))]).astype(np.int64)
     offsets.tofile(folder / OFFSETS_FILE)
-    return {"format": FORMAT_VERSION, "dtype": dtype.name, "num_tokens": n_tokens, "num_documents": n_docs,
-            "add_eos": eos_id is not None, "eos_id": eos_id, "vocab_size": tokenizer.vocab_size,
-            "sources": per_source, "skipped": report.to_dict(), "tokens_sha256": tokens_hash.hexdigest(),
-            "offsets_sha256": hashlib.sha256(offsets.tobytes()).hexdigest()}
+    return {
+        "format": FORMAT_VERSION,
+        "dtype": dtype.name,
+        "num_tokens": n_tokens,
+        "num_documents": n_docs,
+        "add_eos": eos_id is not None,
+        "eos_id": eos_id,
+        "vocab_size": tokenizer.vocab_size,
+        "sources": per_source,
+        "skipped": report.to_dict(),
+        "tokens_sha256": tokens_hash.hexdigest(),
+        "offsets_sha256": hashlib.sha256(offsets.tobytes()).hexdigest(),
+    }
 
 
 def _publish(tmp: Path, directory: Path) -> None:

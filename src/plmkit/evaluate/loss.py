@@ -13,7 +13,9 @@ import torch
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, Any]]
 
 
-def model_token_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+def model_token_loss(
+    model: torch.nn.Module, batch: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(the loss summed over the batch's targets, their number) of a model given its labels: the LMs report
     both (plmkit.model.losses.token_loss); a model that reports only its mean (ELECTRA's two-part loss) is
     weighted by its label positions."""

@@ -11,8 +11,9 @@ from plmkit.generation.sampling import penalize, prompt_seen
 
 
 @torch.inference_mode()
-def beam_search(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                config: GenerationConfig) -> torch.Tensor:
+def beam_search(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: GenerationConfig
+) -> torch.Tensor:
     """Beam search over B prompts at once (B*K rows); returns the best hypothesis per prompt (B, N).
 
     Hypotheses are ranked by sum(log p) / n_new_tokens**length_penalty (EOS counts as a token).

@@ -54,11 +54,15 @@ class GenerationConfig:
         if self.num_beams < 1:
             fail(f"num_beams must be >= 1, got {self.num_beams}")
         if self.num_beams > 1 and self.do_sample:
-            fail(f"beam sampling not supported (num_beams={self.num_beams} with do_sample=True); "
-                 "use num_beams=1 to sample or do_sample=False for beam search")
+            fail(
+                f"beam sampling not supported (num_beams={self.num_beams} with do_sample=True); "
+                "use num_beams=1 to sample or do_sample=False for beam search"
+            )
         if self.do_sample and self.temperature <= 0:
-            fail(f"temperature must be > 0 when sampling, got {self.temperature}; "
-                 "use do_sample=False for greedy decoding")
+            fail(
+                f"temperature must be > 0 when sampling, got {self.temperature}; "
+                "use do_sample=False for greedy decoding"
+            )
         if self.top_k < 0:
             fail(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
         if not 0 < self.top_p <= 1:
@@ -66,15 +70,17 @@ class GenerationConfig:
         if self.repetition_penalty <= 0:
             fail(f"repetition_penalty must be > 0 (1.0 disables it), got {self.repetition_penalty}")
         eos = self.eos_token_id
-        for token in ([] if eos is None else [eos] if isinstance(eos, int) else eos):
+        for token in [] if eos is None else [eos] if isinstance(eos, int) else eos:
             if token < 0:
                 fail(f"eos_token_id must be >= 0, got {token}")
         if any(not isinstance(s, str) or not s for s in self.stop):
             fail(f"stop strings must be non-empty strings, got {self.stop!r}")
         choices = get_args(LogprobsOf)
         if self.logprobs_of not in choices:
-            fail(f"logprobs_of must be one of {', '.join(choices)}, got {self.logprobs_of!r}"
-                 f"{did_you_mean(str(self.logprobs_of), choices)}")
+            fail(
+                f"logprobs_of must be one of {', '.join(choices)}, got {self.logprobs_of!r}"
+                f"{did_you_mean(str(self.logprobs_of), choices)}"
+            )
         if self.top_logprobs < 0:
             fail(f"top_logprobs must be >= 0 (0: none), got {self.top_logprobs}")
 
@@ -86,8 +92,9 @@ class GenerationConfig:
         return dataclasses.replace(self, **overrides)
 
 
-def resolve(model: nn.Module, config: GenerationConfig | None, overrides: dict,
-            tokenizer=None) -> GenerationConfig:
+def resolve(
+    model: nn.Module, config: GenerationConfig | None, overrides: dict, tokenizer=None
+) -> GenerationConfig:
     """Apply overrides and fill eos/pad from the model (then tokenizer): eos_token_id becomes a list."""
     config = (config or GenerationConfig()).replace(**overrides)
     eos = config.eos_token_id
@@ -96,45 +103,64 @@ def resolve(model: nn.Module, config: GenerationConfig | None, overrides: dict,
     if eos is None and tokenizer is not None:
         eos = tokenizer.eos_id
     eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-    candidates = (config.pad_token_id, tokenizer.pad_id if tokenizer is not None else None,
-                  model.config.pad_token_id, eos[0] if eos else None, 0)
+    candidates = (
+        config.pad_token_id,
+        tokenizer.pad_id if tokenizer is not None else None,
+        model.config.pad_token_id,
+        eos[0] if eos else None,
+        0,
+    )
     pad = next(c for c in candidates if c is not None)
     return dataclasses.replace(config, eos_token_id=eos, pad_token_id=pad)
 
 
-def check_prompt(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                 config: GenerationConfig) -> None:
+def check_prompt(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: GenerationConfig
+) -> None:
     """One check of the prompt before the loop (the decoder skips the model's per-call checks)."""
     family = model.config.family
     if family not in ("causal", "prefix", "seq2seq"):
-        raise ConfigError(f"cannot generate with a {family!r} model; generation needs a causal, prefix or "
-                          "seq2seq language model")
+        raise ConfigError(
+            f"cannot generate with a {family!r} model; generation needs a causal, prefix or "
+            "seq2seq language model"
+        )
     if input_ids.dim() != 2 or input_ids.shape[0] == 0 or input_ids.shape[1] == 0:
-        raise ShapeError(f"input_ids must be a non-empty 2D (batch, seq) tensor, got shape "
-                         f"{tuple(input_ids.shape)}")
+        raise ShapeError(
+            f"input_ids must be a non-empty 2D (batch, seq) tensor, got shape {tuple(input_ids.shape)}"
+        )
     vocab = model.config.vocab_size
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab:
-        raise ShapeError(f"input_ids contains token id {high if high >= vocab else low} outside the model's "
-                         f"vocabulary [0, {vocab}); the tokenizer and model.vocab_size={vocab} disagree")
+        raise ShapeError(
+            f"input_ids contains token id {high if high >= vocab else low} outside the model's "
+            f"vocabulary [0, {vocab}); the tokenizer and model.vocab_size={vocab} disagree"
+        )
     if attention_mask is not None:
         if attention_mask.shape != input_ids.shape:
-            raise ShapeError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
-                             f"{tuple(input_ids.shape)}")
+            raise ShapeError(
+                f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids has "
+                f"{tuple(input_ids.shape)}"
+            )
         if family != "seq2seq" and not bool(attention_mask[:, -1].all()):
-            raise ShapeError("decoder-only generation needs LEFT padding (attention_mask[:, -1] must be 1 in "
-                             "every row); pad with tokenizer.pad_batch(..., padding_side='left')")
+            raise ShapeError(
+                "decoder-only generation needs LEFT padding (attention_mask[:, -1] must be 1 in "
+                "every row); pad with tokenizer.pad_batch(..., padding_side='left')"
+            )
     if model.config.position not in ABSOLUTE_POSITIONS:
         return
     limit, n_new = model.config.max_positions, config.max_new_tokens
     if family == "seq2seq":
         if input_ids.shape[1] > limit:
-            raise ShapeError(f"prompt of {input_ids.shape[1]} tokens exceeds model.max_positions={limit}; "
-                             "shorten the prompt")
+            raise ShapeError(
+                f"prompt of {input_ids.shape[1]} tokens exceeds model.max_positions={limit}; "
+                "shorten the prompt"
+            )
         length, what = 1 + n_new, f"decoder start token + max_new_tokens={n_new}"
     else:
         t = input_ids.shape[1]
         length, what = t + n_new, f"prompt of {t} tokens + max_new_tokens={n_new}"
     if length > limit:
-        raise ShapeError(f"{what} = {length} tokens exceeds model.max_positions={limit}; "
-                         "shorten the prompt or lower max_new_tokens")
+        raise ShapeError(
+            f"{what} = {length} tokens exceeds model.max_positions={limit}; "
+            "shorten the prompt or lower max_new_tokens"
+        )

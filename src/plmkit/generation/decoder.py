@@ -40,7 +40,9 @@ class Decoder:
     Holds the KV cache and everything that grows with it (padding mask, next positions);
     `reorder(index)` selects rows for beam search."""
 
-    def __init__(self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> None:
+    def __init__(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> None:
         self.model = model
         self.family = model.config.family
         self.input_ids = input_ids
@@ -55,8 +57,9 @@ class Decoder:
     def _run(self, **kwargs) -> torch.Tensor:
         """One forward call -> logits (B, V) at the last position; keeps the new cache."""
         with dropout_off():
-            out: ModelOutput = self.model(check_inputs=False, compute_logits=self.head is None, use_cache=True,
-                                          **kwargs)
+            out: ModelOutput = self.model(
+                check_inputs=False, compute_logits=self.head is None, use_cache=True, **kwargs
+            )
             self.past = out.past_key_values
             if self.head is None:
                 return out.logits[:, -1]
@@ -68,8 +71,9 @@ class Decoder:
         if self.family == "seq2seq":
             with dropout_off():
                 self.memory = model.encode(input_ids=ids, attention_mask=self.mask, check_inputs=False)
-            start = torch.full((ids.shape[0], 1), model.config.decoder_start_id, dtype=torch.long,
-                               device=ids.device)
+            start = torch.full(
+                (ids.shape[0], 1), model.config.decoder_start_id, dtype=torch.long, device=ids.device
+            )
             return self._decode(start)
         kwargs = {}
         if self.family == "prefix":  # the whole (padded) prompt is the bidirectional prefix
@@ -92,8 +96,12 @@ class Decoder:
         return self._run(input_ids=tokens[:, None], past_key_values=self.past, **kwargs)
 
     def _decode(self, decoder_input_ids: torch.Tensor) -> torch.Tensor:
-        return self._run(attention_mask=self.mask, decoder_input_ids=decoder_input_ids,
-                         encoder_hidden_states=self.memory, past_key_values=self.past)
+        return self._run(
+            attention_mask=self.mask,
+            decoder_input_ids=decoder_input_ids,
+            encoder_hidden_states=self.memory,
+            past_key_values=self.past,
+        )
 
     def reorder(self, index: torch.Tensor) -> None:
         self.past = reorder_cache(self.past, index)

@@ -28,9 +28,15 @@ class GenerationOutput:
     top_logprobs: torch.Tensor | None = None  # (B, N, k) their log-probs, best first
 
 
-def generate_ids(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 config: GenerationConfig | None = None, *, return_logprobs: bool = False,
-                 **overrides) -> torch.Tensor | GenerationOutput:
+def generate_ids(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    config: GenerationConfig | None = None,
+    *,
+    return_logprobs: bool = False,
+    **overrides,
+) -> torch.Tensor | GenerationOutput:
     """New token ids (B, N) for a batch of prompts (decoder-only: left padded). N <= max_new_tokens:
     generation stops early once every row has produced EOS; finished rows continue with pad ids.
     With return_logprobs=True: a GenerationOutput (ids, per-token log-probs, mask[, top-k])."""
@@ -40,8 +46,10 @@ def generate_ids(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
         raise ConfigError(f"generation: top_logprobs={config.top_logprobs} needs return_logprobs=True")
     if config.num_beams > 1:
         if return_logprobs:
-            raise ConfigError(f"generation: return_logprobs supports greedy decoding and sampling, not beam "
-                              f"search (num_beams={config.num_beams}); use num_beams=1")
+            raise ConfigError(
+                f"generation: return_logprobs supports greedy decoding and sampling, not beam "
+                f"search (num_beams={config.num_beams}); use num_beams=1"
+            )
         return beam_search(model, input_ids, attention_mask, config).clone()
     steps = list(sample_steps(model, input_ids, attention_mask, config, with_logprobs=return_logprobs))
     # clone: a normal tensor (not an inference tensor), usable in autograd, e.g. RLHF
@@ -53,5 +61,6 @@ def generate_ids(model: nn.Module, input_ids: torch.Tensor, attention_mask: torc
         values = [getattr(s, name) for s in steps]
         return None if values[0] is None else torch.stack(values, dim=1).clone()
 
-    return GenerationOutput(ids, stacked("logprobs"), stacked("active"), stacked("top_ids"),
-                            stacked("top_logprobs"))
+    return GenerationOutput(
+        ids, stacked("logprobs"), stacked("active"), stacked("top_ids"), stacked("top_logprobs")
+    )

@@ -23,8 +23,9 @@ class Step(NamedTuple):
     top_logprobs: torch.Tensor | None = None  # (B, k) their log-probs
 
 
-def prompt_seen(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
-                config: GenerationConfig) -> torch.Tensor | None:
+def prompt_seen(
+    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: GenerationConfig
+) -> torch.Tensor | None:
     """(B, V) bool: tokens the repetition penalty applies to (None when it is off). A seq2seq prompt is
     the source text, which the output may legitimately copy, so only the decoder's own tokens count."""
     if config.repetition_penalty == 1.0:
@@ -65,8 +66,9 @@ def filter_for_sampling(scores: torch.Tensor, config: GenerationConfig) -> torch
     return scores
 
 
-def chosen_logprobs(scores: torch.Tensor, tokens: torch.Tensor, finished: torch.Tensor,
-                    top: int) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def chosen_logprobs(
+    scores: torch.Tensor, tokens: torch.Tensor, finished: torch.Tensor, top: int
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """log-softmax(scores) (B, V) at the chosen tokens (B,) (0.0 in finished rows) and its `top` best."""
     logprobs = scores.float().log_softmax(dim=-1)
     chosen = logprobs.gather(1, tokens[:, None]).squeeze(1).masked_fill(finished, 0.0)

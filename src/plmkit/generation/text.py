@@ -20,8 +20,7 @@ from plmkit.generation.config import GenerationConfig, check_prompt, resolve
 from plmkit.generation.sampling import sample_steps
 
 
-def _encode_prompts(model: nn.Module, tokenizer,
-                    prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode_prompts(model: nn.Module, tokenizer, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids + mask on the model's device: seq2seq gets the tokenizer's template (e.g. `... eos`),
     decoder-only models get bos (when the tokenizer has one) + the text, left padded."""
     if model.config.family == "seq2seq":
@@ -34,8 +33,10 @@ def _encode_prompts(model: nn.Module, tokenizer,
     for i, ids in enumerate(batch):
         if not ids:  # an empty prompt starts from eos (GPT-2's document separator) when there is one
             if tokenizer.eos_id is None:
-                raise ShapeError(f"prompt {i} is empty and the tokenizer has no bos or eos token to start "
-                                 "from; give a non-empty prompt")
+                raise ShapeError(
+                    f"prompt {i} is empty and the tokenizer has no bos or eos token to start "
+                    "from; give a non-empty prompt"
+                )
             batch[i] = [tokenizer.eos_id]
     input_ids, attention_mask = tokenizer.pad_batch(batch, padding_side=side)
     return input_ids.to(model.device), attention_mask.to(model.device)
@@ -64,8 +65,9 @@ class _StopStrings:
         return torch.tensor(stopped, device=tokens.device)
 
 
-def generate(model: nn.Module, tokenizer, prompt: str | list[str],
-             config: GenerationConfig | None = None, **overrides) -> str | list[str]:
+def generate(
+    model: nn.Module, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None, **overrides
+) -> str | list[str]:
     """The text generated after `prompt` (a list of prompts -> a list of texts), without the prompt,
     EOS, or anything from the first stop string on."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -99,8 +101,9 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
-def stream(model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | None = None,
-           **overrides) -> Iterator[str]:
+def stream(
+    model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | None = None, **overrides
+) -> Iterator[str]:
     """Yield the new text in pieces as tokens are generated (greedy or sampling). The pieces join to
     exactly what `generate` returns: text is held back while it ends in an incomplete character
     (U+FFFD from a byte-level token that splits a character) or could be the start of a stop string."""
@@ -108,8 +111,10 @@ def stream(model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | 
         raise ConfigError("stream takes one prompt string; use generate() for a batch")
     config = resolve(model, config, overrides, tokenizer)
     if config.num_beams > 1:
-        raise ConfigError(f"stream supports greedy decoding and sampling only, not beam search "
-                          f"(num_beams={config.num_beams}): beams are only known at the end; use generate()")
+        raise ConfigError(
+            f"stream supports greedy decoding and sampling only, not beam search "
+            f"(num_beams={config.num_beams}): beams are only known at the end; use generate()"
+        )
     input_ids, attention_mask = _encode_prompts(model, tokenizer, [prompt])
     check_prompt(model, input_ids, attention_mask, config)
     return _stream_pieces(model, tokenizer, input_ids, attention_mask, config)
@@ -134,9 +139,9 @@ def _stream_pieces(model, tokenizer, input_ids, attention_mask, config) -> Itera
             stable = text.rstrip("\ufffd")  # an incomplete multi-byte character may still change
             stable = stable[: len(stable) - _held_back(stable, stops)]
             if len(stable) > len(emitted):
-                yield stable[len(emitted):]
+                yield stable[len(emitted) :]
                 emitted = stable
     finally:
         steps.close()  # frees the decoder (and its cache) at once when the reader stops early
     if len(text) > len(emitted):
-        yield text[len(emitted):]
+        yield text[len(emitted) :]

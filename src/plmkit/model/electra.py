@@ -101,8 +101,14 @@ class ElectraPretrainer(nn.Module):
 
     def init_kwargs(self) -> dict:
         g = self.generator.config
-        return {"generator_layers": g.n_layer, "generator_heads": g.n_head, "generator_d_ff": g.d_ff,
-                "disc_weight": self.disc_weight, "temperature": self.temperature, "seed": self.seed}
+        return {
+            "generator_layers": g.n_layer,
+            "generator_heads": g.n_head,
+            "generator_d_ff": g.d_ff,
+            "disc_weight": self.disc_weight,
+            "temperature": self.temperature,
+            "seed": self.seed,
+        }
 
     def set_gradient_checkpointing(self, enabled: bool = True) -> None:
         """Recompute the blocks of both stacks (generator and discriminator) during backward."""
@@ -182,7 +188,9 @@ class ElectraPretrainer(nn.Module):
             predicted = logits > 0
             correct = (predicted == replaced) & real
             n_replaced = int(replaced.sum())
-            gen_acc = (gen_logits.argmax(-1) == targets).float().mean() if targets.numel() else torch.tensor(0.0)
+            gen_acc = (
+                (gen_logits.argmax(-1) == targets).float().mean() if targets.numel() else torch.tensor(0.0)
+            )
         return ElectraOutput(
             loss=loss,
             generator_loss=generator_loss,
@@ -224,4 +232,6 @@ def build_electra(
         d_ff=generator_d_ff or max(1, disc_config.d_ff // 4),
         tie_embeddings=True,
     )
-    return ElectraPretrainer(MaskedLM(gen_config), TransformerModel(disc_config), disc_weight, temperature, seed)
+    return ElectraPretrainer(
+        MaskedLM(gen_config), TransformerModel(disc_config), disc_weight, temperature, seed
+    )

@@ -174,5 +174,3 @@ class RewardModel(_HeadModel):
         scores = values[torch.arange(h.shape[0], device=h.device), last]
         loss = F.mse_loss(scores, labels.float()) if labels is not None else None
         return ModelOutput(loss=loss, hidden_states=h, values=values, scores=scores)
-
-

@@ -246,7 +246,8 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
         raise CheckpointError(
             f"this model is quantized ({model.quant_config.mode}) and Hugging Face checkpoints hold float weights; "
             "save it with plmkit.save, or export the float model (plmkit.quant.dequantize(model) first: "
-            "the dequantized values)")
+            "the dequantized values)"
+        )
     directory = Path(directory)
     arch = _hf_architecture_for(model)
     c = model.config

@@ -23,7 +23,9 @@ def shifted(labels: torch.Tensor) -> torch.Tensor:
     return F.pad(labels[:, 1:], (0, 1), value=IGNORE)
 
 
-def token_loss(logits: torch.Tensor, labels: torch.Tensor, shift: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def token_loss(
+    logits: torch.Tensor, labels: torch.Tensor, shift: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross entropy summed over the positions whose label is not -100, their number), in fp32.
     logits (B, T, V), labels (B, T); `shift`: causal LM labels (see `shifted`)."""
     if shift:

@@ -31,7 +31,9 @@ class ModelOutput:
     values: torch.Tensor | None = None  # value head, per token (B, T)
     scores: torch.Tensor | None = None  # reward head, per sequence (B,)
     pooled: torch.Tensor | None = None  # BERT pooler output (B, C)
-    loss_sum: torch.Tensor | None = None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
+    loss_sum: torch.Tensor | None = (
+        None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
+    )
     targets: torch.Tensor | None = None  # LMs: how many label positions the loss covers
 
     def __getitem__(self, key: str):
@@ -39,7 +41,6 @@ class ModelOutput:
 
     def keys(self) -> list[str]:
         return [f.name for f in fields(self) if getattr(self, f.name) is not None]
-
 
 
 class LMHead(nn.Module):
@@ -113,7 +114,9 @@ class PretrainedModel(nn.Module):
             if isinstance(module, Stack):
                 module.gradient_checkpointing = enabled
 
-    def head_logits(self, h: torch.Tensor, compute_logits: bool, labels: torch.Tensor | None) -> torch.Tensor | None:
+    def head_logits(
+        self, h: torch.Tensor, compute_logits: bool, labels: torch.Tensor | None
+    ) -> torch.Tensor | None:
         """The LM head on h, unless the caller asked for hidden states only (generation)."""
         if compute_logits:
             return self.lm_head(h)

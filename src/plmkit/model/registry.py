@@ -70,17 +70,19 @@ def init_kwargs(model: torch.nn.Module) -> dict[str, Any]:
         if hasattr(model, name):
             kwargs[name] = getattr(model, name)
         elif param.default is param.empty:
-            raise CheckpointError(f"cannot save {type(model).__name__}: its constructor argument {name!r} is "
-                                  f"not stored as model.{name}, so load could not rebuild it; store it or "
-                                  "add an init_kwargs() method")
+            raise CheckpointError(
+                f"cannot save {type(model).__name__}: its constructor argument {name!r} is "
+                f"not stored as model.{name}, so load could not rebuild it; store it or "
+                "add an init_kwargs() method"
+            )
     try:
         json.dumps(kwargs)
     except TypeError as e:
-        raise CheckpointError(f"cannot save {type(model).__name__}: constructor arguments {sorted(kwargs)} "
-                              f"are not JSON values ({e}); add an init_kwargs() method") from e
+        raise CheckpointError(
+            f"cannot save {type(model).__name__}: constructor arguments {sorted(kwargs)} "
+            f"are not JSON values ({e}); add an init_kwargs() method"
+        ) from e
     return kwargs
-
-
 
 
 def model_class_name(model: torch.nn.Module) -> str:

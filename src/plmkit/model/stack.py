@@ -1,7 +1,7 @@
 """The Transformer body shared by every family: one block, one stack.
 
-    Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP [norm]
-    Stack = embeddings -> N blocks -> final norm     (one per family; seq2seq has two)
+Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP [norm]
+Stack = embeddings -> N blocks -> final norm     (one per family; seq2seq has two)
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ class Block(nn.Module):
         self_cache = cache[:2] if cache is not None else None
         self_prefix = prefix[:2] if prefix is not None else None
         x, new_cache = self._residual(
-            x, self.attn_norm,
+            x,
+            self.attn_norm,
             lambda h: self.attn(h, mask, rotary, self_cache, is_causal=is_causal, prefix=self_prefix),
         )
         if self.cross_attn is not None:
@@ -66,7 +67,9 @@ class Block(nn.Module):
             x, cross = self._residual(
                 x,
                 self.cross_norm,
-                lambda h: self.cross_attn(h, memory_mask, cache=cross_cache, memory=memory, prefix=cross_prefix),
+                lambda h: self.cross_attn(
+                    h, memory_mask, cache=cross_cache, memory=memory, prefix=cross_prefix
+                ),
             )
             new_cache = new_cache + cross
         x, _ = self._residual(x, self.mlp_norm, self.mlp)

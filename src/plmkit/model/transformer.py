@@ -107,8 +107,9 @@ class Seq2SeqLM(PretrainedModel):
         self._init_weights()
         self.tie_weights(self.lm_head, self.encoder.embed.tokens)
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               check_inputs: bool = True) -> torch.Tensor:
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, check_inputs: bool = True
+    ) -> torch.Tensor:
         if check_inputs:
             self._check(input_ids)
         b, t = input_ids.shape
@@ -168,6 +169,10 @@ class Seq2SeqLM(PretrainedModel):
             memory_allowed=memory_allowed,
         )
         logits = self.head_logits(h, compute_logits, labels)
-        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None,
-                          encoder_hidden_states=encoder_hidden_states)
+        out = ModelOutput(
+            logits=logits,
+            hidden_states=h,
+            past_key_values=cache if use_cache else None,
+            encoder_hidden_states=encoder_hidden_states,
+        )
         return with_token_loss(out, labels, shift=False)

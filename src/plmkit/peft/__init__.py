@@ -71,16 +71,20 @@ def _options(method: str, cls: type | None, names: tuple[str, ...], options: dic
     valid = [f.name for f in dataclasses.fields(cls)] if cls is not None else list(names)
     for key in options:
         if key not in valid:
-            raise ConfigError(f"unknown {method} option {key!r}{did_you_mean(key, valid)}; "
-                              f"options: {', '.join([*valid, 'train_head'])}")
+            raise ConfigError(
+                f"unknown {method} option {key!r}{did_you_mean(key, valid)}; "
+                f"options: {', '.join([*valid, 'train_head'])}"
+            )
     return cls(**options) if cls is not None else options
 
 
 def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
     """Add the PEFT method to `model`, freeze everything else, and return the model to train."""
     if get_config(model) is not None:
-        raise ConfigError(f"this model already carries {get_config(model).method}; apply one PEFT method "
-                          "to a plain base model")
+        raise ConfigError(
+            f"this model already carries {get_config(model).method}; apply one PEFT method "
+            "to a plain base model"
+        )
     if not hasattr(model, "config"):
         raise ConfigError(f"plmkit.peft.apply needs a plmkit model, got {type(model).__name__}")
     training = model.training
@@ -109,25 +113,31 @@ def apply(model: nn.Module, method: str = "lora", **options: Any) -> nn.Module:
         apply_prefix(model, prefix_options, tokenizer)
         record = dataclasses.asdict(prefix_options)
     elif method.lower().replace("-", "_") in _PTUNING_V2:
-        raise ConfigError(f"P-tuning v2 (deep prompt tuning) is method 'prefix' with projection=False, "
-                          f"not {method!r}: apply(model, 'prefix', projection=False, n_tokens=...)")
+        raise ConfigError(
+            f"P-tuning v2 (deep prompt tuning) is method 'prefix' with projection=False, "
+            f"not {method!r}: apply(model, 'prefix', projection=False, n_tokens=...)"
+        )
     else:
-        raise ConfigError(f"unknown PEFT method {method!r}{did_you_mean(method, METHODS)}; "
-                          f"methods: {', '.join(METHODS)}")
+        raise ConfigError(
+            f"unknown PEFT method {method!r}{did_you_mean(method, METHODS)}; methods: {', '.join(METHODS)}"
+        )
     record["train_head"] = train_head
     model.peft_config = PeftConfig(method, record)
     model.train(training)  # new modules start in training mode: give them the model's (eval: no dropout)
     return mark_only_peft_trainable(model)
 
 
-def apply_spec(model: nn.Module, spec: dict[str, Any] | None, tokenizer: Any = None,
-               where: str = "peft") -> nn.Module:
+def apply_spec(
+    model: nn.Module, spec: dict[str, Any] | None, tokenizer: Any = None, where: str = "peft"
+) -> nn.Module:
     """`apply` from a recipe section such as {method: lora, r: 8, target: all-linear}; an empty or
     missing section returns the model unchanged. The tokenizer serves prompt/prefix `init_text`."""
     if not spec:
         return model
     if not isinstance(spec, dict) or "method" not in spec:
-        raise ConfigError(f"{where} must be a mapping with a method, e.g. {{method: lora, r: 8}}; got {spec!r}")
+        raise ConfigError(
+            f"{where} must be a mapping with a method, e.g. {{method: lora, r: 8}}; got {spec!r}"
+        )
     options = {k: v for k, v in spec.items() if k != "method"}
     if spec["method"] in ("prompt", "prefix"):
         options["tokenizer"] = tokenizer
@@ -137,8 +147,13 @@ def apply_spec(model: nn.Module, spec: dict[str, Any] | None, tokenizer: Any = N
         raise ConfigError(f"{where}: {e}") from e
 
 
-def merge(model: nn.Module, unload: bool = False, *, probe: torch.Tensor | None = None,
-          max_logits_error: float | None = None) -> nn.Module:
+def merge(
+    model: nn.Module,
+    unload: bool = False,
+    *,
+    probe: torch.Tensor | None = None,
+    max_logits_error: float | None = None,
+) -> nn.Module:
     """Fold every LoRA update into its base weight (W += s·BA): same outputs, no extra cost per token.
     With `unload`, also drop the LoRA modules and return a plain plmkit model (what `plm merge-lora`
     saves); every parameter is trainable again.
@@ -149,8 +164,10 @@ def merge(model: nn.Module, unload: bool = False, *, probe: torch.Tensor | None 
     Such a base stays frozen after unloading."""
     config = require_config(model, "merge")
     if config.method != "lora":
-        raise ConfigError(f"only LoRA can be merged into the base weights; {config.method} adds layers or "
-                          "inputs that have no place in them")
+        raise ConfigError(
+            f"only LoRA can be merged into the base weights; {config.method} adds layers or "
+            "inputs that have no place in them"
+        )
     base = base_model(model)
     quantization = getattr(base, "quant_config", None)
     modules = [module for _, module in _lora.lora_modules(model)]

@@ -40,8 +40,9 @@ class AdapterOptions:
         if not isinstance(self.reduction, int) or self.reduction <= 0:
             raise ConfigError(f"adapter reduction must be a positive integer, got {self.reduction!r}")
         if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"adapter activation {self.activation!r} is not one of "
-                              f"{', '.join(ACTIVATIONS)}")
+            raise ConfigError(
+                f"adapter activation {self.activation!r} is not one of {', '.join(ACTIVATIONS)}"
+            )
 
 
 class Bottleneck(nn.Module):
@@ -79,8 +80,9 @@ class AdapterLinear(LinearWrapper):
 def apply_adapters(model: nn.Module, options: AdapterOptions) -> list[str]:
     options.validate()
     suffixes = KINDS[options.kind]
-    names = [n for n, m in model.named_modules()
-             if is_linear(m) and ".blocks." in f".{n}" and n.endswith(suffixes)]
+    names = [
+        n for n, m in model.named_modules() if is_linear(m) and ".blocks." in f".{n}" and n.endswith(suffixes)
+    ]
     if not names:
         raise ConfigError(f"{type(model).__name__} has no {' / '.join(suffixes)} layers for adapters")
     for name in names:

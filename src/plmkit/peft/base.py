@@ -46,8 +46,10 @@ def get_config(model: nn.Module) -> PeftConfig | None:
 def require_config(model: nn.Module, action: str) -> PeftConfig:
     config = get_config(model)
     if config is None:
-        raise ConfigError(f"cannot {action}: no PEFT method is applied to this {type(model).__name__}; "
-                          "call plmkit.peft.apply(model, method=...) or load_adapter first")
+        raise ConfigError(
+            f"cannot {action}: no PEFT method is applied to this {type(model).__name__}; "
+            "call plmkit.peft.apply(model, method=...) or load_adapter first"
+        )
     return config
 
 
@@ -116,8 +118,11 @@ def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
 
 def head_module_names(model: nn.Module) -> list[str]:
     """Top-level children of a task model that are not the pretrained body: classifier, qa, value_head, ..."""
-    return [name for name, child in model.named_children()
-            if name not in BODY_CHILDREN and any(True for _ in child.parameters())]
+    return [
+        name
+        for name, child in model.named_children()
+        if name not in BODY_CHILDREN and any(True for _ in child.parameters())
+    ]
 
 
 def default_train_head(model: nn.Module) -> bool:
@@ -137,7 +142,9 @@ def peft_parameter_names(model: nn.Module) -> list[str]:
     prefix = "base." if inner is not model else ""
     if config.options.get("train_head"):
         heads = head_module_names(inner)
-        names.update(n for n, _ in model.named_parameters() if any(n.startswith(f"{prefix}{h}.") for h in heads))
+        names.update(
+            n for n, _ in model.named_parameters() if any(n.startswith(f"{prefix}{h}.") for h in heads)
+        )
     if config.method == "bitfit":
         names.update(n for n, _ in model.named_parameters() if n.rsplit(".", 1)[-1] == "bias")
     order = [n for n, _ in model.named_parameters()]  # tied parameters once, in model order
@@ -161,8 +168,18 @@ def trainable_report(model: nn.Module) -> str:
     return f"trainable: {trainable:,} / total: {total:,} ({share:.4g}%)"
 
 
-SHAPE_FIELDS = ("family", "vocab_size", "d_model", "n_layer", "n_decoder_layer", "n_head", "n_kv_head",
-                "head_dim", "d_ff", "gated_mlp")
+SHAPE_FIELDS = (
+    "family",
+    "vocab_size",
+    "d_model",
+    "n_layer",
+    "n_decoder_layer",
+    "n_head",
+    "n_kv_head",
+    "head_dim",
+    "d_ff",
+    "gated_mlp",
+)
 _IGNORED_FIELDS = ("extra", "dropout", "attention_dropout", "initializer_range")
 
 

@@ -22,5 +22,7 @@ def check_bitfit(model: nn.Module, train_head: bool) -> None:
     """A model without biases (LLaMA, T5) has nothing for BitFit to train."""
     has_bias = any(name.rsplit(".", 1)[-1] == "bias" for name, _ in model.named_parameters())
     if not has_bias and not train_head:
-        raise ConfigError(f"bitfit: {type(model).__name__} ({model.config.family}) has no bias terms to "
-                          "train (e.g. LLaMA/T5 use none); use method=lora or adapter instead")
+        raise ConfigError(
+            f"bitfit: {type(model).__name__} ({model.config.family}) has no bias terms to "
+            "train (e.g. LLaMA/T5 use none); use method=lora or adapter instead"
+        )

@@ -56,8 +56,9 @@ def _peft_module(lora: LoRALinear, rows: tuple[int, int]) -> tuple[torch.Tensor,
     return torch.cat(a_blocks, dim=0), torch.cat(b_columns, dim=1)  # (r', in), (rows, r')
 
 
-def export_peft(model: nn.Module, directory: str | Path, base_directory: str | Path | None = None,
-                tokenizer=None) -> Path:
+def export_peft(
+    model: nn.Module, directory: str | Path, base_directory: str | Path | None = None, tokenizer=None
+) -> Path:
     """Write `model`'s LoRA adapter as peft's adapter_config.json + adapter_model.safetensors.
 
     With `base_directory`, also write the (unmerged) base model there with plmkit.model.hf.save_hf and
@@ -65,10 +66,15 @@ def export_peft(model: nn.Module, directory: str | Path, base_directory: str | P
     config = require_config(model, "export a peft adapter")
     if config.method != "lora":
         raise ConfigError(f"export_peft writes LoRA adapters; this model carries {config.method}")
-    if not isinstance(model, PretrainedModel) or type(model).__name__ not in (*TASK_TYPES, "MaskedLM",
-                                                                              "PrefixLM"):
-        raise ConfigError(f"export_peft supports the language models and TransformerModel that save_hf "
-                          f"exports, not {type(model).__name__}")
+    if not isinstance(model, PretrainedModel) or type(model).__name__ not in (
+        *TASK_TYPES,
+        "MaskedLM",
+        "PrefixLM",
+    ):
+        raise ConfigError(
+            f"export_peft supports the language models and TransformerModel that save_hf "
+            f"exports, not {type(model).__name__}"
+        )
     if config.options.get("train_head"):
         raise ConfigError("export_peft cannot express a fully trained task head (train_head=True)")
     loras = lora_modules(model)
@@ -139,7 +145,7 @@ def _module_path(weight_name: str, model: nn.Module) -> str:
     path = weight_name.removesuffix(".weight")
     if isinstance(model, TransformerModel):
         prefix = next((p for p in BODY_PREFIXES if path.startswith(p)), "")
-        path = path[len(prefix):]
+        path = path[len(prefix) :]
     return path
 
 

@@ -91,8 +91,10 @@ def read_adapter_config(directory: str | Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path} is corrupt: {e}") from e
     if isinstance(header, dict) and "peft_type" in header:
-        raise CheckpointError(f"{path} is a peft-library adapter ({header['peft_type']}); plmkit loads its own "
-                              "adapters (plmkit.peft.save_adapter); use peft.PeftModel on the Hugging Face model")
+        raise CheckpointError(
+            f"{path} is a peft-library adapter ({header['peft_type']}); plmkit loads its own "
+            "adapters (plmkit.peft.save_adapter); use peft.PeftModel on the Hugging Face model"
+        )
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise CheckpointError(f'{path} is not a plmkit adapter config (expected "format": "{FORMAT}")')
     for key in ("method", "options", "base_config"):
@@ -103,8 +105,11 @@ def read_adapter_config(directory: str | Path) -> dict:
 
 def _architecture_differences(header: dict, config) -> list[str]:
     stored = header["base_config"]
-    return [f"{f}={stored[f]!r} (this base: {getattr(config, f)!r})"
-            for f in SHAPE_FIELDS if f in stored and stored[f] != getattr(config, f)]
+    return [
+        f"{f}={stored[f]!r} (this base: {getattr(config, f)!r})"
+        for f in SHAPE_FIELDS
+        if f in stored and stored[f] != getattr(config, f)
+    ]
 
 
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
@@ -119,20 +124,26 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     where = f"adapter {directory} (made for a {header.get('base_model_class', '?')})"
     differences = _architecture_differences(header, base.config)
     if differences:
-        raise CheckpointError(f"{where} does not fit this {type(base).__name__}: the adapter was trained on a "
-                              f"base with {', '.join(differences)}; load it onto the base it was trained on")
+        raise CheckpointError(
+            f"{where} does not fit this {type(base).__name__}: the adapter was trained on a "
+            f"base with {', '.join(differences)}; load it onto the base it was trained on"
+        )
     current = get_config(model)
     if current is None:
         model = reapply(model, header["method"], header["options"], where)
     elif current.method != header["method"]:
-        raise CheckpointError(f"{where} holds a {header['method']} adapter but the model already carries "
-                              f"{current.method}; load it onto a plain base model")
+        raise CheckpointError(
+            f"{where} holds a {header['method']} adapter but the model already carries "
+            f"{current.method}; load it onto a plain base model"
+        )
     elif current.method == "prefix" and not header["options"].get("projection", True):
         fold(model)  # the file holds folded prefixes: fold this model's MLP to match
     _copy_tensors(model, weights, where)
     if header.get("base_config_hash") not in (None, config_hash(base.config)):
-        warnings.warn(f"{where}: the base model's config differs from the one the adapter was trained on "
-                      "(same shapes); outputs may differ from the trained model's")
+        warnings.warn(
+            f"{where}: the base model's config differs from the one the adapter was trained on "
+            "(same shapes); outputs may differ from the trained model's"
+        )
     mark_only_peft_trainable(model)
     return model
 
@@ -163,15 +174,19 @@ def _copy_tensors(model: nn.Module, weights: Path, where: str) -> None:
         unknown = [n for n in names if n not in expected]
         missing = [n for n in expected if n not in names]
         if unknown or missing:
-            parts = [f"{len(missing)} PEFT tensors missing from the file ({_few(missing)})"] if missing else []
+            parts = (
+                [f"{len(missing)} PEFT tensors missing from the file ({_few(missing)})"] if missing else []
+            )
             if unknown:
                 parts.append(f"{len(unknown)} tensors the model has no PEFT parameter for ({_few(unknown)})")
             raise CheckpointError(f"{where} does not match the model: {'; '.join(parts)}")
         for name in names:
             found, want = tuple(f.get_slice(name).get_shape()), tuple(params[name].shape)
             if found != want:
-                raise CheckpointError(f"{where}: tensor {name} has shape {list(found)} but the model expects "
-                                      f"{list(want)}; the adapter belongs to another base architecture")
+                raise CheckpointError(
+                    f"{where}: tensor {name} has shape {list(found)} but the model expects "
+                    f"{list(want)}; the adapter belongs to another base architecture"
+                )
         with torch.no_grad():
             for name in names:
                 params[name].copy_(f.get_tensor(name))

@@ -72,8 +72,9 @@ class LoRALinear(LinearWrapper):
 
     peft_children = ("lora_A", "lora_B")
 
-    def __init__(self, base: nn.Module, parts: dict[str, tuple[int, int]], r: int, scaling: float,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self, base: nn.Module, parts: dict[str, tuple[int, int]], r: int, scaling: float, dropout: float = 0.0
+    ) -> None:
         super().__init__(base)
         self.r, self.scaling = r, scaling
         self.parts = dict(sorted(parts.items(), key=lambda item: item[1]))
@@ -98,8 +99,10 @@ class LoRALinear(LinearWrapper):
         if self.merged:
             return y
         h = self.lora_dropout(x)
-        updates = {name: F.linear(F.linear(h, self.lora_A[name]), self.lora_B[name]) * self.scaling
-                   for name in self.parts}
+        updates = {
+            name: F.linear(F.linear(h, self.lora_A[name]), self.lora_B[name]) * self.scaling
+            for name in self.parts
+        }
         if FULL in updates:
             return y + updates[FULL]
         pieces, row = [], 0  # the update of the whole output: part updates with zeros between them
@@ -129,16 +132,20 @@ class LoRALinear(LinearWrapper):
     @torch.no_grad()
     def unmerge(self) -> None:
         if self.merged and self.quant is not None:
-            raise ConfigError("cannot unmerge LoRA from a quantized base: merging requantized its weights, which "
-                              "cannot be undone exactly; load the quantized checkpoint and the adapter again")
+            raise ConfigError(
+                "cannot unmerge LoRA from a quantized base: merging requantized its weights, which "
+                "cannot be undone exactly; load the quantized checkpoint and the adapter again"
+            )
         if self.merged:
             for name, (start, end) in self.parts.items():
                 self.weight[start:end] -= self.delta_weight(name).to(self.weight.dtype)
             self.merged = False
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
-                f"parts={list(self.parts)}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, r={self.r}, scaling={self.scaling:g}, "
+            f"parts={list(self.parts)}"
+        )
 
 
 # ---- targets ---------------------------------------------------------------------------------------
@@ -185,8 +192,10 @@ def split_patterns(target: str | list[str] | tuple[str, ...]) -> list[str]:
     items = target.split(",") if isinstance(target, str) else list(target)
     patterns = [p.strip() for p in items if isinstance(p, str) and p.strip()]
     if not patterns or not all(isinstance(i, str) for i in items):
-        raise ConfigError(f"lora target {target!r} is empty or not a list of names; "
-                          'give module names such as "attn.qkv,attn.out" or "all-linear"')
+        raise ConfigError(
+            f"lora target {target!r} is empty or not a list of names; "
+            'give module names such as "attn.qkv,attn.out" or "all-linear"'
+        )
     return patterns
 
 
@@ -205,12 +214,15 @@ def resolve_targets(model: nn.Module, target: str | list[str] | tuple[str, ...])
             hits = [n for n in linears if _matches(pattern, n)]
             part_hits = [v for v in virtual if _matches(pattern, v)]
         if not hits and not part_hits:
-            available = sorted({short_name(n) for n in linears if not n.endswith("lm_head.decoder")}
-                               | {short_name(v) for v in virtual})
+            available = sorted(
+                {short_name(n) for n in linears if not n.endswith("lm_head.decoder")}
+                | {short_name(v) for v in virtual}
+            )
             raise ConfigError(
                 f'lora target "{pattern}" matches no Linear module of {type(model).__name__}'
                 f"{did_you_mean(pattern, available)}; available: {', '.join(available)} "
-                '(a suffix such as "attn.qkv", a glob such as "blocks.*.mlp.*", or "all-linear")')
+                '(a suffix such as "attn.qkv", a glob such as "blocks.*.mlp.*", or "all-linear")'
+            )
         whole.update(hits)
         for v in part_hits:
             module, part, rows = virtual[v]
@@ -225,7 +237,8 @@ def resolve_targets(model: nn.Module, target: str | list[str] | tuple[str, ...])
         if name in whole and name in named_parts:
             raise ConfigError(
                 f"lora targets select both {name} and its parts {', '.join(sorted(chosen_parts[name]))}; "
-                "choose the fused module or its parts, not both")
+                "choose the fused module or its parts, not both"
+            )
         rows = (0, linears[name].out_features)
         selected[name] = {FULL: rows} if name in whole else chosen_parts[name]
     _refuse_shared(model, selected)
@@ -241,7 +254,8 @@ def _refuse_shared(model: nn.Module, selected: dict[str, dict]) -> None:
         if len(owners) > 1 or name.endswith("lm_head.decoder"):
             raise ConfigError(
                 f"lora cannot target {name}: its weight is the LM head ({' = '.join(owners)}), tied to the "
-                "embeddings and read directly while decoding; target the blocks (e.g. all-linear)")
+                "embeddings and read directly while decoding; target the blocks (e.g. all-linear)"
+            )
 
 
 def apply_lora(model: nn.Module, options: LoraOptions) -> list[str]:

@@ -63,16 +63,24 @@ class PrefixOptions:
         if self.hidden is not None and (not isinstance(self.hidden, int) or self.hidden <= 0):
             raise ConfigError(f"prefix hidden must be a positive integer, got {self.hidden!r}")
         if self.projection and (self.init_text is not None or self.init_ids is not None):
-            raise ConfigError("prefix init_text / init_ids set the start of P-tuning v2's prefixes; with "
-                              "projection=true the prefixes come from the MLP: use projection=false")
+            raise ConfigError(
+                "prefix init_text / init_ids set the start of P-tuning v2's prefixes; with "
+                "projection=true the prefixes come from the MLP: use projection=false"
+            )
 
 
 class PrefixEncoder(PeftModule):
     """All prefixes of one stack, as a (blocks, parts, n_kv, P, head_dim) tensor; parts are k, v and, for
     a decoder's cross-attention, cross k, cross v."""
 
-    def __init__(self, shape: tuple[int, int, int, int, int], d_model: int, hidden: int | None,
-                 start: torch.Tensor | None, like: torch.Tensor) -> None:
+    def __init__(
+        self,
+        shape: tuple[int, int, int, int, int],
+        d_model: int,
+        hidden: int | None,
+        start: torch.Tensor | None,
+        like: torch.Tensor,
+    ) -> None:
         super().__init__()
         self.shape = shape
         blocks, parts, n_kv, n_tokens, head_dim = shape
@@ -80,8 +88,11 @@ class PrefixEncoder(PeftModule):
         if start is None:  # projection: E (P, C) -> MLP -> every prefix
             hidden = hidden or d_model
             self.embedding = nn.Parameter(torch.randn(n_tokens, d_model, **factory))  # as nn.Embedding
-            self.mlp = nn.Sequential(nn.Linear(d_model, hidden, **factory), nn.Tanh(),
-                                     nn.Linear(hidden, blocks * parts * n_kv * head_dim, **factory))
+            self.mlp = nn.Sequential(
+                nn.Linear(d_model, hidden, **factory),
+                nn.Tanh(),
+                nn.Linear(hidden, blocks * parts * n_kv * head_dim, **factory),
+            )
             self.peft_children = ("embedding", "mlp")
         else:
             self.key_values = nn.Parameter(start.detach().clone().to(**factory))
@@ -136,8 +147,10 @@ class PrefixEncoder(PeftModule):
 
     def extra_repr(self) -> str:
         blocks, parts, n_kv, n_tokens, head_dim = self.shape
-        return (f"blocks={blocks}, parts={parts}, n_kv={n_kv}, tokens={n_tokens}, head_dim={head_dim}, "
-                f"projection={self.projection}")
+        return (
+            f"blocks={blocks}, parts={parts}, n_kv={n_kv}, tokens={n_tokens}, head_dim={head_dim}, "
+            f"projection={self.projection}"
+        )
 
 
 # ---- applying --------------------------------------------------------------------------------------
@@ -155,8 +168,9 @@ def _is_causal(model: nn.Module, stack: Stack) -> bool:
 
 
 @torch.no_grad()
-def _real_key_values(model: nn.Module, stacks: list[tuple[str, Stack]], ids: torch.Tensor,
-                     cross: bool) -> dict[str, torch.Tensor]:
+def _real_key_values(
+    model: nn.Module, stacks: list[tuple[str, Stack]], ids: torch.Tensor, cross: bool
+) -> dict[str, torch.Tensor]:
     """Per stack, the (blocks, parts, n_kv, P, hd) keys/values the base computes for `ids` (P,): its KV
     cache after reading them (a decoder reads them over the encoder's output of the same ids)."""
     was_training = model.training
@@ -181,7 +195,9 @@ def apply_prefix(model: nn.Module, options: PrefixOptions, tokenizer: Any = None
     options.validate()
     stacks = prefix_stacks(model)
     if not stacks:
-        raise ConfigError(f"prefix tuning needs a plmkit model with Transformer stacks, got {type(model).__name__}")
+        raise ConfigError(
+            f"prefix tuning needs a plmkit model with Transformer stacks, got {type(model).__name__}"
+        )
     start = None
     if not options.projection:
         vocab = model.config.vocab_size
@@ -193,8 +209,9 @@ def apply_prefix(model: nn.Module, options: PrefixOptions, tokenizer: Any = None
         cross = stack.blocks[0].cross_attn is not None and options.cross_attention
         shape = (len(stack.blocks), 4 if cross else 2, attn.n_kv_head, options.n_tokens, attn.head_dim)
         like = next(stack.parameters())
-        stack.prefix_encoder = PrefixEncoder(shape, model.config.d_model, options.hidden,
-                                             None if start is None else start[name], like)
+        stack.prefix_encoder = PrefixEncoder(
+            shape, model.config.d_model, options.hidden, None if start is None else start[name], like
+        )
         stack.register_forward_pre_hook(stack.prefix_encoder.add_to_stack, with_kwargs=True)
         names.append(f"{name}.prefix_encoder" if name else "prefix_encoder")
     return names
@@ -211,8 +228,9 @@ def fold(model: nn.Module) -> nn.Module:
     return model
 
 
-def folded_adapter(model: nn.Module, tensors: dict[str, torch.Tensor],
-                   options: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def folded_adapter(
+    model: nn.Module, tensors: dict[str, torch.Tensor], options: dict[str, Any]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """What an adapter file holds for prefix-tuning: the prefixes themselves (as a folded model has
     them), not E and the MLP that compute them; the model is left as it is."""
     out = {n: t for n, t in tensors.items() if ".prefix_encoder." not in f".{n}"}

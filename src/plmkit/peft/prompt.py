@@ -46,14 +46,22 @@ class SoftPrompt(PeftModule):
         self.embedding = nn.Parameter(embedding.detach().clone())  # (n, C)
 
 
-def initial_ids(vocab: int, n_tokens: int, init_text: str | None, init_ids: list[int] | None, tokenizer: Any,
-                method: str = "prompt") -> torch.Tensor:
+def initial_ids(
+    vocab: int,
+    n_tokens: int,
+    init_text: str | None,
+    init_ids: list[int] | None,
+    tokenizer: Any,
+    method: str = "prompt",
+) -> torch.Tensor:
     """(n,) vocabulary ids to start from: the tokens of `init_text` (repeated to n), or `init_ids`, or n
     random ones. Shared by prompt tuning (their embeddings) and P-tuning v2 (their keys/values)."""
     if init_text is not None:
         if tokenizer is None:
-            raise ConfigError(f"{method} init_text needs the tokenizer: apply(model, '{method}', init_text=..., "
-                              "tokenizer=tok)")
+            raise ConfigError(
+                f"{method} init_text needs the tokenizer: apply(model, '{method}', init_text=..., "
+                "tokenizer=tok)"
+            )
         init_ids = list(tokenizer.encode(init_text, add_special_tokens=False))
         if not init_ids:
             raise ConfigError(f"{method} init_text {init_text!r} has no tokens")
@@ -65,8 +73,9 @@ def initial_ids(vocab: int, n_tokens: int, init_text: str | None, init_ids: list
     return torch.tensor(init_ids * (n_tokens // len(init_ids) + 1))[:n_tokens]  # repeat to n tokens
 
 
-def initial_prompt(tokens: nn.Embedding, n_tokens: int, init_text: str | None, init_ids: list[int] | None,
-                   tokenizer: Any) -> torch.Tensor:
+def initial_prompt(
+    tokens: nn.Embedding, n_tokens: int, init_text: str | None, init_ids: list[int] | None, tokenizer: Any
+) -> torch.Tensor:
     """(n, C) start values: rows of the token embedding for the chosen (or random) vocabulary ids (looked
     up through the module, so an int8 embedding of a quantized base gives its dequantized rows)."""
     ids = initial_ids(tokens.num_embeddings, n_tokens, init_text, init_ids, tokenizer)
@@ -113,12 +122,17 @@ class PromptTunedModel(nn.Module):
         from plmkit.model.registry import init_kwargs
 
         config = getattr(self, "peft_config", None)
-        return {"base_class": type(self.base).__name__, "base_kwargs": init_kwargs(self.base),
-                "n_tokens": self.n_tokens, "train_head": bool(config and config.options.get("train_head"))}
+        return {
+            "base_class": type(self.base).__name__,
+            "base_kwargs": init_kwargs(self.base),
+            "n_tokens": self.n_tokens,
+            "train_head": bool(config and config.options.get("train_head")),
+        }
 
     @classmethod
-    def from_config(cls, config, base_class: str, base_kwargs: dict, n_tokens: int,
-                    train_head: bool = False) -> PromptTunedModel:
+    def from_config(
+        cls, config, base_class: str, base_kwargs: dict, n_tokens: int, train_head: bool = False
+    ) -> PromptTunedModel:
         """Rebuild from a plmkit checkpoint header (plmkit.io.load; `import plmkit.peft` first)."""
         from plmkit.model.registry import model_classes
         from plmkit.peft.base import mark_only_peft_trainable
@@ -156,8 +170,9 @@ class PromptTunedModel(nn.Module):
         if mask is None:
             return None
         if mask.dim() != 2:
-            raise ShapeError(f"prompt tuning needs a 2D (batch, seq) attention_mask, got shape "
-                             f"{tuple(mask.shape)}")
+            raise ShapeError(
+                f"prompt tuning needs a 2D (batch, seq) attention_mask, got shape {tuple(mask.shape)}"
+            )
         return self._prepend(mask, 1)
 
     def _extend_inputs(self, a: dict[str, Any]) -> None:
@@ -183,11 +198,16 @@ class PromptTunedModel(nn.Module):
                 labels[:, n] = IGNORE  # the base model never predicts the first token: neither do we
             a["labels"] = labels
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-               check_inputs: bool = True) -> torch.Tensor:
+    def encode(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, check_inputs: bool = True
+    ) -> torch.Tensor:
         """Seq2seq: encoder states (B, n + S, C) of the prompt followed by the input."""
-        return self._run(self.base.encode, input_ids=self._prepend(input_ids, 0),
-                         attention_mask=self._widen_mask(attention_mask), check_inputs=check_inputs)
+        return self._run(
+            self.base.encode,
+            input_ids=self._prepend(input_ids, 0),
+            attention_mask=self._widen_mask(attention_mask),
+            check_inputs=check_inputs,
+        )
 
     def forward(self, *args, **kwargs):
         a = dict(self._signature.bind(*args, **kwargs).arguments)
@@ -205,13 +225,14 @@ class PromptTunedModel(nn.Module):
             value = getattr(out, name)
             per_token = value is not None and (value.dim() == 3 or name != "logits" and value.dim() == 2)
             if per_token and value.shape[1] == self.n_tokens + t:
-                setattr(out, name, value[:, self.n_tokens:])
+                setattr(out, name, value[:, self.n_tokens :])
         return out
 
     def _forward_seq2seq(self, a: dict[str, Any]):
         if a.get("encoder_hidden_states") is None and a.get("input_ids") is not None:
-            a["encoder_hidden_states"] = self.encode(a["input_ids"], a.get("attention_mask"),
-                                                     a.get("check_inputs", True))
+            a["encoder_hidden_states"] = self.encode(
+                a["input_ids"], a.get("attention_mask"), a.get("check_inputs", True)
+            )
             a["input_ids"] = None
             a["attention_mask"] = self._widen_mask(a.get("attention_mask"))
         elif a.get("attention_mask") is not None and a["encoder_hidden_states"] is not None:
@@ -229,17 +250,26 @@ class PromptOptions:
     init_ids: list[int] | None = None  # ... or these token ids'
 
 
-def apply_prompt(model: nn.Module, n_tokens: int = 20, init_text: str | None = None,
-                 init_ids: list[int] | None = None, tokenizer: Any = None) -> PromptTunedModel:
+def apply_prompt(
+    model: nn.Module,
+    n_tokens: int = 20,
+    init_text: str | None = None,
+    init_ids: list[int] | None = None,
+    tokenizer: Any = None,
+) -> PromptTunedModel:
     if not isinstance(n_tokens, int) or n_tokens <= 0:
         raise ConfigError(f"prompt n_tokens must be a positive integer, got {n_tokens!r}")
     family = model.config.family
     stack = getattr(model, "encoder" if family == "seq2seq" else "transformer", None)
     if stack is None or not hasattr(stack, "embed"):
-        raise ConfigError(f"prompt tuning needs a plmkit model with a token embedding, got {type(model).__name__}")
+        raise ConfigError(
+            f"prompt tuning needs a plmkit model with a token embedding, got {type(model).__name__}"
+        )
     if model.config.position in ("learned", "sinusoidal", "rotary"):
         if n_tokens >= model.config.max_positions:
-            raise ConfigError(f"prompt n_tokens={n_tokens} leaves no room in model.max_positions="
-                              f"{model.config.max_positions}")
+            raise ConfigError(
+                f"prompt n_tokens={n_tokens} leaves no room in model.max_positions="
+                f"{model.config.max_positions}"
+            )
     prompt = initial_prompt(stack.embed.tokens, n_tokens, init_text, init_ids, tokenizer)
     return PromptTunedModel(model, prompt)

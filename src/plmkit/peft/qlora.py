@@ -26,9 +26,11 @@ class MergeReport:
     probe_shape: tuple[int, ...]
 
     def __str__(self) -> str:
-        return (f"merged LoRA into the {self.mode} base ({self.layers} layers) by dequantize -> merge -> "
-                f"requantize: max |logits change| {self.max_logits_error:.4g} on a "
-                f"{'x'.join(map(str, self.probe_shape))} probe batch (logits up to {self.max_logits:.3g})")
+        return (
+            f"merged LoRA into the {self.mode} base ({self.layers} layers) by dequantize -> merge -> "
+            f"requantize: max |logits change| {self.max_logits_error:.4g} on a "
+            f"{'x'.join(map(str, self.probe_shape))} probe batch (logits up to {self.max_logits:.3g})"
+        )
 
 
 def probe_batch(model: nn.Module, batch: int = 2, length: int = 16, seed: int = 0) -> torch.Tensor:
@@ -53,13 +55,22 @@ def probe_logits(model: nn.Module, ids: torch.Tensor) -> torch.Tensor:
     return (out.logits if out.logits is not None else out.hidden_states).float()
 
 
-def merge_quantized(model: nn.Module, base: nn.Module, modules: list, mode: str,
-                    probe: torch.Tensor | None = None, max_logits_error: float | None = None) -> MergeReport:
+def merge_quantized(
+    model: nn.Module,
+    base: nn.Module,
+    modules: list,
+    mode: str,
+    probe: torch.Tensor | None = None,
+    max_logits_error: float | None = None,
+) -> MergeReport:
     """Merge every LoRA module of a quantized `base` (inside `model`), measuring the logits change."""
     probe = probe_batch(base) if probe is None else probe
     before = probe_logits(model, probe)
-    saved = [(m, m.weight.detach().clone(), getattr(m, m.quant.scale_name).detach().clone())
-             for m in modules if not m.merged]
+    saved = [
+        (m, m.weight.detach().clone(), getattr(m, m.quant.scale_name).detach().clone())
+        for m in modules
+        if not m.merged
+    ]
     for module, _, _ in saved:
         module.merge()
     after = probe_logits(model, probe)
@@ -70,9 +81,11 @@ def merge_quantized(model: nn.Module, base: nn.Module, modules: list, mode: str,
                 module.weight.copy_(weight)
                 getattr(module, module.quant.scale_name).copy_(scale)
                 module.merged = False
-        raise ConfigError(f"merging LoRA into the {mode} base would change the logits by up to {error:.4g} on a "
-                          f"probe batch (limit max_logits_error={max_logits_error}); the model is left unmerged: "
-                          "keep the adapter separate, or merge it into the float base model")
+        raise ConfigError(
+            f"merging LoRA into the {mode} base would change the logits by up to {error:.4g} on a "
+            f"probe batch (limit max_logits_error={max_logits_error}); the model is left unmerged: "
+            "keep the adapter separate, or merge it into the float base model"
+        )
     report = MergeReport(mode, len(saved), error, float(before.abs().max()), tuple(probe.shape))
     warnings.warn(str(report))
     return report

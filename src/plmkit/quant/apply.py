@@ -37,11 +37,15 @@ class QuantConfig:
 
     def validate(self) -> None:
         if self.mode not in MODES:
-            raise ConfigError(f"unknown quantization mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
-                              f"modes: {', '.join(MODES)}")
+            raise ConfigError(
+                f"unknown quantization mode {self.mode!r}{did_you_mean(str(self.mode), MODES)}; "
+                f"modes: {', '.join(MODES)}"
+            )
         if self.backend not in BACKENDS:
-            raise ConfigError(f"unknown quantization backend {self.backend!r}"
-                              f"{did_you_mean(str(self.backend), BACKENDS)}; backends: {', '.join(BACKENDS)}")
+            raise ConfigError(
+                f"unknown quantization backend {self.backend!r}"
+                f"{did_you_mean(str(self.backend), BACKENDS)}; backends: {', '.join(BACKENDS)}"
+            )
         if not isinstance(self.block_size, int) or self.block_size <= 0 or self.block_size % 2:
             raise ConfigError(f"nf4 block_size must be a positive even integer, got {self.block_size!r}")
         if self.backend == "bitsandbytes":
@@ -65,7 +69,9 @@ class QuantConfig:
     def from_dict(cls, data: Any, where: str) -> QuantConfig:
         names = [f.name for f in dataclasses.fields(cls)]
         if not isinstance(data, dict) or any(k not in names for k in data):
-            raise ConfigError(f"{where}: invalid quantization entry {data!r}; expected keys {', '.join(names)}")
+            raise ConfigError(
+                f"{where}: invalid quantization entry {data!r}; expected keys {', '.join(names)}"
+            )
         config = cls(**data)
         try:
             config.validate()
@@ -96,22 +102,34 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
-def quantize(model: nn.Module, mode: str = "int8", *, embeddings: bool = True, backend: str = "torch",
-             block_size: int = formats.NF4_BLOCK) -> nn.Module:
+def quantize(
+    model: nn.Module,
+    mode: str = "int8",
+    *,
+    embeddings: bool = True,
+    backend: str = "torch",
+    block_size: int = formats.NF4_BLOCK,
+) -> nn.Module:
     """Replace the model's Linears (and embeddings) by quantized ones, in place; returns the model."""
     config = QuantConfig(mode, embeddings, backend, block_size)
     config.validate()
     if is_quantized(model):
-        raise ConfigError(f"this {type(inner_model(model)).__name__} is already quantized "
-                          f"({quant_config(model).mode}); quantize the float model instead")
+        raise ConfigError(
+            f"this {type(inner_model(model)).__name__} is already quantized "
+            f"({quant_config(model).mode}); quantize the float model instead"
+        )
     if getattr(model, "peft_config", None) is not None:
-        raise ConfigError("quantize the base model before applying PEFT: plmkit.quant.quantize(model, ...) "
-                          "then plmkit.peft.apply(model, 'lora', ...) (QLoRA)")
+        raise ConfigError(
+            "quantize the base model before applying PEFT: plmkit.quant.quantize(model, ...) "
+            "then plmkit.peft.apply(model, 'lora', ...) (QLoRA)"
+        )
     if not hasattr(model, "config"):
         raise ConfigError(f"plmkit.quant.quantize needs a plmkit model, got {type(model).__name__}")
     targets = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and _in_block(n)]
     if not targets:
-        raise ConfigError(f"{type(model).__name__} has no Linear layers inside transformer blocks to quantize")
+        raise ConfigError(
+            f"{type(model).__name__} has no Linear layers inside transformer blocks to quantize"
+        )
     spec = config.linear_spec()
     with torch.no_grad():
         for name in targets:  # one layer at a time: each float weight is freed as soon as it is replaced
@@ -145,8 +163,9 @@ def _quantize_embeddings(model: nn.Module, head_spec: QuantSpec) -> None:
                 module.decoder = QuantLinear.from_linear(decoder, head_spec)
             else:  # the tied head multiplies by the embedding's own int8 rows and scales
                 bias = None if decoder.bias is None else decoder.bias.detach().clone()
-                module.decoder = QuantLinear(decoder.in_features, decoder.out_features, head_spec, tied.weight,
-                                             tied.weight_scale, bias)
+                module.decoder = QuantLinear(
+                    decoder.in_features, decoder.out_features, head_spec, tied.weight, tied.weight_scale, bias
+                )
 
 
 def rebuild(model: nn.Module, recorded: Any, where: str) -> nn.Module:
@@ -154,8 +173,10 @@ def rebuild(model: nn.Module, recorded: Any, where: str) -> nn.Module:
     the values are then overwritten by the checkpoint's tensors)."""
     if isinstance(recorded, dict) and recorded.get("backend") == "bitsandbytes" and not bnb.available():
         # the same tensors, multiplied by the torch kernels instead
-        warnings.warn(f"{where}: quantized for the bitsandbytes backend, which is not installed; "
-                      "using the torch kernels on the same weights")
+        warnings.warn(
+            f"{where}: quantized for the bitsandbytes backend, which is not installed; "
+            "using the torch kernels on the same weights"
+        )
         recorded = {**recorded, "backend": "torch"}
     config = QuantConfig.from_dict(recorded, where)
     return quantize(model, **config.to_dict())
@@ -165,9 +186,11 @@ def check_trainable(model: nn.Module) -> None:
     """Refuse to build an optimizer for a quantized model's weights (they are frozen integers)."""
     config = quant_config(model)
     if config is not None and getattr(model, "peft_config", None) is None:
-        raise ConfigError(f"this model is quantized ({config.mode}): its weights are frozen integers and cannot "
-                          "be trained; fine-tune it with LoRA on top (plmkit.peft.apply(model, 'lora', ...): "
-                          "QLoRA) or train the float checkpoint")
+        raise ConfigError(
+            f"this model is quantized ({config.mode}): its weights are frozen integers and cannot "
+            "be trained; fine-tune it with LoRA on top (plmkit.peft.apply(model, 'lora', ...): "
+            "QLoRA) or train the float checkpoint"
+        )
 
 
 def dequantize(model: nn.Module) -> nn.Module:
@@ -176,8 +199,10 @@ def dequantize(model: nn.Module) -> nn.Module:
     if not is_quantized(model):
         raise ConfigError("this model is not quantized; nothing to dequantize")
     if getattr(model, "peft_config", None) is not None:
-        raise ConfigError("dequantize the base before applying PEFT, or merge the adapter first "
-                          "(plmkit.peft.merge(model, unload=True))")
+        raise ConfigError(
+            "dequantize the base before applying PEFT, or merge the adapter first "
+            "(plmkit.peft.merge(model, unload=True))"
+        )
     floats: dict[int, nn.Parameter] = {}  # int8 weight id -> float Parameter (keeps embedding = head tied)
     modules = list(model.named_modules(remove_duplicate=False))
     with torch.no_grad():
@@ -185,16 +210,18 @@ def dequantize(model: nn.Module) -> nn.Module:
             if isinstance(module, QuantEmbedding):
                 if id(module.weight) not in floats:
                     floats[id(module.weight)] = nn.Parameter(module.dequantize())
-                embedding = nn.Embedding(module.num_embeddings, module.embedding_dim, module.padding_idx,
-                                         device="meta")
+                embedding = nn.Embedding(
+                    module.num_embeddings, module.embedding_dim, module.padding_idx, device="meta"
+                )
                 embedding.weight = floats[id(module.weight)]
                 _set(model, name, embedding)
         for name, module in modules:
             if isinstance(module, QuantLinear):
                 if id(module.weight) not in floats:
                     floats[id(module.weight)] = nn.Parameter(dequantize_weight(module))
-                linear = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None,
-                                   device="meta")
+                linear = nn.Linear(
+                    module.in_features, module.out_features, bias=module.bias is not None, device="meta"
+                )
                 linear.weight = floats[id(module.weight)]
                 linear.bias = module.bias
                 _set(model, name, linear)
@@ -218,8 +245,10 @@ class QuantReport:
         return self.float_bytes / max(self.quantized_bytes, 1)
 
     def __str__(self) -> str:
-        return (f"{self.mode}: {self.linears} linear layers, {self.embeddings} embedding tables; weights "
-                f"{_mb(self.float_bytes)} -> {_mb(self.quantized_bytes)} ({self.ratio:.2f}x smaller)")
+        return (
+            f"{self.mode}: {self.linears} linear layers, {self.embeddings} embedding tables; weights "
+            f"{_mb(self.float_bytes)} -> {_mb(self.quantized_bytes)} ({self.ratio:.2f}x smaller)"
+        )
 
 
 def _mb(n: int) -> str:

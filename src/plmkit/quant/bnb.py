@@ -39,8 +39,9 @@ def require(purpose: str = "backend bitsandbytes", instead: str = "use backend t
             warnings.simplefilter("ignore")
             return importlib.import_module("bitsandbytes")
     except ImportError as e:
-        raise ConfigError(f"{purpose} needs the bitsandbytes package ({e}); pip install 'plmkit[quant]' "
-                          f"or {instead}") from None
+        raise ConfigError(
+            f"{purpose} needs the bitsandbytes package ({e}); pip install 'plmkit[quant]' or {instead}"
+        ) from None
     finally:
         quiet.setLevel(level)
 
@@ -61,8 +62,13 @@ def matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         warnings.simplefilter("ignore")
         if spec.kind == "nf4":
             state = bnb.functional.QuantState(
-                absmax=module.weight_absmax.float(), shape=torch.Size((module.out_features, module.in_features)),
-                code=formats.NF4_LEVELS.to(x.device), blocksize=spec.block, quant_type="nf4", dtype=x.dtype)
+                absmax=module.weight_absmax.float(),
+                shape=torch.Size((module.out_features, module.in_features)),
+                code=formats.NF4_LEVELS.to(x.device),
+                blocksize=spec.block,
+                quant_type="nf4",
+                dtype=x.dtype,
+            )
             return bnb.matmul_4bit(x, module.weight.view(-1, 1).t(), quant_state=state).to(x.dtype)
         from bitsandbytes.autograd._functions import MatmulLtState
 
@@ -79,5 +85,7 @@ def check_spec(kind: str, mode: str) -> None:
     """Refuse what this backend cannot do (and a missing package) before any weight is touched."""
     require()
     if kind == "int8" and mode == "dynamic":
-        raise ConfigError("int8-dynamic has no bitsandbytes kernel; use backend torch, or mode int8 "
-                          "(LLM.int8) with backend bitsandbytes")
+        raise ConfigError(
+            "int8-dynamic has no bitsandbytes kernel; use backend torch, or mode int8 "
+            "(LLM.int8) with backend bitsandbytes"
+        )

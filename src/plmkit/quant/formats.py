@@ -78,12 +78,19 @@ def quantize_nf4(weight: torch.Tensor, block: int = NF4_BLOCK) -> tuple[torch.Te
     return packed, absmax.to(weight.dtype)
 
 
-def dequantize_nf4(packed: torch.Tensor, absmax: torch.Tensor, shape: tuple[int, ...],
-                   dtype: torch.dtype | None = None, block: int = NF4_BLOCK) -> torch.Tensor:
+def dequantize_nf4(
+    packed: torch.Tensor,
+    absmax: torch.Tensor,
+    shape: tuple[int, ...],
+    dtype: torch.dtype | None = None,
+    block: int = NF4_BLOCK,
+) -> torch.Tensor:
     """The float weight of `shape` back from (codes, absmax), in `dtype` (default: absmax's)."""
     dtype = dtype or absmax.dtype
     pairs = _NF4_PAIRS.to(device=packed.device, dtype=dtype)
-    values = pairs.index_select(0, packed.int()).view(-1, block) * absmax.to(dtype)[:, None]  # (blocks, block)
+    values = (
+        pairs.index_select(0, packed.int()).view(-1, block) * absmax.to(dtype)[:, None]
+    )  # (blocks, block)
     numel = 1
     for size in shape:
         numel *= size

@@ -68,8 +68,15 @@ def _frozen(tensor: torch.Tensor) -> nn.Parameter:
 class QuantLinear(nn.Module):
     """y = x Wᵀ + b with W stored quantized; frozen (inference and QLoRA only)."""
 
-    def __init__(self, in_features: int, out_features: int, spec: QuantSpec, weight: torch.Tensor,
-                 scale: torch.Tensor, bias: torch.Tensor | None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        spec: QuantSpec,
+        weight: torch.Tensor,
+        scale: torch.Tensor,
+        bias: torch.Tensor | None,
+    ) -> None:
         super().__init__()
         self.in_features, self.out_features, self.quant = in_features, out_features, spec
         self.weight = _frozen(weight)  # int8 (out, in) or NF4 codes (numel/2,)
@@ -86,8 +93,14 @@ class QuantLinear(nn.Module):
     def adopt(cls, module: nn.Module) -> QuantLinear:
         """A QuantLinear holding the very tensors of `module` (a PEFT wrapper of a quantized layer)."""
         spec = module.quant
-        return cls(module.in_features, module.out_features, spec, module.weight,
-                   getattr(module, spec.scale_name), module.bias)
+        return cls(
+            module.in_features,
+            module.out_features,
+            spec,
+            module.weight,
+            getattr(module, spec.scale_name),
+            module.bias,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return linear(self, x)
@@ -138,8 +151,9 @@ def float_dtype(module: nn.Module) -> torch.dtype:
     return module.weight.dtype if spec is None else getattr(module, spec.scale_name).dtype
 
 
-def dequantize_weight(module: nn.Module, dtype: torch.dtype | None = None, rows: slice | None = None
-                      ) -> torch.Tensor:
+def dequantize_weight(
+    module: nn.Module, dtype: torch.dtype | None = None, rows: slice | None = None
+) -> torch.Tensor:
     """The (out, in) float weight of a QuantLinear (or a wrapper holding its tensors); with `rows`, only
     those output rows (for NF4 the slice must start and end on block boundaries, see `row_chunks`)."""
     spec = module.quant
@@ -151,8 +165,13 @@ def dequantize_weight(module: nn.Module, dtype: torch.dtype | None = None, rows:
     if start * n_in % block:
         raise ValueError(f"NF4 rows from {start} do not start on a block boundary; use row_chunks")
     first, last = start * n_in // block, -(-stop * n_in // block)  # the blocks holding these rows
-    return formats.dequantize_nf4(module.weight[first * block // 2:last * block // 2], scale[first:last],
-                                  (stop - start, n_in), dtype, block)
+    return formats.dequantize_nf4(
+        module.weight[first * block // 2 : last * block // 2],
+        scale[first:last],
+        (stop - start, n_in),
+        dtype,
+        block,
+    )
 
 
 def row_chunks(module: nn.Module, max_elements: int = 1 << 22) -> list[slice]:

@@ -66,7 +66,11 @@ class Run:
 
     def train_state(self) -> TrainState:
         """The parts of the run that a checkpoint holds."""
-        stateful: dict[str, Any] = {"scaler": self.precision.scaler, "data": self.train_data, "objective": self.objective}
+        stateful: dict[str, Any] = {
+            "scaler": self.precision.scaler,
+            "data": self.train_data,
+            "objective": self.objective,
+        }
         model = unwrap(self.model)
         if hasattr(model, "rng_state_dict"):  # e.g. ELECTRA's replacement sampler
             stateful["model_rng"] = ModelRng(model)
@@ -188,7 +192,9 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
             )
         return model
     objective = objective_class(config.objective.name)  # it declares the model it trains
-    return objective.build_model(build_model_config(config, tokenizer), **config.objective.options.get("model", {}))
+    return objective.build_model(
+        build_model_config(config, tokenizer), **config.objective.options.get("model", {})
+    )
 
 
 def check_family(config: RecipeConfig, model: torch.nn.Module) -> None:
@@ -209,7 +215,11 @@ def fp32_master_weights(model: torch.nn.Module) -> torch.nn.Module:
     """The model with fp32 parameters and buffers. Every precision trains fp32 master weights: fp32 as is,
     bf16 / fp16 under autocast (and FSDP's mixed-precision policy gathers them in the low dtype), so a
     checkpoint saved in bf16 or fp16 is cast up when it starts a run (init_from)."""
-    low = [t for t in (*model.parameters(), *model.buffers()) if t.is_floating_point() and t.dtype != torch.float32]
+    low = [
+        t
+        for t in (*model.parameters(), *model.buffers())
+        if t.is_floating_point() and t.dtype != torch.float32
+    ]
     return model.float() if low else model
 
 
@@ -237,8 +247,14 @@ def build_recipe_data(config: RecipeConfig, tokenizer: Any, batch_size: int | No
     if not d.sources:
         raise ConfigError("the recipe has no data.sources; add e.g. data.sources=[{path: corpus.txt}]")
     return build_pretraining_data(
-        d.sources, tokenizer, d.block_size, batch_size or config.train.batch_size, seed=config.seed,
-        cache_dir=d.cache_dir, validation=d.validation or (), validation_fraction=d.validation_fraction,
+        d.sources,
+        tokenizer,
+        d.block_size,
+        batch_size or config.train.batch_size,
+        seed=config.seed,
+        cache_dir=d.cache_dir,
+        validation=d.validation or (),
+        validation_fraction=d.validation_fraction,
     )
 
 
@@ -252,13 +268,19 @@ def recipe_strategy_name(config: RecipeConfig, world: World) -> str:
         return name
     key = f"distributed.tensor_parallel={tp}"
     if config.objective.name == "electra":
-        raise ConfigError(f"{key} with objective electra: its generator and discriminator form one model of two "
-                          "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)")
+        raise ConfigError(
+            f"{key} with objective electra: its generator and discriminator form one model of two "
+            "stacks, which tensor parallelism does not split; use distributed.tensor_parallel=1 (FSDP alone)"
+        )
     if config.peft:
-        raise ConfigError(f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
-                          "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT")
+        raise ConfigError(
+            f"{key} with peft.method={config.peft.get('method')!r}: tensor parallelism splits plain "
+            "projections only; use distributed.tensor_parallel=1 (FSDP alone) for PEFT"
+        )
     architecture = recipe_architecture(config)
-    if architecture is not None:  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
+    if (
+        architecture is not None
+    ):  # else (a Hugging Face init_from) apply_tensor_parallel checks it on every rank
         from plmkit.train.distributed.tensor_parallel import check_tensor_parallel
 
         try:
@@ -350,5 +372,7 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
             "resume with the recipe that wrote it, or start a new run (out_dir)"
         )
     saved, info = load_training_state(checkpoint)
-    run.strategy.load(checkpoint, run.train_state(), saved, info)  # models, optimizers (whole or sharded), the rest, RNG
+    run.strategy.load(
+        checkpoint, run.train_state(), saved, info
+    )  # models, optimizers (whole or sharded), the rest, RNG
     return int(info["step"]), int(info.get("tokens", 0)), int(info.get("skipped_steps", 0))

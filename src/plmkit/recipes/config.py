@@ -55,7 +55,9 @@ class TokenizerConfig:
 class DataConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     validation: list[SourceSpec] = field(default_factory=list)  # empty: hold out validation_fraction
-    validation_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.05  # of the documents, when no validation sources
+    validation_fraction: Annotated[float, Range(ge=0, lt=1)] = (
+        0.05  # of the documents, when no validation sources
+    )
     block_size: Annotated[int, Range(ge=1)] = 256
     cache_dir: str | None = None  # tokenized-store cache; default .cache/plmkit in the working directory
 
@@ -63,7 +65,9 @@ class DataConfig:
 @dataclass
 class ObjectiveConfig:
     name: Literal[tuple(OBJECTIVES)] = "clm"
-    options: dict[str, Any] = field(default_factory=dict)  # the objective's fields; `model`: its model's options
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # the objective's fields; `model`: its model's options
 
 
 # ModelConfig's enumerated fields, typed as the choices they take in a recipe

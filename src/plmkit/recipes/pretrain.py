@@ -64,15 +64,27 @@ class PretrainLoss:
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return count_targets(self.plain, batch.get("labels"))
 
-    def __call__(self, models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+    def __call__(
+        self, models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, int]:
         n = self.count(batch)
-        return models[MODEL](**batch).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
+        return models[MODEL](
+            **batch
+        ).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
 
 
 def pretrain_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
     """One optimizer step of the recipe (plmkit.train.loop.train_step); the mean loss per target token."""
-    return train_step({MODEL: run.model}, {MODEL: run.optimizer}, {MODEL: run.scheduler}, PretrainLoss(run.model),
-                      micro_batches, run.strategy, run.precision, run.config.train.clip_grad)
+    return train_step(
+        {MODEL: run.model},
+        {MODEL: run.optimizer},
+        {MODEL: run.scheduler},
+        PretrainLoss(run.model),
+        micro_batches,
+        run.strategy,
+        run.precision,
+        run.config.train.clip_grad,
+    )
 
 
 def evaluate(run: Run) -> dict[str, float]:
@@ -92,8 +104,9 @@ def evaluate(run: Run) -> dict[str, float]:
 
 def checkpoint(run: Run, progress: Progress) -> Path:
     info = {"tokens": progress.tokens, "skipped_steps": progress.skipped_steps, "recipe": to_dict(run.config)}
-    return run.strategy.save(run.run_dir, progress.step, run.train_state(), run.tokenizer, info,
-                             run.config.checkpoint.keep_last)
+    return run.strategy.save(
+        run.run_dir, progress.step, run.train_state(), run.tokenizer, info, run.config.checkpoint.keep_last
+    )
 
 
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
@@ -115,7 +128,11 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, stream=None) -> dict[str
         if resume_from is not None:
             progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from)
     logger = RunLogger(
-        run.run_dir, config.train.steps, tensorboard=config.log.tensorboard, stream=stream, enabled=strategy.is_main
+        run.run_dir,
+        config.train.steps,
+        tensorboard=config.log.tensorboard,
+        stream=stream,
+        enabled=strategy.is_main,
     )
     if strategy.is_main:
         _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)

@@ -57,7 +57,7 @@ def check_peft_section(section: dict[str, Any]) -> None:
     if "method" not in section:
         raise ConfigError(
             f'missing required config key "peft.method": peft must be a mapping with a method (one of '
-            f'{", ".join(METHOD_OPTIONS)}), e.g. {{method: lora, r: 8}}; or remove the section to train everything'
+            f"{', '.join(METHOD_OPTIONS)}), e.g. {{method: lora, r: 8}}; or remove the section to train everything"
         )
     method = section["method"]
     if method not in METHOD_OPTIONS:

@@ -1,9 +1,9 @@
 """Tokenizers on the Rust `tokenizers` library.
 
-    base      Tokenizer: encode / decode / pad, save / load, train (kind bpe | wordpiece | unigram)
-    special   SpecialTokens (roles: bos, eos, pad, ...) and each family's defaults
-    train     the trainers of the three kinds (used by Tokenizer.train)
-    hf        Hugging Face tokenizer folders (tokenizer.json, vocab.txt, vocab.json + merges.txt, spiece.model)
+base      Tokenizer: encode / decode / pad, save / load, train (kind bpe | wordpiece | unigram)
+special   SpecialTokens (roles: bos, eos, pad, ...) and each family's defaults
+train     the trainers of the three kinds (used by Tokenizer.train)
+hf        Hugging Face tokenizer folders (tokenizer.json, vocab.txt, vocab.json + merges.txt, spiece.model)
 """
 
 from __future__ import annotations
@@ -22,7 +22,11 @@ from plmkit.tokenizer.special import (
 )
 
 # loaded on first use (PEP 562): the special-token tables above need no torch, the Tokenizer does
-_LAZY = {"CONFIG_FILE": "plmkit.tokenizer.base", "TOKENIZER_FILE": "plmkit.tokenizer.base", "Tokenizer": "plmkit.tokenizer.base"}
+_LAZY = {
+    "CONFIG_FILE": "plmkit.tokenizer.base",
+    "TOKENIZER_FILE": "plmkit.tokenizer.base",
+    "Tokenizer": "plmkit.tokenizer.base",
+}
 
 
 def __getattr__(name: str) -> Any:

@@ -29,6 +29,7 @@ TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 CONFIG_VERSION = 1  # bump when tokenizer_config.json changes incompatibly
 
+
 class Tokenizer:
     """Text <-> token ids, with special tokens known by role. Wraps a `tokenizers.Tokenizer`."""
 
@@ -41,8 +42,10 @@ class Tokenizer:
         vocab = backend.get_vocab(with_added_tokens=True)
         for token in self.special_tokens.tokens():
             if token not in vocab:
-                raise ConfigError(f'special token "{token}" is not in the vocabulary'
-                                  f"{did_you_mean(token, vocab)}; add it to the tokenizer or fix the config")
+                raise ConfigError(
+                    f'special token "{token}" is not in the vocabulary'
+                    f"{did_you_mean(token, vocab)}; add it to the tokenizer or fix the config"
+                )
         # Every special token, `additional` ones included, must be special to the backend too: then
         # "<sop>" in a text stays one token and decode(skip_special_tokens=True) drops it. Ids of
         # tokens already in the vocabulary do not change.
@@ -77,8 +80,10 @@ class Tokenizer:
         tokenizer has no such special token)."""
         specials = self.special_tokens.tokens()
         if token not in specials:
-            raise ConfigError(f'the tokenizer has no special token "{token}"{did_you_mean(token, specials)}; '
-                              "train it with that token (e.g. family=\"glm\") or add it to special_tokens")
+            raise ConfigError(
+                f'the tokenizer has no special token "{token}"{did_you_mean(token, specials)}; '
+                'train it with that token (e.g. family="glm") or add it to special_tokens'
+            )
         return self.backend.token_to_id(token)
 
     def sentinel_ids(self, n: int) -> list[int]:
@@ -86,9 +91,11 @@ class Tokenizer:
         specials = set(self.special_tokens.tokens())
         missing = [SENTINEL.format(i) for i in range(n) if SENTINEL.format(i) not in specials]
         if missing:
-            raise ConfigError(f"the tokenizer has no special token {missing[0]} ({n} sentinels needed: "
-                              f"{SENTINEL.format(0)}..{SENTINEL.format(n - 1)}); train it with "
-                              f'family="t5" and n_sentinels >= {n}')
+            raise ConfigError(
+                f"the tokenizer has no special token {missing[0]} ({n} sentinels needed: "
+                f"{SENTINEL.format(0)}..{SENTINEL.format(n - 1)}); train it with "
+                f'family="t5" and n_sentinels >= {n}'
+            )
         return [self.backend.token_to_id(SENTINEL.format(i)) for i in range(n)]
 
     @property
@@ -118,15 +125,17 @@ class Tokenizer:
             ids = ids.tolist()
         return self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
-    def decode_batch(self, batch: Sequence[Sequence[int]] | torch.Tensor,
-                     skip_special_tokens: bool = True) -> list[str]:
+    def decode_batch(
+        self, batch: Sequence[Sequence[int]] | torch.Tensor, skip_special_tokens: bool = True
+    ) -> list[str]:
         if isinstance(batch, torch.Tensor):
             batch = batch.tolist()
         lists = [list(ids) for ids in batch]
         return self.backend.decode_batch(lists, skip_special_tokens=skip_special_tokens)
 
-    def pad_batch(self, batch: Sequence[Sequence[int]], padding_side: str = "right",
-                  max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def pad_batch(
+        self, batch: Sequence[Sequence[int]], padding_side: str = "right", max_length: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pad id lists to one length -> (input_ids (B, T), attention_mask (B, T)), both int64.
 
         T is the longest sequence, or `max_length` when given (longer sequences are an error:
@@ -136,13 +145,15 @@ class Tokenizer:
             raise ConfigError(f'padding_side must be "right" or "left", got "{padding_side}"')
         pad_id = self.pad_id if self.pad_id is not None else self.eos_id
         if pad_id is None:
-            raise ConfigError("cannot pad: the tokenizer has neither a pad nor an eos token; "
-                              "set special_tokens.pad")
+            raise ConfigError(
+                "cannot pad: the tokenizer has neither a pad nor an eos token; set special_tokens.pad"
+            )
         longest = max((len(ids) for ids in batch), default=0)
         length = longest if max_length is None else max_length
         if longest > length:
-            raise ShapeError(f"a sequence has {longest} tokens, more than max_length={max_length}; "
-                             "truncate before padding")
+            raise ShapeError(
+                f"a sequence has {longest} tokens, more than max_length={max_length}; truncate before padding"
+            )
         input_ids = torch.full((len(batch), length), pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(batch), length), dtype=torch.long)
         for row, ids in enumerate(batch):
@@ -154,9 +165,18 @@ class Tokenizer:
 
     # ---- training ---------------------------------------------------------------------------------
     @classmethod
-    def train(cls, texts: Iterable[str], kind: str | None = None, *, vocab_size: int,
-              special_tokens: SpecialTokens | None = None, family: str | None = None,
-              min_frequency: int = 2, lowercase: bool = True, n_sentinels: int = 100) -> Tokenizer:
+    def train(
+        cls,
+        texts: Iterable[str],
+        kind: str | None = None,
+        *,
+        vocab_size: int,
+        special_tokens: SpecialTokens | None = None,
+        family: str | None = None,
+        min_frequency: int = 2,
+        lowercase: bool = True,
+        n_sentinels: int = 100,
+    ) -> Tokenizer:
         """Train a new tokenizer of `kind` ("bpe", "wordpiece" or "unigram") on `texts`.
 
         `vocab_size` counts every token, special ones included (an upper bound: a small corpus
@@ -169,16 +189,29 @@ class Tokenizer:
         from plmkit.tokenizer.train import train_backend
 
         backend, special_tokens = train_backend(
-            texts, kind, vocab_size=vocab_size, special_tokens=special_tokens, family=family,
-            min_frequency=min_frequency, lowercase=lowercase, n_sentinels=n_sentinels)
+            texts,
+            kind,
+            vocab_size=vocab_size,
+            special_tokens=special_tokens,
+            family=family,
+            min_frequency=min_frequency,
+            lowercase=lowercase,
+            n_sentinels=n_sentinels,
+        )
         return cls(backend, special_tokens)
 
     @classmethod
-    def train_bpe(cls, texts: Iterable[str], vocab_size: int, special_tokens: SpecialTokens | None = None,
-                  min_frequency: int = 2) -> Tokenizer:
+    def train_bpe(
+        cls,
+        texts: Iterable[str],
+        vocab_size: int,
+        special_tokens: SpecialTokens | None = None,
+        min_frequency: int = 2,
+    ) -> Tokenizer:
         """Shorthand for `train(texts, "bpe", ...)`: GPT-2-style byte-level BPE, exact round trips."""
-        return cls.train(texts, "bpe", vocab_size=vocab_size, special_tokens=special_tokens,
-                         min_frequency=min_frequency)
+        return cls.train(
+            texts, "bpe", vocab_size=vocab_size, special_tokens=special_tokens, min_frequency=min_frequency
+        )
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
@@ -187,8 +220,9 @@ class Tokenizer:
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
         config = {"plmkit_tokenizer": CONFIG_VERSION, "special_tokens": self.special_tokens.to_dict()}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n",
-                                             encoding="utf-8")
+        (directory / CONFIG_FILE).write_text(
+            json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
 
     @classmethod
     def load(cls, directory: str | Path) -> Tokenizer:
@@ -210,8 +244,10 @@ class Tokenizer:
         if not isinstance(config, dict) or "plmkit_tokenizer" not in config:
             raise DataError(f'{config_path} is not a plmkit tokenizer config (no "plmkit_tokenizer" key)')
         if config["plmkit_tokenizer"] > CONFIG_VERSION:
-            raise DataError(f"{config_path} has version {config['plmkit_tokenizer']}, newer than this "
-                            f"plmkit understands ({CONFIG_VERSION}); upgrade plmkit")
+            raise DataError(
+                f"{config_path} has version {config['plmkit_tokenizer']}, newer than this "
+                f"plmkit understands ({CONFIG_VERSION}); upgrade plmkit"
+            )
         try:
             special_tokens = SpecialTokens.from_dict(config.get("special_tokens", {}))
             return cls(backend, special_tokens)
@@ -221,4 +257,3 @@ class Tokenizer:
     def __repr__(self) -> str:
         roles = {r: getattr(self.special_tokens, r) for r in ROLES if getattr(self.special_tokens, r)}
         return f"Tokenizer(vocab_size={self.vocab_size}, special_tokens={roles})"
-

@@ -39,8 +39,10 @@ class SpecialTokens:
         known = [f.name for f in dataclasses.fields(cls)]
         for key in d:
             if key not in known:
-                raise ConfigError(f'unknown special token role "{key}"{did_you_mean(key, known)}; '
-                                  f"known roles: {', '.join(known)}")
+                raise ConfigError(
+                    f'unknown special token role "{key}"{did_you_mean(key, known)}; '
+                    f"known roles: {', '.join(known)}"
+                )
         return cls(**d)
 
 
@@ -58,8 +60,13 @@ _FAMILIES: dict[str, tuple[tuple[str, str], ...]] = {
     "roberta": _ROBERTA,
     "bart": _ROBERTA,
     "t5": (("<pad>", "pad"), ("</s>", "eos"), ("<unk>", "unk")),  # + sentinels, see below
-    "glm": _BERT + (("[gMASK]", "additional"), ("[sMASK]", "additional"), ("<sop>", "additional"),
-                    ("<eop>", "additional")),
+    "glm": _BERT
+    + (
+        ("[gMASK]", "additional"),
+        ("[sMASK]", "additional"),
+        ("<sop>", "additional"),
+        ("<eop>", "additional"),
+    ),
     "llama": (("<unk>", "unk"), ("<s>", "bos"), ("</s>", "eos")),
 }
 FAMILIES = tuple(_FAMILIES)
@@ -73,8 +80,10 @@ SENTINEL_PATTERN = re.compile(r"<extra_id_(\d+)>")
 def family_special_tokens(family: str, n_sentinels: int = 100) -> SpecialTokens:
     """The default special tokens of `family` (one of FAMILIES); t5 gets `n_sentinels` sentinels."""
     if family not in _FAMILIES:
-        raise ConfigError(f'unknown tokenizer family "{family}"{did_you_mean(family, FAMILIES)}; '
-                          f"known: {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f'unknown tokenizer family "{family}"{did_you_mean(family, FAMILIES)}; '
+            f"known: {', '.join(FAMILIES)}"
+        )
     special = SpecialTokens()
     for token, roles in _FAMILIES[family]:
         for role in roles.split():
@@ -98,8 +107,10 @@ def special_token_order(special_tokens: SpecialTokens, family: str | None = None
     """
     tokens = special_tokens.tokens()
     reference = [token for token, _ in _FAMILIES.get(family or "", ())]
-    sentinels = sorted((t for t in tokens if SENTINEL_PATTERN.fullmatch(t)),
-                       key=lambda t: -int(SENTINEL_PATTERN.fullmatch(t).group(1)))
+    sentinels = sorted(
+        (t for t in tokens if SENTINEL_PATTERN.fullmatch(t)),
+        key=lambda t: -int(SENTINEL_PATTERN.fullmatch(t).group(1)),
+    )
     first = [t for t in reference if t in tokens]
     rest = [t for t in tokens if t not in first and t not in sentinels]
     return first + rest + sentinels

@@ -36,10 +36,17 @@ FAMILY_KIND = {"bert": "wordpiece", "glm": "wordpiece", "t5": "unigram"}  # ever
 KIND_FAMILY = {"bpe": "gpt2", "wordpiece": "bert", "unigram": "t5"}  # special tokens when no family
 
 
-def train_backend(texts: Iterable[str], kind: str | None = None, *, vocab_size: int,
-                    special_tokens: SpecialTokens | None = None, family: str | None = None,
-                    min_frequency: int = 2, lowercase: bool = True, n_sentinels: int = 100,
-                  ) -> tuple[BackendTokenizer, SpecialTokens]:
+def train_backend(
+    texts: Iterable[str],
+    kind: str | None = None,
+    *,
+    vocab_size: int,
+    special_tokens: SpecialTokens | None = None,
+    family: str | None = None,
+    min_frequency: int = 2,
+    lowercase: bool = True,
+    n_sentinels: int = 100,
+) -> tuple[BackendTokenizer, SpecialTokens]:
     """A trained backend of `kind` on `texts` (documents) and its special tokens; `Tokenizer.train`
     wraps them (see it for the options)."""
     kind, default_family = _resolve_kind_and_family(kind, family)
@@ -53,8 +60,9 @@ def train_backend(texts: Iterable[str], kind: str | None = None, *, vocab_size: 
     leading = order[: len(order) - len(sentinels)]
     _check_vocab_size(kind, vocab_size, len(order))
 
-    backend, trainer = _BUILDERS[kind](vocab_size - len(sentinels), leading, special_tokens,
-                                       min_frequency, lowercase)
+    backend, trainer = _BUILDERS[kind](
+        vocab_size - len(sentinels), leading, special_tokens, min_frequency, lowercase
+    )
     documents = _CountDocuments(texts)
     try:
         backend.train_from_iterator(documents, trainer=trainer)
@@ -64,8 +72,10 @@ def train_backend(texts: Iterable[str], kind: str | None = None, *, vocab_size: 
         if documents.count == 0:
             raise DataError("no text to train the tokenizer on: the input is empty") from e
         if "not large enough to contain all chars" in str(e):
-            raise ConfigError(f"vocab_size={vocab_size} is too small for a unigram tokenizer of this text: "
-                              "every distinct character needs a piece; raise vocab_size") from e
+            raise ConfigError(
+                f"vocab_size={vocab_size} is too small for a unigram tokenizer of this text: "
+                "every distinct character needs a piece; raise vocab_size"
+            ) from e
         raise
     if documents.count == 0:
         raise DataError("no text to train the tokenizer on: the input is empty")
@@ -79,13 +89,16 @@ def train_backend(texts: Iterable[str], kind: str | None = None, *, vocab_size: 
 
 def _resolve_kind_and_family(kind: str | None, family: str | None) -> tuple[str, str]:
     if family is not None and family not in FAMILIES:
-        raise ConfigError(f'unknown tokenizer family "{family}"{did_you_mean(family, FAMILIES)}; '
-                          f"known: {', '.join(FAMILIES)}")
+        raise ConfigError(
+            f'unknown tokenizer family "{family}"{did_you_mean(family, FAMILIES)}; '
+            f"known: {', '.join(FAMILIES)}"
+        )
     if kind is None:
         kind = FAMILY_KIND.get(family or "", "bpe")
     if kind not in KINDS:
-        raise ConfigError(f'unknown tokenizer kind "{kind}"{did_you_mean(kind, KINDS)}; '
-                          f"known: {', '.join(KINDS)}")
+        raise ConfigError(
+            f'unknown tokenizer kind "{kind}"{did_you_mean(kind, KINDS)}; known: {", ".join(KINDS)}'
+        )
     return kind, family or KIND_FAMILY[kind]
 
 
@@ -95,9 +108,13 @@ def _check_vocab_size(kind: str, vocab_size: int, n_special: int) -> None:
     # Byte-level BPE needs its 256 byte symbols; the others need room for at least one real token.
     minimum = n_special + (256 if kind == "bpe" else 1)
     if vocab_size < minimum:
-        need = f"256 bytes + {n_special} special tokens" if kind == "bpe" else f"{n_special} special tokens + 1"
-        raise ConfigError(f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs at least "
-                          f"{minimum} ({need})")
+        need = (
+            f"256 bytes + {n_special} special tokens" if kind == "bpe" else f"{n_special} special tokens + 1"
+        )
+        raise ConfigError(
+            f"vocab_size={vocab_size} is too small for a {kind} tokenizer: it needs at least "
+            f"{minimum} ({need})"
+        )
 
 
 class _CountDocuments:
@@ -118,66 +135,86 @@ class _CountDocuments:
 # ---- one builder per kind: (untrained backend, trainer) --------------------------------------------
 
 
-def _bpe(vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int,
-         lowercase: bool) -> tuple[BackendTokenizer, trainers.Trainer]:
+def _bpe(
+    vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int, lowercase: bool
+) -> tuple[BackendTokenizer, trainers.Trainer]:
     """GPT-2 byte-level BPE: text is UTF-8 bytes, so no character is ever unknown and
     `decode(encode(s)) == s` for every string (no normalizer, no invented prefix space)."""
     backend = BackendTokenizer(models.BPE(unk_token=roles.unk))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     return backend, trainer
 
 
-def _wordpiece(vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int,
-               lowercase: bool) -> tuple[BackendTokenizer, trainers.Trainer]:
+def _wordpiece(
+    vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int, lowercase: bool
+) -> tuple[BackendTokenizer, trainers.Trainer]:
     """Chinese BERT: the normalizer puts spaces around every CJK character, so each one is its own
     pre-token and (being in the trainer's alphabet, however rare) its own token; English words
     split into pieces with `##` continuations (un ##bel ##iev ##able)."""
     if roles.unk is None:
-        raise ConfigError("a wordpiece tokenizer needs an unk token for characters it never saw; "
-                          'set special_tokens.unk or use family="bert"')
+        raise ConfigError(
+            "a wordpiece tokenizer needs an unk token for characters it never saw; "
+            'set special_tokens.unk or use family="bert"'
+        )
     backend = BackendTokenizer(models.WordPiece(unk_token=roles.unk, max_input_chars_per_word=100))
     # strip_accents=None: accents are stripped exactly when lowercasing, as in BERT
-    backend.normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True,
-                                                    strip_accents=None, lowercase=lowercase)
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=None, lowercase=lowercase
+    )
     backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     backend.decoder = decoders.WordPiece(prefix="##")
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=specials, continuing_subword_prefix="##",
-                                        show_progress=False)
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=specials,
+        continuing_subword_prefix="##",
+        show_progress=False,
+    )
     return backend, trainer
 
 
-def _unigram(vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int,
-             lowercase: bool) -> tuple[BackendTokenizer, trainers.Trainer]:
+def _unigram(
+    vocab_size: int, specials: list[str], roles: SpecialTokens, min_frequency: int, lowercase: bool
+) -> tuple[BackendTokenizer, trainers.Trainer]:
     """T5 / SentencePiece Unigram: spaces become "▁" and belong to the next piece, so plain text
     round-trips up to NFKC normalisation (full-width "，" decodes as ","). `min_frequency` does not
     apply: Unigram prunes by likelihood."""
     if roles.unk is None:
-        raise ConfigError("a unigram tokenizer needs an unk token for characters it never saw; "
-                          'set special_tokens.unk or use family="t5"')
+        raise ConfigError(
+            "a unigram tokenizer needs an unk token for characters it never saw; "
+            'set special_tokens.unk or use family="t5"'
+        )
     backend = BackendTokenizer(models.Unigram())
     backend.normalizer = normalizers.NFKC()
     backend.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     backend.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
-    trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=roles.unk,
-                                      show_progress=False)
+    trainer = trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=specials, unk_token=roles.unk, show_progress=False
+    )
     return backend, trainer
 
 
 _BUILDERS = {"bpe": _bpe, "wordpiece": _wordpiece, "unigram": _unigram}
 
 
-def _post_processor(backend: BackendTokenizer, special: SpecialTokens,
-                    kind: str) -> processors.TemplateProcessing | None:
+def _post_processor(
+    backend: BackendTokenizer, special: SpecialTokens, kind: str
+) -> processors.TemplateProcessing | None:
     """The template `encode(..., add_special_tokens=True)` applies (see the module docstring)."""
     bos, eos, cls, sep = special.bos, special.eos, special.cls, special.sep
     ids = lambda *tokens: [(t, backend.token_to_id(t)) for t in dict.fromkeys(tokens) if t]
     if cls and sep and (kind == "wordpiece" or not (bos or eos)):  # BERT: segment B has type id 1
-        return processors.TemplateProcessing(single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
-                                             special_tokens=ids(cls, sep))
+        return processors.TemplateProcessing(
+            single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1", special_tokens=ids(cls, sep)
+        )
     if not (bos or eos):
         return None
     head = f"{bos} " if bos else ""

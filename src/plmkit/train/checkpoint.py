@@ -133,7 +133,9 @@ def read_trainer_info(checkpoint: Path) -> dict[str, Any]:
     """trainer_state.json of a checkpoint folder: step, tokens, recipe, and how the weights were written."""
     path = checkpoint / TRAINER_FILE
     if not path.is_file():
-        raise CheckpointError(f"{checkpoint} is not a complete training checkpoint: {TRAINER_FILE} is missing")
+        raise CheckpointError(
+            f"{checkpoint} is not a complete training checkpoint: {TRAINER_FILE} is missing"
+        )
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -26,7 +26,9 @@ Fraction = Annotated[float, Range(ge=0, le=1)]
 
 @dataclass
 class OptimConfig:
-    name: OptimizerName = "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
+    name: OptimizerName = (
+        "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
+    )
     lr: float = 3e-4
     weight_decay: Annotated[float, Range(ge=0)] = 0.1
     betas: tuple[float, float] = (0.9, 0.95)
@@ -46,7 +48,9 @@ class ScheduleConfig:
 @dataclass
 class TrainConfig:
     steps: NonNegative = 1000
-    batch_size: Positive = 16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
+    batch_size: Positive = (
+        16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
+    )
     accumulation: Positive = 1  # micro-batches per optimizer step
     precision: PrecisionName = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
     clip_grad: float | None = 1.0
@@ -79,7 +83,9 @@ class LogConfig:
 @dataclass
 class FSDPConfig:
     cpu_offload: bool = False  # parameters, gradients and the optimizer step live on the CPU (CUDA runs)
-    reshard_after_forward: bool = True  # free gathered parameters after forward (ZeRO-3); False: keep (ZeRO-2)
+    reshard_after_forward: bool = (
+        True  # free gathered parameters after forward (ZeRO-3); False: keep (ZeRO-2)
+    )
     mixed_precision: bool = True  # bf16/fp16 runs: gather parameters in that dtype, reduce gradients in fp32
 
 
@@ -94,7 +100,9 @@ class DeepSpeedConfig:
 @dataclass
 class DistributedConfig:
     strategy: StrategyName = "auto"  # auto (single, or ddp under torchrun) | single | ddp | fsdp | deepspeed
-    tensor_parallel: Positive = 1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
+    tensor_parallel: Positive = (
+        1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
+    )
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

@@ -51,8 +51,10 @@ def train_step(
     trained = [name for name in models if name in optimizers]
     counter = getattr(loss_fn, "count", None)
     if counter is None and not strategy.exposes_gradients:
-        raise ConfigError(f"distributed.strategy={strategy.name} needs a loss with count(batch) (the step's "
-                          "targets before the first backward); use strategy ddp or fsdp for this loss")
+        raise ConfigError(
+            f"distributed.strategy={strategy.name} needs a loss with count(batch) (the step's "
+            "targets before the first backward); use strategy ddp or fsdp for this loss"
+        )
     if counter is not None:  # the exact weights up front
         counts = [int(counter(batch)) for batch in micro_batches]
         total = sum(counts)
@@ -64,7 +66,10 @@ def train_step(
     finite = counter is None or total > 0  # a step without any target: skip it
     loss_sum, targets = 0.0, 0
     for i in active if finite else []:
-        batch = {k: v.to(strategy.device, non_blocking=True) for k, v in strategy.local_rows(micro_batches[i]).items()}
+        batch = {
+            k: v.to(strategy.device, non_blocking=True)
+            for k, v in strategy.local_rows(micro_batches[i]).items()
+        }
         last = i == active[-1]
         with contextlib.ExitStack() as sync:  # gradients are synchronised on the last micro-batch
             for name in trained:

@@ -47,9 +47,13 @@ def track_cpu_allocations() -> Iterator[CpuAllocations]:
         yield stats
     # The raw records: one "[memory]" event per allocation (+bytes) or free (-bytes), with timestamps.
     events = prof.profiler.kineto_results.events()
-    marks = sorted((e.start_ns(), e.name()[len(_MARK_PREFIX):]) for e in events if e.name().startswith(_MARK_PREFIX))
+    marks = sorted(
+        (e.start_ns(), e.name()[len(_MARK_PREFIX) :]) for e in events if e.name().startswith(_MARK_PREFIX)
+    )
     records = sorted(
-        (e.start_ns(), e.nbytes()) for e in events if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
+        (e.start_ns(), e.nbytes())
+        for e in events
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
     )
     held = 0
     pending = iter(marks)

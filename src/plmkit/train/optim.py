@@ -39,8 +39,10 @@ def build_optimizer(model: nn.Module, config: OptimConfig, device: torch.device)
 
     check_trainable(model)  # a quantized model's integer weights cannot train (QLoRA: LoRA on top)
     if config.name not in OPTIMIZERS:
-        raise ConfigError(f"optim.name={config.name!r} is not one of {', '.join(OPTIMIZERS)}"
-                          f"{did_you_mean(config.name, OPTIMIZERS)}")
+        raise ConfigError(
+            f"optim.name={config.name!r} is not one of {', '.join(OPTIMIZERS)}"
+            f"{did_you_mean(config.name, OPTIMIZERS)}"
+        )
     groups = parameter_groups(model, config.weight_decay, config.decay_embeddings)
     if config.name == "adamw8bit":
         return adamw8bit(groups, config)

@@ -1,8 +1,8 @@
 """Pre-training objectives, one small module each (DESIGN.md principle 2: objectives are data).
 
-    objective = build_objective("mlm", tokenizer, mlm_probability=0.15, seed=0)
-    batch = objective([ids_1, ids_2, ...])      # dict: input_ids, attention_mask, labels (-100: no loss)
-    loss = model(**batch).loss
+objective = build_objective("mlm", tokenizer, mlm_probability=0.15, seed=0)
+batch = objective([ids_1, ids_2, ...])      # dict: input_ids, attention_mask, labels (-100: no loss)
+loss = model(**batch).loss
 """
 
 from __future__ import annotations

@@ -87,8 +87,13 @@ class BartDenoisingObjective(Objective):
         lengths: list[int] = []
         total = 0
         while total < num_to_mask:
-            draws = torch.poisson(torch.full((max(num_to_mask // 2, 4),), self.poisson_lambda),
-                                  generator=self.generator).long().tolist()
+            draws = (
+                torch.poisson(
+                    torch.full((max(num_to_mask // 2, 4),), self.poisson_lambda), generator=self.generator
+                )
+                .long()
+                .tolist()
+            )
             for n in draws:
                 lengths.append(min(n, num_to_mask - total))
                 total += lengths[-1]

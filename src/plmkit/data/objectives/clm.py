@@ -26,7 +26,6 @@ class CLMObjective(Objective):
     name: ClassVar[str] = "clm"
     family: ClassVar[str] = "causal"
 
-
     def __post_init__(self) -> None:
         super().__post_init__()
 

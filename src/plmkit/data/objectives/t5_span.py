@@ -70,7 +70,11 @@ def random_spans_helper(
 
     def lengths(n: int) -> tuple[int, int]:
         return span_corruption_lengths(
-            n, noise_density, mean_noise_span_length, extra_tokens_per_span_inputs, extra_tokens_per_span_targets
+            n,
+            noise_density,
+            mean_noise_span_length,
+            extra_tokens_per_span_inputs,
+            extra_tokens_per_span_targets,
         )
 
     tokens_length = inputs_length - 1
@@ -151,7 +155,9 @@ class SpanCorruptionObjective(Objective):
         return self._sentinels[:count]
 
     def noise_mask(self, length: int) -> torch.Tensor:
-        return random_spans_noise_mask(length, self.noise_density, self.mean_noise_span_length, self.generator)
+        return random_spans_noise_mask(
+            length, self.noise_density, self.mean_noise_span_length, self.generator
+        )
 
     def corrupt(self, ids: list[int]) -> tuple[list[int], list[int]]:
         """(inputs, targets) for one example, both ending with eos."""

@@ -91,7 +91,9 @@ class UniLMObjective(Objective):
                 if split is None:
                     split = int(torch.randint(1, len(text), (1,), generator=self.generator))
                 elif not 1 <= split < len(text):
-                    raise ConfigError(f"unilm: example {row} has source_length {split} outside 1..{len(text) - 1}")
+                    raise ConfigError(
+                        f"unilm: example {row} has source_length {split} outside 1..{len(text) - 1}"
+                    )
                 sequences.append([self.cls_id, *text[:split], self.sep_id, *text[split:], self.sep_id])
                 prefix_lengths.append(split + 2)
             else:
@@ -109,8 +111,12 @@ class UniLMObjective(Objective):
         allowed = selectable(input_ids, padding, self.special_ids()) & (in_source | ~seq2seq)
         selected = allowed & (self.uniform(b, t) < self.mlm_probability)
         inputs, labels = mask_tokens(
-            input_ids, selected, self.tokenizer, self.generator,
-            mask_replace_prob=self.mask_replace_prob, random_replace_prob=self.random_replace_prob,
+            input_ids,
+            selected,
+            self.tokenizer,
+            self.generator,
+            mask_replace_prob=self.mask_replace_prob,
+            random_replace_prob=self.random_replace_prob,
         )
         # seq2seq target: position p predicts token p+1, from the last source position ([SEP]) up to
         # the last target token (which predicts the closing [SEP])

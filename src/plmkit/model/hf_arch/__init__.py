@@ -17,4 +17,6 @@ from plmkit.model.hf_arch.encoders import BERT, ROBERTA
 from plmkit.model.hf_arch.rules import Architecture
 from plmkit.model.hf_arch.seq2seq import BART, T5
 
-ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (GPT2, BERT, ROBERTA, BART, T5, LLAMA, QWEN2)}
+ARCHITECTURES: dict[str, Architecture] = {
+    a.model_type: a for a in (GPT2, BERT, ROBERTA, BART, T5, LLAMA, QWEN2)
+}

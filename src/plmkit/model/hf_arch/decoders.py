@@ -62,13 +62,19 @@ def _gpt2_weights(c: ModelConfig, head: bool) -> list[Rule]:
     pairs = [("embed.tokens.weight", "wte.weight"), ("embed.positions.weight", "wpe.weight")]
     for i in range(c.n_layer):
         b, h = f"blocks.{i}.", f"h.{i}."
-        pairs += norm_pairs(b + "attn_norm", h + "ln_1") + linear_pairs(b + "attn.qkv", h + "attn.c_attn", True)
-        pairs += linear_pairs(b + "attn.out", h + "attn.c_proj", True) + norm_pairs(b + "mlp_norm", h + "ln_2")
+        pairs += norm_pairs(b + "attn_norm", h + "ln_1") + linear_pairs(
+            b + "attn.qkv", h + "attn.c_attn", True
+        )
+        pairs += linear_pairs(b + "attn.out", h + "attn.c_proj", True) + norm_pairs(
+            b + "mlp_norm", h + "ln_2"
+        )
         pairs += linear_pairs(b + "mlp.fc_in", h + "mlp.c_fc", True) + linear_pairs(
             b + "mlp.fc_out", h + "mlp.c_proj", True
         )
     pairs += norm_pairs("final_norm", "ln_f")
-    rules = rule_list("transformer.", [(o, _prefix("transformer.", t)) for o, t in pairs], transpose=("blocks",))
+    rules = rule_list(
+        "transformer.", [(o, _prefix("transformer.", t)) for o, t in pairs], transpose=("blocks",)
+    )
     if head and not c.tie_embeddings:
         rules.append(Rule("lm_head.decoder.weight", ("lm_head.weight",)))
     return rules

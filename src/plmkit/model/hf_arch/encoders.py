@@ -96,7 +96,9 @@ def _bert_weights(c: ModelConfig, head: bool, roberta: bool = False) -> list[Rul
         h = "lm_head." if roberta else "cls.predictions."
         norm = "lm_head.layer_norm" if roberta else "cls.predictions.transform.LayerNorm"
         dense = "lm_head.dense" if roberta else "cls.predictions.transform.dense"
-        rules += rule_list("lm_head.", linear_pairs("transform", dense, True) + norm_pairs("transform_norm", norm))
+        rules += rule_list(
+            "lm_head.", linear_pairs("transform", dense, True) + norm_pairs("transform_norm", norm)
+        )
         rules.append(Rule("lm_head.decoder.bias", (h + "bias",)))
         if not c.tie_embeddings:
             rules.append(Rule("lm_head.decoder.weight", (h + "decoder.weight",)))

@@ -39,7 +39,9 @@ def rule_list(prefix: str, pairs: list[tuple[str, str | tuple[str, ...]]], trans
     return out
 
 
-def linear_pairs(ours: str, theirs: str | tuple[str, ...], bias: bool) -> list[tuple[str, str | tuple[str, ...]]]:
+def linear_pairs(
+    ours: str, theirs: str | tuple[str, ...], bias: bool
+) -> list[tuple[str, str | tuple[str, ...]]]:
     """weight (and bias) pairs of one linear layer, possibly fused from several HF layers."""
     names = (theirs,) if isinstance(theirs, str) else theirs
     pairs: list[tuple[str, str | tuple[str, ...]]] = [(f"{ours}.weight", tuple(f"{n}.weight" for n in names))]

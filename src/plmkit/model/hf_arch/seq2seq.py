@@ -86,7 +86,9 @@ def _bart_weights(c: ModelConfig, head: bool) -> list[Rule]:
                 )
                 pairs += linear_pairs(b + "cross_attn.out", h + "encoder_attn.out_proj", True)
                 pairs += norm_pairs(b + "cross_norm", h + "encoder_attn_layer_norm")
-            pairs += linear_pairs(b + "mlp.fc_in", h + "fc1", True) + linear_pairs(b + "mlp.fc_out", h + "fc2", True)
+            pairs += linear_pairs(b + "mlp.fc_in", h + "fc1", True) + linear_pairs(
+                b + "mlp.fc_out", h + "fc2", True
+            )
             pairs += norm_pairs(b + "mlp_norm", h + "final_layer_norm")
     rules = rule_list("", pairs)
     if head and not c.tie_embeddings:
@@ -197,5 +199,7 @@ def _t5_weights(c: ModelConfig, head: bool) -> list[Rule]:
     return rules
 
 
-BART = Architecture("bart", _bart_config, _bart_export, _bart_weights, "BartForConditionalGeneration", "BartModel")
+BART = Architecture(
+    "bart", _bart_config, _bart_export, _bart_weights, "BartForConditionalGeneration", "BartModel"
+)
 T5 = Architecture("t5", _t5_config, _t5_export, _t5_weights, "T5ForConditionalGeneration", "T5Model")

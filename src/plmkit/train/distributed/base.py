@@ -142,8 +142,10 @@ class Strategy:
             return rows
         for key, value in batch.items():
             if value.dim() == 0 or value.shape[0] != n:
-                raise ConfigError(f"the objective's batch entry {key!r} has shape {list(value.shape)}, not one row "
-                                  f"per example ({n}); it cannot be split over {shares} data-parallel ranks")
+                raise ConfigError(
+                    f"the objective's batch entry {key!r} has shape {list(value.shape)}, not one row "
+                    f"per example ({n}); it cannot be split over {shares} data-parallel ranks"
+                )
         return {k: v[start:stop] for k, v in batch.items()}
 
     def sum_over_ranks(self, *values: float) -> tuple[float, ...]:
@@ -200,8 +202,15 @@ class Strategy:
         optimizer.zero_grad(set_to_none=True)
 
     # ---- checkpoints ----------------------------------------------------------------------------
-    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
-             keep_last: int) -> Path:
+    def save(
+        self,
+        run_dir: Path,
+        step: int,
+        state: TrainState,
+        tokenizer: Any,
+        info: dict[str, Any],
+        keep_last: int,
+    ) -> Path:
         """Write checkpoint `step` of `state` (info: trainer_state.json's extra fields); returns its folder."""
         info = {**info, "distributed": self.checkpoint_info()}
         saved = {**state.state_dict(), "rng": rng_state()}
@@ -210,7 +219,11 @@ class Strategy:
         path = run_dir / "checkpoints" / step_folder_name(step)
         if self.is_main:  # the weights and optimizers are the same on every rank: rank 0 writes them
             saved["optimizers"] = {name: state.optimizers[name].state_dict() for name in state.trained}
-            models = {name: unwrap(state.models[name]) for name in [state.main, *state.trained] if name in state.models}
+            models = {
+                name: unwrap(state.models[name])
+                for name in [state.main, *state.trained]
+                if name in state.models
+            }
             path = save_checkpoint(run_dir, step, models, tokenizer, saved, info, keep_last)
         self.barrier()  # nobody moves on before the checkpoint exists
         return path
@@ -229,8 +242,12 @@ class Strategy:
             from plmkit.train.distributed.dcp import load_sharded_state, written_tensor_parallel
 
             self.check_one_model(state)
-            load_sharded_state(state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER,
-                               written_tensor_parallel(info))
+            load_sharded_state(
+                state.models[state.main],
+                state.optimizers[state.main],
+                checkpoint / DCP_FOLDER,
+                written_tensor_parallel(info),
+            )
         else:
             for name in state.trained:
                 folder = model_folder(checkpoint, name, state.main)
@@ -256,9 +273,11 @@ class Strategy:
         layout = written.get("layout", LAYOUT_PLAIN)
         if layout not in readable:
             by = written.get("strategy", "?")
-            fits = {LAYOUT_DCP: "fsdp, ddp or single (on any number of processes)",
-                    LAYOUT_DEEPSPEED: f"deepspeed on {written.get('world_size', '?')} processes",
-                    LAYOUT_PLAIN: "single or ddp"}[layout]
+            fits = {
+                LAYOUT_DCP: "fsdp, ddp or single (on any number of processes)",
+                LAYOUT_DEEPSPEED: f"deepspeed on {written.get('world_size', '?')} processes",
+                LAYOUT_PLAIN: "single or ddp",
+            }[layout]
             raise ConfigError(
                 f"cannot resume {checkpoint} with distributed.strategy={self.name}: it was written by strategy "
                 f"{by} ({layout} layout); resume it with distributed.strategy={fits}, or convert it with "
@@ -269,7 +288,9 @@ class Strategy:
         """This rank's random streams as the checkpoint saved them (a new stream per data-parallel rank when
         the layout of the processes changed)."""
         per_rank = state.get("rank_rng")
-        same_layout = state.get("rank_rng_tensor_parallel", 1) == self.tensor_parallel  # a group shares a stream
+        same_layout = (
+            state.get("rank_rng_tensor_parallel", 1) == self.tensor_parallel
+        )  # a group shares a stream
         if per_rank is not None and len(per_rank) == self.world_size and same_layout:
             set_rng_state(per_rank[self.rank])
             return
@@ -306,8 +327,13 @@ class ProcessGroupStrategy(Strategy):
             kwargs: dict[str, Any] = {"device_id": self.device} if self.device.type == "cuda" else {}
             dist.init_process_group(self.backend, **kwargs)
         else:  # a group of one needs no address: an in-memory store
-            dist.init_process_group(self.backend, store=dist.HashStore(), rank=0, world_size=1,
-                                    timeout=datetime.timedelta(minutes=10))
+            dist.init_process_group(
+                self.backend,
+                store=dist.HashStore(),
+                rank=0,
+                world_size=1,
+                timeout=datetime.timedelta(minutes=10),
+            )
         self._owns_group = True
 
     def close(self) -> None:
@@ -361,8 +387,17 @@ class ProcessGroupStrategy(Strategy):
             self._token = int(box[0])
         return self._token
 
-    def save_sharded(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
-                     keep_last: int, header: dict[str, Any], write_shards: Callable[[Path], None]) -> Path:
+    def save_sharded(
+        self,
+        run_dir: Path,
+        step: int,
+        state: TrainState,
+        tokenizer: Any,
+        info: dict[str, Any],
+        keep_last: int,
+        header: dict[str, Any],
+        write_shards: Callable[[Path], None],
+    ) -> Path:
         """Checkpoint `step` of a sharded strategy (fsdp, deepspeed): every rank writes its shards with
         `write_shards(folder)` into one temporary folder; rank 0 adds plmkit.json (`header`), the tokenizer
         and the training state and renames it into place, atomically like a one-process checkpoint."""

@@ -64,7 +64,9 @@ def build_strategy(
         )
 
         check_deepspeed_config(distributed.deepspeed, train, optim, device)
-        ds_config = deepspeed_config(train, optim, distributed.deepspeed, world.world_size, precision, device.type)
+        ds_config = deepspeed_config(
+            train, optim, distributed.deepspeed, world.world_size, precision, device.type
+        )
         strategy: Strategy = DeepSpeedStrategy(world, device, ds_config, optim, config_dir)
     elif name == "fsdp":
         from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config

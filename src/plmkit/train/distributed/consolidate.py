@@ -24,7 +24,7 @@ from plmkit.weights import DCP_FOLDER, DEEPSPEED_FOLDER, SHARDED_FOLDERS, WEIGHT
 
 
 def sharded_layout(checkpoint: Path) -> str:
-    """"dcp", "deepspeed" or "plain" (model.safetensors)."""
+    """ "dcp", "deepspeed" or "plain" (model.safetensors)."""
     if (checkpoint / WEIGHTS_FILE).is_file():
         return "plain"
     for layout in SHARDED_FOLDERS:
@@ -77,5 +77,7 @@ def load_deepspeed_weights(model: torch.nn.Module, checkpoint: Path, tag: str) -
     expected = model.state_dict()
     missing = [k for k in expected if k not in state]
     if missing:
-        raise CheckpointError(f"{checkpoint / tag} lacks {len(missing)} of the model's tensors ({', '.join(missing[:3])})")
+        raise CheckpointError(
+            f"{checkpoint / tag} lacks {len(missing)} of the model's tensors ({', '.join(missing[:3])})"
+        )
     model.load_state_dict({k: state[k] for k in expected}, strict=True)

@@ -66,5 +66,7 @@ def _single_process_load(no_dist: bool) -> Iterator[bool]:
     """DCP warns on every load without a process group, even when asked for one; here that is the intent."""
     with warnings.catch_warnings():
         if no_dist:
-            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            warnings.filterwarnings(
+                "ignore", message="torch.distributed is disabled, unavailable or uninitialized"
+            )
         yield no_dist

@@ -73,12 +73,16 @@ def import_deepspeed(device: torch.device) -> Any:
     try:
         import deepspeed
     except ImportError as e:
-        raise ConfigError(f"distributed.strategy=deepspeed needs the deepspeed package ({e}): {INSTALL}") from None
+        raise ConfigError(
+            f"distributed.strategy=deepspeed needs the deepspeed package ({e}): {INSTALL}"
+        ) from None
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown the progress lines
     return deepspeed
 
 
-def check_deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, optim: OptimConfig, device: torch.device) -> None:
+def check_deepspeed_config(
+    ds: DeepSpeedConfig, train: TrainConfig, optim: OptimConfig, device: torch.device
+) -> None:
     if ds.stage not in (1, 2, 3):
         raise ConfigError(
             f"distributed.deepspeed.stage={ds.stage!r}: ZeRO stages are 1 (optimizer state sharded), 2 (+ gradients) "
@@ -94,7 +98,9 @@ def check_deepspeed_config(ds: DeepSpeedConfig, train: TrainConfig, optim: Optim
             "train.compile=true with distributed.strategy=deepspeed: the engine wraps the model itself; "
             "set train.compile=false (or use strategy ddp / fsdp)"
         )
-    deepspeed_config(train, optim, ds, 1, resolve_precision(train.precision, device), device.type)  # options clash?
+    deepspeed_config(
+        train, optim, ds, 1, resolve_precision(train.precision, device), device.type
+    )  # options clash?
     import_deepspeed(device)
 
 
@@ -173,7 +179,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         offload = [k.removeprefix("offload_") for k in ("offload_optimizer", "offload_param") if k in ds]
         return (
             super().describe()
-            + f"; ZeRO-{ds['stage']}" + (f", {' + '.join(offload)} offloaded to the CPU" if offload else "")
+            + f"; ZeRO-{ds['stage']}"
+            + (f", {' + '.join(offload)} offloaded to the CPU" if offload else "")
             + f"; DeepSpeed config: {self.config_path}"
         )
 
@@ -184,13 +191,18 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             os.environ["LOCAL_RANK"] = "0"
             self._set_local_rank = True
         if self.device.type == "cpu" and self.is_main:
-            print("deepspeed: loading its CPU communication op (compiled once, ~40 s on the first launch)",
-                  file=sys.stderr, flush=True)
+            print(
+                "deepspeed: loading its CPU communication op (compiled once, ~40 s on the first launch)",
+                file=sys.stderr,
+                flush=True,
+            )
         # its "op built successfully" line: rank 0's to stderr (stdout stays the run's output), the others' dropped
         with contextlib.redirect_stdout(sys.stderr if self.is_main else io.StringIO()):
             deepspeed.init_distributed(dist_backend=self.backend, dist_init_required=False, verbose=False)
         # DeepSpeed's ZeRO still calls all_gather_into_tensor, which torch deprecates: not the user's concern
-        warnings.filterwarnings("ignore", message=".*all_gather_into_tensor` is deprecated", category=FutureWarning)
+        warnings.filterwarnings(
+            "ignore", message=".*all_gather_into_tensor` is deprecated", category=FutureWarning
+        )
 
     def close(self) -> None:
         super().close()
@@ -198,8 +210,14 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             os.environ.pop("LOCAL_RANK", None)
             self._set_local_rank = False
 
-    def __init__(self, world: World, device: torch.device, ds_config: dict[str, Any], optim: OptimConfig,
-                 config_dir: Path) -> None:
+    def __init__(
+        self,
+        world: World,
+        device: torch.device,
+        ds_config: dict[str, Any],
+        optim: OptimConfig,
+        config_dir: Path,
+    ) -> None:
         super().__init__(world, device)
         self.ds_config = ds_config  # deepspeed_config(...)
         self.optim = optim  # the engine's AdamW gets plmkit's parameter groups
@@ -216,7 +234,10 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
             self.config_path.write_text(json.dumps(self.ds_config, indent=2) + "\n", encoding="utf-8")
         groups = parameter_groups(model, self.optim.weight_decay, self.optim.decay_embeddings)
         engine, _, _, _ = deepspeed.initialize(
-            model=model, model_parameters=groups, config=copy.deepcopy(self.ds_config), dist_init_required=False
+            model=model,
+            model_parameters=groups,
+            config=copy.deepcopy(self.ds_config),
+            dist_init_required=False,
         )
         self.engine = engine
         self.pending = False  # gradients accumulated in the engine since its last step
@@ -259,11 +280,25 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
     def checkpoint_info(self) -> dict[str, Any]:
         return {**super().checkpoint_info(), "zero_stage": self.ds_config["zero_optimization"]["stage"]}
 
-    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
-             keep_last: int) -> Path:
+    def save(
+        self,
+        run_dir: Path,
+        step: int,
+        state: TrainState,
+        tokenizer: Any,
+        info: dict[str, Any],
+        keep_last: int,
+    ) -> Path:
         return self.save_sharded(
-            run_dir, step, state, tokenizer, info, keep_last, self.header,
-            lambda folder: self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_FOLDER, save_latest=False))
+            run_dir,
+            step,
+            state,
+            tokenizer,
+            info,
+            keep_last,
+            self.header,
+            lambda folder: self.engine.save_checkpoint(str(folder), tag=DEEPSPEED_FOLDER, save_latest=False),
+        )
 
     def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DEEPSPEED,))
@@ -275,5 +310,7 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         if loaded is None:
             from plmkit.errors import CheckpointError
 
-            raise CheckpointError(f"{checkpoint / DEEPSPEED_FOLDER} holds no DeepSpeed checkpoint the engine can load")
+            raise CheckpointError(
+                f"{checkpoint / DEEPSPEED_FOLDER} holds no DeepSpeed checkpoint the engine can load"
+            )
         self.restore(state, saved)

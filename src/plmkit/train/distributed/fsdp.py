@@ -71,18 +71,28 @@ class FSDPStrategy(ProcessGroupStrategy):
     name = "fsdp"
     layout = LAYOUT_DCP
 
-    def __init__(self, world: World | None = None, device: torch.device | None = None, tensor_parallel: int = 1,
-                 fsdp: FSDPConfig | None = None, precision: str = "fp32"):
+    def __init__(
+        self,
+        world: World | None = None,
+        device: torch.device | None = None,
+        tensor_parallel: int = 1,
+        fsdp: FSDPConfig | None = None,
+        precision: str = "fp32",
+    ):
         super().__init__(world, device)
         self.tensor_parallel = tensor_parallel  # ranks per data-parallel group (1: FSDP alone)
         self.fsdp = fsdp or FSDPConfig()
-        self.precision = precision  # the resolved train.precision: bf16 / fp16 gather parameters in that dtype
+        self.precision = (
+            precision  # the resolved train.precision: bf16 / fp16 gather parameters in that dtype
+        )
 
     def describe(self) -> str:
         text = super().describe() + f"; FSDP units: {self.units} blocks + the root"
         if self.tensor_parallel > 1:
-            text += (f"; mesh dp {self.data_parallel_size} x tp {self.tensor_parallel}: each block split over "
-                     f"{self.tensor_parallel} ranks")
+            text += (
+                f"; mesh dp {self.data_parallel_size} x tp {self.tensor_parallel}: each block split over "
+                f"{self.tensor_parallel} ranks"
+            )
         return text
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -93,8 +103,9 @@ class FSDPStrategy(ProcessGroupStrategy):
         if self.tensor_parallel > 1:  # 2-D: TP inside each group of consecutive ranks, FSDP across the groups
             from plmkit.train.distributed.tensor_parallel import apply_tensor_parallel
 
-            mesh = init_device_mesh(self.device.type, (self.data_parallel_size, self.tensor_parallel),
-                                    mesh_dim_names=("dp", "tp"))
+            mesh = init_device_mesh(
+                self.device.type, (self.data_parallel_size, self.tensor_parallel), mesh_dim_names=("dp", "tp")
+            )
             assert mesh["dp"].get_local_rank() == self.data_rank  # the rows local_rows gives this rank
             apply_tensor_parallel(model, mesh["tp"])
             fsdp_mesh = mesh["dp"]
@@ -130,21 +141,42 @@ class FSDPStrategy(ProcessGroupStrategy):
         return {**super().checkpoint_info(), "tensor_parallel": self.tensor_parallel}
 
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
-    def save(self, run_dir: Path, step: int, state: TrainState, tokenizer: Any, info: dict[str, Any],
-             keep_last: int) -> Path:
+    def save(
+        self,
+        run_dir: Path,
+        step: int,
+        state: TrainState,
+        tokenizer: Any,
+        info: dict[str, Any],
+        keep_last: int,
+    ) -> Path:
         model, optimizer = state.models[state.main], state.optimizers[state.main]
-        return self.save_sharded(run_dir, step, state, tokenizer, info, keep_last, self.header,
-                                 lambda folder: save_sharded_state(model, optimizer, folder / DCP_FOLDER))
+        return self.save_sharded(
+            run_dir,
+            step,
+            state,
+            tokenizer,
+            info,
+            keep_last,
+            self.header,
+            lambda folder: save_sharded_state(model, optimizer, folder / DCP_FOLDER),
+        )
 
     def load(self, checkpoint: Path, state: TrainState, saved: dict[str, Any], info: dict[str, Any]) -> None:
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))
         self.check_one_model(state)
-        load_sharded_state(state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER,
-                           written_tensor_parallel(info))
+        load_sharded_state(
+            state.models[state.main],
+            state.optimizers[state.main],
+            checkpoint / DCP_FOLDER,
+            written_tensor_parallel(info),
+        )
         self.restore(state, saved)
 
 
-def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device) -> torch.Tensor:
+def clip_grad_norm(
+    parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device
+) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ (2-norm) for gradients that are DTensors on different meshes (with
     tensor parallelism: (dp, tp) for the split projections, dp for the rest), which torch's cannot stack.
     Each rank adds the squares of its local shards, each divided by the number of ranks holding that same
@@ -158,7 +190,9 @@ def clip_grad_norm(parameters: Iterable[torch.nn.Parameter], max_norm: float, de
     for grad in grads:
         if isinstance(grad, DTensor):
             if any(p.is_partial() for p in grad.placements):  # pending sums: finish them first
-                grad = grad.redistribute(grad.device_mesh, [Replicate() if p.is_partial() else p for p in grad.placements])
+                grad = grad.redistribute(
+                    grad.device_mesh, [Replicate() if p.is_partial() else p for p in grad.placements]
+                )
             mesh = grad.device_mesh
             copies = world // mesh.size()  # ranks outside the mesh hold the same shards
             copies *= math.prod(mesh.size(d) for d, p in enumerate(grad.placements) if p.is_replicate())

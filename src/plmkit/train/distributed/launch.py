@@ -53,20 +53,26 @@ def parse_nproc(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise ConfigError(f"--nproc {text!r}: give the number of processes to start, a whole number >= 1 (e.g. --nproc 2)")
+        raise ConfigError(
+            f"--nproc {text!r}: give the number of processes to start, a whole number >= 1 (e.g. --nproc 2)"
+        )
     return n
 
 
 def check_nproc(nproc: int, device: str) -> None:
     if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
-        raise ConfigError("--nproc inside a process that torchrun started: drop --nproc (torchrun sets the processes)")
+        raise ConfigError(
+            "--nproc inside a process that torchrun started: drop --nproc (torchrun sets the processes)"
+        )
     if device != "cpu":
         import torch
 
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus and nproc > gpus:
-            raise ConfigError(f"--nproc {nproc}, but this machine has {gpus} GPU(s) (one per process); "
-                              f"use --nproc {gpus} or fewer, or train.device=cpu")
+            raise ConfigError(
+                f"--nproc {nproc}, but this machine has {gpus} GPU(s) (one per process); "
+                f"use --nproc {gpus} or fewer, or train.device=cpu"
+            )
 
 
 def report_worker_error(message: str) -> None:
@@ -74,8 +80,12 @@ def report_worker_error(message: str) -> None:
     `plm --nproc` launcher will print it."""
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:  # torchrun's format (torch.distributed.elastic.multiprocessing.errors), without a traceback
-        data = {"message": {"message": message,
-                            "extraInfo": {"py_callstack": f"error: {message}", "timestamp": str(int(time.time()))}}}
+        data = {
+            "message": {
+                "message": message,
+                "extraInfo": {"py_callstack": f"error: {message}", "timestamp": str(int(time.time()))},
+            }
+        }
         with contextlib.suppress(OSError):
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(data, f)
@@ -100,8 +110,12 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "plmkit", *argv])
     threads = str(max(1, (os.cpu_count() or 1) // nproc))  # torchrun's default is 1 thread per process
     try:
-        with _environment({LAUNCHER_VARIABLE: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}), \
-                _quiet_agent():
+        with (
+            _environment(
+                {LAUNCHER_VARIABLE: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
+            ),
+            _quiet_agent(),
+        ):
             torchrun.run(args)
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
@@ -110,8 +124,10 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             print(f"error: {message}", file=sys.stderr)
             return USER_ERROR_CODE
         code = failure.exitcode
-        print(f"error: training process {rank} of {nproc} failed with exit code {code} (its output is above)",
-              file=sys.stderr)
+        print(
+            f"error: training process {rank} of {nproc} failed with exit code {code} (its output is above)",
+            file=sys.stderr,
+        )
         return code if code > 0 else 1
     return 0
 

@@ -60,7 +60,9 @@ class TensorParallelInfo:
     """What apply_tensor_parallel did to a model (kept on it as `model.tensor_parallel`)."""
 
     size: int
-    row_orders: dict[str, torch.Tensor]  # fused Linear name -> row order used for sharding (full layout -> sharded)
+    row_orders: dict[
+        str, torch.Tensor
+    ]  # fused Linear name -> row order used for sharding (full layout -> sharded)
 
 
 def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
@@ -69,22 +71,36 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
     if tp < 1:
         raise ConfigError(f"tensor-parallel size must be >= 1, got {tp}")
     if config.family == "seq2seq":
-        raise ConfigError("tensor parallelism supports single-stack models (causal, prefix, masked); "
-                          "model.family=seq2seq has cross-attention, which it does not split: use FSDP alone")
+        raise ConfigError(
+            "tensor parallelism supports single-stack models (causal, prefix, masked); "
+            "model.family=seq2seq has cross-attention, which it does not split: use FSDP alone"
+        )
     if config.position == "relative":
-        raise ConfigError("tensor parallelism does not split T5's relative position bias (a table per head); "
-                          "use model.position=rotary/learned/sinusoidal, or FSDP alone")
+        raise ConfigError(
+            "tensor parallelism does not split T5's relative position bias (a table per head); "
+            "use model.position=rotary/learned/sinusoidal, or FSDP alone"
+        )
     kv = config.kv_heads
-    checks = [("model.n_head", config.n_head, "each rank computes whole attention heads"),
-              ("model.n_kv_head" if config.n_kv_head else "model.n_head (= kv heads)", kv,
-               "grouped-query attention needs each rank to hold whole kv heads"),
-              ("model.d_ff", config.d_ff, "each rank holds d_ff / tp hidden units")]
+    checks = [
+        ("model.n_head", config.n_head, "each rank computes whole attention heads"),
+        (
+            "model.n_kv_head" if config.n_kv_head else "model.n_head (= kv heads)",
+            kv,
+            "grouped-query attention needs each rank to hold whole kv heads",
+        ),
+        ("model.d_ff", config.d_ff, "each rank holds d_ff / tp hidden units"),
+    ]
     for key, value, why in checks:
         if value % tp:
-            fits = [d for d in range(1, value + 1) if config.n_head % d == 0 and kv % d == 0
-                    and config.d_ff % d == 0]
-            raise ConfigError(f"{key}={value} is not divisible by the tensor-parallel size {tp} ({why}); "
-                              f"choose a tensor-parallel size in {fits}")
+            fits = [
+                d
+                for d in range(1, value + 1)
+                if config.n_head % d == 0 and kv % d == 0 and config.d_ff % d == 0
+            ]
+            raise ConfigError(
+                f"{key}={value} is not divisible by the tensor-parallel size {tp} ({why}); "
+                f"choose a tensor-parallel size in {fits}"
+            )
 
 
 def check_tensor_parallel_layout(tp: int, world_size: int, strategy: str) -> None:
@@ -94,21 +110,29 @@ def check_tensor_parallel_layout(tp: int, world_size: int, strategy: str) -> Non
     if tp == 1:
         return
     if tp < 1:
-        raise ConfigError(f"{key}: give the number of ranks that split each block, a whole number >= 1 (1: none)")
+        raise ConfigError(
+            f"{key}: give the number of ranks that split each block, a whole number >= 1 (1: none)"
+        )
     if strategy != "fsdp":
-        raise ConfigError(f"{key} needs distributed.strategy=fsdp (tensor parallelism inside each group of {tp} "
-                          f"ranks, FSDP across the groups), not {strategy}; set distributed.strategy=fsdp")
+        raise ConfigError(
+            f"{key} needs distributed.strategy=fsdp (tensor parallelism inside each group of {tp} "
+            f"ranks, FSDP across the groups), not {strategy}; set distributed.strategy=fsdp"
+        )
     if world_size % tp:
-        raise ConfigError(f"{key} does not divide the {world_size} process(es): start a multiple of {tp} "
-                          f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
-                          f"groups), or set distributed.tensor_parallel to a divisor of {world_size}")
+        raise ConfigError(
+            f"{key} does not divide the {world_size} process(es): start a multiple of {tp} "
+            f"(--nproc {tp} for tensor parallelism alone, --nproc {2 * tp} for 2 data-parallel "
+            f"groups), or set distributed.tensor_parallel to a divisor of {world_size}"
+        )
 
 
 def fused_row_segments(config: ModelConfig) -> dict[str, list[int]]:
     """The row segments of each fused projection of a Block: q | k | v, and gate | up for a gated MLP."""
     q_width, kv_width = config.n_head * config.dim_per_head, config.kv_heads * config.dim_per_head
-    return {"attn.qkv": [q_width, kv_width, kv_width],
-            "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff]}
+    return {
+        "attn.qkv": [q_width, kv_width, kv_width],
+        "mlp.fc_in": [config.d_ff, config.d_ff] if config.gated_mlp else [config.d_ff],
+    }
 
 
 def _rank_major_order(segments: list[int], tp: int) -> torch.Tensor:
@@ -135,10 +159,12 @@ def _check_same_rng(model: nn.Module, tp_mesh) -> None:
     dist.all_gather_object(digests, digest, group=tp_mesh.get_group())
     if len(set(digests)) > 1:
         config = model.config
-        raise ConfigError(f"model.dropout={config.dropout} / model.attention_dropout={config.attention_dropout} "
-                          "with tensor parallelism needs the same torch RNG state on every rank of a tensor-"
-                          "parallel group, but the ranks differ: call torch.manual_seed with one seed on all "
-                          "ranks (seed data order separately), or set the dropouts to 0")
+        raise ConfigError(
+            f"model.dropout={config.dropout} / model.attention_dropout={config.attention_dropout} "
+            "with tensor parallelism needs the same torch RNG state on every rank of a tensor-"
+            "parallel group, but the ranks differ: call torch.manual_seed with one seed on all "
+            "ranks (seed data order separately), or set the dropouts to 0"
+        )
 
 
 def _stack(model: nn.Module) -> nn.Module:
@@ -146,8 +172,10 @@ def _stack(model: nn.Module) -> nn.Module:
 
     stack = getattr(model, "transformer", None)
     if not isinstance(stack, Stack) or not hasattr(model, "config"):
-        raise ConfigError(f"tensor parallelism needs a plmkit single-stack model (CausalLM, PrefixLM, MaskedLM or "
-                          f"a task head), got {type(model).__name__}; apply it before wrapping the model")
+        raise ConfigError(
+            f"tensor parallelism needs a plmkit single-stack model (CausalLM, PrefixLM, MaskedLM or "
+            f"a task head), got {type(model).__name__}; apply it before wrapping the model"
+        )
     return stack
 
 
@@ -162,8 +190,10 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
     if getattr(model, "tensor_parallel", None) is not None:
         raise ConfigError("the model is already tensor-parallel; apply_tensor_parallel once per model")
     if tp_mesh.ndim != 1:
-        raise ConfigError(f"apply_tensor_parallel needs a 1-D mesh (the tp dimension), got {tp_mesh.ndim} "
-                          "dimensions; pass mesh['tp'] of a 2-D mesh, or use apply_fsdp_tensor_parallel")
+        raise ConfigError(
+            f"apply_tensor_parallel needs a 1-D mesh (the tp dimension), got {tp_mesh.ndim} "
+            "dimensions; pass mesh['tp'] of a 2-D mesh, or use apply_fsdp_tensor_parallel"
+        )
     stack = _stack(model)
     config: ModelConfig = model.config
     tp = tp_mesh.size()
@@ -176,9 +206,11 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
         for name in COLWISE + ROWWISE:
             layer = block.get_submodule(name)
             if type(layer) is not nn.Linear:  # LoRA / quantized layers would be split wrongly
-                raise ConfigError(f"{prefix}.blocks.{i}.{name} is a {type(layer).__name__}, not nn.Linear: "
-                                  "tensor parallelism splits plain projections only, not PEFT or quantized "
-                                  "layers; use FSDP for those")
+                raise ConfigError(
+                    f"{prefix}.blocks.{i}.{name} is a {type(layer).__name__}, not nn.Linear: "
+                    "tensor parallelism splits plain projections only, not PEFT or quantized "
+                    "layers; use FSDP for those"
+                )
     if tp > 1 and (config.dropout > 0 or config.attention_dropout > 0):
         _check_same_rng(model, tp_mesh)
     for i, block in enumerate(stack.blocks):
@@ -211,9 +243,11 @@ def apply_fsdp_tensor_parallel(
 
     names = mesh.mesh_dim_names or ()
     if mesh.ndim != 2 or "dp" not in names or "tp" not in names:
-        raise ConfigError(f"apply_fsdp_tensor_parallel needs a 2-D mesh with dimensions named 'dp' and 'tp', "
-                          f"got {mesh.ndim}-D {names}; build it with init_device_mesh(device, (dp, tp), "
-                          "mesh_dim_names=('dp', 'tp'))")
+        raise ConfigError(
+            f"apply_fsdp_tensor_parallel needs a 2-D mesh with dimensions named 'dp' and 'tp', "
+            f"got {mesh.ndim}-D {names}; build it with init_device_mesh(device, (dp, tp), "
+            "mesh_dim_names=('dp', 'tp'))"
+        )
     apply_tensor_parallel(model, mesh["tp"])
     options: dict[str, Any] = {"mesh": mesh["dp"], "reshard_after_forward": reshard_after_forward}
     if mp_policy is not None:
@@ -269,11 +303,15 @@ def reorder_fused_rows(model: nn.Module, optimizer: torch.optim.Optimizer | None
                 if param is None:
                     continue
                 moments = [v for v in state.get(param, {}).values() if torch.is_tensor(v) and v.dim()]
-                if any(v.shape != param.shape for v in moments):  # e.g. a block-quantized state: no rows to move
-                    raise ConfigError(f"the optimizer keeps state of another shape than {name}'s {list(param.shape)}, "
-                                      "which cannot be moved to another tensor-parallel size; resume with "
-                                      f"distributed.tensor_parallel={written}, or plm convert --from-sharded the "
-                                      "checkpoint and start a new run with init_from")
+                if any(
+                    v.shape != param.shape for v in moments
+                ):  # e.g. a block-quantized state: no rows to move
+                    raise ConfigError(
+                        f"the optimizer keeps state of another shape than {name}'s {list(param.shape)}, "
+                        "which cannot be moved to another tensor-parallel size; resume with "
+                        f"distributed.tensor_parallel={written}, or plm convert --from-sharded the "
+                        "checkpoint and start a new run with init_from"
+                    )
                 for tensor in (param, *moments):
                     _take_rows(tensor, rows)
 
@@ -288,7 +326,9 @@ def _take_rows(tensor: torch.Tensor, rows: torch.Tensor) -> None:
         tensor.copy_(tensor[rows.to(tensor.device)])
         return
     full = tensor.full_tensor()
-    moved = distribute_tensor(full[rows.to(full.device)], tensor.device_mesh, tensor.placements, src_data_rank=None)
+    moved = distribute_tensor(
+        full[rows.to(full.device)], tensor.device_mesh, tensor.placements, src_data_rank=None
+    )
     tensor.to_local().copy_(moved.to_local())  # src_data_rank=None: each rank slices its own shard
 
 
@@ -323,7 +363,9 @@ def unsharded_copy(model: nn.Module, rank0_only: bool = False) -> nn.Module | No
     return copy.to(dtype).train(model.training)
 
 
-def save_tensor_parallel_checkpoint(model: nn.Module, tokenizer: Any | None, directory: str | Path) -> Path | None:
+def save_tensor_parallel_checkpoint(
+    model: nn.Module, tokenizer: Any | None, directory: str | Path
+) -> Path | None:
     """Write a normal plmkit checkpoint (plmkit.io.save: atomic, loadable by plmkit.io.load without any
     process group) from a tensor-parallel model. Every rank calls it (the gather is collective); global
     rank 0 writes and gets the path, the others get None."""

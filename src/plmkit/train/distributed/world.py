@@ -31,5 +31,7 @@ class World:
                 + ", ".join(f"{n}={os.environ[n]!r}" for n in TORCHRUN_VARIABLES)
             ) from None
         if not 0 <= rank < world:
-            raise ConfigError(f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun or plm --nproc")
+            raise ConfigError(
+                f"RANK={rank} is not below WORLD_SIZE={world}; launch with torchrun or plm --nproc"
+            )
         return cls(rank, world, local, launched=True)

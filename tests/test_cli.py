@@ -487,6 +487,7 @@ class ToyConfig:
     steps: int = 1
     resume: bool | str = False
     train: ToyTrain = dataclasses.field(default_factory=ToyTrain)
+    distributed: dict = dataclasses.field(default_factory=dict)  # what launch_recipe hands strategy_name
 
 
 def test_a_new_registry_entry_is_a_command(monkeypatch, tmp_path, capsys):
@@ -514,7 +515,7 @@ def test_a_recipe_command_reports_bad_keys_and_bad_nproc_before_running(monkeypa
 def test_nproc_above_1_launches_the_same_command_line(monkeypatch, tmp_path):
     """`plm NAME RECIPE ... --nproc N` checks the recipe, then starts N workers running the command
     without --nproc (torchrun itself is covered by tests/test_dist_*.py)."""
-    import plmkit.train.distributed.base as base
+    import plmkit.train.distributed.build as base
     import plmkit.train.distributed.launch as launch
 
     calls, path = _fake_recipe(monkeypatch, tmp_path)

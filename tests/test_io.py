@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from functools import partial
 
 import pytest
 import torch
@@ -13,19 +14,18 @@ from safetensors.torch import load_file, save_file
 import plmkit.io as plmio
 import plmkit.weights
 from plmkit.errors import CheckpointError
-from plmkit.model import ModelConfig, build_model
+from plmkit.model import ModelConfig
 from plmkit.model.registry import register_model_class
 from plmkit.tokenizer import Tokenizer
 from plmkit.weights import dedupe_shared, load_weights_into
+from tiny import tiny_model
 
 VOCAB = 300
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
 FAMILIES = ["causal", "masked", "prefix", "seq2seq"]
 
 
-def tiny(family: str = "causal", seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(family=family, **{**TINY, **overrides})).eval()
+tiny = partial(tiny_model, **TINY)  # tiny(family, seed=0, **overrides)
 
 
 def logits(model: torch.nn.Module) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """The README's first Python example runs as written (on a small corpus made here)."""
 
 import re
-from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+from tiny import ROOT
+
+README = ROOT / "README.md"
 
 
 def test_readme_python_example_runs(tmp_path, monkeypatch, capsys):

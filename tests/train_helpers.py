@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tiny import ROOT
+
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 SRC = ROOT / "src"
 

@@ -4,6 +4,7 @@ conventions, task heads, gradient checkpointing and weight tying."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -15,11 +16,11 @@ from plmkit.model import (
     SequenceClassifier,
     SpanQA,
     TokenClassifier,
-    build_model,
     pairwise_ranking_loss,
     reorder_cache,
 )
 from plmkit.model.heads import pool
+from tiny import tiny_model
 
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64)
@@ -70,9 +71,7 @@ T5_STYLE = {
 }
 
 
-def tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(family=family, **{**TINY, **overrides})).eval()
+tiny = partial(tiny_model, **TINY)  # tiny(family, seed=0, **overrides)
 
 
 def random_ids(shape: tuple[int, ...], seed: int = 1, low: int = 3) -> torch.Tensor:

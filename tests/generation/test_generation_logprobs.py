@@ -3,20 +3,20 @@ recompute from one plain forward pass of prompt + generated tokens."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from plmkit.errors import ConfigError
 from plmkit.generation import GenerationOutput, generate_ids
-from plmkit.model import ModelConfig, build_model
 from plmkit.model.dropout import dropout_off
+from tiny import tiny_model
 
 SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3)
 
 
-def tiny(family: str = "causal", **overrides):
-    torch.manual_seed(0)
-    return build_model(ModelConfig(family=family, **{**SMALL, **overrides})).eval()
+tiny = partial(tiny_model, **SMALL)  # tiny(family, seed=0, **overrides)
 
 
 def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:

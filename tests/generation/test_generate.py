@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
@@ -11,6 +13,7 @@ from plmkit.generation.beam import beam_search
 from plmkit.generation.config import resolve
 from plmkit.model import CausalLM, ModelConfig, build_model
 from plmkit.tokenizer import SpecialTokens, Tokenizer
+from tiny import tiny_model
 
 SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3)
 # T5: relative position bias, RMSNorm, unscaled attention, tied head scaled by d_model**-0.5
@@ -30,9 +33,7 @@ BART_STYLE = dict(
 )
 
 
-def tiny(family: str = "causal", seed: int = 0, **overrides):
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(family=family, **{**SMALL, **overrides})).eval()
+tiny = partial(tiny_model, **SMALL)  # tiny(family, seed=0, **overrides)
 
 
 def naive_greedy(model, prompt: list[int], n: int) -> list[int]:

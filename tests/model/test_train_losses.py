@@ -5,27 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from plmkit.model import ModelConfig, build_model
 from plmkit.model.losses import sequence_logprobs, token_loss
+from tiny import tiny_model
 
 VOCAB = 61
 
 
 def tiny(family: str) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(
-        ModelConfig(
-            family=family,
-            vocab_size=VOCAB,
-            d_model=32,
-            n_layer=2,
-            n_head=2,
-            d_ff=64,
-            max_positions=32,
-            dropout=0.0,
-            attention_dropout=0.0,
-        )
-    ).eval()
+    return tiny_model(family, n_head=2, dropout=0.0, attention_dropout=0.0)
 
 
 def batch(seed: int = 1) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +12,10 @@ from plmkit.data.objectives.spell import load_confusion_set, toneless_pinyin
 from plmkit.data.objectives.wwm import is_cjk_char
 from plmkit.errors import ConfigError, DataError
 from plmkit.tokenizer import Tokenizer
+from tiny import SHARED_DATA
 from zh_tokenizer import LECTURE, zh_char_tokenizer
 
-CONFUSION_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "csc_confusion"
+CONFUSION_DIR = SHARED_DATA / "csc_confusion"
 # the lecture's segmentation: 今天/天气/真/好/，/我们/一起/出去玩/吧
 LECTURE_WORDS = ["今天", "天气", "真", "好", "，", "我们", "一起", "出去玩", "吧"]
 LECTURE_WORD_IDS = [w for w, word in enumerate(LECTURE_WORDS) for _ in word]

@@ -12,8 +12,7 @@ from pathlib import Path
 import plmkit
 from plmkit.cli import main
 from plmkit.errors import ConfigError
-
-SRC = Path(__file__).resolve().parents[1] / "src"
+from tiny import SRC
 
 
 def run_plm(*args: str) -> subprocess.CompletedProcess:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from itertools import islice
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,8 +10,8 @@ import torch
 from plmkit.data import SourceSpec, TokenStore, build_pretraining_data, iter_documents
 from plmkit.errors import ConfigError
 from plmkit.tokenizer import Tokenizer
+from tiny import SHARED_DATA
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WIKI = SHARED_DATA / "wikitext2" / "wiki.test.raw"
 CLUE = SHARED_DATA / "cluecorpussmall_sample" / "cluecorpussmall_sampled.txt"
 

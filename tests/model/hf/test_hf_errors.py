@@ -23,11 +23,12 @@ from plmkit.cli import main
 from plmkit.errors import CheckpointError
 from plmkit.model import build_model
 from plmkit.model.hf import load_hf, save_hf
+from tiny import SRC
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-SRC = Path(__file__).resolve().parents[1] / "src"
+
 WEIGHTS = "model.safetensors"
 Q_PROJ = "model.layers.0.self_attn.q_proj.weight"
 DOWN_PROJ = "model.layers.1.mlp.down_proj.weight"

@@ -4,6 +4,7 @@ tokens, plus SDPA attention against the explicit definition softmax(QKᵀ/√d +
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from plmkit.errors import ShapeError
 from plmkit.model import ModelConfig, build_model, masks
 from plmkit.model.attention import Attention, reference_attention
 from plmkit.model.layers import RelativePositionBias, Rotary, apply_rotary
+from tiny import tiny_model
 
 VOCAB = 64
 T = 10
@@ -20,9 +22,7 @@ SAME = 1e-6  # "unchanged": masked keys get exactly zero weight, so outputs agre
 CHANGED = 1e-4  # "changed": a visible token moves the output by far more than this
 
 
-def tiny(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    return build_model(ModelConfig(family=family, **{**TINY, **overrides})).eval()
+tiny = partial(tiny_model, **TINY)  # tiny(family, seed=0, **overrides)
 
 
 def random_ids(shape: tuple[int, ...], seed: int = 1) -> torch.Tensor:

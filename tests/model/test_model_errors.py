@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 import torch
 
 from plmkit.errors import ConfigError, PlmkitError, ShapeError
-from plmkit.model import ModelConfig, SequenceClassifier, build_model
+from plmkit.model import ModelConfig, SequenceClassifier
+from tiny import tiny_model
 
 VOCAB = 64
 TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=16)
 
 
-def tiny(family: str = "causal", **overrides) -> torch.nn.Module:
-    torch.manual_seed(0)
-    return build_model(ModelConfig(family=family, **{**TINY, **overrides})).eval()
+tiny = partial(tiny_model, **TINY)  # tiny(family, seed=0, **overrides)
 
 
 def call(model, ids, **kw):

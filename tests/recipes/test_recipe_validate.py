@@ -16,8 +16,8 @@ from plmkit.errors import ConfigError
 from plmkit.recipes.common import recipe_architecture
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.validate import validate
+from tiny import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 GPT = ROOT / "recipes" / "gpt-clm.yaml"
 
 

@@ -9,8 +9,7 @@ To export a name, add one line `"name": "plmkit.module",` to `_EXPORTS`.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plmkit.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -50,17 +49,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = ["__version__", *_MODULES, *_EXPORTS]
 
-
-def __getattr__(name: str) -> Any:
-    if name in _MODULES:
-        return importlib.import_module(f"plmkit.{name}")
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plmkit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later look-ups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS) | set(_MODULES))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _MODULES)

@@ -6,8 +6,7 @@ torch: a bad recipe fails fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from plmkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "Document": "plmkit.data.sources",
@@ -29,15 +28,4 @@ _EXPORTS: dict[str, str] = {
 }
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plmkit.data' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

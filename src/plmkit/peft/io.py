@@ -151,7 +151,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
 def reapply(model: nn.Module, method: str, options: dict, where: str) -> nn.Module:
     """Apply a recorded PEFT method (from an adapter or checkpoint header) to a plain base model; the
     options that only chose start values are dropped (the stored weights replace those values)."""
-    from plmkit.peft import apply
+    from plmkit.peft.methods import apply
 
     if not isinstance(options, dict):
         raise CheckpointError(f"{where}: the PEFT options must be a mapping, got {options!r}")

@@ -8,9 +8,7 @@ hf        Hugging Face tokenizer folders (tokenizer.json, vocab.txt, vocab.json 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
+from plmkit.lazy import lazy_exports
 from plmkit.tokenizer.special import (
     FAMILIES,
     ROLES,
@@ -29,15 +27,6 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'plmkit.tokenizer' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
 __all__ = [
     "CONFIG_FILE",
     "FAMILIES",
@@ -50,3 +39,5 @@ __all__ = [
     "family_special_tokens",
     "special_token_order",
 ]
+
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

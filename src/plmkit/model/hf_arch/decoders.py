@@ -14,6 +14,7 @@ from plmkit.model.hf_arch.rules import (
     linear_pairs,
     norm_pairs,
     rule_list,
+    shared_hf_fields,
 )
 
 
@@ -43,7 +44,7 @@ def _gpt2_config(hf: dict[str, Any]) -> ModelConfig:
 
 def _gpt2_export(c: ModelConfig) -> dict[str, Any]:
     return dict(
-        vocab_size=c.vocab_size,
+        **shared_hf_fields(c),
         n_embd=c.d_model,
         n_layer=c.n_layer,
         n_head=c.n_head,
@@ -51,10 +52,6 @@ def _gpt2_export(c: ModelConfig) -> dict[str, Any]:
         n_positions=c.max_positions,
         activation_function=ACTIVATION_TO_HF[c.activation],
         layer_norm_epsilon=c.norm_eps,
-        tie_word_embeddings=c.tie_embeddings,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
-        pad_token_id=c.pad_token_id,
     )
 
 
@@ -131,7 +128,7 @@ def _first(value: int | list[int] | None) -> int | None:
 
 def _llama_export(c: ModelConfig) -> dict[str, Any]:
     return dict(
-        vocab_size=c.vocab_size,
+        **shared_hf_fields(c),
         hidden_size=c.d_model,
         num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head,
@@ -144,10 +141,6 @@ def _llama_export(c: ModelConfig) -> dict[str, Any]:
         hidden_act=ACTIVATION_TO_HF[c.activation],
         attention_bias=c.attention_bias,
         mlp_bias=c.mlp_bias,
-        tie_word_embeddings=c.tie_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
     )
 
 

@@ -14,6 +14,7 @@ from plmkit.model.hf_arch.rules import (
     linear_pairs,
     norm_pairs,
     rule_list,
+    shared_hf_fields,
 )
 
 
@@ -50,7 +51,7 @@ def _bert_config(hf: dict[str, Any], roberta: bool = False) -> ModelConfig:
 
 def _bert_export(c: ModelConfig) -> dict[str, Any]:
     return dict(
-        vocab_size=c.vocab_size,
+        **shared_hf_fields(c),
         hidden_size=c.d_model,
         num_hidden_layers=c.n_layer,
         num_attention_heads=c.n_head,
@@ -59,10 +60,6 @@ def _bert_export(c: ModelConfig) -> dict[str, Any]:
         type_vocab_size=c.type_vocab_size,
         layer_norm_eps=c.norm_eps,
         hidden_act=ACTIVATION_TO_HF[c.activation],
-        tie_word_embeddings=c.tie_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
         position_embedding_type="absolute",
     )
 

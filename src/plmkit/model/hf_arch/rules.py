@@ -69,3 +69,14 @@ def activation_from_hf(name: str) -> str:
 
 
 ACTIVATION_TO_HF = {"gelu": "gelu", "gelu_tanh": "gelu_new", "relu": "relu", "silu": "silu"}
+
+
+def shared_hf_fields(c: ModelConfig) -> dict[str, Any]:
+    """The config.json fields every exported architecture writes the same way."""
+    return dict(
+        vocab_size=c.vocab_size,
+        tie_word_embeddings=c.tie_embeddings,
+        pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+    )

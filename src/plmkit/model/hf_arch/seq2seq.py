@@ -14,6 +14,7 @@ from plmkit.model.hf_arch.rules import (
     linear_pairs,
     norm_pairs,
     rule_list,
+    shared_hf_fields,
 )
 
 
@@ -47,7 +48,7 @@ def _bart_config(hf: dict[str, Any]) -> ModelConfig:
 
 def _bart_export(c: ModelConfig) -> dict[str, Any]:
     return dict(
-        vocab_size=c.vocab_size,
+        **shared_hf_fields(c),
         d_model=c.d_model,
         encoder_layers=c.n_layer,
         decoder_layers=c.decoder_layers,
@@ -58,10 +59,6 @@ def _bart_export(c: ModelConfig) -> dict[str, Any]:
         max_position_embeddings=c.max_positions,
         activation_function=ACTIVATION_TO_HF[c.activation],
         scale_embedding=c.scale_embeddings,
-        tie_word_embeddings=c.tie_embeddings,
-        pad_token_id=c.pad_token_id,
-        bos_token_id=c.bos_token_id,
-        eos_token_id=c.eos_token_id,
         decoder_start_token_id=c.decoder_start_token_id,
         forced_eos_token_id=c.eos_token_id,
     )

@@ -6,7 +6,7 @@ import contextlib
 
 import torch
 
-from plmkit.train.distributed.base import ProcessGroupStrategy
+from plmkit.train.distributed.process_group import ProcessGroupStrategy
 
 
 class DDPStrategy(ProcessGroupStrategy):

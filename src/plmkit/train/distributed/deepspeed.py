@@ -39,7 +39,8 @@ import torch
 from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
 from plmkit.train.config import DeepSpeedConfig, OptimConfig, TrainConfig
-from plmkit.train.distributed.base import LAYOUT_DEEPSPEED, ProcessGroupStrategy
+from plmkit.train.distributed.base import LAYOUT_DEEPSPEED
+from plmkit.train.distributed.process_group import ProcessGroupStrategy
 from plmkit.train.distributed.world import World
 from plmkit.train.optim import parameter_groups
 from plmkit.train.precision import resolve_precision

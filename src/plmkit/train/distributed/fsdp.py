@@ -37,8 +37,9 @@ import torch
 from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
 from plmkit.train.config import FSDPConfig, OptimConfig
-from plmkit.train.distributed.base import LAYOUT_DCP, ProcessGroupStrategy
+from plmkit.train.distributed.base import LAYOUT_DCP
 from plmkit.train.distributed.dcp import load_sharded_state, save_sharded_state, written_tensor_parallel
+from plmkit.train.distributed.process_group import ProcessGroupStrategy
 from plmkit.train.distributed.world import World
 from plmkit.weights import DCP_FOLDER
 

@@ -104,6 +104,18 @@ def tiny_base(recipe: Path, overrides: list[str], tmp_path: Path) -> Path:
 
 
 def _tiny(recipe: Path, corpus: Path, tmp_path: Path, steps: int, vocab: int) -> list[str]:
+    return [
+        *tiny_sizes(recipe, tmp_path, steps, vocab),
+        f"data.sources=[{{path: {json.dumps(str(corpus))}}}]",
+        "data.validation=[]",
+        "data.validation_fraction=0.1",
+        "data.block_size=32",
+    ]
+
+
+def tiny_sizes(recipe: Path, tmp_path: Path, steps: int = 3, vocab: int = 400) -> list[str]:
+    """Overrides that shrink any recipe's model, steps and evaluation, with its cache and run folder in
+    tmp_path; its data sources stay as they are."""
     data = recipe_data(recipe)
     model = data.get("model") or {}
     out = [
@@ -112,10 +124,6 @@ def _tiny(recipe: Path, corpus: Path, tmp_path: Path, steps: int, vocab: int) ->
         "model.n_head=2",
         "model.d_ff=64",
         f"tokenizer.vocab_size={vocab}",
-        f"data.sources=[{{path: {json.dumps(str(corpus))}}}]",
-        "data.validation=[]",
-        "data.validation_fraction=0.1",
-        "data.block_size=32",
         f"data.cache_dir={tmp_path / 'cache'}",
         f"out_dir={tmp_path / 'runs' / '{name}'}",
         f"train.steps={steps}",

@@ -53,6 +53,7 @@ class PretrainingData:
     datasets: list[PackedDataset | BlockRange]
     sampler: MixtureSampler
     validation: list[PackedDataset | BlockRange] = field(default_factory=list)
+    held_out_fraction: float = 0.0  # validation_fraction, when validation blocks are held out
 
     def __iter__(self) -> Iterator[list[torch.Tensor]]:
         while True:
@@ -75,12 +76,30 @@ class PretrainingData:
         return [len(d) * d.block_size for d in self.datasets]
 
     def describe(self) -> str:
+        """A summary line, then one line per training and validation source: its documents, tokens and
+        mean document length, so that what a document is (a line? a paragraph?) and which files
+        validate are visible when a run starts."""
         blocks = sum(len(d) for d in self.datasets)
         block_size = self.datasets[0].block_size if self.datasets else 0
         held_out = sum(len(v) for v in self.validation)
-        return f"{len(self.datasets)} source(s), {blocks:,} training blocks of {block_size} tokens" + (
-            f", {held_out:,} validation blocks" if held_out else ", no validation"
-        )
+        lines = [
+            f"{len(self.datasets)} source(s), {blocks:,} training blocks of {block_size} tokens"
+            + (f", {held_out:,} validation blocks" if held_out else ", no validation")
+        ]
+        for spec, store in zip(self.sources, self.stores):
+            weight = f" (weight {spec.weight:g})" if len(self.sources) > 1 else ""
+            lines.append(f"  train {_source_counts(store)}{weight}")
+        own = [v for v in self.validation if isinstance(v, PackedDataset)]
+        for dataset in own:
+            lines.append(f"  validation {_source_counts(dataset.store)}")
+        split = [v for v in self.validation if isinstance(v, BlockRange)]
+        if split:  # a source too small to split holds nothing out
+            paths = ", ".join(v.dataset.store.sources[0]["path"] for v in split)
+            lines.append(
+                f"  validation: the last {self.held_out_fraction * 100:g}% of the blocks of {paths} "
+                "(validation_fraction; data.validation names files instead)"
+            )
+        return "\n".join(lines)
 
     def state_dict(self) -> dict[str, Any]:
         return self.sampler.state_dict()
@@ -138,7 +157,17 @@ def build_pretraining_data(
         rank=rank,
         world_size=world_size,
     )
-    return PretrainingData(specs, stores, train, sampler, held_out)
+    fraction = validation_fraction if held_out and not validation else 0.0
+    return PretrainingData(specs, stores, train, sampler, held_out, fraction)
+
+
+def _source_counts(store: TokenStore) -> str:
+    """'path (3 files): 2,891 documents, 301,234 tokens, 104.2 tokens per document' for a one-source store."""
+    (source,) = store.sources
+    files = f" ({source['files']} files)" if source["files"] > 1 else ""
+    docs, tokens = source["num_documents"], source["num_tokens"]
+    mean = tokens / docs if docs else 0.0
+    return f"{source['path']}{files}: {docs:,} documents, {tokens:,} tokens, {mean:,.1f} tokens per document"
 
 
 def iter_source_texts(sources: Sequence[SourceSpec]) -> Iterator[str]:

@@ -12,6 +12,8 @@ Formats (chosen from the file suffix, or `SourceSpec.format` for odd names), eac
 - `.json`: a list of objects, or an object with exactly one list of objects (e.g. {"data": [...]}).
 - `.csv` / `.tsv`: a header row naming the `text_field` column (`.tsv` does not treat quotes specially).
 - `.parquet`: the `text_field` column (needs pyarrow: `pip install 'plmkit[parquet]'`).
+Any other suffix (WikiText's `.raw`, none at all) is an error that names the file and the `format:` to
+set: plmkit does not guess, since a wrong guess would train on the wrong documents without a word.
 
 Bad input (malformed JSON, a missing field, invalid UTF-8, a file without documents) raises a
 DataError "file:line: what; how to fix" by default. With `on_error="skip"` it is skipped and counted
@@ -116,9 +118,17 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
             p for p in path.rglob("*") if p.is_file() and not _hidden(p, path) and file_format(p) is not None
         )
         if not files:
+            others = sorted(p.name for p in path.rglob("*") if p.is_file() and not _hidden(p, path))
             raise DataError(
                 f"{spec.path}: the folder has no data files (suffixes: "
                 f"{', '.join('.' + f for f in FORMATS)}, optionally + .gz)"
+                + (
+                    f"; it has {len(others)} file(s) of other types ({', '.join(others[:3])}"
+                    f"{', ...' if len(others) > 3 else ''}): give a file or glob as the path and set "
+                    "format: (e.g. format: txt)"
+                    if others
+                    else ""
+                )
             )
         return files
     elif path.is_file():
@@ -130,11 +140,19 @@ def resolve_files(spec: SourceSpec) -> list[Path]:
         )
     for f in files:
         if file_format(f, spec.format) is None:
-            raise DataError(
-                f"{f}: unknown file type; use one of {', '.join('.' + x for x in FORMATS)} "
-                f"(optionally + .gz) or set format: in the source"
-            )
+            raise DataError(unknown_type_message(f, spec))
     return files
+
+
+def unknown_type_message(path: Path, spec: SourceSpec) -> str:
+    """Why `path` cannot be read, and the `format:` key that says what it is."""
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    suffix = f'".{name.rsplit(".", 1)[-1]}"' if "." in name else "(no suffix)"
+    return (
+        f"{path}: unknown file type {suffix}; set format: in its source, e.g. "
+        f"{{path: {spec.path}, format: txt}} for plain text (one document per line); formats: "
+        f"{', '.join(FORMATS)} (else chosen by the suffix .txt, .jsonl, ..., optionally + .gz)"
+    )
 
 
 def _hidden(path: Path, root: Path) -> bool:

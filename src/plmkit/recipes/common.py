@@ -113,9 +113,11 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
     from plmkit.tokenizer import Tokenizer
 
     own = run_dir / "tokenizer"
-    path = config.tokenizer.path or config.init_from
-    if path:
-        return _load_tokenizer(Path(path))
+    if config.tokenizer.path:
+        return _load_tokenizer(Path(config.tokenizer.path))
+    if config.init_from:  # the base model's own tokenizer
+        check_init_from(config)
+        return _load_tokenizer(Path(config.init_from))
     if (own / "tokenizer.json").is_file():  # trained by an earlier start of this run
         return Tokenizer.load(own)
     if not config.data.sources:
@@ -137,7 +139,10 @@ def _load_tokenizer(path: Path) -> Any:
     from plmkit.tokenizer.hf import load_hf_tokenizer
 
     if not path.exists():
-        raise DataError(f"tokenizer path {path} does not exist")
+        raise DataError(
+            f"tokenizer.path {path} does not exist; set it to a tokenizer or model folder, "
+            "or leave it empty to train a tokenizer on data.sources"
+        )
     if (path / "tokenizer_config.json").is_file():
         try:
             return Tokenizer.load(path)
@@ -167,6 +172,31 @@ def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
     return base.replace(**fields)
 
 
+def check_init_from(config: RecipeConfig) -> None:
+    """CheckpointError unless init_from is a folder. The message says that it is the base this recipe
+    continues from (often another recipe's output, e.g. lora-clm's is gpt-clm's) and how to make it."""
+    if not config.init_from or Path(config.init_from).is_dir():
+        return
+    path = Path(config.init_from)
+    start = f"init_from {path} does not exist" if not path.exists() else f"init_from {path} is not a folder"
+    folder = path.parent
+    if folder.name != "checkpoints":  # a model folder, not a run's checkpoint
+        raise CheckpointError(
+            f"{start}: {config.name} continues from that model; set init_from= to a plmkit checkpoint "
+            "or a Hugging Face model folder"
+        )
+    run = folder.parent
+    recipe = Path("recipes") / f"{run.name}.yaml"  # a shipped recipe writes runs/<its name>
+    base = f"{run.name}'s checkpoint" if recipe.is_file() else f"a checkpoint of the run in {run}"
+    done = sorted(p.name for p in folder.glob("step-*") if p.is_dir()) if folder.is_dir() else []
+    if done:  # the base run exists but has not written this step (yet)
+        how = f"{folder} has {', '.join(done)}: set init_from= to one of them or finish that run"
+    else:
+        first = f"run plm pretrain {recipe}" if recipe.is_file() else "train that run"
+        how = f"{first} first or set init_from= to a plmkit or Hugging Face model folder"
+    raise CheckpointError(f"{start}: {config.name} continues from {base}; {how}")
+
+
 def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
     """The model's architecture before any tokenizer exists (its vocabulary size and special ids are still
     the preset's), for checks that must run before the processes wait on each other: the recipe's model
@@ -174,6 +204,7 @@ def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
     if config.init_from:
         from plmkit.io import CONFIG_FILE, read_header
 
+        check_init_from(config)
         header = Path(config.init_from) / CONFIG_FILE
         return ModelConfig.from_dict(read_header(header)["model"]) if header.is_file() else None
     base = get_preset(config.model.preset) if config.model.preset else ModelConfig()

@@ -101,3 +101,30 @@ def test_real_corpora_wikitext2_and_cluecorpussmall(tmp_path):
     assert abs(tokens[0] / sum(tokens) - 0.75) < 0.03  # 1600 blocks: ~1% standard deviation
     again = TokenStore.build([wiki], tok, tmp_path, progress=False)  # cached
     assert again.directory == wiki_store.directory
+
+
+def test_describe_counts_each_source_and_names_the_validation(tmp_path, tiny):
+    folder, tok = tiny
+    en, zh = str(folder / "en.txt"), str(folder / "zh.jsonl")
+
+    def describe(**kw) -> list[str]:
+        data = build_pretraining_data(
+            [{"path": en, "weight": 3}, zh], tok, 16, 4, cache_dir=tmp_path, progress=False, **kw
+        )
+        n = [store.num_tokens for store in data.stores]
+        assert data.describe().splitlines()[1:3] == [
+            f"  train {en}: 300 documents, {n[0]:,} tokens, {n[0] / 300:,.1f} tokens per document (weight 3)",
+            f"  train {zh}: 300 documents, {n[1]:,} tokens, {n[1] / 300:,.1f} tokens per document (weight 1)",
+        ]
+        return data.describe().splitlines()
+
+    held_out = describe(validation_fraction=0.1)
+    assert held_out[0].startswith("2 source(s), ") and " validation blocks" in held_out[0]
+    assert held_out[3:] == [
+        f"  validation: the last 10% of the blocks of {en}, {zh} "
+        "(validation_fraction; data.validation names files instead)"
+    ]
+    own = describe(validation=[zh])  # e.g. a recipe's validation files kept when its sources change
+    assert len(own) == 4 and own[3].startswith(f"  validation {zh}: 300 documents, ")
+    none = describe()
+    assert none[0].endswith(", no validation") and len(none) == 3

@@ -305,3 +305,27 @@ def test_source_spec_from_yaml_style_dict():
     assert spec == SourceSpec("wiki/", weight=3, on_error="skip")
     with pytest.raises(ConfigError, match="weigth"):
         from_dict(SourceSpec, {"path": "wiki/", "weigth": 3})
+
+
+def test_an_unknown_file_type_names_the_file_and_the_format_key(tmp_path):
+    raw = write(tmp_path / "wiki.test.raw", " = Title = \r\n A paragraph .\r\n")
+    with pytest.raises(DataError) as error:
+        texts(SourceSpec(str(raw)))
+    assert str(error.value).startswith(f'{raw}: unknown file type ".raw"; set format: in its source, e.g. ')
+    assert f"{{path: {raw}, format: txt}} for plain text (one document per line)" in str(error.value)
+    assert texts(SourceSpec(str(raw), format="txt")) == [" = Title = ", " A paragraph ."]
+    bare = write(tmp_path / "train_0", "x\n")
+    with pytest.raises(DataError, match=r"train_0: unknown file type \(no suffix\); set format:"):
+        texts(SourceSpec(str(bare)))
+
+
+def test_a_folder_of_unknown_types_names_them(tmp_path):
+    for name in ("wiki.train.raw", "wiki.valid.raw"):
+        write(tmp_path / "wiki" / name, "text\n")
+    with pytest.raises(DataError) as error:
+        resolve_files(SourceSpec(str(tmp_path / "wiki")))
+    assert "the folder has no data files" in str(error.value)
+    assert "it has 2 file(s) of other types (wiki.train.raw, wiki.valid.raw)" in str(error.value)
+    assert "give a file or glob as the path and set format:" in str(error.value)
+    glob = SourceSpec(str(tmp_path / "wiki" / "*.raw"), format="txt")  # the fix it names
+    assert [p.name for p in resolve_files(glob)] == ["wiki.train.raw", "wiki.valid.raw"]

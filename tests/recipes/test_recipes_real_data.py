@@ -49,3 +49,23 @@ def test_recipe_trains_on_its_own_data(recipe, shared_data, tmp_path, monkeypatc
         assert f"  validation {source['path']}: " in printed, printed
     if not written.get("validation"):
         assert "  validation: the last 5% of the blocks of " in printed, printed
+
+
+def test_new_sources_keep_the_recipes_validation_files_and_the_run_names_them(
+    shared_data, tmp_path, monkeypatch
+):
+    """gpt-clm validates on WikiText files of its own; a user who changes data.sources alone still
+    validates on them, and the start of the run says so (and what a document is in the new source)."""
+    monkeypatch.chdir(h.ROOT)
+    recipe = h.ROOT / "recipes" / "gpt-clm.yaml"
+    corpus = h.write_english(tmp_path / "mine.txt", 20_000)
+    overrides = [*h.tiny_sizes(recipe, tmp_path, steps=1, vocab=300), f"data.sources=[{{path: {corpus}}}]"]
+    stream = io.StringIO()
+    pretrain(load_config(RecipeConfig, recipe, overrides), stream=stream)
+    lines = stream.getvalue().splitlines()
+    documents = sum(1 for line in corpus.read_text(encoding="utf-8").splitlines() if line.strip())
+    assert any(line.startswith(f"  train {corpus}: {documents:,} documents, ") for line in lines), lines
+    assert any(
+        line.startswith("  validation ../shared/data/wikitext2/tokens.valid.txt: 2,461 documents, ")
+        for line in lines
+    ), lines

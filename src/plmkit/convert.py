@@ -147,6 +147,11 @@ def export_peft_checkpoint(
         if base_out is not None:
             base_tmp = stack.enter_context(output_folder(base_out, [checkpoint], overwrite, "--base-out"))
         model, tokenizer = load(checkpoint)
+        if getattr(model, "peft_config", None) is None:
+            raise ConfigError(
+                f"{checkpoint} holds no LoRA adapter: give the checkpoint of a LoRA run (a recipe with "
+                "peft: {method: lora}); a separate adapter folder loads with plmkit.peft.load_adapter"
+            )
         export_peft(
             model, adapter_tmp, base_tmp, tokenizer, base_name=None if base_out is None else str(base_out)
         )

@@ -78,7 +78,7 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
     files = [
         file for spec in specs for file in resolve_files(spec)
     ]  # checked before training: a typo fails at once
-    inputs = [*files, *(path for path in args.data if Path(path).exists())]  # a folder of --data too
+    inputs = [*(path for path in args.data if Path(path).exists()), *files]  # a folder of --data too
     check_output_folder(args.out, inputs, args.overwrite, "--out")  # before the (long) training
     texts = (document.text for spec in specs for document in iter_documents(spec))
     tokenizer: Tokenizer = Tokenizer.train(

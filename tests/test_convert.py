@@ -63,7 +63,7 @@ def test_quantize_checkpoint_reports_sizes_and_refuses_its_own_input(tmp_path):
     result = quantize_checkpoint(tmp_path / "ckpt", tmp_path / "int8", "int8")
     assert 0 < result.bytes_after < result.bytes_before
     assert plmkit.io.load(tmp_path / "int8")[0].quant_config.mode == "int8"
-    with pytest.raises(ConfigError, match="is the input checkpoint"):
+    with pytest.raises(ConfigError, match="is the input"):
         quantize_checkpoint(tmp_path / "ckpt", tmp_path / "ckpt", "int8")
 
 
@@ -80,3 +80,25 @@ def test_summarize_a_preset_and_a_checkpoint(tmp_path):
     )
     with pytest.raises(ConfigError, match="neither a preset name nor a checkpoint"):
         summarize(str(tmp_path / "nowhere"))
+
+
+def test_library_outputs_follow_the_output_rule(tmp_path):
+    """import_hf / export_hf / merge_adapter / quantize_checkpoint refuse an existing checkpoint unless
+    overwrite=True, and never their input (plmkit.files.check_output_folder)."""
+    from file_hashes import tree_hashes
+    from plmkit.errors import OutputError
+
+    plmkit.io.save(tiny_model(), None, tmp_path / "a")
+    plmkit.io.save(tiny_model(1), None, tmp_path / "b")
+    export_hf(tmp_path / "a", tmp_path / "hf")
+    before = tree_hashes(tmp_path / "a", tmp_path / "b", tmp_path / "hf")
+    with pytest.raises(OutputError, match="already exists and is a checkpoint"):
+        import_hf(tmp_path / "hf", tmp_path / "b")
+    with pytest.raises(OutputError, match="is the input"):
+        export_hf(tmp_path / "a", tmp_path / "a", overwrite=True)
+    with pytest.raises(OutputError, match="already exists"):
+        quantize_checkpoint(tmp_path / "a", tmp_path / "b", "int8")
+    assert tree_hashes(tmp_path / "a", tmp_path / "b", tmp_path / "hf") == before
+    import_hf(tmp_path / "hf", tmp_path / "b", overwrite=True)
+    assert torch.equal(logits(plmkit.io.load(tmp_path / "b")[0]), logits(tiny_model()))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "hf"]  # no temporary folder left

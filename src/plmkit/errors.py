@@ -33,6 +33,15 @@ class CheckpointError(PlmkitError):
     """A checkpoint that is missing, truncated, or belongs to another architecture."""
 
 
+class OutputError(ConfigError):
+    """An output folder that must not or cannot be written: an input of the command, an existing
+    checkpoint or non-empty folder (without --overwrite), a path under a regular file."""
+
+
+class DiskFullError(PlmkitError):
+    """The disk (or the file size limit) ran out while writing; nothing half-written was left behind."""
+
+
 def closest_match(name: str, choices: Iterable[str]) -> str | None:
     """The valid name closest to `name`, or None when nothing is reasonably close."""
     matches = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.5)

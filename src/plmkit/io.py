@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from plmkit.errors import CheckpointError, ConfigError, DataError, did_you_mean
-from plmkit.files import atomic_folder, read_json, write_json
+from plmkit.files import atomic_folder, check_folder_path, read_json, write_json
 from plmkit.model.registry import init_kwargs, model_class_name, model_classes
 from plmkit.weights import (
     SHARDED_FOLDERS,
@@ -53,11 +53,10 @@ def _version() -> str:
 
 # ---- save ----------------------------------------------------------------------------------------
 def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -> Path:
-    """Write `model` (and `tokenizer`, unless None) as a plmkit checkpoint folder; returns its path."""
-    model = unwrap(model)
+    """Write `model` (and `tokenizer`, unless None) as a plmkit checkpoint folder; returns its path. An
+    existing checkpoint there is replaced (atomically); any other non-empty folder is refused."""
     target = Path(directory)
-    if target.exists() and not target.is_dir():
-        raise CheckpointError(f"cannot save checkpoint: {target} exists and is not a folder")
+    check_folder_path(target, "checkpoint folder")
     if target.is_dir() and any(target.iterdir()) and not (target / CONFIG_FILE).exists():
         # Replacing the folder would delete the user's files: only ever replace a checkpoint.
         raise CheckpointError(
@@ -65,15 +64,22 @@ def save(model: torch.nn.Module, tokenizer: Any | None, directory: str | Path) -
             f"(no {CONFIG_FILE}); choose another folder"
         )
     with atomic_folder(target) as tmp:
-        write_json(tmp / CONFIG_FILE, checkpoint_header(model))
-        save_weights(model, tmp / WEIGHTS_FILE)
-        if getattr(model, "peft_config", None) is not None:
-            from plmkit.peft.io import save_adapter
-
-            save_adapter(model, tmp)  # the adapter alone, beside the full model
-        if tokenizer is not None:
-            tokenizer.save(tmp)
+        write_checkpoint(model, tokenizer, tmp)
     return target
+
+
+def write_checkpoint(model: torch.nn.Module, tokenizer: Any | None, folder: Path) -> None:
+    """The files of a checkpoint, written into the existing (temporary) `folder`; `save` and the commands'
+    plmkit.files.output_folder make it atomic."""
+    model = unwrap(model)
+    write_json(folder / CONFIG_FILE, checkpoint_header(model))
+    save_weights(model, folder / WEIGHTS_FILE)
+    if getattr(model, "peft_config", None) is not None:
+        from plmkit.peft.io import save_adapter
+
+        save_adapter(model, folder)  # the adapter alone, beside the full model
+    if tokenizer is not None:
+        tokenizer.save(folder)
 
 
 def checkpoint_header(model: torch.nn.Module) -> dict[str, Any]:

@@ -436,7 +436,7 @@ def test_plm_quantize_then_generate_eval_and_info(trained, capsys):
     [
         (["--out", "{tmp}/x"], "choose a quantization mode"),
         (["--mode", "int4", "--out", "{tmp}/x"], "unknown quantization mode 'int4'"),
-        (["--int8", "--out", "{ckpt}"], "is the input checkpoint"),
+        (["--int8", "--out", "{ckpt}"], "is the input"),
         (["--int8", "--backend", "gpu", "--out", "{tmp}/x"], "unknown quantization backend"),
     ],
 )
@@ -460,7 +460,7 @@ def test_plm_quantize_file_problems_and_an_already_quantized_checkpoint(trained,
     (tmp_path / "user").mkdir()
     (tmp_path / "user" / "notes.txt").write_text("mine")
     code, _, err = h.run_cli(["quantize", checkpoint, "--int8", "--out", tmp_path / "user"], capsys)
-    assert code == 2 and "refusing to overwrite" in err
+    assert code == 2 and "already exists and is not empty" in err
     header = tmp_path / "q" / "plmkit.json"
     data = json.loads(header.read_text())
     data["quantization"]["mode"] = "int3"

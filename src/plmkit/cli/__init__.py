@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from plmkit import __version__
-from plmkit.cli.checkpoints import add_convert, add_info, add_merge_lora, add_quantize
+from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
 from plmkit.cli.inference import add_eval, add_generate
 from plmkit.cli.recipes import add_demo, add_recipes
 from plmkit.cli.tokenizer import add_tokenizer
@@ -35,6 +35,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_eval,
     add_merge_lora,
     add_quantize,
+    add_export_peft,
 )
 
 

@@ -1,5 +1,8 @@
-"""`plm info`, `plm convert`, `plm merge-lora` and `plm quantize`: look at and transform checkpoint folders
-(the work is in plmkit.summary, plmkit.convert and plmkit.train.distributed.consolidate)."""
+"""`plm info`, `plm convert`, `plm merge-lora`, `plm quantize` and `plm export-peft`: look at and transform
+checkpoint folders (the work is in plmkit.summary, plmkit.convert and plmkit.train.distributed.consolidate).
+
+Every --out follows plmkit.files.check_output_folder (checked before any work): never an input, no existing
+checkpoint or non-empty folder without --overwrite; written atomically, so a failure leaves nothing."""
 
 from __future__ import annotations
 
@@ -7,6 +10,13 @@ import argparse
 from typing import Any
 
 from plmkit.errors import ConfigError
+
+OVERWRITE_HELP = "replace an existing checkpoint or non-empty folder at --out (never an input)"
+
+
+def _add_out(p: argparse.ArgumentParser, help: str) -> None:
+    p.add_argument("--out", required=True, metavar="DIR", help=f"{help} (a new folder)")
+    p.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def _n_parameters(model: Any) -> int:
@@ -57,23 +67,26 @@ def add_convert(sub: argparse._SubParsersAction) -> None:
         metavar="CKPT",
         help="FSDP (dcp/) or DeepSpeed (deepspeed/) training checkpoint to gather",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    _add_out(p, "output folder")
     p.set_defaults(run=_run_convert)
 
 
 def _run_convert(args: argparse.Namespace) -> int:
     if args.from_sharded:
+        from plmkit.files import output_folder
         from plmkit.train.distributed.consolidate import consolidate_checkpoint
 
-        source, (_, model) = args.from_sharded, consolidate_checkpoint(args.from_sharded, args.out)
+        source = args.from_sharded
+        with output_folder(args.out, [source], args.overwrite, "--out") as tmp:
+            _, model = consolidate_checkpoint(source, tmp)
     elif args.from_hf:
         from plmkit.convert import import_hf
 
-        source, model = args.from_hf, import_hf(args.from_hf, args.out)
+        source, model = args.from_hf, import_hf(args.from_hf, args.out, overwrite=args.overwrite)
     else:
         from plmkit.convert import export_hf
 
-        source, model = args.to_hf, export_hf(args.to_hf, args.out)
+        source, model = args.to_hf, export_hf(args.to_hf, args.out, overwrite=args.overwrite)
     print(f"converted {source} -> {args.out} ({type(model).__name__}, {_n_parameters(model):,} parameters)")
     return 0
 
@@ -100,7 +113,7 @@ def add_merge_lora(sub: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="adapter folder (adapter_config.json); default: the adapter inside --base",
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    _add_out(p, "output checkpoint folder")
     p.add_argument(
         "--max-logits-error",
         type=float,
@@ -118,7 +131,13 @@ def _run_merge_lora(args: argparse.Namespace) -> int:
 
     with warnings.catch_warnings():  # a quantized base's merge report is printed below instead
         warnings.simplefilter("ignore")
-        model = merge_adapter(args.base, args.out, args.adapter, max_logits_error=args.max_logits_error)
+        model = merge_adapter(
+            args.base,
+            args.out,
+            args.adapter,
+            max_logits_error=args.max_logits_error,
+            overwrite=args.overwrite,
+        )
     if getattr(model, "merge_report", None) is not None:  # a quantized base was requantized
         print(model.merge_report)
     adapter = args.adapter or args.base
@@ -170,7 +189,7 @@ def add_quantize(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-embeddings", action="store_true", help="keep the embeddings and the LM head in float"
     )
-    p.add_argument("--out", required=True, metavar="DIR", help="output checkpoint folder")
+    _add_out(p, "output checkpoint folder")
     p.set_defaults(run=_run_quantize, mode=None)
 
 
@@ -183,7 +202,12 @@ def _run_quantize(args: argparse.Namespace) -> int:
             f"choose a quantization mode: --int8, --int8-dynamic or --nf4 (modes: {', '.join(MODES)})"
         )
     result = quantize_checkpoint(
-        args.checkpoint, args.out, args.mode, embeddings=not args.no_embeddings, backend=args.backend
+        args.checkpoint,
+        args.out,
+        args.mode,
+        embeddings=not args.no_embeddings,
+        backend=args.backend,
+        overwrite=args.overwrite,
     )
     print(f"quantized {args.checkpoint} -> {args.out}: {report(result.model)}")
     if result.bytes_before:
@@ -191,4 +215,33 @@ def _run_quantize(args: argparse.Namespace) -> int:
             f"weights on disk: {result.bytes_before:,} -> {result.bytes_after:,} bytes "
             f"({result.bytes_before / result.bytes_after:.2f}x smaller)"
         )
+    return 0
+
+
+def add_export_peft(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export-peft",
+        help="export a LoRA run's adapter for the peft library",
+        description="Write the LoRA adapter of CKPT (a checkpoint of a LoRA run) in the peft library's "
+        "format (adapter_config.json + adapter_model.safetensors) to --out, and with --base-out its base "
+        "model in transformers' format: peft.PeftModel.from_pretrained("
+        "AutoModelForCausalLM.from_pretrained(BASE_OUT), OUT) then gives the run's model.",
+    )
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint folder of a LoRA run")
+    _add_out(p, "adapter folder")
+    p.add_argument(
+        "--base-out",
+        default=None,
+        metavar="DIR",
+        help="also write the base model (transformers' format) there, recorded as the adapter's base",
+    )
+    p.set_defaults(run=_run_export_peft)
+
+
+def _run_export_peft(args: argparse.Namespace) -> int:
+    from plmkit.convert import export_peft_checkpoint
+
+    model = export_peft_checkpoint(args.checkpoint, args.out, args.base_out, overwrite=args.overwrite)
+    base = f" and base model -> {args.base_out}" if args.base_out else ""
+    print(f"exported the LoRA adapter of {args.checkpoint} -> {args.out}{base} ({type(model).__name__})")
     return 0

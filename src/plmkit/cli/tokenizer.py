@@ -39,7 +39,12 @@ def add_tokenizer(sub: argparse._SubParsersAction) -> None:
     t.add_argument(
         "--vocab-size", type=int, required=True, metavar="N", help="vocabulary size, special tokens included"
     )
-    t.add_argument("--out", required=True, metavar="DIR", help="output folder")
+    t.add_argument("--out", required=True, metavar="DIR", help="output folder (a new folder)")
+    t.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing tokenizer or non-empty folder at --out (never one holding --data)",
+    )
     t.add_argument(
         "--family",
         default=None,
@@ -66,10 +71,15 @@ def _print_help(parser: argparse.ArgumentParser) -> int:
 
 def _run_tokenizer_train(args: argparse.Namespace) -> int:
     from plmkit.data import SourceSpec, iter_documents, resolve_files
+    from plmkit.files import check_output_folder, output_folder
     from plmkit.tokenizer import CONFIG_FILE, TOKENIZER_FILE, Tokenizer
 
     specs = [SourceSpec(path=path, text_field=args.text_field) for path in args.data]
-    n_files = sum(len(resolve_files(spec)) for spec in specs)  # checked before training: a typo fails at once
+    files = [
+        file for spec in specs for file in resolve_files(spec)
+    ]  # checked before training: a typo fails at once
+    inputs = [*(path for path in args.data if Path(path).exists()), *files]  # a folder of --data too
+    check_output_folder(args.out, inputs, args.overwrite, "--out")  # before the (long) training
     texts = (document.text for spec in specs for document in iter_documents(spec))
     tokenizer: Tokenizer = Tokenizer.train(
         texts,
@@ -80,10 +90,11 @@ def _run_tokenizer_train(args: argparse.Namespace) -> int:
         lowercase=not args.cased,
         n_sentinels=args.sentinels,
     )
-    tokenizer.save(args.out)
+    with output_folder(args.out, inputs, args.overwrite, "--out") as tmp:
+        tokenizer.save(tmp)
     kind = args.kind or type(tokenizer.backend.model).__name__.lower()
     print(
-        f"trained {kind} tokenizer, vocab size {tokenizer.vocab_size}, on {n_files} file(s) -> "
+        f"trained {kind} tokenizer, vocab size {tokenizer.vocab_size}, on {len(files)} file(s) -> "
         f"{Path(args.out) / TOKENIZER_FILE} (+ {CONFIG_FILE})"
     )
     return 0

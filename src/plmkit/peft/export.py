@@ -57,12 +57,20 @@ def _peft_module(lora: LoRALinear, rows: tuple[int, int]) -> tuple[torch.Tensor,
 
 
 def export_peft(
-    model: nn.Module, directory: str | Path, base_directory: str | Path | None = None, tokenizer=None
+    model: nn.Module,
+    directory: str | Path,
+    base_directory: str | Path | None = None,
+    tokenizer=None,
+    *,
+    base_name: str | None = None,
 ) -> Path:
-    """Write `model`'s LoRA adapter as peft's adapter_config.json + adapter_model.safetensors.
+    """Write `model`'s LoRA adapter as peft's adapter_config.json + adapter_model.safetensors into
+    `directory` (created if needed; plmkit.convert.export_peft_checkpoint, `plm export-peft`, writes a
+    checkpoint's adapter atomically into a new folder).
 
     With `base_directory`, also write the (unmerged) base model there with plmkit.model.hf.save_hf and
-    record it as base_model_name_or_path."""
+    record it as base_model_name_or_path (or `base_name`: the folder's final name when `base_directory`
+    is a temporary one)."""
     config = require_config(model, "export a peft adapter")
     if config.method != "lora":
         raise ConfigError(f"export_peft writes LoRA adapters; this model carries {config.method}")
@@ -113,7 +121,9 @@ def export_peft(
     peft_config = {
         "peft_type": "LORA",
         "task_type": TASK_TYPES.get(type(model).__name__),
-        "base_model_name_or_path": str(base_directory) if base_directory is not None else None,
+        "base_model_name_or_path": base_name
+        if base_name is not None
+        else (str(base_directory) if base_directory is not None else None),
         "r": r,
         "lora_alpha": alpha,
         "lora_dropout": options["dropout"],

@@ -13,16 +13,19 @@ makes a single-file checkpoint of them.
 
 The folder is assembled under a temporary name and renamed into place, so a run killed while
 writing leaves at most a stale temporary folder, never a half checkpoint: `latest_checkpoint`
-only considers complete `step-*` folders, and the previous checkpoint stays valid.
+only considers complete `step-*` folders, and the previous checkpoint stays valid. A write that fails
+(a full disk, Ctrl-C, an error) deletes the temporary folder; a full disk is a DiskFullError naming the
+last complete checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
 import shutil
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 
 from plmkit.errors import CheckpointError
-from plmkit.io import save as save_model
+from plmkit.files import fsync_folder, raise_if_disk_full, replace_folder, step_folder_name
+from plmkit.io import write_checkpoint
 
 STATE_FILE = "training_state.pt"
 TRAINER_FILE = "trainer_state.json"
@@ -75,13 +79,34 @@ def save_checkpoint(
     """Write checkpoint `step` atomically and delete all but the newest `keep_last`. The first of `models`
     goes at the root (with the tokenizer), the others in models/<name>/."""
     tmp = temp_checkpoint_dir(run_dir, step, os.getpid())
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    (main, model), *others = models.items()
-    save_model(model, tokenizer, tmp)  # creates tmp itself (atomically)
-    for name, other in others:
-        save_model(other, None, tmp / MODELS_FOLDER / name)
+    with removed_on_failure(run_dir, step, tmp):
+        shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed writer with this pid
+        tmp.mkdir(parents=True)
+        (main, model), *others = models.items()
+        write_checkpoint(model, tokenizer, tmp)
+        for name, other in others:
+            folder = tmp / MODELS_FOLDER / name
+            folder.mkdir(parents=True)
+            write_checkpoint(other, None, folder)
     return finish_checkpoint(run_dir, step, tmp, state, info, keep_last)
+
+
+@contextlib.contextmanager
+def removed_on_failure(run_dir: Path, step: int, tmp: Path) -> Iterator[None]:
+    """Delete the temporary checkpoint folder `tmp` when writing it fails; a full disk becomes a
+    DiskFullError that names the last complete checkpoint (the one a --resume continues from)."""
+    try:
+        yield
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        last = latest_checkpoint(run_dir)
+        then = (
+            f"the last complete checkpoint is {last}: free some space and continue with --resume"
+            if last is not None
+            else "the run has no complete checkpoint yet: free some space and start it again"
+        )
+        raise_if_disk_full(e, run_dir / "checkpoints" / step_folder_name(step), then)
+        raise
 
 
 def model_folder(checkpoint: Path, name: str, main: str) -> Path:
@@ -100,16 +125,13 @@ def finish_checkpoint(
 ) -> Path:
     """Add the training state and trainer_state.json (last) to the assembled `tmp` folder, make it durable,
     rename it into place as step-N and prune old checkpoints."""
-    final = run_dir / "checkpoints" / f"step-{step:08d}"
-    torch.save(state, tmp / STATE_FILE)
-    (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")
-    for path in sorted(tmp.rglob("*")):  # durable before the rename makes it visible (shard folders too)
-        if path.is_file():
-            with open(path, "rb") as f:
-                os.fsync(f.fileno())
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
+    final = run_dir / "checkpoints" / step_folder_name(step)
+    with removed_on_failure(run_dir, step, tmp):
+        with open(tmp / STATE_FILE, "wb") as f:  # a file object: a full disk surfaces as its OSError
+            torch.save(state, f)
+        (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")
+        fsync_folder(tmp)  # durable before the rename makes it visible (shard folders too)
+        replace_folder(tmp, final)
     for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final

@@ -88,7 +88,11 @@ class TransformerModel(_HeadModel):
         max_length: int | None = None,
     ) -> None:
         super().__init__(config)
-        pool(torch.zeros(1, 1, 1), None, pooling)  # a ConfigError now for an unknown mode
+        if pooling not in EMBED_POOLINGS:
+            raise ConfigError(
+                f"pooling={pooling!r} is not one of {', '.join(EMBED_POOLINGS)}"
+                f"{did_you_mean(pooling, EMBED_POOLINGS)}"
+            )
         self.pooler = nn.Linear(config.d_model, config.d_model) if pooler else None
         self.pooling, self.normalize, self.max_length = pooling, bool(normalize), max_length
         self._init_weights()

@@ -111,9 +111,12 @@ def detect_format(directory: str | Path) -> str | None:
     return None
 
 
-def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any | None]:
+def load(
+    directory: str | Path, device: str | torch.device = "cpu", lm_head: bool = False
+) -> tuple[torch.nn.Module, Any | None]:
     """Rebuild (model in eval mode, tokenizer or None) from a folder written by `save`, or from a
-    Hugging Face model folder (see plmkit.model.hf)."""
+    Hugging Face model folder (see plmkit.model.hf). `lm_head=True`: a bare encoder (TransformerModel)
+    comes back as its family's LM with a freshly initialised head (a warning lists the new weights)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"checkpoint folder {directory} does not exist")
@@ -121,7 +124,7 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[tor
     if kind == "hf":  # a Hugging Face folder (config.json + weights) is read directly
         from plmkit.model.hf import load_hf
 
-        model, tokenizer = load_hf(directory)
+        model, tokenizer = load_hf(directory, lm_head=lm_head)
         return model.to(device), tokenizer
     if kind != "plmkit":
         raise CheckpointError(
@@ -141,6 +144,10 @@ def load(directory: str | Path, device: str | torch.device = "cpu") -> tuple[tor
     if dtype is not None:
         model.to(dtype)  # a bf16 checkpoint comes back in bf16
     load_weights_into(model, weights)
+    if lm_head and model_class_name(model) == "TransformerModel":
+        from plmkit.model.heads import with_new_lm_head
+
+        model = with_new_lm_head(model, str(directory))
     model.to(device)
     return model.eval(), _load_tokenizer(directory)
 

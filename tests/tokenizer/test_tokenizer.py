@@ -61,9 +61,9 @@ def test_default_special_tokens(tok):
     assert tok.all_special_ids == [0, 1]
 
 
-def test_add_special_tokens_appends_eos(tok):
-    ids = tok.encode("hello")
-    assert tok.encode("hello", add_special_tokens=True) == ids + [tok.eos_id]
+def test_add_special_tokens_never_appends_eos_like_gpt2(tok):
+    ids = tok.encode("hello")  # GPT-2's tokenizer adds nothing: eos separates documents, it is no suffix
+    assert tok.encode("hello", add_special_tokens=True) == ids
     assert tok.decode(ids + [tok.eos_id]) == "hello"
     assert tok.decode(ids + [tok.eos_id], skip_special_tokens=False) == "hello<|endoftext|>"
 
@@ -84,7 +84,7 @@ def test_custom_special_tokens():
     assert ids == list(range(7))
     assert tok.token_to_id("<extra_0>") == 7
     body = tok.encode("今天")
-    assert tok.encode("今天", add_special_tokens=True) == [tok.bos_id, *body, tok.eos_id]
+    assert tok.encode("今天", add_special_tokens=True) == [tok.bos_id, *body]  # a BPE never appends eos
     # A special token written in the text is recognised as one token.
     assert tok.encode("a<mask>b") == tok.encode("a") + [tok.mask_id] + tok.encode("b")
 

@@ -72,7 +72,7 @@ def test_train_bpe_is_train_with_kind_bpe(trained):
     tok = Tokenizer.train_bpe(CORPUS, vocab_size=300)
     assert tok.backend.get_vocab() == trained["bpe"].backend.get_vocab()
     assert tok.special_tokens == SpecialTokens(eos="<|endoftext|>", pad="<|pad|>")
-    assert tok.encode("hello", add_special_tokens=True)[-1] == tok.eos_id == 0
+    assert tok.encode("hello", add_special_tokens=True) == tok.encode("hello") and tok.eos_id == 0
 
 
 # ---------------------------------------------------------------- wordpiece

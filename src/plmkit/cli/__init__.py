@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 from plmkit import __version__
 from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
+from plmkit.cli.embed import add_embed
 from plmkit.cli.inference import add_eval, add_generate
 from plmkit.cli.recipes import add_demo, add_recipes
 from plmkit.cli.tokenizer import add_tokenizer
@@ -33,6 +34,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_tokenizer,
     add_recipes,
     add_eval,
+    add_embed,
     add_merge_lora,
     add_quantize,
     add_export_peft,

@@ -20,10 +20,11 @@ from safetensors.torch import save_file
 
 from plmkit.errors import CheckpointError, did_you_mean
 from plmkit.model.config import ModelConfig
-from plmkit.model.heads import TransformerModel
+from plmkit.model.heads import TransformerModel, with_new_lm_head
 from plmkit.model.hf_arch import ARCHITECTURES
 from plmkit.model.hf_arch.encoders import pooler_rules
 from plmkit.model.hf_arch.rules import Architecture, Rule
+from plmkit.model.hf_arch.sentence import read_sentence_transformers, write_sentence_transformers
 from plmkit.model.pretrained import PretrainedModel
 from plmkit.model.transformer import CausalLM, MaskedLM, Seq2SeqLM
 
@@ -141,12 +142,16 @@ def _resolve_prefix(files: WeightFiles, rules: list[Rule]) -> list[Rule]:
     return [Rule(r.ours, tuple(rename(t) for t in r.theirs), r.transpose) for r in rules]
 
 
-def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[PretrainedModel, Any]:
+def load_hf(
+    directory: str | Path, dtype: torch.dtype | None = None, lm_head: bool = False
+) -> tuple[PretrainedModel, Any]:
     """(plmkit model, plmkit Tokenizer or None) from a Hugging Face model folder.
 
     The model is the family LM when the checkpoint has the LM head's weights (tied heads always do),
-    else the bare `TransformerModel` (e.g. sentence encoders saved as BertModel). Weights keep the
-    model's fp32 unless `dtype` is given.
+    else the bare `TransformerModel` (e.g. sentence encoders saved as BertModel), which follows a
+    sentence-transformers folder's modules.json in `embed()`. `lm_head=True` asks for the LM in any
+    case: a bare encoder gets a freshly initialised head (a warning lists the new weights). Weights
+    keep the model's fp32 unless `dtype` is given.
     """
     directory = Path(directory)
     hf_config = read_hf_config(directory)
@@ -170,13 +175,15 @@ def load_hf(directory: str | Path, dtype: torch.dtype | None = None) -> tuple[Pr
                 f"{directory}: the checkpoint has no LM head weights ({head[0]}); "
                 "encoder-decoder models are loaded with their head"
             )
-        model = TransformerModel(config, pooler=has_pooler)
+        model = TransformerModel(config, pooler=has_pooler, **read_sentence_transformers(directory))
         rules = [
             r
             for r in rules
             if not r.ours.startswith("lm_head.") and (has_pooler or not r.ours.startswith("pooler."))
         ]
     _load_rules(model, files, rules, directory)
+    if lm_head and isinstance(model, TransformerModel):
+        model = with_new_lm_head(model, str(directory))
     if dtype is not None:
         model.to(dtype)
     from plmkit.tokenizer.hf import load_hf_tokenizer  # a folder may or may not carry a tokenizer
@@ -293,6 +300,8 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     save_file(_unshare(out), str(directory / "model.safetensors"), metadata={"format": "pt"})
     (directory / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n", encoding="utf-8")
+    if isinstance(model, TransformerModel):  # a sentence encoder stays one (pooling, normalize)
+        write_sentence_transformers(model, directory)
     if tokenizer is not None:
         from plmkit.tokenizer.hf import save_hf_tokenizer  # noqa: PLC0415
 

@@ -215,7 +215,7 @@ def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
     if config.init_from:  # continual pre-training: a plmkit or Hugging Face checkpoint
         from plmkit.io import load
 
-        model, _ = load(config.init_from)
+        model, _ = load(config.init_from, lm_head=True)  # a bare encoder gets a new head, with a warning
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(
                 f"init_from {config.init_from} has vocab_size {model.config.vocab_size} but the tokenizer has "

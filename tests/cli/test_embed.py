@@ -107,3 +107,12 @@ def test_file_errors_and_non_encoders(encoder, tmp_path, tiny_model, capsys):
     plmkit.io.save(tiny_model("masked", vocab_size=tok.vocab_size), tok, tmp_path / "mlm")
     assert main(["embed", str(tmp_path / "mlm"), "--text", "x"]) == 2
     assert "bare encoder (TransformerModel), not a MaskedLM" in capsys.readouterr().err
+
+
+def test_out_equal_to_the_input_file_is_refused_even_with_overwrite(encoder, tmp_path, capsys):
+    texts = tmp_path / "texts.jsonl"
+    texts.write_text("one\ntwo\n", encoding="utf-8")
+    before = texts.read_bytes()
+    assert main(["embed", str(encoder), "--file", str(texts), "--out", str(texts), "--overwrite"]) == 2
+    assert "is the input --file" in capsys.readouterr().err
+    assert texts.read_bytes() == before

@@ -88,6 +88,10 @@ def _run_embed(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = _check_out(args.out, args.overwrite)
+    if out is not None and args.file is not None and Path(args.file).resolve() == out.resolve():
+        raise ConfigError(
+            f"--out {args.out} is the input --file: choose another file (--overwrite does not apply)"
+        )
     texts = _read_texts(args)
     model, tokenizer = load(args.checkpoint)
     if tokenizer is None:

@@ -155,9 +155,10 @@ def test_info_checkpoint_dir(tmp_path, capsys):
 def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, monkeypatch, capsys):
     calls = []
 
-    def generate(model, tokenizer, prompt, **kwargs):
+    def generate(model, tokenizer, prompt, return_finish=False, **kwargs):
         calls.append((model, prompt, kwargs))
-        return " world"
+        assert return_finish  # the CLI reports why the text ended
+        return " world", "[stopped at max_new_tokens=5]"
 
     fake_module(monkeypatch, "plmkit.generation", generate=generate, stream=None)
     path = tiny_checkpoint(tmp_path / "ckpt")
@@ -186,7 +187,8 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
         "1.2",
     ]
     assert main(argv) == 0
-    assert capsys.readouterr().out == "Hello world\n"
+    captured = capsys.readouterr()
+    assert captured.out == "Hello world\n" and captured.err == "[stopped at max_new_tokens=5]\n"
     ((model, prompt, kwargs),) = calls
     assert prompt == "Hello" and hasattr(model, "config")
     assert kwargs == dict(
@@ -203,14 +205,18 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
 
 
 def test_generate_stream_prints_pieces(tmp_path, monkeypatch, capsys):
+    class Pieces(list):
+        finish = "[stopped at end-of-text after 3 tokens]"
+
     def stream(model, tokenizer, prompt, **kwargs):
         assert kwargs["do_sample"] is False and kwargs["stop"] == ()
-        yield from [" a", " b", " c"]
+        return Pieces([" a", " b", " c"])
 
     fake_module(monkeypatch, "plmkit.generation", generate=None, stream=stream)
     path = tiny_checkpoint(tmp_path / "ckpt")
     assert main(["generate", "--model", str(path), "--prompt", "x", "--stream"]) == 0
-    assert capsys.readouterr().out == "x a b c\n"
+    captured = capsys.readouterr()
+    assert captured.out == "x a b c\n" and captured.err == "[stopped at end-of-text after 3 tokens]\n"
 
 
 def test_generate_missing_model_dir(tmp_path, capsys):
@@ -507,7 +513,9 @@ def test_a_recipe_command_reports_bad_keys_and_bad_nproc_before_running(monkeypa
     assert main(["toy", str(path), "step=5"]) == 2
     assert 'did you mean "steps"' in _one_error_line(capsys)
     assert main(["toy", str(path), "--nproc", "two"]) == 2
-    assert "--nproc 'two'" in _one_error_line(capsys)
+    assert _one_error_line(capsys) == 'error: --nproc="two" must be a whole number >= 1\n'
+    assert main(["toy", str(path), "--nproc", "0"]) == 2
+    assert _one_error_line(capsys) == "error: --nproc=0 is out of range: must be >= 1\n"
     assert calls == []
 
 

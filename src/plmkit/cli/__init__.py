@@ -59,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors: keep argparse's code (0 or 2)
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
+    except PlmkitError as exc:  # an option's value out of its range (the `type=` of plmkit.config.Range)
+        report_user_error(exc)
+        return exc.exit_code
     if args.command is None:
         parser.print_help(sys.stderr)
         return 2

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError
 
 OVERWRITE_HELP = "replace an existing checkpoint or non-empty folder at --out (never an input)"
@@ -116,7 +117,7 @@ def add_merge_lora(sub: argparse._SubParsersAction) -> None:
     _add_out(p, "output checkpoint folder")
     p.add_argument(
         "--max-logits-error",
-        type=float,
+        type=Range(ge=0).option(float, "--max-logits-error"),
         default=None,
         metavar="X",
         help="quantized base: refuse when requantizing changes the logits by more than X",

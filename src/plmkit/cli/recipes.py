@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from plmkit.config.fields import Range
+
 
 def add_recipes(sub: argparse._SubParsersAction) -> None:
     from plmkit.recipes import RECIPES  # names and help only: no torch
@@ -30,6 +32,7 @@ def add_recipes(sub: argparse._SubParsersAction) -> None:
         )
         p.add_argument(
             "--nproc",
+            type=Range(ge=1).option(int, "--nproc"),
             default=None,
             metavar="N",
             help="start N training processes on this machine under torchrun (distributed.strategy: "

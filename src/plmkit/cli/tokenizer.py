@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from plmkit.config.fields import Range
+
 
 def add_tokenizer(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -37,7 +39,11 @@ def add_tokenizer(sub: argparse._SubParsersAction) -> None:
         help="bpe | wordpiece | unigram (default: the family's, else bpe)",
     )
     t.add_argument(
-        "--vocab-size", type=int, required=True, metavar="N", help="vocabulary size, special tokens included"
+        "--vocab-size",
+        type=Range(ge=1).option(int, "--vocab-size"),
+        required=True,
+        metavar="N",
+        help="vocabulary size, special tokens included",
     )
     t.add_argument("--out", required=True, metavar="DIR", help="output folder (a new folder)")
     t.add_argument(
@@ -53,14 +59,20 @@ def add_tokenizer(sub: argparse._SubParsersAction) -> None:
     )
     t.add_argument(
         "--min-frequency",
-        type=int,
+        type=Range(ge=1).option(int, "--min-frequency"),
         default=2,
         metavar="N",
         help="minimum pair frequency for a merge (bpe, wordpiece; default: 2)",
     )
     t.add_argument("--text-field", default="text", metavar="KEY", help="JSONL field with the text")
     t.add_argument("--cased", action="store_true", help="wordpiece: keep case (default: lowercase)")
-    t.add_argument("--sentinels", type=int, default=100, metavar="N", help="t5: sentinel count (100)")
+    t.add_argument(
+        "--sentinels",
+        type=Range(ge=0).option(int, "--sentinels"),
+        default=100,
+        metavar="N",
+        help="t5: sentinel count (100)",
+    )
     t.set_defaults(run=_run_tokenizer_train)
 
 

@@ -125,7 +125,10 @@ def _convert(value: Any, tp: Any, path: str) -> Any:
         raise wrong()
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of 400 digits
+                raise wrong() from None
         raise wrong()
     if tp is str:
         if isinstance(value, str):
@@ -294,9 +297,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str], cls: type
                 optional = type(None) in typing.get_args(tp)
                 value = None if optional and raw.strip() in ("null", "~") else raw
             if not is_dataclass_type(strip_optional(tp)):
+                key = ".".join(keys)
                 try:  # nested dataclass values are checked once merged, by from_dict
-                    value = to_dict(_convert(value, tp, ".".join(keys)))
-                except ConfigError as exc:
+                    value = to_dict(_convert(value, tp, key))
+                except ConfigError as exc:  # named once: `train.clip_grad=-1 is out of range: ...`
+                    text = str(exc)
+                    if text.startswith(key) and text[len(key) : len(key) + 1] in ("=", "[", "."):
+                        raise
                     raise ConfigError(f'override "{override}": {exc}') from None
         _set_nested(result, keys, value, override)
     return result

@@ -10,7 +10,7 @@ and every mistake is worded the same way, naming the dotted key and the closest 
 
     unknown config key "model.n_layers" (did you mean "model.n_layer"?)
     schedule.kind="cosin" is not one of linear, cosine, constant, wsd (did you mean "cosine"?)
-    optim.lr=-1 is not in (0, inf); set a value in that range
+    optim.lr=-1 is out of range: must be > 0
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import math
 import sys
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union
 
@@ -30,14 +30,23 @@ from plmkit.errors import ConfigError, closest_match
 
 @dataclass(frozen=True)
 class Range:
-    """A numeric range declared on a field: `Annotated[float, Range(ge=0, le=1)]`."""
+    """A numeric range declared on a field: `Annotated[float, Range(ge=0, le=1)]`.
+
+    `off` is the one spelling that switches the feature off (or picks the default), as written in YAML,
+    and `means` what it does: `Range(gt=0, off="null", means="no clipping")` on a `float | None` field,
+    `Range(ge=0, off="0", means="no warmup")` where 0 is inside the range. NaN and infinities are never
+    in a range (a run with `lr: .inf` only prints nan)."""
 
     ge: float | None = None  # value >= ge
     gt: float | None = None  # value > gt
     le: float | None = None  # value <= le
     lt: float | None = None  # value < lt
+    off: str | None = None  # the one "off" / default spelling, e.g. "null" or "0"
+    means: str = ""  # what `off` does, e.g. "no clipping"
 
     def contains(self, value: float) -> bool:
+        if isinstance(value, float) and not math.isfinite(value):
+            return False
         return not (
             (self.ge is not None and value < self.ge)
             or (self.gt is not None and value <= self.gt)
@@ -45,19 +54,59 @@ class Range:
             or (self.lt is not None and value >= self.lt)
         )
 
+    def bounds(self) -> str:
+        """'> 0', '>= 0 and < 1', 'any number': the range in words (the range column of the reference)."""
+        parts = [
+            f"{op} {_number(bound)}"
+            for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+            if bound is not None
+        ]
+        return " and ".join(parts) or "any number"
+
     def describe(self) -> str:
-        """'[0, 1]', '(0, inf)', '[1, inf)': the interval in the usual notation."""
-        low = f"[{_number(self.ge)}" if self.ge is not None else f"({_number(self.gt, -math.inf)}"
-        high = f"{_number(self.le)}]" if self.le is not None else f"{_number(self.lt, math.inf)})"
-        return f"{low}, {high}"
+        """'> 0, or null for no clipping', '>= 0 (0: no warmup)': the range and its off spelling."""
+        if self.off is None:
+            return self.bounds()
+        if self.off == "null":
+            return f"{self.bounds()}, or null for {self.means}"
+        return f"{self.bounds()} ({self.off}: {self.means})"
+
+    def error(self, value: Any, path: str) -> ConfigError:
+        """The one wording: `train.clip_grad=-1 is out of range: must be > 0, or null for no clipping`."""
+        return ConfigError(f"{path}={_shown(value)} is out of range: must be {self.describe()}")
 
     def check(self, value: Any, path: str) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) and not self.contains(value):
-            raise ConfigError(f"{path}={value!r} is not in {self.describe()}; set a value in that range")
+            raise self.error(value, path)
+
+    def option(self, kind: type = int, name: str = "") -> Callable[[str], Any]:
+        """An argparse `type=` for a command-line option with this range: `--batch-size 0` fails with
+        the wording of the recipe keys (`--batch-size=0 is out of range: must be >= 1`). The errors are
+        ConfigErrors, which plmkit.cli prints as its one `error:` line. An option is off by leaving it
+        out, so a null "off" is not offered."""
+        declared = dataclasses.replace(self, off=None) if self.off == "null" else self
+
+        def parse(text: str) -> Any:
+            try:
+                value = kind(text)
+            except (ValueError, OverflowError):
+                noun = "a whole number" if kind is int else "a number"
+                raise ConfigError(f"{name}={show(text)} must be {noun} {declared.describe()}") from None
+            declared.check(value, name)
+            return value
+
+        parse.__name__ = kind.__name__  # argparse names the type in its own messages
+        parse.range = declared  # type: ignore[attr-defined]  # for the reference (docs/recipe-reference.md)
+        return parse
 
 
-def _number(value: float | None, default: float = 0.0) -> str:
-    value = default if value is None else value
+def _shown(value: Any) -> str:
+    """A value in a range error: as written (`-1`, `0.5`, `nan`), long text shortened."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _number(value: float) -> str:
     if math.isinf(value):
         return "inf" if value > 0 else "-inf"
     return str(int(value)) if float(value).is_integer() else str(value)
@@ -203,5 +252,36 @@ def check_ranges(instance: Any, where: str = "") -> None:
             if value is None:
                 continue
             if not isinstance(value, (int, float)) or isinstance(value, bool):
-                raise ConfigError(f"{where}{f.name}={value!r} must be a number in {declared.describe()}")
+                raise ConfigError(f"{where}{f.name}={value!r} must be a number {declared.describe()}")
             declared.check(value, f"{where}{f.name}")
+
+
+def numeric_fields(cls: type, path: str = "") -> Iterable[tuple[str, Any, Any, list[Range]]]:
+    """(dotted key, annotation, default, declared Ranges) of every numeric field of dataclass `cls`, nested
+    dataclasses and lists of them included (`data.sources[].weight`): the rows of the recipe reference
+    (docs/recipe-reference.md) and what tests check has a range."""
+    hints = field_types(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp, key = hints.get(f.name, Any), join(path, f.name)
+        inner = strip_optional(tp)
+        if typing.get_origin(inner) is list and is_dataclass_type(strip_optional(typing.get_args(inner)[0])):
+            yield from numeric_fields(strip_optional(typing.get_args(inner)[0]), f"{key}[]")
+        elif is_dataclass_type(inner):
+            yield from numeric_fields(inner, key)
+        elif _is_numeric(tp):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            yield (
+                key,
+                tp,
+                default,
+                declared_ranges(tp) or [r for a in typing.get_args(inner) for r in declared_ranges(a)],
+            )
+
+
+def _is_numeric(tp: Any) -> bool:
+    inner = strip_optional(tp)
+    if typing.get_origin(inner) in (tuple, list):
+        return any(_is_numeric(a) for a in typing.get_args(inner) if a is not Ellipsis)
+    return inner in (int, float)

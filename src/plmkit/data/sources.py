@@ -30,8 +30,9 @@ import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+from plmkit.config.fields import Range
 from plmkit.data.formats import FORMATS, Document, ErrorPolicy, file_format, read_file
 from plmkit.errors import ConfigError, DataError, did_you_mean
 
@@ -43,7 +44,7 @@ class SourceSpec:
     """Where a corpus lives and how to read it. `weight` is its share in a mixture (see mixture.py)."""
 
     path: str
-    weight: float = 1.0
+    weight: Annotated[float, Range(gt=0)] = 1.0  # its share of the mixture
     text_field: str = "text"  # JSON key / CSV column / parquet column holding the text
     format: str | None = None  # one of FORMATS; None: from each file's suffix
     on_error: Literal["raise", "skip"] = "raise"

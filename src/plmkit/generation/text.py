@@ -1,7 +1,8 @@
 """Text in, text out: generate (a prompt or a batch) and stream (one prompt, piece by piece).
 
     generate(model, tokenizer, "Once upon a time")        -> the new text (greedy)
-    stream(model, tokenizer, prompt, do_sample=True)      -> the new text, piece by piece
+    generate(..., return_finish=True)                     -> (the new text, Finish: why it stopped)
+    stream(model, tokenizer, prompt, do_sample=True)      -> the new text, piece by piece (.finish at the end)
 
 Every family that predicts tokens works: CausalLM and PrefixLM continue the prompt (a PrefixLM reads
 it bidirectionally as its prefix), Seq2SeqLM encodes it once and decodes from decoder_start_id.
@@ -9,7 +10,9 @@ it bidirectionally as its prefix), Seq2SeqLM encodes it once and decodes from de
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -42,6 +45,34 @@ def _encode_prompts(model: nn.Module, tokenizer, prompts: list[str]) -> tuple[to
     return input_ids.to(model.device), attention_mask.to(model.device)
 
 
+@dataclass(frozen=True)
+class Finish:
+    """Why a text ended: the model's end-of-text token, a stop string, or max_new_tokens. `tokens`: the
+    new tokens before that point (the end-of-text token not counted)."""
+
+    reason: Literal["end_of_text", "stop_string", "max_new_tokens"]
+    tokens: int
+
+    def __str__(self) -> str:
+        if self.reason == "end_of_text":
+            return f"[stopped at end-of-text after {self.tokens} tokens]"
+        if self.reason == "stop_string":
+            return f"[stopped at a stop string after {self.tokens} tokens]"
+        return f"[stopped at max_new_tokens={self.tokens}]"
+
+
+def _finish(ids: list[int], eos: set[int], text: str, stops: tuple[str, ...], limit: int) -> Finish:
+    """Why a row of new tokens ended (`ids` as generated, eos included when the model chose it)."""
+    ends = [i for i, token in enumerate(ids) if token in eos]
+    if _find_stop(text, stops) is not None:
+        return Finish("stop_string", ends[0] if ends else len(ids))
+    if ends:
+        return Finish("end_of_text", ends[0])
+    if len(ids) < limit:  # a stop-string row: eos ends it without being recorded
+        return Finish("end_of_text", len(ids))
+    return Finish("max_new_tokens", limit)
+
+
 def _find_stop(text: str, stops: tuple[str, ...]) -> int | None:
     """Index of the earliest stop string in text, or None."""
     found = [i for i in (text.find(s) for s in stops) if i >= 0]
@@ -66,13 +97,20 @@ class _StopStrings:
 
 
 def generate(
-    model: nn.Module, tokenizer, prompt: str | list[str], config: GenerationConfig | None = None, **overrides
-) -> str | list[str]:
+    model: nn.Module,
+    tokenizer,
+    prompt: str | list[str],
+    config: GenerationConfig | None = None,
+    *,
+    return_finish: bool = False,
+    **overrides,
+) -> Any:
     """The text generated after `prompt` (a list of prompts -> a list of texts), without the prompt,
-    EOS, or anything from the first stop string on."""
+    EOS, or anything from the first stop string on. With `return_finish`: (text(s), Finish(es)), why each
+    text ended (end-of-text, a stop string or max_new_tokens)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
-        return []
+        return ([], []) if return_finish else []
     config = resolve(model, config, overrides, tokenizer)
     input_ids, attention_mask = _encode_prompts(model, tokenizer, prompts)
     check_prompt(model, input_ids, attention_mask, config)
@@ -87,13 +125,16 @@ def generate(
     else:
         steps = sample_steps(model, input_ids, attention_mask, config)
         rows = torch.stack([step.tokens for step in steps], dim=1).tolist()
-    texts = []
+    texts, finishes = [], []
     for ids in rows:
         ends = [i for i, token in enumerate(ids) if token in eos]
         text = tokenizer.decode(ids[: ends[0]] if ends else ids)
         cut = _find_stop(text, config.stop)
         texts.append(text if cut is None else text[:cut])
-    return texts[0] if isinstance(prompt, str) else texts
+        finishes.append(_finish(ids, eos, text, config.stop, config.max_new_tokens))
+    if isinstance(prompt, str):
+        texts, finishes = texts[0], finishes[0]
+    return (texts, finishes) if return_finish else texts
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:
@@ -101,12 +142,33 @@ def _held_back(text: str, stops: tuple[str, ...]) -> int:
     return max((n for s in stops for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
 
 
+class TextStream:
+    """The pieces of one streamed text; once they are all read, `finish` says why it ended (None before)."""
+
+    def __init__(self, pieces: Callable[[Callable[[Finish], None]], Iterator[str]]) -> None:
+        self.finish: Finish | None = None
+        self._pieces = pieces(self._record)
+
+    def _record(self, finish: Finish) -> None:
+        self.finish = finish
+
+    def __iter__(self) -> TextStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._pieces)
+
+    def close(self) -> None:
+        self._pieces.close()
+
+
 def stream(
     model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | None = None, **overrides
-) -> Iterator[str]:
+) -> TextStream:
     """Yield the new text in pieces as tokens are generated (greedy or sampling). The pieces join to
     exactly what `generate` returns: text is held back while it ends in an incomplete character
-    (U+FFFD from a byte-level token that splits a character) or could be the start of a stop string."""
+    (U+FFFD from a byte-level token that splits a character) or could be the start of a stop string.
+    After the last piece, the stream's `finish` says why the text ended."""
     if not isinstance(prompt, str):
         raise ConfigError("stream takes one prompt string; use generate() for a batch")
     config = resolve(model, config, overrides, tokenizer)
@@ -117,24 +179,31 @@ def stream(
         )
     input_ids, attention_mask = _encode_prompts(model, tokenizer, [prompt])
     check_prompt(model, input_ids, attention_mask, config)
-    return _stream_pieces(model, tokenizer, input_ids, attention_mask, config)
+    return TextStream(
+        lambda record: _stream_pieces(model, tokenizer, input_ids, attention_mask, config, record)
+    )
 
 
-def _stream_pieces(model, tokenizer, input_ids, attention_mask, config) -> Iterator[str]:
+def _stream_pieces(
+    model, tokenizer, input_ids, attention_mask, config, record: Callable[[Finish], None]
+) -> Iterator[str]:
     eos, stops = set(config.eos_token_id), config.stop
     ids: list[int] = []
     emitted = text = ""
+    finish = Finish("max_new_tokens", config.max_new_tokens)
     steps = sample_steps(model, input_ids, attention_mask, config)
     try:
         for step in steps:
             token = int(step.tokens[0])
             if token in eos:
+                finish = Finish("end_of_text", len(ids))
                 break
             ids.append(token)
             text = tokenizer.decode(ids)
             cut = _find_stop(text, stops)
             if cut is not None:
                 text = text[:cut]
+                finish = Finish("stop_string", len(ids))
                 break
             stable = text.rstrip("\ufffd")  # an incomplete multi-byte character may still change
             stable = stable[: len(stable) - _held_back(stable, stops)]
@@ -145,3 +214,4 @@ def _stream_pieces(model, tokenizer, input_ids, attention_mask, config) -> Itera
         steps.close()  # frees the decoder (and its cache) at once when the reader stops early
     if len(text) > len(emitted):
         yield text[len(emitted) :]
+    record(finish)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError, did_you_mean
 
 FAMILIES = ("causal", "masked", "prefix", "seq2seq")
@@ -19,31 +20,41 @@ NORMS = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_tanh", "relu", "silu")
 
 
+# the ranges a recipe's model section is checked against (plmkit.recipes.config.ModelSection)
+Size = Annotated[int, Range(ge=1)]
+TokenId = Annotated[int, Range(ge=0, off="null", means="no such token")]
+Dropout = Annotated[float, Range(ge=0, lt=1, off="0", means="no dropout")]
+
+
 @dataclass
 class ModelConfig:
     family: str = "causal"  # causal | masked | prefix | seq2seq (see DESIGN.md table)
-    vocab_size: int = 50257
-    d_model: int = 768
-    n_layer: int = 12  # encoder layers for seq2seq, the only stack otherwise
-    n_decoder_layer: int | None = None  # seq2seq decoder layers (None: same as n_layer)
-    n_head: int = 12
-    n_kv_head: int | None = None  # None: multi-head; 1: multi-query; else grouped-query
-    head_dim: int | None = None  # None: d_model // n_head (T5 decouples them)
-    d_ff: int = 3072
-    max_positions: int = 1024
+    vocab_size: Size = 50257
+    d_model: Size = 768
+    n_layer: Size = 12  # encoder layers for seq2seq, the only stack otherwise
+    # seq2seq decoder layers
+    n_decoder_layer: Annotated[int, Range(ge=1, off="null", means="as many as n_layer")] | None = None
+    n_head: Size = 12
+    # 1: multi-query; else grouped-query
+    n_kv_head: Annotated[int, Range(ge=1, off="null", means="n_head (multi-head)")] | None = None
+    # T5 decouples it from d_model / n_head
+    head_dim: Annotated[int, Range(ge=1, off="null", means="d_model / n_head")] | None = None
+    d_ff: Size = 3072
+    max_positions: Size = 1024
 
     # positions
     position: str = "learned"  # learned | sinusoidal | rotary | relative (T5 bias) | none
-    position_offset: int = 0  # BART's learned positions start at index 2
-    rope_theta: float = 10000.0
-    relative_buckets: int = 32
-    relative_max_distance: int = 128
-    type_vocab_size: int = 0  # BERT segment (token type) embeddings; 0 disables them
+    position_offset: Annotated[int, Range(ge=0)] = 0  # BART's learned positions start at index 2
+    rope_theta: Annotated[float, Range(gt=0)] = 10000.0
+    relative_buckets: Size = 32
+    relative_max_distance: Size = 128
+    # BERT segment (token type) embeddings
+    type_vocab_size: Annotated[int, Range(ge=0, off="0", means="no segment embeddings")] = 0
     block_positions: bool = False  # GLM's second (intra-span) position embedding
 
     # blocks
     norm: str = "layernorm"  # layernorm | rmsnorm
-    norm_eps: float = 1e-5
+    norm_eps: Annotated[float, Range(gt=0)] = 1e-5
     norm_bias: bool = True  # LayerNorm with a bias (T5/LLaMA RMSNorm has none)
     pre_norm: bool = True  # False: post-norm (original Transformer, BERT, BART)
     embedding_norm: bool = False  # a norm right after the embeddings (BERT, BART)
@@ -53,9 +64,10 @@ class ModelConfig:
     attention_bias: bool = True  # biases on q/k/v/o projections
     qkv_bias: bool | None = None  # override for q/k/v only (Qwen2: True with attention_bias False)
     mlp_bias: bool = True
-    attention_scale: float | None = None  # None: 1/sqrt(head_dim); T5 uses 1.0
-    dropout: float = 0.0
-    attention_dropout: float = 0.0
+    # T5 uses 1.0
+    attention_scale: Annotated[float, Range(gt=0, off="null", means="1/sqrt(head_dim)")] | None = None
+    dropout: Dropout = 0.0
+    attention_dropout: Dropout = 0.0
     scale_embeddings: bool = False  # multiply token embeddings by sqrt(d_model)
 
     # output head
@@ -65,11 +77,12 @@ class ModelConfig:
     lm_head_transform: bool = False  # dense + act + norm before the output projection (BERT MLM head)
 
     # tokens
-    pad_token_id: int | None = 0
-    bos_token_id: int | None = None
-    eos_token_id: int | None = None
-    decoder_start_token_id: int | None = None  # seq2seq; None: pad_token_id (T5 convention)
-    initializer_range: float = 0.02
+    pad_token_id: TokenId | None = 0
+    bos_token_id: TokenId | None = None
+    eos_token_id: TokenId | None = None
+    # seq2seq (T5 convention: the pad token)
+    decoder_start_token_id: Annotated[int, Range(ge=0, off="null", means="pad_token_id")] | None = None
+    initializer_range: Annotated[float, Range(gt=0)] = 0.02
 
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes (source checkpoint, ...)
 

@@ -12,10 +12,12 @@ model computes exactly what the base computes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from torch import nn
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError
 from plmkit.model.config import ACTIVATIONS
 from plmkit.model.layers import activation_fn
@@ -27,8 +29,9 @@ KINDS = {"houlsby": ("attn.out", "cross_attn.out", "mlp.fc_out"), "pfeiffer": ("
 @dataclass(frozen=True)
 class AdapterOptions:
     kind: str = "houlsby"  # houlsby | pfeiffer
-    size: int | None = None  # bottleneck width; None: d_model // reduction
-    reduction: int = 16
+    # bottleneck width
+    size: Annotated[int, Range(ge=1, off="null", means="d_model // reduction")] | None = None
+    reduction: Annotated[int, Range(ge=1)] = 16
     # gelu, not relu: with `up` at zero a relu whose inputs all start negative passes no gradient, ever
     activation: str = "gelu"  # gelu | gelu_tanh | relu | silu
 

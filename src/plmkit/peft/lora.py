@@ -27,11 +27,13 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError, did_you_mean
 from plmkit.model.attention import Attention
 from plmkit.model.dropout import Dropout
@@ -44,9 +46,9 @@ FULL = "all"  # part name of a LoRA on the whole output of its Linear
 
 @dataclass(frozen=True)
 class LoraOptions:
-    r: int = 8
-    alpha: float | None = None  # None: 2·r (scaling 2)
-    dropout: float = 0.0
+    r: Annotated[int, Range(ge=1)] = 8
+    alpha: Annotated[float, Range(gt=0, off="null", means="2·r (scaling 2)")] | None = None
+    dropout: Annotated[float, Range(ge=0, lt=1, off="0", means="no dropout")] = 0.0
     target: str | tuple[str, ...] = "attn.qkv"
     rslora: bool = False  # scaling alpha / sqrt(r) (Kalajdzievski 2023): stable at large ranks
 

@@ -35,11 +35,12 @@ One method, two parameterisations:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError
 from plmkit.model.stack import Stack
 from plmkit.peft.base import PeftModule
@@ -48,12 +49,12 @@ from plmkit.peft.prompt import initial_ids
 
 @dataclass(frozen=True)
 class PrefixOptions:
-    n_tokens: int = 20  # P: prefix length, per attention layer
+    n_tokens: Annotated[int, Range(ge=1)] = 20  # P: prefix length, per attention layer
     projection: bool = True  # MLP re-parameterisation (prefix-tuning); False: P-tuning v2
-    hidden: int | None = None  # the MLP's hidden width; None: d_model
+    hidden: Annotated[int, Range(ge=1, off="null", means="d_model")] | None = None  # the MLP's width
     cross_attention: bool = True  # encoder–decoder: prefixes for the decoder's cross-attention too
     init_text: str | None = None  # projection=False: start from these words' keys/values (+ tokenizer)
-    init_ids: list[int] | None = None  # ... or these token ids'
+    init_ids: list[Annotated[int, Range(ge=0)]] | None = None  # ... or these token ids'
 
     def validate(self) -> None:
         if not isinstance(self.n_tokens, int) or isinstance(self.n_tokens, bool) or self.n_tokens <= 0:

@@ -22,11 +22,12 @@ from __future__ import annotations
 import inspect
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import nn
 
+from plmkit.config.fields import Range
 from plmkit.errors import ConfigError, ShapeError
 from plmkit.model.registry import register_model_class
 from plmkit.peft.base import PeftConfig, PeftModule
@@ -245,9 +246,9 @@ class PromptTunedModel(nn.Module):
 class PromptOptions:
     """Prompt tuning's options (`apply(model, "prompt", ...)`; checked by apply_prompt)."""
 
-    n_tokens: int = 20  # soft-prompt length
+    n_tokens: Annotated[int, Range(ge=1)] = 20  # soft-prompt length
     init_text: str | None = None  # start from these words' embeddings (+ tokenizer)
-    init_ids: list[int] | None = None  # ... or these token ids'
+    init_ids: list[Annotated[int, Range(ge=0)]] | None = None  # ... or these token ids'
 
 
 def apply_prompt(

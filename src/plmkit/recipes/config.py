@@ -55,8 +55,8 @@ class TokenizerConfig:
 class DataConfig:
     sources: list[SourceSpec] = field(default_factory=list)
     validation: list[SourceSpec] = field(default_factory=list)  # empty: hold out validation_fraction
-    validation_fraction: Annotated[float, Range(ge=0, lt=1)] = (
-        0.05  # of the documents, when no validation sources
+    validation_fraction: Annotated[float, Range(ge=0, lt=1, off="0", means="no validation")] = (
+        0.05  # of each source's blocks held out, when no validation sources
     )
     block_size: Annotated[int, Range(ge=1)] = 256
     cache_dir: str | None = None  # tokenized-store cache; default .cache/plmkit in the working directory
@@ -77,7 +77,7 @@ _CHOICES = {"family": FAMILIES, "position": POSITIONS, "norm": NORMS, "activatio
 def _model_section() -> type:
     """The recipe's `model` section: `preset` plus every ModelConfig field, each optional (UNSET: the
     preset's value). Generated from ModelConfig so that a new architecture switch needs no edit here."""
-    hints = typing.get_type_hints(ModelConfig)
+    hints = typing.get_type_hints(ModelConfig, include_extras=True)  # with the ranges declared there
     fields: list[tuple[str, Any, Any]] = [("preset", Literal[tuple(PRESETS)] | None, field(default=UNSET))]
     for f in dataclasses.fields(ModelConfig):
         tp = Literal[_CHOICES[f.name]] if f.name in _CHOICES else hints[f.name]
@@ -99,7 +99,7 @@ ModelSection = _model_section()
 class RecipeConfig:
     name: str = "run"
     out_dir: str = "runs/{name}"
-    seed: int = 0
+    seed: Annotated[int, Range(ge=0)] = 0
     model: ModelSection = field(default_factory=ModelSection)  # preset + ModelConfig fields
     init_from: str | None = None  # continual pre-training: a plmkit or Hugging Face checkpoint
     peft: dict[str, Any] = field(default_factory=dict)  # e.g. {method: lora, r: 8}; empty: train everything

@@ -20,8 +20,8 @@ QuantizeMode = Literal["int8", "int8-dynamic", "nf4"]
 QuantizeBackend = Literal["torch", "bitsandbytes"]
 
 Positive = Annotated[int, Range(ge=1)]
-NonNegative = Annotated[int, Range(ge=0)]
 Fraction = Annotated[float, Range(ge=0, le=1)]
+Beta = Annotated[float, Range(ge=0, lt=1)]
 
 
 @dataclass
@@ -29,10 +29,10 @@ class OptimConfig:
     name: OptimizerName = (
         "adamw"  # adamw | adamw8bit (bitsandbytes' block-wise 8-bit states: pip install 'plmkit[quant]')
     )
-    lr: float = 3e-4
-    weight_decay: Annotated[float, Range(ge=0)] = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
+    lr: Annotated[float, Range(gt=0)] = 3e-4
+    weight_decay: Annotated[float, Range(ge=0, off="0", means="no weight decay")] = 0.1
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    eps: Annotated[float, Range(gt=0)] = 1e-8
     decay_embeddings: bool = False  # embeddings decay like matrices only when True
     fused: bool | None = None  # None: fused AdamW where the device supports it
 
@@ -40,37 +40,44 @@ class OptimConfig:
 @dataclass
 class ScheduleConfig:
     kind: ScheduleKind = "cosine"  # linear | cosine | constant | wsd (warmup-stable-decay)
-    warmup_steps: NonNegative = 0
+    warmup_steps: Annotated[int, Range(ge=0, off="0", means="no warmup")] = 0
     min_lr_ratio: Fraction = 0.1  # cosine/linear/wsd end at lr * min_lr_ratio
     decay_fraction: Fraction = 0.2  # wsd: the last fraction of steps decays
 
 
 @dataclass
 class TrainConfig:
-    steps: NonNegative = 1000
+    steps: Positive = 1000  # optimizer steps
     batch_size: Positive = (
         16  # sequences per micro-batch (per process; global batch = x processes x accumulation)
     )
     accumulation: Positive = 1  # micro-batches per optimizer step
     precision: PrecisionName = "auto"  # auto | fp32 | bf16 | fp16 (fp16 needs CUDA)
-    clip_grad: float | None = 1.0
+    # the global gradient norm is clipped to this; 0 or a negative number is not "off" (-1 flipped gradients)
+    clip_grad: Annotated[float, Range(gt=0, off="null", means="no clipping")] | None = 1.0
     compile: bool = False  # torch.compile the model
     gradient_checkpointing: bool = False
     max_bad_steps: Positive = 10  # abort after this many non-finite losses in a row
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: Positive | None = None  # torch.set_num_threads on CPU
+    threads: Annotated[int, Range(ge=1, off="null", means="torch's default")] | None = (
+        None  # torch.set_num_threads on CPU
+    )
 
 
 @dataclass
 class EvalConfig:
-    every: NonNegative = 200  # optimizer steps between evaluations (0: only before and after)
-    batches: NonNegative = 50  # at most this many validation batches per evaluation
+    every: Annotated[int, Range(ge=0, off="0", means="only before and after training")] = (
+        200  # optimizer steps between evaluations
+    )
+    batches: Positive = 50  # at most this many validation batches per evaluation
 
 
 @dataclass
 class CheckpointConfig:
-    every: NonNegative = 500  # optimizer steps between checkpoints (the final one is always written)
-    keep_last: int = 2
+    every: Annotated[int, Range(ge=0, off="0", means="only the final checkpoint")] = (
+        500  # optimizer steps between checkpoints (the final one is always written)
+    )
+    keep_last: Annotated[int, Range(ge=0, off="0", means="keep every checkpoint")] = 2
 
 
 @dataclass

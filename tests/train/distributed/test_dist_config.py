@@ -88,7 +88,7 @@ def test_bad_nproc_is_one_error_line(root, capsys, value):
     code, out, err = h.run_cli(
         ["pretrain", GPT, *dh.overrides(root, "bad-nproc", batch=8), "--nproc", value], capsys
     )
-    assert_user_error(code, err, f"--nproc {value!r}", "whole number >= 1")
+    assert_user_error(code, err, "--nproc=", "must be", ">= 1")  # the wording of every ranged option
     assert not (root / "bad-nproc").exists()  # nothing started
 
 

@@ -27,7 +27,7 @@ from plmkit.model.config import ModelConfig
 
 Example = Sequence[int] | dict[str, Any]
 # option types with their ranges: checked when a recipe is read and when an objective is built
-Probability = Annotated[float, Range(ge=0, le=1)]  # may be 0 (that kind of change is off)
+Probability = Annotated[float, Range(ge=0, le=1, off="0", means="never")]  # that kind of change is off
 Rate = Annotated[float, Range(gt=0, le=1)]  # a share of the tokens that must select some
 Positive = Annotated[float, Range(gt=0)]
 

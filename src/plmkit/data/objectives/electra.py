@@ -24,12 +24,16 @@ from plmkit.model.config import ModelConfig
 class ElectraModelOptions:
     """A recipe's `objective.options.model` for ELECTRA (plmkit.model.electra.build_electra's options)."""
 
-    generator_layers: Annotated[int, Range(ge=1)] | None = None  # None: half the discriminator's layers
-    generator_heads: Annotated[int, Range(ge=1)] | None = None  # None: a quarter of its heads
-    generator_d_ff: Annotated[int, Range(ge=1)] | None = None  # None: a quarter of its MLP width
-    disc_weight: float = 50.0  # weight of the discriminator's loss (the paper's lambda)
+    generator_layers: (
+        Annotated[int, Range(ge=1, off="null", means="half the discriminator's layers")] | None
+    ) = None
+    generator_heads: Annotated[int, Range(ge=1, off="null", means="a quarter of its heads")] | None = None
+    generator_d_ff: Annotated[int, Range(ge=1, off="null", means="a quarter of its MLP width")] | None = None
+    disc_weight: Annotated[float, Range(gt=0)] = (
+        50.0  # weight of the discriminator's loss (the paper's lambda)
+    )
     temperature: Annotated[float, Range(gt=0)] = 1.0  # of the generator's sampling
-    seed: int = 0  # seeds the replacement sampling
+    seed: Annotated[int, Range(ge=0)] = 0  # seeds the replacement sampling
 
 
 @dataclass(eq=False)

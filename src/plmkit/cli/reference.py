@@ -1,0 +1,48 @@
+"""The generated tables of docs/recipe-reference.md: every numeric recipe key (plmkit.recipes.reference)
+and every numeric `plm` option, with its range and "off" spelling. A test keeps the file equal to them.
+
+    python -m plmkit.cli.reference     # both tables, to paste between the markers of the file
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterator
+
+from plmkit.recipes.reference import table as recipe_table
+
+RECIPE_MARKERS = ("<!-- recipe-table: python -m plmkit.cli.reference -->", "<!-- /recipe-table -->")
+OPTION_MARKERS = ("<!-- option-table: python -m plmkit.cli.reference -->", "<!-- /option-table -->")
+
+
+def option_rows(parser: argparse.ArgumentParser, command: str = "plm") -> Iterator[tuple[str, ...]]:
+    """(command, option, type, default, range) of every option whose type is a Range's (Range.option)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            seen = set()
+            for name, sub in action.choices.items():
+                if id(sub) not in seen:  # aliases share a parser
+                    seen.add(id(sub))
+                    yield from option_rows(sub, f"{command} {name}")
+        elif hasattr(action.type, "range"):
+            default = "—" if action.default is None else str(action.default)
+            declared = action.type.range
+            yield command, action.option_strings[0], action.type.__name__, default, declared.describe()
+
+
+def option_table(parser: argparse.ArgumentParser) -> str:
+    lines = ["| command | option | type | default | range |", "|---|---|---|---|---|"]
+    for command, option, kind, default, described in option_rows(parser):
+        lines.append(f"| `{command}` | `{option}` | {kind} | {default} | {described} |")
+    return "\n".join(lines) + "\n"
+
+
+def tables() -> dict[tuple[str, str], str]:
+    from plmkit.cli import build_parser
+
+    return {RECIPE_MARKERS: recipe_table(), OPTION_MARKERS: option_table(build_parser())}
+
+
+if __name__ == "__main__":
+    for (start, end), text in tables().items():
+        print(f"{start}\n{text}{end}\n")

@@ -86,7 +86,7 @@ def test_out_files_are_never_overwritten_silently(encoder, tmp_path, capsys):
     [
         (["--out", "{tmp}/v.txt"], "unknown format '.txt'; use a .jsonl or .npy"),
         (["--out", "{tmp}/missing/v.npy"], "does not exist; create it first"),
-        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--batch-size", "0"], "--batch-size=0 is out of range: must be >= 1"),
     ],
 )
 def test_bad_options_fail_before_any_work(encoder, tmp_path, capsys, args, message):

@@ -46,7 +46,9 @@ def test_the_reference_doc_holds_the_generated_tables():
     for (start, end), table in tables().items():
         assert start in text and end in text, start
         written = text.split(start, 1)[1].split(end, 1)[0].strip("\n") + "\n"
-        assert written == table, "docs/recipe-reference.md is stale: run python -m plmkit.cli.reference"
+        assert written == table, (
+            "docs/recipe-reference.md is stale: run python -m plmkit.cli.reference docs/recipe-reference.md"
+        )
 
 
 def test_off_spellings_are_worded_once():

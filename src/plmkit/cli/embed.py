@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+from plmkit.config.fields import Range
+
 OUT_SUFFIXES = (".jsonl", ".npy")
 
 
@@ -37,7 +39,13 @@ def add_embed(sub: argparse._SubParsersAction) -> None:
         metavar="MODE",
         help="mean | cls | max | mean_sqrt_len | weightedmean | last (default: as the checkpoint says, else mean)",
     )
-    p.add_argument("--batch-size", type=int, default=32, metavar="N", help="default: 32")
+    p.add_argument(
+        "--batch-size",
+        type=Range(ge=1).option(int, "--batch-size"),
+        default=32,
+        metavar="N",
+        help="default: 32",
+    )
     p.add_argument("--out", metavar="FILE", help="write the vectors to FILE.jsonl or FILE.npy instead")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(run=_run_embed)
@@ -85,8 +93,6 @@ def _run_embed(args: argparse.Namespace) -> int:
     from plmkit.io import load
     from plmkit.model.heads import embed_texts
 
-    if args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     out = _check_out(args.out, args.overwrite)
     if out is not None and args.file is not None and Path(args.file).resolve() == out.resolve():
         raise ConfigError(

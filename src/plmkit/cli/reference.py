@@ -7,7 +7,9 @@ and every numeric `plm` option, with its range and "off" spelling. A test keeps 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 from plmkit.recipes.reference import table as recipe_table
 
@@ -43,6 +45,18 @@ def tables() -> dict[tuple[str, str], str]:
     return {RECIPE_MARKERS: recipe_table(), OPTION_MARKERS: option_table(build_parser())}
 
 
-if __name__ == "__main__":
-    for (start, end), text in tables().items():
-        print(f"{start}\n{text}{end}\n")
+def update(path: Path) -> None:
+    """Replace the generated tables between their markers in `path` (docs/recipe-reference.md)."""
+    text = path.read_text(encoding="utf-8")
+    for (start, end), table in tables().items():
+        head, rest = text.split(start, 1)
+        text = head + start + "\n" + table + end + rest.split(end, 1)[1]
+    path.write_text(text, encoding="utf-8")
+
+
+if __name__ == "__main__":  # `python -m plmkit.cli.reference [docs/recipe-reference.md]`: print or update
+    if len(sys.argv) > 1:
+        update(Path(sys.argv[1]))
+    else:
+        for (start, end), text in tables().items():
+            print(f"{start}\n{text}{end}\n")

@@ -317,10 +317,10 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None, resume_fro
     model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
     model = fp32_master_weights(model)  # a bf16 init_from checkpoint trains in train.precision, not bf16
     check_family(config, model)
-    if resume_from is not None:
-        check_resumable(model, resume_from)
     model = quantize_base(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
+    if resume_from is not None:  # before the strategy (DeepSpeed writes its config) or anything else
+        check_resumable(model, resume_from)
     model.to(device)
     if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):
         model.set_gradient_checkpointing(True)

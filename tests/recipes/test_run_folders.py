@@ -151,3 +151,40 @@ def test_init_from_ignores_the_model_and_tokenizer_sections_said_once(tmp_path, 
     plain = load_config(RecipeConfig, LORA, ["init_from=base", "schedule.warmup_steps=0"])
     warn_about(plain)  # nothing set that it ignores: nothing said
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.slow  # a real subprocess: ~5 s
+def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
+    """A real `python -m plmkit pretrain` given SIGINT once its first checkpoint exists: exit 130 and one
+    line with the command to run (the same command plus --resume)."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from plmkit.train.checkpoint import latest_checkpoint
+
+    corpus = h.write_english(tmp_path / "en.txt", 20_000)
+    args = [*h.tiny_overrides(GPT, corpus, tmp_path, steps=100_000), "checkpoint.every=2", "log.every=50"]
+    env = {**os.environ, "PYTHONPATH": str(h.SRC), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "plmkit", "pretrain", str(GPT), *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while latest_checkpoint(run_dir(tmp_path)) is None and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    command = shlex.join(["plm", "pretrain", str(GPT), *args, "--resume"])
+    assert err.splitlines()[-1] == f"interrupted; resume with: {command}", err

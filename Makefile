@@ -4,6 +4,8 @@
 #   make test       lint + the whole test suite (slow and multi-process tests included; what CI runs)
 #   make test-fast  the suite without the slow and multi-process tests (the inner loop)
 #   make demo       train a tiny model on CPU and generate from it
+#                   (again: refused while runs/demo holds a run; make demo ARGS="name=demo2" trains beside it,
+#                   ARGS="--overwrite" moves runs/demo aside, ARGS="data=FILE" trains in runs/demo-<FILE name>)
 #   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
 #   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv
 #

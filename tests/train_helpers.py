@@ -76,7 +76,10 @@ def tiny_overrides(recipe: Path, corpus: Path, tmp_path: Path, steps: int = 3, v
     continues from a checkpoint (init_from, e.g. lora-clm) gets a tiny base checkpoint instead."""
     out = _tiny(recipe, corpus, tmp_path, steps, vocab)
     if recipe_data(recipe).get("init_from"):
-        out.append(f"init_from={tiny_base(recipe, out, tmp_path)}")
+        base = tiny_base(recipe, out, tmp_path)
+        # the base has the tiny sizes; the run takes model and tokenizer from it (and would warn that
+        # its own model / tokenizer settings are ignored)
+        out = [o for o in out if not o.startswith(("model.", "tokenizer."))] + [f"init_from={base}"]
     return out
 
 

@@ -538,3 +538,99 @@ def test_launch_recipe_runs_here_without_nproc_or_with_1():
 
     assert launch_recipe(None, ToyConfig(), ["toy"]) is None
     assert launch_recipe("1", ToyConfig(), ["toy"]) is None
+
+
+def test_overrides_anywhere_after_the_recipe_and_a_bare_resume(monkeypatch, tmp_path):
+    """`--resume steps=7` resumes the latest checkpoint and overrides steps (a key=value is never the
+    checkpoint); overrides may follow --nproc and --resume."""
+    calls, path = _fake_recipe(monkeypatch, tmp_path)
+    assert main(["toy", str(path), "--resume", "steps=7"]) == 0
+    assert (
+        main(["toy", str(path), "--nproc", "1", "steps=8", "--resume", "runs/lr=3e-4/step-1", "steps=9"]) == 0
+    )
+    assert main(["toy", str(path), "steps=4", "--resume"]) == 0
+    assert [(c.steps, c.resume) for c in calls] == [(7, True), (9, "runs/lr=3e-4/step-1"), (4, True)]
+
+
+def test_ctrl_c_during_a_run_prints_the_command_that_resumes_it(monkeypatch, tmp_path, capsys):
+    _, path = _fake_recipe(monkeypatch, tmp_path)
+
+    def interrupted(config):
+        raise KeyboardInterrupt
+
+    sys.modules["toy_recipe"].run = interrupted
+    assert main(["toy", str(path), "steps=5", "--resume", "steps=6"]) == 130
+    err = capsys.readouterr().err
+    assert err == f"interrupted; resume with: plm toy {path} steps=5 steps=6 --resume\n"
+
+
+def test_the_resume_hint_follows_the_run_folder(tmp_path):
+    """With a checkpoint: --resume; before the first one: the same command, with --overwrite once the
+    folder holds files (a plain --resume would be refused there)."""
+    import argparse
+
+    from plmkit.cli.recipes import again
+
+    args = argparse.Namespace(
+        recipe_name="pretrain",
+        recipe_file="r.yaml",
+        overrides=["a=1"],
+        nproc="2",
+        resume=None,
+        overwrite=False,
+    )
+    config = types.SimpleNamespace(run_dir=str(tmp_path / "run"))
+    assert (
+        again(args, config)
+        == "no checkpoint was written yet; start again with: plm pretrain r.yaml a=1 --nproc 2"
+    )
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recipe.json").write_text("{}")
+    assert again(args, config).endswith("plm pretrain r.yaml a=1 --overwrite --nproc 2")
+    step = tmp_path / "run" / "checkpoints" / "step-00000002"
+    step.mkdir(parents=True)
+    (step / "trainer_state.json").write_text('{"step": 2}')
+    assert again(args, config) == "resume with: plm pretrain r.yaml a=1 --resume --nproc 2"
+
+
+def test_ctrl_c_under_the_launcher_is_an_interrupt(monkeypatch):
+    """torchrun's agent turns Ctrl-C into a SignalException (or a worker exits 130): both are Ctrl-C."""
+    import signal
+
+    import pytest
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    from plmkit.train.distributed.launch import launch
+
+    def signalled(args):
+        raise SignalException("got signal", sigval=signal.SIGINT)
+
+    monkeypatch.setattr(torchrun, "run", signalled)
+    with pytest.raises(KeyboardInterrupt):
+        launch(2, ["toy", "r.yaml"])
+
+
+def test_nproc_above_the_cpu_cores_warns_once(monkeypatch, capsys):
+    import plmkit.train.distributed.launch as launch
+    import plmkit.train.logging as logging
+
+    monkeypatch.setattr(logging, "_warned", set())
+    monkeypatch.setattr(launch, "cpu_cores", lambda: 2)
+    launch.check_nproc(2, "cpu")
+    assert capsys.readouterr().err == ""
+    launch.check_nproc(3, "cpu")
+    launch.check_nproc(3, "cpu")
+    err = capsys.readouterr().err
+    assert (
+        err == "warning: --nproc 3 is more than the 2 CPU core(s) this process may use: the training "
+        "processes will share them and run slower than --nproc 2 would\n"
+    )
+    assert launch.cpu_cores() >= 1
+
+
+def test_demo_overwrite_flag_is_an_override(monkeypatch):
+    calls = []
+    fake_module(monkeypatch, "plmkit.recipes.demo", run_demo=lambda overrides: calls.append(overrides))
+    assert main(["demo", "data=d.txt", "--overwrite", "train.steps=3"]) == 0
+    assert calls == [["data=d.txt", "train.steps=3", "overwrite=true"]]

@@ -111,6 +111,9 @@ def test_prefix_and_prompt_runs_resume_exactly(section, corpus, tmp_path):
     original = Path(config.run_dir)
     copy = tmp_path / "resumed"
     shutil.copytree(original, copy)
+    # a run folder resumes from its latest checkpoint only (an earlier one would leave step 6 beside a
+    # second history): drop the later one, as a user rewinding a run would
+    shutil.rmtree(copy / "checkpoints" / "step-00000006")
     run(
         corpus,
         tmp_path,
@@ -151,6 +154,9 @@ def test_a_qlora_run_trains_lora_on_a_frozen_int8_base_and_resumes_exactly(corpu
     assert model.quant_config.mode == "int8" and model.peft_config.method == "lora"
     copy = tmp_path / "resumed"
     shutil.copytree(Path(config.run_dir), copy)
+    # a run folder resumes from its latest checkpoint only (an earlier one would leave step 6 beside a
+    # second history): drop the later one, as a user rewinding a run would
+    shutil.rmtree(copy / "checkpoints" / "step-00000006")
     run(
         corpus,
         tmp_path,

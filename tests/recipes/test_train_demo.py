@@ -61,8 +61,9 @@ def test_quickstart_trains_on_the_python_language_reference(demo):
     from pydoc_data import topics
 
     result, printed, run_dir = demo
-    corpus = run_dir / "corpus.txt"
-    assert result["config"]["data"]["sources"][0]["path"] == str(corpus)
+    corpus = Path(result["config"]["data"]["sources"][0]["path"])
+    # written into the data cache folder: the run folder must be empty for a new run
+    assert corpus.parent == run_dir.parent / "cache" and corpus.name.startswith("python-reference-")
     text = corpus.read_text(encoding="utf-8")
     assert topics.topics["for"].split("\n")[0] in text
     assert f"plmkit quickstart: {corpus}" in printed
@@ -132,3 +133,46 @@ def test_the_demo_recipe_ships_inside_the_package_and_is_the_repository_one():
     listed = h.ROOT / "recipes" / DEMO_RECIPE
     assert listed.resolve() == shipped.resolve()
     assert listed.read_text(encoding="utf-8") == shipped.read_text(encoding="utf-8")
+
+
+TINY = [
+    "model.d_model=32",
+    "model.n_layer=1",
+    "model.n_head=2",
+    "model.d_ff=64",
+    "tokenizer.vocab_size=300",
+    "data.block_size=32",
+    "train.batch_size=4",
+    "train.steps=3",
+    "schedule.warmup_steps=0",
+    "eval.every=0",
+    "eval.batches=1",
+    "checkpoint.every=0",
+    "train.precision=fp32",
+    "train.threads=1",
+    "log.tensorboard=false",
+    "log.plot=false",
+]
+
+
+def test_demo_then_demo_with_data_gives_two_working_models(tmp_path, monkeypatch, capsys):
+    """The README's `make demo` then `make demo ARGS="data=..."`: data=PATH trains in runs/demo-<name>, so
+    both models work; a second plain demo is refused (no --resume offered) and changes nothing."""
+    from hashing import folder_hashes
+    from plmkit.io import load
+
+    monkeypatch.chdir(tmp_path)
+    cache = f"data.cache_dir={tmp_path / 'cache'}"
+    mine = h.write_english(tmp_path / "my text.txt", 20_000)
+    first = run_demo([*TINY, cache])
+    second = run_demo([f"data={mine}", *TINY, cache])
+    assert first["checkpoint"] == str(Path("runs/demo/checkpoints/step-00000003"))
+    assert second["checkpoint"] == str(Path("runs/demo-my-text/checkpoints/step-00000003"))
+    for result in (first, second):
+        load(result["checkpoint"])
+    before = folder_hashes(Path("runs/demo"))
+    code, _, err = h.run_cli(["demo", *TINY, cache], capsys)
+    assert code == 2 and "runs/demo already holds a run (checkpoints up to step-00000003)" in err, err
+    assert "--resume" not in err and "name=NAME" in err and "--overwrite" in err
+    assert folder_hashes(Path("runs/demo")) == before
+    assert demo_config([f"data={mine}", "name=other"]).run_dir == "runs/other"  # the user's name wins

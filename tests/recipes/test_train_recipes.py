@@ -85,6 +85,9 @@ def test_recipe_resumes_exactly(recipe, tiny_run, tmp_path):
     original = Path(config.run_dir)
     copy = tmp_path / "resumed"
     shutil.copytree(original, copy)
+    # a run folder resumes from its latest checkpoint only (an earlier one would leave step 6 beside a
+    # second history): drop the later one, as a user rewinding a run would
+    shutil.rmtree(copy / "checkpoints" / "step-00000006")
     overrides = h.tiny_overrides(recipe, Path(config.data.sources[0].path), tmp_path, steps=6) + [
         "checkpoint.every=3",
         "checkpoint.keep_last=5",

@@ -34,7 +34,7 @@ def test_progress_lines_metrics_and_run_folder(tmp_path):
     assert f"run gpt-clm -> {run_dir}" in text
     progress = re.compile(
         r"step +(\d+)/4  loss \d+\.\d{4}  (val_loss \d+\.\d{4} ppl [\d,.]+  )?lr [\d.]+e[-+]\d+  "
-        r"[\d,]+ tok/s  eta \d+m\d\ds"
+        r"[\d,]+ tok/s(  eta \d+m\d\ds)?"
     )
     assert [int(m.group(1)) for m in progress.finditer(text)] == [2, 4]
     rows = h.read_metrics(run_dir)
@@ -67,3 +67,36 @@ def test_non_finite_values_are_written_as_strings(tmp_path):
     logger.log(3, {"loss": float("nan"), "lr": 1e-3})
     row = json.loads((tmp_path / "metrics.jsonl").read_text(encoding="utf-8"))
     assert row == {"step": 3, "loss": "nan", "lr": 1e-3}  # valid JSON, no bare NaN
+
+
+def test_no_eta_before_a_few_steps_are_timed(tmp_path):
+    """Step 1's time (lazy initialisation, the first evaluation) would make a wild ETA."""
+    from plmkit.train.logging import ETA_AFTER_STEPS
+
+    logger = RunLogger(tmp_path, 1000, tensorboard=False, stream=io.StringIO())
+    logger.begin(200)  # a resumed run: its steps are counted from here
+    assert "eta" not in logger.progress_line(201, {"loss": 1.0})
+    assert "eta" not in logger.progress_line(200 + ETA_AFTER_STEPS - 1, {"loss": 1.0})
+    assert re.search(r"  eta \d+m\d\ds$", logger.progress_line(200 + ETA_AFTER_STEPS, {"loss": 1.0}))
+
+
+def test_deepspeed_per_step_warnings_are_shown_once():
+    import logging
+
+    from plmkit.train.distributed.deepspeed import OncePerRun
+
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    ds = logging.getLogger("plmkit-test-deepspeed")
+    ds.addHandler(handler)
+    ds.addFilter(OncePerRun())
+    for _ in range(3):
+        ds.warning("%d pytorch allocator cache flushes since last step. this happens ...", 2)
+        ds.warning("another warning")
+    assert [r.getMessage()[:30] for r in records] == [
+        "2 pytorch allocator cache flus",
+        "another warning",
+        "another warning",
+        "another warning",
+    ]

@@ -45,6 +45,6 @@ RECIPES: dict[str, Recipe] = {
         "quantized bases, one or several processes.",
         config_class="plmkit.recipes.config:RecipeConfig",
         run="plmkit.recipes.pretrain:pretrain",
-        validate="plmkit.recipes.validate:validate",
+        validate="plmkit.recipes.pretrain:check",  # the recipe and its run folder
     ),
 }

@@ -6,7 +6,6 @@ tokenizer -> model -> objective -> data -> optimizer / schedule -> precision.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +13,6 @@ from typing import Any
 
 import torch
 
-from plmkit.config import to_dict
 from plmkit.data import PretrainingData, build_pretraining_data, iter_source_texts
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
@@ -108,8 +106,9 @@ class Run:
 
 
 # ---- tokenizer -------------------------------------------------------------------------------------
-def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
-    """An existing tokenizer (recipe path, the init checkpoint's, or this run's), else one trained now."""
+def build_tokenizer(config: RecipeConfig, run_dir: Path, resume_from: Path | None = None) -> Any:
+    """An existing tokenizer (recipe path, the init checkpoint's, this run's, or the resumed checkpoint's),
+    else one trained now. A resume never trains one: it writes nothing before its checks pass."""
     from plmkit.tokenizer import Tokenizer
 
     own = run_dir / "tokenizer"
@@ -120,6 +119,8 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path) -> Any:
         return _load_tokenizer(Path(config.init_from))
     if (own / "tokenizer.json").is_file():  # trained by an earlier start of this run
         return Tokenizer.load(own)
+    if resume_from is not None:  # a branch from another folder's checkpoint, which holds its tokenizer
+        return _load_tokenizer(resume_from)
     if not config.data.sources:
         raise ConfigError(
             "the recipe has no data.sources to train a tokenizer on; add data.sources or tokenizer.path"
@@ -328,28 +329,29 @@ def build_recipe_strategy(config: RecipeConfig) -> Strategy:
 
 
 # ---- the run ---------------------------------------------------------------------------------------
-def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
-    """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller."""
+def build_run(config: RecipeConfig, strategy: Strategy | None = None, resume_from: Path | None = None) -> Run:
+    """The run's parts; `strategy` (default: the recipe's, started here) is closed by the caller. With
+    `resume_from`, the model is checked against that checkpoint before anything is written (the run folder
+    and recipe.json are plmkit.recipes.runs' business)."""
     strategy = strategy or build_recipe_strategy(config)
     torch.manual_seed(config.seed)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
     run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if strategy.is_main:
-        (run_dir / "recipe.json").write_text(json.dumps(to_dict(config), indent=2) + "\n", encoding="utf-8")
     device = strategy.device
     precision = Precision(resolve_precision(config.train.precision, device), device)
     if not strategy.uses_grad_scaler():  # DeepSpeed scales fp16 losses in its engine
         precision.scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     with strategy.main_first():  # rank 0 trains and saves a new tokenizer; the other ranks then load it
-        tokenizer = build_tokenizer(config, run_dir)
+        tokenizer = build_tokenizer(config, run_dir, resume_from)
     model = build_recipe_model(config, tokenizer)  # the same initial weights on every rank (same seed)
     model = fp32_master_weights(model)  # a bf16 init_from checkpoint trains in train.precision, not bf16
     check_family(config, model)
     model = quantize_base(config, model)
     model = apply_spec(model, config.peft, tokenizer)  # PEFT: base frozen; the optimizer skips it
+    if resume_from is not None:  # before the strategy (DeepSpeed writes its config) or anything else
+        check_resumable(model, resume_from)
     model.to(device)
     if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):
         model.set_gradient_checkpointing(True)
@@ -385,14 +387,14 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None) -> Run:
     )
 
 
-def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
-    """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
+def check_resumable(model: torch.nn.Module, checkpoint: Path) -> None:
+    """The checkpoint holds a model of this class and architecture (CheckpointError otherwise)."""
     from plmkit.io import read_header
 
     if not checkpoint.is_dir():
         raise CheckpointError(f"resume checkpoint {checkpoint} does not exist")
     header = read_header(checkpoint / "plmkit.json")
-    model = unwrap(run.model)
+    model = unwrap(model)
     ours = model.config.to_dict() if hasattr(model, "config") else {}
     theirs = header.get("model", {})
     differing = [k for k in ours if k != "extra" and theirs.get(k) != ours[k]]
@@ -400,8 +402,13 @@ def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
         raise CheckpointError(
             f"cannot resume from {checkpoint}: it holds a {header.get('model_class')} with a different architecture "
             f"({', '.join(f'{k}={theirs.get(k)!r} vs {ours[k]!r}' for k in differing[:3]) or 'another class'}); "
-            "resume with the recipe that wrote it, or start a new run (out_dir)"
+            "resume with the recipe that wrote it, or start a new run (name=NAME or out_dir=DIR)"
         )
+
+
+def restore_run(run: Run, checkpoint: Path) -> tuple[int, int, int]:
+    """Load a training checkpoint into the run; returns (step, tokens, skipped steps)."""
+    check_resumable(run.model, checkpoint)
     saved, info = load_training_state(checkpoint)
     run.strategy.load(
         checkpoint, run.train_state(), saved, info

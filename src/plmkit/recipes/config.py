@@ -115,6 +115,7 @@ class RecipeConfig:
     log: LogConfig = field(default_factory=LogConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     resume: bool | str = False  # true: the latest checkpoint in out_dir; a path: that checkpoint
+    overwrite: bool = False  # a new run moves a non-empty run folder aside (plmkit.recipes.runs)
 
     @property
     def run_dir(self) -> str:

@@ -3,13 +3,20 @@ English text for about three minutes on a laptop CPU, then generate from it. Not
 
 The settings are the recipe `demo.yaml` beside this module (package data, so an installed plmkit finds
 it; the repository's recipes/demo.yaml links to it). The default corpus is the Python language reference
-that ships with every CPython (`pydoc_data.topics`). `plm demo data=PATH` trains on your own UTF-8 text
-instead, and any recipe key can be overridden the same way (`plm demo train.steps=100 model.n_layer=2`).
-The run itself is the ordinary pre-training recipe (plmkit.recipes.pretrain).
+that ships with every CPython (`pydoc_data.topics`), written once into the data cache folder (not the run
+folder, which a new run needs empty). `plm demo data=PATH` trains on your own UTF-8 text instead, in its
+own run folder runs/demo-<file name> (unless name= or out_dir= is given), and any recipe key can be
+overridden the same way (`plm demo train.steps=100 model.n_layer=2`).
+
+The run itself is the ordinary pre-training recipe (plmkit.recipes.pretrain), with its run-folder rules
+(plmkit.recipes.runs): a second `plm demo` into the same folder is refused unless `--overwrite` (which
+moves the old folder aside) or another `name=`.
 """
 
 from __future__ import annotations
 
+import re
+import sys
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -18,20 +25,32 @@ from plmkit.config import load_config, to_dict
 from plmkit.data.sources import SourceSpec
 from plmkit.errors import DataError
 from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.runs import RunFolderBusy
 
 DEMO_RECIPE = "demo.yaml"  # package data of plmkit.recipes
 PROMPTS = ("The for statement", "A class definition")
 
 
-def write_default_corpus(run_dir: Path) -> Path:
-    """The Python language reference of this interpreter, one topic per document (blank-line separated)."""
+def write_default_corpus(folder: Path) -> Path:
+    """The Python language reference of this interpreter, one topic per document (blank-line separated),
+    as `folder`/python-reference-X.Y.txt (written once, atomically: the file is an input of later runs)."""
     from pydoc_data import topics
 
-    path = run_dir / "corpus.txt"
-    run_dir.mkdir(parents=True, exist_ok=True)
+    path = folder / f"python-reference-{sys.version_info.major}.{sys.version_info.minor}.txt"
+    if path.is_file():
+        return path
+    folder.mkdir(parents=True, exist_ok=True)
     text = "\n".join(topics.topics[name].replace("\n\n", "\n") for name in sorted(topics.topics))
-    path.write_text(text, encoding="utf-8")
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
     return path
+
+
+def run_name(data_path: str) -> str:
+    """The demo's run name for data=PATH: demo-<file or folder name>, so it does not meet the default run."""
+    stem = Path(data_path.rstrip("/")).stem or "data"
+    return "demo-" + (re.sub(r"[^\w.-]+", "-", stem).strip("-") or "data")
 
 
 def demo_config(overrides: list[str]) -> RecipeConfig:
@@ -44,6 +63,9 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
             data_path = value
         else:
             rest.append(item)
+    named = any(item.partition("=")[0] in ("name", "out_dir") for item in rest)
+    if data_path is not None and not named:
+        rest.insert(0, f"name={run_name(data_path)}")  # the user's own name= / out_dir= win
     with resources.as_file(resources.files(__package__) / DEMO_RECIPE) as recipe:
         config = load_config(RecipeConfig, recipe, rest)
     if data_path is not None:
@@ -51,7 +73,10 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
             raise DataError(f"data={data_path}: no such file or folder")
         config.data.sources = [SourceSpec(data_path)]
     elif not config.data.sources:
-        config.data.sources = [SourceSpec(str(write_default_corpus(Path(config.run_dir))))]
+        from plmkit.data import default_cache_dir
+
+        cache = Path(config.data.cache_dir) if config.data.cache_dir else default_cache_dir()
+        config.data.sources = [SourceSpec(str(write_default_corpus(cache)))]
     return config
 
 
@@ -62,7 +87,10 @@ def run_demo(overrides: list[str] | None = None) -> dict[str, Any]:
 
     config = demo_config(list(overrides or []))
     print(f"plmkit quickstart: {config.data.sources[0].path}")
-    result = pretrain(config)
+    try:
+        result = pretrain(config)
+    except RunFolderBusy as busy:  # `plm demo` has no --resume: offer what it has
+        raise RunFolderBusy(busy.run_dir, busy.summary, resumable=False) from None
     model, tokenizer = load(result["checkpoint"])
     before, after = result.get("initial_val_ppl"), result.get("val_ppl")
     if before and after:

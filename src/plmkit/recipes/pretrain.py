@@ -27,11 +27,18 @@ from plmkit.config import to_dict
 from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
 from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.runs import (
+    RunPlan,
+    discard_new_folder,
+    plan_run_folder,
+    prepare_run_folder,
+    record_recipe,
+)
 from plmkit.recipes.validate import validate
-from plmkit.train.checkpoint import latest_checkpoint
+from plmkit.train.checkpoint import read_trainer_info
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.errors import TrainingError
-from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics
+from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics, warn
 from plmkit.train.loop import train_step
 from plmkit.weights import unwrap
 
@@ -109,24 +116,70 @@ def checkpoint(run: Run, progress: Progress) -> Path:
     )
 
 
+def check(config: RecipeConfig) -> RunPlan:
+    """Everything checkable before a process starts or a file is written: the recipe (validate) and
+    what this start may do with its run folder (plmkit.recipes.runs)."""
+    validate(config)
+    return plan_run_folder(config)
+
+
+def warn_about(config: RecipeConfig) -> None:
+    """Settings that run, but probably not as the user thinks (printed once, by rank 0)."""
+    if config.init_from:
+        ignored = sorted(config.model.overrides())
+        tokenizer = [k for k in ("kind", "vocab_size", "family") if k in _given(config.tokenizer)]
+        if config.tokenizer.path:
+            tokenizer = []  # tokenizer.path is used (instead of the checkpoint's own tokenizer)
+        if ignored or tokenizer:
+            keys = ", ".join([*(f"model.{k}" for k in ignored), *(f"tokenizer.{k}" for k in tokenizer)])
+            warn(
+                f"init_from={config.init_from}: the model and its tokenizer come from that checkpoint, so "
+                f"the recipe's {keys} are ignored; remove them (or init_from) to silence this"
+            )
+    if config.train.steps < config.schedule.warmup_steps:
+        warn(
+            f"train.steps={config.train.steps} is shorter than schedule.warmup_steps="
+            f"{config.schedule.warmup_steps}: the learning rate never reaches optim.lr={config.optim.lr}; "
+            "lower schedule.warmup_steps"
+        )
+
+
+def _given(section: Any) -> dict[str, Any]:
+    """The fields of a dataclass section that differ from its defaults."""
+    default = type(section)()
+    return {k: v for k, v in vars(section).items() if getattr(default, k) != v}
+
+
 def pretrain(config: RecipeConfig, stream=None) -> dict[str, Any]:
     """Run (or resume) the recipe; returns the final metrics."""
-    validate(config)  # the whole recipe, before any process group, file or tokenizer
+    plan = check(config)  # before any process group, file or tokenizer: every rank reads the same folder
     strategy = build_recipe_strategy(config)  # one process, or this process's place among torchrun's
     try:
-        return _pretrain(config, strategy, stream)
+        return _pretrain(config, strategy, plan, stream)
     finally:
         strategy.close()  # leave the process group, also after an error
 
 
-def _pretrain(config: RecipeConfig, strategy: Strategy, stream=None) -> dict[str, Any]:
-    run = build_run(config, strategy)
-    progress = Progress()
-    resume_from: Path | None = None
-    if config.resume:
-        resume_from = latest_checkpoint(run.run_dir) if config.resume is True else Path(str(config.resume))
-        if resume_from is not None:
-            progress.step, progress.tokens, progress.skipped_steps = restore_run(run, resume_from)
+def _pretrain(config: RecipeConfig, strategy: Strategy, plan: RunPlan, stream=None) -> dict[str, Any]:
+    strategy.barrier()  # every rank has read the run folder before rank 0 changes it
+    if strategy.is_main:
+        prepare_run_folder(plan)  # --overwrite: the old folder is moved aside, whole
+        warn_about(config)
+    try:
+        run = build_run(config, strategy, plan.resume_from)  # checks the model against the checkpoint
+        progress = Progress()
+        info: dict[str, Any] = {}
+        if plan.resume_from is not None:
+            progress.step, progress.tokens, progress.skipped_steps = restore_run(run, plan.resume_from)
+            info = read_trainer_info(plan.resume_from)
+    except BaseException:
+        if strategy.is_main:
+            discard_new_folder(plan)  # a new run that failed to start leaves no folder behind
+        raise
+    resume_from = plan.resume_from
+    if strategy.is_main:  # every check has passed: now the run folder changes
+        record_recipe(plan, config, info)
+    strategy.barrier()
     logger = RunLogger(
         run.run_dir,
         config.train.steps,

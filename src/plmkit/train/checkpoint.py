@@ -132,9 +132,29 @@ def finish_checkpoint(
         (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")
         fsync_folder(tmp)  # durable before the rename makes it visible (shard folders too)
         replace_folder(tmp, final)
-    for old in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(run_dir, final, keep_last)
     return final
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step of a step-N checkpoint folder (-1 for another name)."""
+    _, _, digits = checkpoint.name.partition("step-")
+    return int(digits) if digits.isdigit() else -1
+
+
+def prune_checkpoints(run_dir: Path, current: Path, keep_last: int) -> list[Path]:
+    """Delete the checkpoints older than `current` (the one just written) beyond the newest `keep_last`
+    (`current` counted); returns them. `current` and any checkpoint of a later step are never deleted:
+    by step number alone, a later step-N left by another run would outrank, and so delete, this run's
+    newest checkpoint (the run-folder rules keep such folders apart, plmkit.recipes.runs)."""
+    if keep_last <= 0:
+        return []
+    step = checkpoint_step(current)
+    older = [c for c in list_checkpoints(run_dir) if 0 <= checkpoint_step(c) < step]
+    doomed = older[: max(0, len(older) - (keep_last - 1))]
+    for old in doomed:
+        shutil.rmtree(old, ignore_errors=True)
+    return doomed
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:

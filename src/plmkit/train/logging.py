@@ -1,5 +1,5 @@
-"""Run logging: a live progress line, metrics.jsonl in the run folder, TensorBoard when installed, and a
-loss-curve PNG (matplotlib, when installed) at the end."""
+"""Run logging: a live progress line, metrics.jsonl in the run folder, TensorBoard when installed, a
+loss-curve PNG (matplotlib, when installed) at the end, and `warn` for what a user should know."""
 
 from __future__ import annotations
 
@@ -9,6 +9,16 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+ETA_AFTER_STEPS = 5  # the first steps (lazy initialisation, the first evaluation) say little about the rest
+_warned: set[str] = set()
+
+
+def warn(message: str) -> None:
+    """`warning: MESSAGE` on stderr, once per process (a message repeated later is not printed again)."""
+    if message not in _warned:
+        _warned.add(message)
+        print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class RunLogger:
@@ -54,9 +64,7 @@ class RunLogger:
             self.print(self.progress_line(step, metrics))
 
     def progress_line(self, step: int, metrics: dict[str, Any]) -> str:
-        elapsed = time.time() - self.start
-        done = max(step - self.start_step, 1)
-        eta = elapsed / done * (self.total_steps - step)
+        done = step - self.start_step
         parts = [f"step {step:>6}/{self.total_steps}"]
         if "loss" in metrics:
             parts.append(f"loss {metrics['loss']:.4f}")
@@ -66,7 +74,9 @@ class RunLogger:
             parts.append(f"lr {metrics['lr']:.2e}")
         if "tokens_per_s" in metrics:
             parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
-        parts.append(f"eta {_duration(eta)}")
+        if done >= ETA_AFTER_STEPS:  # before that an ETA would be a guess from a step or two
+            eta = (time.time() - self.start) / done * (self.total_steps - step)
+            parts.append(f"eta {_duration(eta)}")
         return "  ".join(parts)
 
     def close(self) -> None:

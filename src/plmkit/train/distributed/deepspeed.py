@@ -77,8 +77,34 @@ def import_deepspeed(device: torch.device) -> Any:
         raise ConfigError(
             f"distributed.strategy=deepspeed needs the deepspeed package ({e}): {INSTALL}"
         ) from None
-    logging.getLogger("DeepSpeed").setLevel(logging.WARNING)  # its INFO lines would drown the progress lines
+    ds_logger = logging.getLogger("DeepSpeed")
+    ds_logger.setLevel(
+        logging.WARNING
+    )  # its INFO lines (e.g. fp16 OVERFLOW! per skipped step) would drown ours
+    if not any(isinstance(f, OncePerRun) for f in ds_logger.filters):
+        ds_logger.addFilter(OncePerRun())
     return deepspeed
+
+
+# DeepSpeed warnings that repeat at every step while their cause lasts: the first is shown, not the rest.
+PER_STEP_WARNINGS = ("allocator cache flushes since last step",)  # ZeRO-3 under memory pressure
+
+
+class OncePerRun(logging.Filter):
+    """Drops the repeats of DeepSpeed's per-step warnings (PER_STEP_WARNINGS)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for pattern in PER_STEP_WARNINGS:
+            if pattern in message:
+                if pattern in self.seen:
+                    return False
+                self.seen.add(pattern)
+        return True
 
 
 def check_deepspeed_config(

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -27,6 +28,7 @@ from plmkit.errors import ConfigError
 
 LAUNCHER_VARIABLE = "PLMKIT_LAUNCHER"  # set in workers started by `plm --nproc`: the launcher reports errors
 USER_ERROR_CODE = 2
+INTERRUPTED_CODE = 130  # `plm` after Ctrl-C
 
 
 def launch_recipe(nproc: str | None, config: Any, argv: Sequence[str]) -> int | None:
@@ -64,6 +66,7 @@ def check_nproc(nproc: int, device: str) -> None:
         raise ConfigError(
             "--nproc inside a process that torchrun started: drop --nproc (torchrun sets the processes)"
         )
+    gpus = 0
     if device != "cpu":
         import torch
 
@@ -73,6 +76,22 @@ def check_nproc(nproc: int, device: str) -> None:
                 f"--nproc {nproc}, but this machine has {gpus} GPU(s) (one per process); "
                 f"use --nproc {gpus} or fewer, or train.device=cpu"
             )
+    cores = cpu_cores()
+    if not gpus and nproc > cores:  # CPU processes: more than the cores only take turns
+        from plmkit.train.logging import warn
+
+        warn(
+            f"--nproc {nproc} is more than the {cores} CPU core(s) this process may use: the training "
+            f"processes will share them and run slower than --nproc {cores} would"
+        )
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask where the platform has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def report_worker_error(message: str) -> None:
@@ -105,6 +124,7 @@ def is_rank_zero() -> bool:
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m plmkit ARGV` in `nproc` processes under torchrun; returns their exit code."""
     from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "plmkit", *argv])
@@ -117,8 +137,14 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
             _quiet_agent(),
         ):
             torchrun.run(args)
+    except SignalException as signalled:  # Ctrl-C reaches torchrun's agent as a signal
+        if signalled.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise
     except ChildFailedError as failed:
         rank, failure = failed.get_first_failure()
+        if failure.exitcode in (INTERRUPTED_CODE, -signal.SIGINT):  # a worker saw the Ctrl-C first
+            raise KeyboardInterrupt from None
         message = failure.message.get("message", "") if isinstance(failure.message, dict) else ""
         if failure.exitcode == USER_ERROR_CODE and message:  # a PlmkitError, reported by report_worker_error
             print(f"error: {message}", file=sys.stderr)

@@ -1,5 +1,5 @@
-"""`folder_hashes`: every file under a folder by its SHA-256, to show that a refused or failed command
-changed nothing (compare before and after)."""
+"""The sha256 of every file below folders, to show that a refused or failed command changed nothing it
+must not (run folders, --out, full disks): compare before and after."""
 
 from __future__ import annotations
 
@@ -16,3 +16,11 @@ def folder_hashes(folder: Path) -> dict[str, str]:
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     }
+
+
+def tree_hashes(*folders: Path) -> dict[str, str]:
+    """{path: sha256} of every file below `folders` (paths as given, so two folders never collide); at
+    least one file, since a hash of nothing would prove nothing."""
+    hashes = {str(Path(f) / rel): digest for f in folders for rel, digest in folder_hashes(Path(f)).items()}
+    assert hashes, f"nothing to hash below {folders}"
+    return hashes

@@ -85,7 +85,7 @@ def test_summarize_a_preset_and_a_checkpoint(tmp_path):
 def test_library_outputs_follow_the_output_rule(tmp_path):
     """import_hf / export_hf / merge_adapter / quantize_checkpoint refuse an existing checkpoint unless
     overwrite=True, and never their input (plmkit.files.check_output_folder)."""
-    from file_hashes import tree_hashes
+    from hashing import tree_hashes
     from plmkit.errors import OutputError
 
     plmkit.io.save(tiny_model(), None, tmp_path / "a")

@@ -7,7 +7,7 @@ import errno
 
 import pytest
 
-from file_hashes import tree_hashes
+from hashing import tree_hashes
 from plmkit.errors import ConfigError, DiskFullError, OutputError
 from plmkit.files import atomic_folder, check_output_folder, disk_full_errno, make_folder, output_folder
 

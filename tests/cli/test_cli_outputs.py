@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import plmkit.io
-from file_hashes import tree_hashes
+from hashing import tree_hashes
 from plmkit import peft
 from plmkit.cli import main
 from plmkit.model import build_model

@@ -188,3 +188,10 @@ def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
     assert proc.returncode == 130, err
     command = shlex.join(["plm", "pretrain", str(GPT), *args, "--resume"])
     assert err.splitlines()[-1] == f"interrupted; resume with: {command}", err
+
+
+def test_a_run_folder_under_a_regular_file_is_one_line(plm, tmp_path):
+    (tmp_path / "afile").write_text("x", encoding="utf-8")
+    code, _, err = plm(f"out_dir={tmp_path / 'afile' / 'run'}")
+    assert code == 2 and err.count("error:") == 1 and "is under" in err and "which is a file" in err
+    assert (tmp_path / "afile").read_text(encoding="utf-8") == "x"

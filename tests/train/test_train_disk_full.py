@@ -14,7 +14,7 @@ import sys
 import pytest
 
 import train_helpers as h
-from file_hashes import tree_hashes
+from hashing import tree_hashes
 from plmkit.io import load
 from plmkit.train.checkpoint import list_checkpoints, load_training_state
 

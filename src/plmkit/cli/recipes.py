@@ -13,6 +13,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from plmkit.config.fields import Range
+
 OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")  # key=value; a path such as runs/lr=3e-4/... has a "/" first
 OVERWRITE_HELP = (
     "start a new run even if the run folder holds one: the old folder is renamed, whole, to "
@@ -41,9 +43,6 @@ def bare_resume(args: list[str]) -> list[str]:
         "--resume=" if a == "--resume" and (i + 1 == len(args) or OVERRIDE.match(args[i + 1])) else a
         for i, a in enumerate(args)
     ]
-
-
-from plmkit.config.fields import Range
 
 
 def add_recipes(sub: argparse._SubParsersAction) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from plmkit.config import load_config, to_dict
 from plmkit.data.sources import SourceSpec
 from plmkit.errors import DataError
+from plmkit.files import make_folder
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.runs import RunFolderBusy
 
@@ -39,7 +40,7 @@ def write_default_corpus(folder: Path) -> Path:
     path = folder / f"python-reference-{sys.version_info.major}.{sys.version_info.minor}.txt"
     if path.is_file():
         return path
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder, "data cache folder")
     text = "\n".join(topics.topics[name].replace("\n\n", "\n") for name in sorted(topics.topics))
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")

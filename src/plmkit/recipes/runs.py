@@ -31,6 +31,7 @@ from typing import Any
 
 from plmkit.config import to_dict
 from plmkit.errors import CheckpointError, ConfigError
+from plmkit.files import check_folder_path, make_folder
 from plmkit.train.checkpoint import checkpoint_step, latest_checkpoint, list_checkpoints, read_trainer_info
 
 RECIPE_FILE = "recipe.json"  # the recipe the run folder was started with
@@ -61,6 +62,7 @@ class RunPlan:
 def plan_run_folder(config: Any) -> RunPlan:
     """What this start does with `config.run_dir`, from the files there (writes nothing)."""
     run_dir = Path(config.run_dir)
+    check_folder_path(run_dir, "run folder (out_dir)")  # not under a regular file
     held = _entries(run_dir)
     resume, overwrite = config.resume, getattr(config, "overwrite", False)
     if resume is True:
@@ -132,7 +134,7 @@ def record_recipe(plan: RunPlan, config: Any, info: dict[str, Any] | None = None
     """recipe.json for a new folder; a recipe-history.jsonl line for a resume (`info`: the checkpoint's
     trainer_state.json, whose recipe is compared)."""
     recipe = {k: v for k, v in to_dict(config).items() if k not in UNRECORDED}
-    plan.run_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(plan.run_dir, "run folder (out_dir)")
     if plan.new:
         (plan.run_dir / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n", encoding="utf-8")
     if plan.resume_from is None:

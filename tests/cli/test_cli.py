@@ -617,10 +617,10 @@ def test_nproc_above_the_cpu_cores_warns_once(monkeypatch, capsys):
 
     monkeypatch.setattr(logging, "_warned", set())
     monkeypatch.setattr(launch, "cpu_cores", lambda: 2)
-    launch.check_nproc(2, "cpu")
+    launch.warn_oversubscribed(2, 0)
     assert capsys.readouterr().err == ""
-    launch.check_nproc(3, "cpu")
-    launch.check_nproc(3, "cpu")
+    launch.warn_oversubscribed(3, 0)
+    launch.warn_oversubscribed(3, 0)
     err = capsys.readouterr().err
     assert (
         err == "warning: --nproc 3 is more than the 2 CPU core(s) this process may use: the training "

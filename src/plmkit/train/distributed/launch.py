@@ -43,8 +43,9 @@ def launch_recipe(nproc: str | None, config: Any, argv: Sequence[str]) -> int | 
     from plmkit.train.distributed.build import strategy_name
     from plmkit.train.distributed.world import World
 
-    check_nproc(n, config.train.device)
+    gpus = check_nproc(n, config.train.device)
     strategy_name(config.distributed, World(0, n, 0, launched=True))  # e.g. strategy=single with --nproc 2
+    warn_oversubscribed(n, gpus)  # after the errors: a refused command prints only its error line
     return launch(n, argv)
 
 
@@ -61,7 +62,8 @@ def parse_nproc(text: str) -> int:
     return n
 
 
-def check_nproc(nproc: int, device: str) -> None:
+def check_nproc(nproc: int, device: str) -> int:
+    """ConfigError when `nproc` processes cannot start here; returns the GPUs they will use (0 on CPU)."""
     if os.environ.get("TORCHELASTIC_RUN_ID") or os.environ.get("LOCAL_RANK"):
         raise ConfigError(
             "--nproc inside a process that torchrun started: drop --nproc (torchrun sets the processes)"
@@ -76,6 +78,10 @@ def check_nproc(nproc: int, device: str) -> None:
                 f"--nproc {nproc}, but this machine has {gpus} GPU(s) (one per process); "
                 f"use --nproc {gpus} or fewer, or train.device=cpu"
             )
+    return gpus
+
+
+def warn_oversubscribed(nproc: int, gpus: int) -> None:
     cores = cpu_cores()
     if not gpus and nproc > cores:  # CPU processes: more than the cores only take turns
         from plmkit.train.logging import warn

@@ -111,6 +111,8 @@ def test_the_full_demo_settings_are_the_documented_ones():
     """The shortened run above only overrides sizes; the real quickstart is a few-million-parameter GPT."""
     config = demo_config(["data=" + __file__])  # data=PATH: no corpus written
     assert config.data.sources[0].path == __file__
+    assert config.data.sources[0].format == "txt"  # "your own text": a .py file is read as plain text
+    assert demo_config(["data=" + str(h.ROOT / "README.md")]).data.sources[0].format == "txt"
     assert config.objective.name == "clm" and config.tokenizer.kind == "bpe"
     m = h.recipe_data(h.ROOT / "recipes" / DEMO_RECIPE)["model"]
     n_params = m["n_layer"] * 12 * m["d_model"] ** 2 + 4096 * m["d_model"]

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from plmkit.config import load_config, to_dict
-from plmkit.data.sources import SourceSpec
+from plmkit.data.sources import SourceSpec, file_format
 from plmkit.errors import DataError
 from plmkit.files import make_folder
 from plmkit.recipes.config import RecipeConfig
@@ -72,7 +72,9 @@ def demo_config(overrides: list[str]) -> RecipeConfig:
     if data_path is not None:
         if not Path(data_path).exists():
             raise DataError(f"data={data_path}: no such file or folder")
-        config.data.sources = [SourceSpec(data_path)]
+        # data=PATH is "your own text": a file of an unknown type (a .py, .md, .log) is read as plain text
+        plain = Path(data_path).is_file() and file_format(Path(data_path)) is None
+        config.data.sources = [SourceSpec(data_path, format="txt" if plain else None)]
     elif not config.data.sources:
         from plmkit.data import default_cache_dir
 

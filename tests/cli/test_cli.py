@@ -74,7 +74,11 @@ def test_usage_error_exits_2(capsys):
     assert main(["info"]) == 2  # TARGET missing
     assert main(["no-such-command"]) == 2
     assert main(["generate", "--model", "x", "--prompt", "y", "--top-k", "many"]) == 2
-    assert "usage:" in capsys.readouterr().err
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 3 and all(
+        line.startswith("error: ") for line in lines
+    )  # one line each, no usage block
+    assert lines[0] == "error: plm info: the following arguments are required: TARGET; see plm info --help"
 
 
 def test_import_does_not_load_torch():

@@ -21,6 +21,7 @@ from plmkit import __version__
 from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
 from plmkit.cli.embed import add_embed
 from plmkit.cli.inference import add_eval, add_generate
+from plmkit.cli.parser import PlmParser
 from plmkit.cli.recipes import add_demo, add_recipes
 from plmkit.cli.tokenizer import add_tokenizer
 from plmkit.errors import PlmkitError
@@ -42,7 +43,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = PlmParser(
         prog="plm",
         description="plmkit: pre-train, fine-tune and align Transformer language models.",
     )
@@ -57,9 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, --version, usage errors: keep argparse's code (0 or 2)
+    except SystemExit as exc:  # --help, --version: argparse's code (0)
         return 0 if exc.code is None else exc.code if isinstance(exc.code, int) else 2
-    except PlmkitError as exc:  # an option's value out of its range (the `type=` of plmkit.config.Range)
+    except PlmkitError as exc:  # a usage error, or an option's value out of its range (plmkit.config.Range)
         report_user_error(exc)
         return exc.exit_code
     if args.command is None:

@@ -13,6 +13,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from plmkit.cli.parser import PlmParser
 from plmkit.config.fields import Range
 
 OVERRIDE = re.compile(r"[A-Za-z_][\w.-]*=")  # key=value; a path such as runs/lr=3e-4/... has a "/" first
@@ -22,7 +23,7 @@ OVERWRITE_HELP = (
 )
 
 
-class RecipeParser(argparse.ArgumentParser):
+class RecipeParser(PlmParser):
     """A recipe subcommand's parser: options and overrides intermixed (argparse.parse_intermixed_args)."""
 
     _inner = False  # parse_known_intermixed_args calls parse_known_args itself
@@ -58,7 +59,7 @@ def add_recipes(sub: argparse._SubParsersAction) -> None:
                 "continue the run there with --resume, give another name= or out_dir=, or --overwrite."
             ),
         )
-        p.__class__ = RecipeParser  # argparse's add_parser builds a plain ArgumentParser
+        p.__class__ = RecipeParser  # argparse's add_parser builds a PlmParser
         p.add_argument("recipe_file", metavar="RECIPE.yaml", help="recipe file (see recipes/)")
         p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
         p.add_argument(

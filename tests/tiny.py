@@ -20,6 +20,44 @@ VOCAB = 61
 FAMILIES = ["causal", "masked", "prefix", "seq2seq"]
 SIZES = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
 
+# One configuration per architecture the PEFT and HF tests cover (the reference layouts, tiny).
+ARCHS = {
+    "gpt2": dict(family="causal"),
+    "llama": dict(
+        family="causal",
+        position="rotary",
+        norm="rmsnorm",
+        gated_mlp=True,
+        activation="silu",
+        attention_bias=False,
+        mlp_bias=False,
+        n_kv_head=2,
+        tie_embeddings=False,
+    ),
+    "bert": dict(
+        family="masked",
+        pre_norm=False,
+        embedding_norm=True,
+        final_norm=False,
+        type_vocab_size=2,
+        lm_head_bias=True,
+        lm_head_transform=True,
+    ),
+    "unilm": dict(family="prefix"),
+    "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2),
+    "t5": dict(
+        family="seq2seq",
+        position="relative",
+        norm="rmsnorm",
+        norm_bias=False,
+        attention_bias=False,
+        mlp_bias=False,
+        gated_mlp=True,
+        attention_scale=1.0,
+        tied_output_scale=True,
+    ),
+}
+
 
 def tiny_model(family: str = "causal", seed: int = 0, **overrides) -> torch.nn.Module:
     """A seeded tiny model in eval mode; `overrides` replace any field of SIZES or add config fields."""

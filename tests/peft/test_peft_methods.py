@@ -10,45 +10,8 @@ from plmkit.errors import ConfigError
 from plmkit.generation import generate_ids
 from plmkit.model import ModelConfig, SequenceClassifier, TokenClassifier, build_model
 from plmkit.peft.adapter import AdapterLinear
-
-VOCAB = 61
-TINY = dict(vocab_size=VOCAB, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=32)
-ARCHS = {
-    "gpt2": dict(family="causal"),
-    "llama": dict(
-        family="causal",
-        position="rotary",
-        norm="rmsnorm",
-        gated_mlp=True,
-        activation="silu",
-        attention_bias=False,
-        mlp_bias=False,
-        n_kv_head=2,
-        tie_embeddings=False,
-    ),
-    "bert": dict(
-        family="masked",
-        pre_norm=False,
-        embedding_norm=True,
-        final_norm=False,
-        type_vocab_size=2,
-        lm_head_bias=True,
-        lm_head_transform=True,
-    ),
-    "unilm": dict(family="prefix"),
-    "bart": dict(family="seq2seq", pre_norm=False, embedding_norm=True, final_norm=False, position_offset=2),
-    "t5": dict(
-        family="seq2seq",
-        position="relative",
-        norm="rmsnorm",
-        norm_bias=False,
-        attention_bias=False,
-        mlp_bias=False,
-        gated_mlp=True,
-        attention_scale=1.0,
-        tied_output_scale=True,
-    ),
-}
+from tiny import ARCHS, VOCAB
+from tiny import SIZES as TINY
 
 
 def make(arch: str = "gpt2", head: str | None = None, **overrides) -> torch.nn.Module:

@@ -92,8 +92,9 @@ def tiny_base(recipe: Path, overrides: list[str], tmp_path: Path) -> Path:
     from plmkit.config import load_config
     from plmkit.io import save
     from plmkit.model import build_model
-    from plmkit.recipes.common import build_model_config, build_tokenizer
+    from plmkit.recipes.common import build_model_config
     from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.inputs import build_tokenizer
 
     base = tmp_path / "tiny-base"
     if not (base / "plmkit.json").is_file():

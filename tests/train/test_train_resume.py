@@ -254,7 +254,7 @@ def test_a_run_uses_the_tokenizer_it_saved(kind, family, tmp_path):
     """The first start of a run and every resume must tokenize identically (same token-store key)."""
     from plmkit.data import SourceSpec
     from plmkit.data.store import cache_key
-    from plmkit.recipes.common import build_tokenizer
+    from plmkit.recipes.inputs import build_tokenizer
     from plmkit.tokenizer import Tokenizer
 
     corpus = h.write_english(tmp_path / "en.txt", 30_000)

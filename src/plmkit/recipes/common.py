@@ -13,14 +13,15 @@ from typing import Any
 
 import torch
 
-from plmkit.data import PretrainingData, build_pretraining_data, iter_source_texts
+from plmkit.data import PretrainingData, build_pretraining_data
 from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
-from plmkit.errors import CheckpointError, ConfigError, DataError
+from plmkit.errors import CheckpointError, ConfigError
 from plmkit.model import ModelConfig, get_preset
 from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
+from plmkit.recipes.inputs import build_tokenizer, check_init_from
 from plmkit.train.checkpoint import load_training_state
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.distributed.build import build_strategy, strategy_name
@@ -105,53 +106,6 @@ class Run:
         )
 
 
-# ---- tokenizer -------------------------------------------------------------------------------------
-def build_tokenizer(config: RecipeConfig, run_dir: Path, resume_from: Path | None = None) -> Any:
-    """An existing tokenizer (recipe path, the init checkpoint's, this run's, or the resumed checkpoint's),
-    else one trained now. A resume never trains one: it writes nothing before its checks pass."""
-    from plmkit.tokenizer import Tokenizer
-
-    own = run_dir / "tokenizer"
-    if config.tokenizer.path:
-        return _load_tokenizer(Path(config.tokenizer.path))
-    if config.init_from:  # the base model's own tokenizer
-        check_init_from(config)
-        return _load_tokenizer(Path(config.init_from))
-    if (own / "tokenizer.json").is_file():  # trained by an earlier start of this run
-        return Tokenizer.load(own)
-    if resume_from is not None:  # a branch from another folder's checkpoint, which holds its tokenizer
-        return _load_tokenizer(resume_from)
-    if not config.data.sources:
-        raise ConfigError(
-            "the recipe has no data.sources to train a tokenizer on; add data.sources or tokenizer.path"
-        )
-    t = config.tokenizer
-    tokenizer = Tokenizer.train(
-        iter_source_texts(config.data.sources), kind=t.kind, vocab_size=t.vocab_size, family=t.family
-    )
-    tokenizer.save(own)
-    # use the saved copy: a resumed run reads these files, and must see the very same tokenizer
-    # (Unigram scores can change in the last digit when written), or its token-store cache key differs
-    return Tokenizer.load(own)
-
-
-def _load_tokenizer(path: Path) -> Any:
-    from plmkit.tokenizer import Tokenizer
-    from plmkit.tokenizer.hf import load_hf_tokenizer
-
-    if not path.exists():
-        raise DataError(
-            f"tokenizer.path {path} does not exist; set it to a tokenizer or model folder, "
-            "or leave it empty to train a tokenizer on data.sources"
-        )
-    if (path / "tokenizer_config.json").is_file():
-        try:
-            return Tokenizer.load(path)
-        except DataError:
-            pass  # a Hugging Face folder: its tokenizer_config.json is not ours
-    return load_hf_tokenizer(path)
-
-
 # ---- model -----------------------------------------------------------------------------------------
 def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
     fields = config.model.overrides()
@@ -171,31 +125,6 @@ def build_model_config(config: RecipeConfig, tokenizer: Any) -> ModelConfig:
         fields.setdefault("decoder_start_token_id", start)
     fields.setdefault("max_positions", max(base.max_positions, config.data.block_size + 8))
     return base.replace(**fields)
-
-
-def check_init_from(config: RecipeConfig) -> None:
-    """CheckpointError unless init_from is a folder. The message says that it is the base this recipe
-    continues from (often another recipe's output, e.g. lora-clm's is gpt-clm's) and how to make it."""
-    if not config.init_from or Path(config.init_from).is_dir():
-        return
-    path = Path(config.init_from)
-    start = f"init_from {path} does not exist" if not path.exists() else f"init_from {path} is not a folder"
-    folder = path.parent
-    if folder.name != "checkpoints":  # a model folder, not a run's checkpoint
-        raise CheckpointError(
-            f"{start}: {config.name} continues from that model; set init_from= to a plmkit checkpoint "
-            "or a Hugging Face model folder"
-        )
-    run = folder.parent
-    recipe = Path("recipes") / f"{run.name}.yaml"  # a shipped recipe writes runs/<its name>
-    base = f"{run.name}'s checkpoint" if recipe.is_file() else f"a checkpoint of the run in {run}"
-    done = sorted(p.name for p in folder.glob("step-*") if p.is_dir()) if folder.is_dir() else []
-    if done:  # the base run exists but has not written this step (yet)
-        how = f"{folder} has {', '.join(done)}: set init_from= to one of them or finish that run"
-    else:
-        first = f"run plm pretrain {recipe}" if recipe.is_file() else "train that run"
-        how = f"{first} first or set init_from= to a plmkit or Hugging Face model folder"
-    raise CheckpointError(f"{start}: {config.name} continues from {base}; {how}")
 
 
 def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from pathlib import Path
 
@@ -130,6 +131,13 @@ def setup(tmp_path_factory):
     return tmp, corpus, base
 
 
+# The same draws on every run by default, so CI is reproducible; PLMKIT_RANDOM_DRAWS=1 draws fresh ones.
+FIXED_DRAWS = os.environ.get("PLMKIT_RANDOM_DRAWS") != "1"
+
+# errors of a recipe that was accepted and trained, then diverged (a huge optim.lr)
+DIVERGED = re.compile(r"the weights diverged|the loss was not finite")
+
+
 @pytest.mark.slow
 def test_pretrain_with_random_overrides_runs_or_fails_in_one_line(setup, capsys, monkeypatch):
     tmp, _, base = setup
@@ -140,6 +148,7 @@ def test_pretrain_with_random_overrides_runs_or_fails_in_one_line(setup, capsys,
         deadline=None,  # an accepted draw trains; its time varies with the machine's load
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         database=None,
+        derandomize=FIXED_DRAWS,
     )
     @given(st.lists(override, min_size=1, max_size=3))
     def draw(overrides):
@@ -152,7 +161,7 @@ def test_pretrain_with_random_overrides_runs_or_fails_in_one_line(setup, capsys,
             result = json.loads(out.strip().splitlines()[-1])
             assert Path(result["checkpoint"]).is_dir() and str(runs) in result["checkpoint"]
             assert "val_loss" not in result or math.isfinite(result["val_loss"])
-        else:
+        elif not DIVERGED.search(err):  # a run that trained and diverged keeps its folder (and says so)
             assert not runs.exists(), f"a rejected recipe left {runs} behind: {err}"
 
     draw()
@@ -194,6 +203,7 @@ def test_eval_with_random_options_runs_or_fails_in_one_line(setup, capsys, monke
         deadline=None,
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
         database=None,
+        derandomize=FIXED_DRAWS,
     )
     @given(st.lists(eval_option, min_size=1, max_size=3))
     def draw(options):

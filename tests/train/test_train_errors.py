@@ -276,3 +276,17 @@ def test_a_diverging_learning_rate_aborts_with_a_clear_error(capsys, tmp_path, c
         steps=30,
     )
     assert_user_error(code, err, "not finite", "3 steps in a row")
+
+
+# ---- no nan result with exit 0 -----------------------------------------------------------------------
+def test_an_eps_that_rounds_to_zero_in_fp32_is_out_of_range(capsys, tmp_path, corpus):
+    code, _, err = pretrain_cli(capsys, tmp_path, corpus, "optim.eps=8.3e-141")  # found by the property test
+    assert_user_error(code, err, "optim.eps=8.3e-141 is out of range", ">= 1e-30")
+
+
+def test_diverged_weights_end_in_an_error_not_a_nan_validation_loss(capsys, tmp_path, corpus):
+    code, out, err = pretrain_cli(
+        capsys, tmp_path, corpus, "optim.lr=1e30", "optim.betas=[0.0, 0.0]", steps=1
+    )
+    assert_user_error(code, err, "the validation loss is", "the weights diverged")
+    assert "nan" not in out.lower()

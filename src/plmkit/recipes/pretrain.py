@@ -106,6 +106,11 @@ def evaluate(run: Run) -> dict[str, float]:
     total, count = stream_loss(run.model, batches, model_token_loss, run.device, run.precision.autocast)
     total, count = strategy.sum_over_ranks(total, count)  # tensor parallel: both counted T times
     metrics = loss_metrics(total, int(count))
+    if metrics and not math.isfinite(metrics["loss"]):  # never report nan as a result with exit 0
+        raise TrainingError(
+            f"the validation loss is {metrics['loss']}: the weights diverged; lower optim.lr, keep optim.eps "
+            "near its default 1e-8 or use train.precision=fp32 (the checkpoints written so far are kept)"
+        )
     return {"val_loss": metrics["loss"], "val_ppl": metrics["perplexity"]} if metrics else {}
 
 

@@ -32,7 +32,7 @@ class OptimConfig:
     lr: Annotated[float, Range(gt=0)] = 3e-4
     weight_decay: Annotated[float, Range(ge=0, off="0", means="no weight decay")] = 0.1
     betas: tuple[Beta, Beta] = (0.9, 0.95)
-    eps: Annotated[float, Range(gt=0)] = 1e-8
+    eps: Annotated[float, Range(ge=1e-30)] = 1e-8  # smaller rounds to 0 in fp32: Adam divides 0 by 0
     decay_embeddings: bool = False  # embeddings decay like matrices only when True
     fused: bool | None = None  # None: fused AdamW where the device supports it
 

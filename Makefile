@@ -3,6 +3,7 @@
 #
 #   make test       lint + the whole test suite (slow and multi-process tests included; what CI runs)
 #   make test-fast  the suite without the slow and multi-process tests (the inner loop)
+#   make test-dist-stress  the multi-process tests 5 times beside a CPU-bound process
 #   make demo       train a tiny model on CPU and generate from it
 #                   (again: refused while runs/demo holds a run; make demo ARGS="name=demo2" trains beside it,
 #                   ARGS="--overwrite" moves runs/demo aside, ARGS="data=FILE" trains in runs/demo-<FILE name>)
@@ -35,13 +36,18 @@ endif
 # Lint only the folders that exist: git keeps no empty folders, so a fresh clone may lack one.
 LINT_PATHS := $(wildcard src tests benchmarks)
 
-.PHONY: test test-fast demo lint install clean distclean
+.PHONY: test test-fast test-dist-stress demo lint install clean distclean
 
 test: lint
 	$(BIN)/python -m pytest
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow and not dist"
+
+# The distributed tests 5 times in a row beside a CPU-bound background process (their stability check).
+test-dist-stress: $(STAMP)
+	@$(BIN)/python -c "while True: pass" & burner=$$!; trap "kill $$burner" EXIT; \
+	for i in 1 2 3 4 5; do echo "round $$i"; $(BIN)/python -m pytest -m dist -q || exit 1; done
 
 demo: $(STAMP)
 	$(BIN)/plm demo $(ARGS)

@@ -27,9 +27,7 @@ def beam_search(
     k, n_max, pad = config.num_beams, config.max_new_tokens, config.pad_token_id
     lp = config.length_penalty
     device = input_ids.device
-    decoder = Decoder(
-        model, input_ids, attention_mask, n_max, config.dtype, rows=input_ids.shape[0] * k
-    )
+    decoder = Decoder(model, input_ids, attention_mask, n_max, config.dtype, rows=input_ids.shape[0] * k)
     seen = prompt_seen(model, input_ids, attention_mask, config)
     eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
     logits = decoder.prefill()  # each prompt runs once; its cache is then copied to its K beams

@@ -172,7 +172,9 @@ class Decoder:
             return self._decode(tokens[:, None])
         kwargs = {}
         if self.mask is not None:  # padded batch: the mask covers one more column, positions one more
-            kwargs.update(attention_mask=self.key_mask[:, : self.cache.length + 1], position_ids=self.positions)
+            # the caller's columns: a wrapper may hold more in the cache (prompt tuning's prompt)
+            columns = self.input_ids.shape[1] + self.steps
+            kwargs.update(attention_mask=self.key_mask[:, :columns], position_ids=self.positions)
         logits = self._run(input_ids=tokens[:, None], **kwargs)
         self.positions += 1
         return logits

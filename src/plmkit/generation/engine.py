@@ -42,8 +42,9 @@ def _prepare_norm(module: nn.Module | None, cdtype: torch.dtype):
     if type(module) is nn.LayerNorm:
         weight = None if module.weight is None else module.weight.detach().to(cdtype)
         bias = None if module.bias is None else module.bias.detach().to(cdtype)
-        return partial(F.layer_norm, normalized_shape=module.normalized_shape, weight=weight, bias=bias,
-                       eps=module.eps)
+        return partial(
+            F.layer_norm, normalized_shape=module.normalized_shape, weight=weight, bias=bias, eps=module.eps
+        )
     if type(module) is RMSNorm:
         return partial(_rms_norm, weight=module.weight.detach().to(cdtype), eps=module.eps)
     return lambda x: module(x).to(cdtype)

@@ -51,7 +51,9 @@ class Attention(nn.Module):
         x: torch.Tensor,  # (B, T, C)
         mask: torch.Tensor | None = None,  # additive (B|1, H|1, T, T_k), or None
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin (B, 1, T, hd)
-        cache: tuple[torch.Tensor, torch.Tensor] | StaticLayer | None = None,  # past k, v (B, n_kv, T_past, hd)
+        cache: tuple[torch.Tensor, torch.Tensor]
+        | StaticLayer
+        | None = None,  # past k, v (B, n_kv, T_past, hd)
         memory: torch.Tensor | None = None,  # cross-attention: encoder output (B, S, C)
         is_causal: bool = False,  # let SDPA build the causal mask itself (fast path, no explicit mask)
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # prefix keys, values (B|1, n_kv, P, hd)

@@ -102,7 +102,9 @@ class StaticCache:
         with the live ones (no allocation after the first reorder); another size: new buffers."""
         n = len(index)
         if self.spare is None or self.spare[0][0].shape[0] != n:
-            self.spare = tuple([b.new_empty((n, *b.shape[1:])) for b in kind] for kind in (self.keys, self.values))
+            self.spare = tuple(
+                [b.new_empty((n, *b.shape[1:])) for b in kind] for kind in (self.keys, self.values)
+            )
         spare_k, spare_v = self.spare
         for i in range(len(self.keys)):
             torch.index_select(self.keys[i], 0, index, out=spare_k[i])

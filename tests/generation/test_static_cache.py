@@ -182,3 +182,17 @@ def test_output_carries_timings():
     assert out.prefill_seconds > 0 and out.decode_seconds > 0 and out.decode_steps == 4
     beam = generate_ids(model, torch.tensor([PROMPTS[0]]), max_new_tokens=5, num_beams=2, return_output=True)
     assert beam.decode_seconds > 0 and beam.mask.shape == beam.ids.shape
+
+
+def test_finished_rows_checked_every_few_steps_give_the_same_ids(monkeypatch):
+    from plmkit.generation import sampling
+
+    model = model_of("gpt2")
+    ids, mask = padded(PROMPTS, False)
+    logits = model(ids, attention_mask=mask).logits[:, -1]
+    eos = int(logits[0].argmax())  # row 0 ends at once, the others later or never
+    every_step = generate_ids(model, ids, mask, max_new_tokens=12, eos_token_id=eos)
+    monkeypatch.setattr(sampling, "finished_check_every", lambda device: 5)  # as on an accelerator
+    assert torch.equal(generate_ids(model, ids, mask, max_new_tokens=12, eos_token_id=eos), every_step)
+    single = generate_ids(model, ids[:1, -len(PROMPTS[0]) :], max_new_tokens=12, eos_token_id=eos)
+    assert single.tolist() == [[eos]]  # not 5 columns: the steps after the end are dropped

@@ -70,9 +70,9 @@ def generate_ids(
         sample_steps(model, input_ids, attention_mask, config, with_logprobs=return_logprobs, timings=timings)
     )
     active = torch.stack([s.active for s in steps], dim=1)
-    if input_ids.device.type != "cpu":  # steps after every row finished (checked every few steps)
-        steps = steps[: int(active.any(dim=0).nonzero().max()) + 1]
-        active = active[:, : len(steps)]
+    # drop the steps after every row had finished (the check may come a few steps late)
+    steps = steps[: int(active.any(dim=0).nonzero().max()) + 1]
+    active = active[:, : len(steps)]
     # clone: a normal tensor (not an inference tensor), usable in autograd, e.g. RLHF
     ids = torch.stack([s.tokens for s in steps], dim=1).clone()
     if not (return_logprobs or return_output):

@@ -79,7 +79,10 @@ def chosen_logprobs(
     return chosen, top_ids, top_logprobs
 
 
-FINISHED_CHECK_EVERY = 8  # off the CPU: ask the device "all rows finished?" every this many steps
+def finished_check_every(device: torch.device) -> int:
+    """How often to ask "all rows finished?": a host sync, free on the CPU, a stall of the queue on an
+    accelerator (there every 8 steps)."""
+    return 1 if device.type == "cpu" else 8
 
 
 @torch.inference_mode()
@@ -93,9 +96,8 @@ def sample_steps(
     timings: Timings | None = None,
 ) -> Iterator[Step]:
     """Greedy / sampled decoding, one Step per iteration. `stop_rows(tokens, active)` may end more rows
-    (stop strings). The only host sync is the "all rows finished?" check: every step on the CPU (where
-    it costs nothing), every FINISHED_CHECK_EVERY steps on an accelerator, so up to that many steps
-    after the last row finished may follow, all inactive (generate_ids drops them). `timings` is
+    (stop strings). The only host sync is the "all rows finished?" check: see finished_check_every;
+    the steps between the last row's end and the check are all inactive (generate_ids drops them). `timings` is
     filled in when the steps end."""
     device = input_ids.device
     decoder = Decoder(model, input_ids, attention_mask, config.max_new_tokens, config.dtype)
@@ -104,7 +106,7 @@ def sample_steps(
     generator = None
     if config.do_sample and config.seed is not None:
         generator = torch.Generator(device=device).manual_seed(config.seed)
-    check_every = 1 if device.type == "cpu" else FINISHED_CHECK_EVERY
+    check_every = finished_check_every(device)
     logits = decoder.prefill()
     started = time.perf_counter()
     rows = torch.arange(input_ids.shape[0], device=device)

@@ -196,3 +196,10 @@ def test_finished_rows_checked_every_few_steps_give_the_same_ids(monkeypatch):
     assert torch.equal(generate_ids(model, ids, mask, max_new_tokens=12, eos_token_id=eos), every_step)
     single = generate_ids(model, ids[:1, -len(PROMPTS[0]) :], max_new_tokens=12, eos_token_id=eos)
     assert single.tolist() == [[eos]]  # not 5 columns: the steps after the end are dropped
+
+
+def test_unknown_dtype_is_refused():
+    from plmkit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"dtype must be one of fp32, bf16, int8, got 'fp16'.*bf16"):
+        GenerationConfig(dtype="fp16")

@@ -189,6 +189,8 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
         "\n",
         "--repetition-penalty",
         "1.2",
+        "--dtype",
+        "bf16",
     ]
     assert main(argv) == 0
     captured = capsys.readouterr()
@@ -205,6 +207,7 @@ def test_generate_passes_options_and_prints_prompt_plus_completion(tmp_path, mon
         repetition_penalty=1.2,
         seed=3,
         stop=(".", "\n"),
+        dtype="bf16",
     )
 
 
@@ -234,7 +237,9 @@ def test_generate_end_to_end(tmp_path):
 
     tokenizer = Tokenizer.train_bpe(["hello world, hello there"] * 20, vocab_size=300)
     path = tiny_checkpoint(tmp_path / "ckpt", tokenizer)
-    result = run_plm("generate", "--model", str(path), "--prompt", "hello", "--max-new-tokens", "4")
+    result = run_plm(
+        "generate", "--model", str(path), "--prompt", "hello", "--max-new-tokens", "4", "--dtype", "int8"
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("hello")
 

@@ -76,6 +76,7 @@ def test_generate_reports_end_of_text_from_beam_search(tmp_path, tokenizer, caps
         ("--repetition-penalty", "0", "--repetition-penalty=0.0 is out of range: must be > 0 (1.0: no penalty)"),
         ("--seed", "-1", "--seed=-1 is out of range: must be >= 0"),
         ("--max-new-tokens", "many", '--max-new-tokens="many" must be a whole number >= 1'),
+        ("--dtype", "fp16", '--dtype="fp16" is not one of fp32, bf16, int8 (did you mean "bf16"?)'),
     ],
 )  # fmt: skip
 def test_generate_rejects_numbers_out_of_range_before_loading(tmp_path, capsys, option, value, message):

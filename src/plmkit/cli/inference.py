@@ -21,6 +21,7 @@ TOP_K = Range(ge=0, off="0", means="all tokens")
 TOP_P = Range(gt=0, le=1, off="1.0", means="no nucleus cut")
 NUM_BEAMS = Range(ge=1, off="1", means="no beam search")
 REPETITION_PENALTY = Range(gt=0, off="1.0", means="no penalty")
+DECODE_DTYPES = ("fp32", "bf16", "int8")  # plmkit.generation.weights.DecodeDtype (no torch import here)
 
 
 def choice(name: str, choices: tuple[str, ...]):
@@ -96,6 +97,13 @@ def add_generate(sub: argparse._SubParsersAction) -> None:
         "--stop", action="append", default=[], metavar="STR", help="stop when this text appears (repeatable)"
     )
     p.add_argument("--stream", action="store_true", help="print text as it is generated")
+    p.add_argument(
+        "--dtype",
+        type=choice("--dtype", DECODE_DTYPES),
+        default="fp32",
+        metavar="DTYPE",
+        help="weights of the decode steps: fp32 (the model's own) | bf16 | int8 (weight-only); default: fp32",
+    )
     p.set_defaults(run=_run_generate)
 
 
@@ -115,6 +123,7 @@ def _run_generate(args: argparse.Namespace) -> int:
         repetition_penalty=args.repetition_penalty,
         seed=args.seed,
         stop=tuple(args.stop),
+        dtype=args.dtype,
     )
     if args.stream:
         pieces = stream(model, tokenizer, args.prompt, **options)  # validates options before printing

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 from torch import nn
 
 from plmkit.generation.config import GenerationConfig
-from plmkit.generation.decoder import Decoder
+from plmkit.generation.decoder import Decoder, Timings, sync_device
 from plmkit.generation.sampling import penalize, prompt_seen
 
 
 @torch.inference_mode()
 def beam_search(
-    model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, config: GenerationConfig
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    config: GenerationConfig,
+    timings: Timings | None = None,
 ) -> torch.Tensor:
     """Beam search over B prompts at once (B*K rows); returns the best hypothesis per prompt (B, N).
 
@@ -21,10 +27,11 @@ def beam_search(
     k, n_max, pad = config.num_beams, config.max_new_tokens, config.pad_token_id
     lp = config.length_penalty
     device = input_ids.device
-    decoder = Decoder(model, input_ids, attention_mask)
+    decoder = Decoder(model, input_ids, attention_mask, n_max, config.dtype, rows=input_ids.shape[0] * k)
     seen = prompt_seen(model, input_ids, attention_mask, config)
     eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
     logits = decoder.prefill()  # each prompt runs once; its cache is then copied to its K beams
+    started = time.perf_counter()
     b, vocab = logits.shape
     expand = torch.arange(b, device=device).repeat_interleave(k)
     decoder.reorder(expand)
@@ -84,6 +91,9 @@ def beam_search(
     live_seqs = torch.nn.functional.pad(seqs, (0, n_max - length), value=pad).view(b, k, n_max)
     _, done_seqs = merge(done_scores, done_seqs, live_scores, live_seqs)
     best = done_seqs[:, 0, :length]
+    if timings is not None:
+        sync_device(device)
+        timings.record(decoder, time.perf_counter() - started)
     # trim columns that are padding in every row (a hypothesis may end before the loop did)
     has_eos = torch.isin(best, eos)
     lengths = torch.where(has_eos.any(dim=1), has_eos.long().argmax(dim=1) + 1, length)

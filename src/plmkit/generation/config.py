@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from plmkit.errors import ConfigError, ShapeError, did_you_mean
+from plmkit.generation.weights import DecodeDtype
 
 ABSOLUTE_POSITIONS = ("learned", "sinusoidal", "rotary")  # position kinds bounded by max_positions
 LogprobsOf = Literal["model", "processed"]
@@ -36,6 +37,11 @@ class GenerationConfig:
     #   temperature, top-k, top-p): the sampling distribution itself
     logprobs_of: LogprobsOf = "model"
     top_logprobs: int = 0  # also return the k most likely tokens per step and their log-probs (0: none)
+    # the weights of the decode steps (generation/weights.py): "fp32" the model's own (unconverted),
+    # "bf16" bf16 copies, "int8" weight-only int8 copies (bf16 activations). The prompt's forward
+    # (prefill) always runs the model as it is; a model whose steps go through its own forward (prompt
+    # or prefix tuning) decodes in its own dtype whatever this says.
+    dtype: DecodeDtype = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -80,6 +86,12 @@ class GenerationConfig:
             fail(
                 f"logprobs_of must be one of {', '.join(choices)}, got {self.logprobs_of!r}"
                 f"{did_you_mean(str(self.logprobs_of), choices)}"
+            )
+        dtypes = get_args(DecodeDtype)
+        if self.dtype not in dtypes:
+            fail(
+                f"dtype must be one of {', '.join(dtypes)}, got {self.dtype!r}"
+                f"{did_you_mean(str(self.dtype), dtypes)}"
             )
         if self.top_logprobs < 0:
             fail(f"top_logprobs must be >= 0 (0: none), got {self.top_logprobs}")

@@ -3,6 +3,7 @@ of the chosen tokens."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from plmkit.generation.config import GenerationConfig
-from plmkit.generation.decoder import Decoder
+from plmkit.generation.decoder import Decoder, Timings, sync_device
 
 
 class Step(NamedTuple):
@@ -78,6 +79,12 @@ def chosen_logprobs(
     return chosen, top_ids, top_logprobs
 
 
+def finished_check_every(device: torch.device) -> int:
+    """How often to ask "all rows finished?": a host sync, free on the CPU, a stall of the queue on an
+    accelerator (there every 8 steps)."""
+    return 1 if device.type == "cpu" else 8
+
+
 @torch.inference_mode()
 def sample_steps(
     model: nn.Module,
@@ -86,38 +93,52 @@ def sample_steps(
     config: GenerationConfig,
     stop_rows: Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None] | None = None,
     with_logprobs: bool = False,
+    timings: Timings | None = None,
 ) -> Iterator[Step]:
     """Greedy / sampled decoding, one Step per iteration. `stop_rows(tokens, active)` may end more rows
-    (stop strings). The only per-step host sync is the "all rows finished?" check."""
-    decoder = Decoder(model, input_ids, attention_mask)
+    (stop strings). The only host sync is the "all rows finished?" check: see finished_check_every;
+    the steps between the last row's end and the check are all inactive (generate_ids drops them). `timings` is
+    filled in when the steps end."""
+    device = input_ids.device
+    decoder = Decoder(model, input_ids, attention_mask, config.max_new_tokens, config.dtype)
     seen = prompt_seen(model, input_ids, attention_mask, config)
-    eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=input_ids.device)
+    eos = torch.tensor(config.eos_token_id, dtype=torch.long, device=device)
     generator = None
     if config.do_sample and config.seed is not None:
-        generator = torch.Generator(device=input_ids.device).manual_seed(config.seed)
+        generator = torch.Generator(device=device).manual_seed(config.seed)
+    check_every = finished_check_every(device)
     logits = decoder.prefill()
-    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-    for step in range(config.max_new_tokens):
-        scores = penalize(logits, seen, config.repetition_penalty)
-        if config.do_sample:
-            scores = filter_for_sampling(scores, config)
-            tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
-        else:
-            tokens = scores.argmax(dim=-1)
-        active = ~finished
-        tokens = tokens.masked_fill(finished, config.pad_token_id)
-        logprobs = ()
-        if with_logprobs:
-            distribution = logits if config.logprobs_of == "model" else scores
-            logprobs = chosen_logprobs(distribution, tokens, finished, config.top_logprobs)
-        finished = finished | torch.isin(tokens, eos)
-        if stop_rows is not None:
-            extra = stop_rows(tokens, active)
-            if extra is not None:
-                finished = finished | extra
-        yield Step(tokens, active, *logprobs)
-        if step == config.max_new_tokens - 1 or bool(finished.all()):
-            return
-        if seen is not None:
-            seen[torch.arange(len(tokens), device=tokens.device), tokens] = True
-        logits = decoder.step(tokens)
+    started = time.perf_counter()
+    rows = torch.arange(input_ids.shape[0], device=device)
+    finished = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=device)
+    try:
+        for step in range(config.max_new_tokens):
+            scores = penalize(logits, seen, config.repetition_penalty)
+            if config.do_sample:
+                scores = filter_for_sampling(scores, config)
+                tokens = torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1)
+            else:
+                tokens = scores.argmax(dim=-1)
+            active = ~finished
+            tokens = tokens.masked_fill(finished, config.pad_token_id)
+            logprobs = ()
+            if with_logprobs:
+                distribution = logits if config.logprobs_of == "model" else scores
+                logprobs = chosen_logprobs(distribution, tokens, finished, config.top_logprobs)
+            finished = finished | torch.isin(tokens, eos)
+            if stop_rows is not None:
+                extra = stop_rows(tokens, active)
+                if extra is not None:
+                    finished = finished | extra
+            yield Step(tokens, active, *logprobs)
+            if step == config.max_new_tokens - 1:
+                return
+            if (step + 1) % check_every == 0 and bool(finished.all()):
+                return
+            if seen is not None:
+                seen[rows, tokens] = True
+            logits = decoder.step(tokens)
+    finally:
+        if timings is not None:
+            sync_device(device)
+            timings.record(decoder, time.perf_counter() - started)

@@ -18,6 +18,7 @@ from torch import nn
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import dropout_active
+from plmkit.model.kv_cache import StaticLayer
 from plmkit.model.layers import apply_rotary
 
 
@@ -50,7 +51,9 @@ class Attention(nn.Module):
         x: torch.Tensor,  # (B, T, C)
         mask: torch.Tensor | None = None,  # additive (B|1, H|1, T, T_k), or None
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,  # cos, sin (B, 1, T, hd)
-        cache: tuple[torch.Tensor, torch.Tensor] | None = None,  # past k, v (B, n_kv, T_past, hd)
+        cache: tuple[torch.Tensor, torch.Tensor]
+        | StaticLayer
+        | None = None,  # past k, v (B, n_kv, T_past, hd)
         memory: torch.Tensor | None = None,  # cross-attention: encoder output (B, S, C)
         is_causal: bool = False,  # let SDPA build the causal mask itself (fast path, no explicit mask)
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # prefix keys, values (B|1, n_kv, P, hd)
@@ -73,7 +76,9 @@ class Attention(nn.Module):
             )
             if rotary is not None:
                 q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-            if cache is not None:
+            if isinstance(cache, StaticLayer):  # preallocated: written in place at the cache's length
+                k, v = cache.write(k, v)
+            elif cache is not None:
                 k = torch.cat((cache[0], k), dim=2)
                 v = torch.cat((cache[1], v), dim=2)
         new_cache = (k, v)  # real tokens only: the prefix is added again at every call

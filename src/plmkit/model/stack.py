@@ -14,6 +14,7 @@ from plmkit.model import masks
 from plmkit.model.attention import Attention
 from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import Dropout
+from plmkit.model.kv_cache import StaticCache, StaticLayer
 from plmkit.model.layers import MLP, Embeddings, RelativePositionBias, Rotary, make_norm
 
 Cache = list[tuple[torch.Tensor, ...]]  # per block: (k, v) or (k, v, cross k, cross v), each (B, H_kv, T, hd)
@@ -21,6 +22,9 @@ Cache = list[tuple[torch.Tensor, ...]]  # per block: (k, v) or (k, v, cross k, c
 
 def reorder_cache(past_key_values: Cache, index: torch.Tensor) -> Cache:
     """Select batch rows of every cached tensor (beam search keeps the surviving beams)."""
+    if isinstance(past_key_values, StaticCache):
+        past_key_values.reorder(index)
+        return past_key_values
     return [tuple(t.index_select(0, index) for t in layer) for layer in past_key_values]
 
 
@@ -54,7 +58,8 @@ class Block(nn.Module):
         is_causal: bool = False,
         prefix: tuple[torch.Tensor, ...] | None = None,  # prefix-tuning (k, v[, cross k, cross v])
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        self_cache = cache[:2] if cache is not None else None
+        static = isinstance(cache, StaticLayer)
+        self_cache = cache if static else cache[:2] if cache is not None else None
         self_prefix = prefix[:2] if prefix is not None else None
         x, new_cache = self._residual(
             x,
@@ -62,7 +67,10 @@ class Block(nn.Module):
             lambda h: self.attn(h, mask, rotary, self_cache, is_causal=is_causal, prefix=self_prefix),
         )
         if self.cross_attn is not None:
-            cross_cache = cache[2:] if cache is not None and len(cache) == 4 else None
+            if static:
+                cross_cache = cache.cross
+            else:
+                cross_cache = cache[2:] if cache is not None and len(cache) == 4 else None
             cross_prefix = prefix[2:] if prefix is not None and len(prefix) == 4 else None
             x, cross = self._residual(
                 x,
@@ -71,6 +79,8 @@ class Block(nn.Module):
                     h, memory_mask, cache=cross_cache, memory=memory, prefix=cross_prefix
                 ),
             )
+            if static and cross_cache is None:  # the encoder's keys/values, computed once
+                cache.cross = cross
             new_cache = new_cache + cross
         x, _ = self._residual(x, self.mlp_norm, self.mlp)
         return x, new_cache
@@ -117,7 +127,11 @@ class Stack(nn.Module):
         prefix: list[tuple[torch.Tensor, ...]] | None = None,  # per block; plmkit.peft.prefix fills it
     ) -> tuple[torch.Tensor, Cache]:
         b, t = input_ids.shape
-        past = past_key_values[0][0].shape[2] if past_key_values else 0
+        static = isinstance(past_key_values, StaticCache)
+        if static:
+            past = past_key_values.length
+        else:
+            past = past_key_values[0][0].shape[2] if past_key_values else 0
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device)[None].expand(b, t)
         x = self.embed(input_ids, position_ids, token_type_ids, block_position_ids)  # (B, T, C)
@@ -137,7 +151,7 @@ class Stack(nn.Module):
 
         new_cache: Cache = []
         for i, block in enumerate(self.blocks):
-            cache = past_key_values[i] if past_key_values else None
+            cache = past_key_values[i] if static or past_key_values else None
             layer_prefix = prefix[i] if prefix is not None else None
             args = (x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix)
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
@@ -147,6 +161,9 @@ class Stack(nn.Module):
                 continue
             x, layer_cache = block(*args)
             new_cache.append(layer_cache)
+        if static:  # every block wrote its t columns at `past`
+            past_key_values.advance(t)
+            new_cache = past_key_values
         if self.final_norm is not None:
             x = self.final_norm(x)
         return x, new_cache

@@ -1,0 +1,113 @@
+"""Decode-time weights: every matrix of a model's decoding stack in the layout and dtype that reads
+fastest, prepared once per (model, dtype, layout) and reused while the weights do not change.
+
+Decoding multiplies a few rows by every weight matrix once per token, so it streams all the weights
+from memory and its speed is bytes read per second. Measured on a 2-core AMD EPYC (AVX-512, torch
+2.13, 2 threads; noisy shared machine): an fp32 matrix-vector product from DRAM runs ~7 GB/s through
+F.linear with W stored (out, in) and 12-15 GB/s as `x @ W` with W stored (in, out); in bf16 both layouts
+run 6-7 GB/s, so bf16 keeps (out, in) (no transposed copy); int8 weight-only uses
+torch._weight_int8pack_mm (bf16 activations). Hence, on CPU and for at most MATVEC_ROWS rows:
+  "fp32"  the model's own float weights; fp32 matrices as contiguous (in, out) copies (addmm / mm)
+  "bf16"  bf16 copies, (out, in), F.linear
+  "int8"  per-output-channel int8 (absmax / 127) + bf16 scales, the int8pack kernel
+Elsewhere (more rows, GPU) "fp32" multiplies the model's own tensors (no copy).
+
+The prepared tensors live in a module-level table keyed weakly by the model (nothing is stored on the
+model; the entry goes with the model) and stamped with every parameter's (data_ptr, _version): an
+optimizer step, load_state_dict or .to() changes a stamp, and the next generate call prepares again,
+so a model that trains between calls never decodes with stale weights. Layers that are not a plain
+nn.Linear (LoRA wrappers, plmkit.quant layers) run their own forward.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DecodeDtype = Literal["fp32", "bf16", "int8"]
+MATVEC_ROWS = 32  # up to this many rows the (in, out) fp32 layout is faster on CPU
+INT8_MAX = 127
+INT8PACK_K_MULTIPLE = 16  # torch's CPU int8pack kernel is only right for in_features % 16 == 0
+
+Linear = Callable[[torch.Tensor], torch.Tensor]  # (M, in) -> (M, out), in the compute dtype
+
+_TABLE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> {key: (stamp, value)}
+_LOCK = threading.Lock()
+
+
+def compute_dtype(model: nn.Module, dtype: DecodeDtype) -> torch.dtype:
+    """The dtype of activations and of the KV cache: the model's own float dtype for "fp32", else bf16."""
+    if dtype == "fp32":
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return torch.bfloat16
+
+
+def stamp(model: nn.Module) -> tuple:
+    return tuple((p.data_ptr(), p._version) for p in model.parameters())
+
+
+def cached(model: nn.Module, key: tuple, build: Callable[[], object]) -> object:
+    """build(), made once per (model, key) while no parameter of the model changes (see the docstring)."""
+    now = stamp(model)
+    with _LOCK:  # two threads starting at once build once
+        entries = _TABLE.setdefault(model, {})
+        hit = entries.get(key)
+        if hit is not None and hit[0] == now:
+            return hit[1]
+        value = build()
+        entries[key] = (now, value)
+        return value
+
+
+def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, in) float -> int8 codes and fp32 scales per output row, weight ≈ q * s[:, None]. (The same
+    format as plmkit.quant.formats.quantize_int8; generation may not import plmkit.quant, its sibling.)"""
+    w = weight.detach().float()
+    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
+    return torch.round(w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
+
+
+def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Linear:
+    q, scale = quantize_int8(weight)
+    scale = scale.to(dtype)
+    bias = None if bias is None else bias.detach().to(dtype)
+    if q.shape[1] % INT8PACK_K_MULTIPLE == 0:
+        try:  # one tiny call: devices / builds without the kernel fall back to dequantized weights
+            torch._weight_int8pack_mm(torch.zeros(1, q.shape[1], dtype=dtype, device=q.device), q, scale)
+
+            def int8pack(x: torch.Tensor) -> torch.Tensor:
+                y = torch._weight_int8pack_mm(x, q, scale)
+                return y if bias is None else y + bias
+
+            return int8pack
+        except (RuntimeError, NotImplementedError, AttributeError):
+            pass
+    dequantized = q.to(dtype) * scale[:, None]
+    return lambda x: F.linear(x, dequantized, bias)
+
+
+def prepare_linear(module: nn.Module, dtype: DecodeDtype, cdtype: torch.dtype, matvec: bool) -> Linear:
+    """The decode-time product x -> x Wᵀ + b of one linear layer (x (M, in) in the compute dtype)."""
+    if type(module) is not nn.Linear:  # LoRA wrapper, quantized layer, ...: its own forward
+        own = next((p.dtype for p in module.parameters() if p.is_floating_point()), cdtype)
+        if own == cdtype:
+            return module
+        return lambda x: module(x.to(own)).to(cdtype)
+    weight, bias = module.weight.detach(), module.bias
+    bias = None if bias is None else bias.detach()
+    if dtype == "int8":
+        return _int8_linear(weight, bias, cdtype)
+    weight = weight.to(cdtype)
+    bias = None if bias is None else bias.to(cdtype)
+    if matvec and cdtype == torch.float32 and weight.device.type == "cpu":
+        weight_t = weight.t().contiguous()  # (in, out): the fast matrix-vector layout (docstring)
+        if bias is None:
+            return lambda x: torch.mm(x, weight_t)
+        return lambda x: torch.addmm(bias, x, weight_t)
+    return lambda x: F.linear(x, weight, bias)

@@ -34,7 +34,8 @@ def test_token_loss_sum_equals_the_models_mean_loss_times_count(family):
     expected = int((b["labels"][:, 1:] if shift else b["labels"]).ne(-100).sum())
     assert int(count) == expected == int(out.targets)
     assert torch.allclose(out.loss * count, total, rtol=1e-6)
-    assert torch.equal(out.loss_sum, total)
+    # the model's loss runs on the labelled rows only, in chunks: the same terms, summed in another order
+    assert torch.allclose(out.loss_sum, total, rtol=1e-6)
 
 
 def test_token_loss_of_no_targets_is_a_zero_sum_with_clean_gradients():

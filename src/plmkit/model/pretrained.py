@@ -4,6 +4,7 @@ checks, gradient checkpointing switch) and the self-attention mask policy of the
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -13,16 +14,42 @@ from plmkit.errors import ShapeError
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import activation_fn, make_norm
-from plmkit.model.losses import token_loss
+from plmkit.model.losses import IGNORE, linear_token_loss, shifted, token_loss
 from plmkit.model.stack import Cache, Stack
+
+
+class _Deferred:
+    """A field that may be given as a function (`ModelOutput.defer`), called on its first read: a
+    training step that reads only the loss never makes the (B, T, V) logits, any other caller gets
+    them as before."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None  # the dataclass default
+        value = obj.__dict__.get(self.name)
+        if isinstance(value, _Pending):
+            value = obj.__dict__[self.name] = value.compute()
+        return value
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.name] = value
+
+
+@dataclass
+class _Pending:
+    compute: Callable[[], torch.Tensor]
 
 
 @dataclass
 class ModelOutput:
-    """What every model returns; fields not computed stay None. Supports out.loss and out["loss"]."""
+    """What every model returns; fields not computed stay None. Supports out.loss and out["loss"].
+    An LM given labels computes `logits` only when they are read (see `PretrainedModel.lm_output`)."""
 
     loss: torch.Tensor | None = None  # mean over the targets: loss_sum / targets
-    logits: torch.Tensor | None = None  # (B, T, V) or (B, n_labels)
+    logits: torch.Tensor | None = _Deferred()  # (B, T, V) or (B, n_labels)
     hidden_states: torch.Tensor | None = None  # last layer (B, T, C)
     past_key_values: Cache | None = None
     encoder_hidden_states: torch.Tensor | None = None  # seq2seq (B, S, C)
@@ -40,7 +67,24 @@ class ModelOutput:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        return [f.name for f in fields(self) if self.__dict__.get(f.name) is not None]
+
+    def defer(self, name: str, compute: Callable[[], torch.Tensor]) -> None:
+        """`name` becomes compute() on its first read, under the autocast and grad mode of now."""
+        device = self.hidden_states.device.type if self.hidden_states is not None else "cpu"
+        available = torch.amp.is_autocast_available(device)
+        autocast = available and torch.is_autocast_enabled(device)
+        dtype = torch.get_autocast_dtype(device) if autocast else None
+        grad = torch.is_grad_enabled()
+
+        def run() -> torch.Tensor:
+            with torch.set_grad_enabled(grad):
+                if not available:
+                    return compute()
+                with torch.autocast(device, dtype=dtype, enabled=autocast):
+                    return compute()
+
+        setattr(self, name, _Pending(run))
 
 
 class LMHead(nn.Module):
@@ -65,6 +109,28 @@ class LMHead(nn.Module):
             logits = h @ weight_t
             return logits if self.decoder.bias is None else logits + self.decoder.bias
         return self.decoder(h)
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_loss(self(h), labels, shift) without the full logits: only the rows that carry a label
+        go through the head (MLM: ~15% of them), and a plain decoder's matmul and cross entropy run in
+        row chunks (losses.linear_token_loss). h (B, T, C), labels (B, T)."""
+        if shift:
+            labels = shifted(labels)
+        labels = labels.reshape(-1)
+        keep = labels != IGNORE
+        count = keep.sum()
+        rows = h.reshape(-1, h.shape[-1])[keep]  # (N, C)
+        targets = labels[keep]
+        if self.transform is not None:
+            rows = self.transform_norm(self.transform_act(self.transform(rows)))
+        if self.scale != 1.0:
+            rows = rows * self.scale
+        weight = getattr(self.decoder, "weight", None)
+        if type(self.decoder) is nn.Linear and type(weight) in (torch.Tensor, nn.Parameter):
+            return linear_token_loss(rows, weight, self.decoder.bias, targets), count
+        # a LoRA / quantized / sharded decoder: its own forward, on the labelled rows only
+        logits = self.decoder(rows).float()
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), count
 
     def transposed_weight(self) -> torch.Tensor | None:
         """A contiguous (C, V) copy of the output matrix for decoding, or None where it does not help.
@@ -114,15 +180,24 @@ class PretrainedModel(nn.Module):
             if isinstance(module, Stack):
                 module.gradient_checkpointing = enabled
 
-    def head_logits(
-        self, h: torch.Tensor, compute_logits: bool, labels: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """The LM head on h, unless the caller asked for hidden states only (generation)."""
-        if compute_logits:
-            return self.lm_head(h)
-        if labels is not None:
-            raise ShapeError("compute_logits=False computes no logits and no loss; pass no labels")
-        return None
+    def lm_output(
+        self, h: torch.Tensor, labels: torch.Tensor | None, shift: bool, compute_logits: bool, **fields
+    ) -> ModelOutput:
+        """The LM's output on final hidden states h: logits (unless compute_logits=False, generation)
+        and, with labels, the loss. With labels the loss comes from `LMHead.loss` and the logits are
+        deferred: made on first read of out.logits, so a step that reads only the loss never makes them."""
+        out = ModelOutput(hidden_states=h, **fields)
+        if not compute_logits:
+            if labels is not None:
+                raise ShapeError("compute_logits=False computes no logits and no loss; pass no labels")
+            return out
+        if labels is None:
+            out.logits = self.lm_head(h)
+            return out
+        out.loss_sum, out.targets = self.lm_head.loss(h, labels, shift)
+        out.loss = out.loss_sum / out.targets  # nan when no position has a label
+        out.defer("logits", lambda: self.lm_head(h))
+        return out
 
     def _check(self, input_ids: torch.Tensor, past: int = 0, name: str = "input_ids") -> None:
         if torch.compiler.is_compiling():

@@ -23,7 +23,6 @@ from plmkit.model.pretrained import (
     PretrainedModel,
     past_length,
     self_attention_allowed,
-    with_token_loss,
 )
 from plmkit.model.stack import Cache, Stack
 
@@ -65,9 +64,8 @@ class StackLM(PretrainedModel):
         h, cache = self.transformer(
             input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
         )
-        logits = self.head_logits(h, compute_logits, labels)
-        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None)
-        return with_token_loss(out, labels, self.shift_labels)
+        past = cache if use_cache else None
+        return self.lm_output(h, labels, self.shift_labels, compute_logits, past_key_values=past)
 
 
 class CausalLM(StackLM):
@@ -168,11 +166,11 @@ class Seq2SeqLM(PretrainedModel):
             memory=encoder_hidden_states,
             memory_allowed=memory_allowed,
         )
-        logits = self.head_logits(h, compute_logits, labels)
-        out = ModelOutput(
-            logits=logits,
-            hidden_states=h,
+        return self.lm_output(
+            h,
+            labels,
+            False,
+            compute_logits,
             past_key_values=cache if use_cache else None,
             encoder_hidden_states=encoder_hidden_states,
         )
-        return with_token_loss(out, labels, shift=False)

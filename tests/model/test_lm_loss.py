@@ -1,5 +1,5 @@
 """The LMs' training loss path (LMHead.loss, losses.linear_token_loss): the same loss and gradients as
-the full logits + token_loss, without making the full logits; logits still come when read."""
+the full logits + token_loss, without making the full logits; logits still come when asked for."""
 
 from __future__ import annotations
 
@@ -64,24 +64,14 @@ def test_lm_loss_and_gradients_equal_the_full_logits_path(family, overrides, mon
         assert torch.allclose(g, expected_grads[name], rtol=1e-5, atol=1e-6), name
 
 
-def test_logits_are_made_when_read_and_equal_the_label_free_call():
+def test_logits_come_with_labels_only_when_asked():
     model = tiny_model("masked", dropout=0.0, attention_dropout=0.0)
     b = batch(masked_share=0.3)
     out = model(**b)
-    assert "logits" in out.keys()
-    assert torch.equal(out["logits"], model(b["input_ids"]).logits)
-    assert out.logits is out.logits  # made once
-
-
-def test_deferred_logits_keep_the_forward_autocast_and_grad_mode():
-    model = tiny_model("causal", dropout=0.0, attention_dropout=0.0)
-    b = batch()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = model(**b)
-    assert out.logits.dtype == torch.bfloat16 and out.logits.requires_grad
-    with torch.no_grad():
-        out = model(**b)
-    assert not out.logits.requires_grad
+    assert out.logits is None and "logits" not in out.keys() and out.loss is not None
+    full = model(**b, compute_logits=True)
+    assert torch.equal(full.logits, model(b["input_ids"]).logits)
+    assert torch.allclose(full.loss, out.loss, rtol=1e-6)
 
 
 @pytest.mark.parametrize("bias", [False, True])

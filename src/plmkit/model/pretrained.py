@@ -4,7 +4,6 @@ checks, gradient checkpointing switch) and the self-attention mask policy of the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, fields
 
 import torch
@@ -18,38 +17,13 @@ from plmkit.model.losses import IGNORE, linear_token_loss, shifted, token_loss
 from plmkit.model.stack import Cache, Stack
 
 
-class _Deferred:
-    """A field that may be given as a function (`ModelOutput.defer`), called on its first read: a
-    training step that reads only the loss never makes the (B, T, V) logits, any other caller gets
-    them as before."""
-
-    def __set_name__(self, owner: type, name: str) -> None:
-        self.name = name
-
-    def __get__(self, obj, owner=None):
-        if obj is None:
-            return None  # the dataclass default
-        value = obj.__dict__.get(self.name)
-        if isinstance(value, _Pending):
-            value = obj.__dict__[self.name] = value.compute()
-        return value
-
-    def __set__(self, obj, value) -> None:
-        obj.__dict__[self.name] = value
-
-
-@dataclass
-class _Pending:
-    compute: Callable[[], torch.Tensor]
-
-
 @dataclass
 class ModelOutput:
     """What every model returns; fields not computed stay None. Supports out.loss and out["loss"].
-    An LM given labels computes `logits` only when they are read (see `PretrainedModel.lm_output`)."""
+    An LM given labels returns no logits unless asked (`compute_logits=True`, see `PretrainedModel.lm_output`)."""
 
     loss: torch.Tensor | None = None  # mean over the targets: loss_sum / targets
-    logits: torch.Tensor | None = _Deferred()  # (B, T, V) or (B, n_labels)
+    logits: torch.Tensor | None = None  # (B, T, V) or (B, n_labels)
     hidden_states: torch.Tensor | None = None  # last layer (B, T, C)
     past_key_values: Cache | None = None
     encoder_hidden_states: torch.Tensor | None = None  # seq2seq (B, S, C)
@@ -67,24 +41,7 @@ class ModelOutput:
         return getattr(self, key)
 
     def keys(self) -> list[str]:
-        return [f.name for f in fields(self) if self.__dict__.get(f.name) is not None]
-
-    def defer(self, name: str, compute: Callable[[], torch.Tensor]) -> None:
-        """`name` becomes compute() on its first read, under the autocast and grad mode of now."""
-        device = self.hidden_states.device.type if self.hidden_states is not None else "cpu"
-        available = torch.amp.is_autocast_available(device)
-        autocast = available and torch.is_autocast_enabled(device)
-        dtype = torch.get_autocast_dtype(device) if autocast else None
-        grad = torch.is_grad_enabled()
-
-        def run() -> torch.Tensor:
-            with torch.set_grad_enabled(grad):
-                if not available:
-                    return compute()
-                with torch.autocast(device, dtype=dtype, enabled=autocast):
-                    return compute()
-
-        setattr(self, name, _Pending(run))
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
 
 
 class LMHead(nn.Module):
@@ -181,22 +138,25 @@ class PretrainedModel(nn.Module):
                 module.gradient_checkpointing = enabled
 
     def lm_output(
-        self, h: torch.Tensor, labels: torch.Tensor | None, shift: bool, compute_logits: bool, **fields
+        self, h: torch.Tensor, labels: torch.Tensor | None, shift: bool, compute_logits: bool | None, **fields
     ) -> ModelOutput:
-        """The LM's output on final hidden states h: logits (unless compute_logits=False, generation)
-        and, with labels, the loss. With labels the loss comes from `LMHead.loss` and the logits are
-        deferred: made on first read of out.logits, so a step that reads only the loss never makes them."""
+        """The LM's output on its final hidden states h. compute_logits: True = logits (and the loss from
+        them when there are labels); False = hidden states only (generation); None (default) = logits
+        when there are no labels, else the loss only: `LMHead.loss` never makes the (B, T, V) logits,
+        which a training step does not read (transformers always returns them; ask with True)."""
         out = ModelOutput(hidden_states=h, **fields)
-        if not compute_logits:
+        if compute_logits is False:
             if labels is not None:
                 raise ShapeError("compute_logits=False computes no logits and no loss; pass no labels")
             return out
-        if labels is None:
+        if labels is None or compute_logits:
             out.logits = self.lm_head(h)
-            return out
-        out.loss_sum, out.targets = self.lm_head.loss(h, labels, shift)
-        out.loss = out.loss_sum / out.targets  # nan when no position has a label
-        out.defer("logits", lambda: self.lm_head(h))
+            if labels is not None:
+                out.loss_sum, out.targets = token_loss(out.logits, labels, shift)
+        else:
+            out.loss_sum, out.targets = self.lm_head.loss(h, labels, shift)
+        if labels is not None:
+            out.loss = out.loss_sum / out.targets  # nan when no position has a label
         return out
 
     def _check(self, input_ids: torch.Tensor, past: int = 0, name: str = "input_ids") -> None:

@@ -8,6 +8,8 @@ causal decoder with cross-attention.
 
 Generation calls forward with `check_inputs=False` (it checked the prompt once) and
 `compute_logits=False` (it applies the LM head to the last position itself, plmkit.generation).
+Given labels, a forward returns the loss without logits unless `compute_logits=True`
+(PretrainedModel.lm_output): training never makes the full (B, T, V) logits.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ class StackLM(PretrainedModel):
         prefix_lengths: torch.Tensor | None = None,
         block_position_ids: torch.Tensor | None = None,
         check_inputs: bool = True,
-        compute_logits: bool = True,
+        compute_logits: bool | None = None,
     ) -> ModelOutput:
         past = past_length(past_key_values)
         if check_inputs:
@@ -136,7 +138,7 @@ class Seq2SeqLM(PretrainedModel):
         use_cache: bool = False,
         decoder_position_ids: torch.Tensor | None = None,
         check_inputs: bool = True,
-        compute_logits: bool = True,
+        compute_logits: bool | None = None,
     ) -> ModelOutput:
         if encoder_hidden_states is None:
             if input_ids is None:

@@ -63,7 +63,8 @@ def pairwise_ranking_loss(chosen_scores: torch.Tensor, rejected_scores: torch.Te
 
 
 # ---- the output layer and its cross entropy, in row chunks -------------------------------------
-CHUNK_ELEMENTS = 1 << 21  # logits per chunk (rows x vocabulary): 8 MiB in fp32, whatever the vocabulary
+CHUNK_ELEMENTS = 1 << 23  # logits per chunk (rows x vocabulary): 32 MiB fp32; 1024 rows at V=8192 measured
+# fastest (2^21-2^30 tried: smaller chunks starve the weight-gradient matmul, one chunk loses the cache)
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -86,11 +87,11 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, x.shape[0], chunk):
             rows, target = xc[start : start + chunk], targets[start : start + chunk, None]
             logits = (rows @ wc.t() if bc is None else torch.addmm(bc, rows, wc.t())).float()
-            lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-            total += (lse - logits.gather(1, target)).sum()
+            logprobs = torch.log_softmax(logits, dim=-1)  # one fused pass (logsumexp is several)
+            total -= logprobs.gather(1, target).sum()
             if not (want_x or want_w or want_b):
                 continue
-            dlogits = logits.sub_(lse).exp_().scatter_add_(1, target, torch.full_like(lse, -1.0))
+            dlogits = logprobs.exp_().scatter_add_(1, target, torch.full(target.shape, -1.0, device=x.device))
             if want_b:
                 grad_b += dlogits.sum(0)
             dlogits = dlogits.to(compute_dtype)

@@ -282,14 +282,16 @@ def manual_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 def test_causal_lm_shifts_labels_inside():
     model = tiny("causal")
     ids = random_ids((2, 8))
-    out = model(ids, labels=ids)
-    close(out.loss, F.cross_entropy(out.logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)))
-    close(out.loss, manual_ce(out.logits[:, :-1], ids[:, 1:]))
+    out = model(ids, labels=ids)  # the loss only: no logits unless asked (compute_logits=True)
+    logits = model(ids).logits
+    close(out.loss, F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB), ids[:, 1:].reshape(-1)))
+    close(out.loss, manual_ce(logits[:, :-1], ids[:, 1:]))
     labels = ids.clone()
     labels[0, :4] = -100  # e.g. a prompt that carries no loss
     labels[1, -1] = -100
     out = model(ids, labels=labels)
-    close(out.loss, manual_ce(out.logits[:, :-1], labels[:, 1:]))
+    close(out.loss, manual_ce(logits[:, :-1], labels[:, 1:]))
+    close(model(ids, labels=labels, compute_logits=True).logits, logits, atol=0)
     assert out["loss"] is out.loss and "loss" in out.keys() and "past_key_values" not in out.keys()
 
 
@@ -301,7 +303,7 @@ def test_aligned_labels_for_masked_and_prefix_lm(family):
     labels = torch.full_like(ids, -100)
     labels[0, 2], labels[1, 5], labels[1, 7] = 10, 11, 12
     out = model(ids, labels=labels)
-    close(out.loss, manual_ce(out.logits, labels))
+    close(out.loss, manual_ce(model(ids).logits, labels))
     all_ignored = model(ids, labels=torch.full_like(ids, -100)).loss
     assert torch.isnan(all_ignored)  # mean over nothing, as torch's cross_entropy
 
@@ -312,10 +314,11 @@ def test_seq2seq_shifts_labels_right():
     labels = torch.tensor([[5, 6, 7, 8], [9, 10, -100, -100]])
     assert model.shift_right(labels).tolist() == [[2, 5, 6, 7], [2, 9, 10, 1]]
     src = random_ids((2, 5))
-    out = model(src, labels=labels)
+    out = model(src, labels=labels, compute_logits=True)
     explicit = model(src, decoder_input_ids=torch.tensor([[2, 5, 6, 7], [2, 9, 10, 1]]))
     close(out.logits, explicit.logits, atol=0)
     close(out.loss, manual_ce(out.logits, labels))
+    close(model(src, labels=labels).loss, out.loss)  # the default: the loss without the logits
     # T5 convention: no decoder_start_token_id -> the pad id starts decoding
     t5 = tiny("seq2seq", **{**T5_STYLE, "pad_token_id": 0, "decoder_start_token_id": None})
     assert t5.shift_right(torch.tensor([[4, -100, 6]])).tolist() == [[0, 4, 0]]

@@ -28,13 +28,18 @@ def batch(seed: int = 1) -> dict[str, torch.Tensor]:
 def test_token_loss_sum_equals_the_models_mean_loss_times_count(family):
     model = tiny(family)
     b = batch()
-    out = model(**b)
+    full = model(**b, compute_logits=True)  # logits asked for: the loss comes from them
     shift = getattr(model, "shift_labels", False)
-    total, count = token_loss(out.logits, b["labels"], shift=shift)
+    total, count = token_loss(full.logits, b["labels"], shift=shift)
     expected = int((b["labels"][:, 1:] if shift else b["labels"]).ne(-100).sum())
-    assert int(count) == expected == int(out.targets)
-    assert torch.allclose(out.loss * count, total, rtol=1e-6)
-    assert torch.equal(out.loss_sum, total)
+    assert int(count) == expected == int(full.targets)
+    assert torch.allclose(full.loss * count, total, rtol=1e-6)
+    assert torch.equal(full.loss_sum, total)
+    # by default no logits: the loss runs on the labelled rows only, in chunks (the same terms, summed in
+    # another order)
+    out = model(**b)
+    assert out.logits is None and int(out.targets) == expected
+    assert torch.allclose(out.loss_sum, total, rtol=1e-6)
 
 
 def test_token_loss_of_no_targets_is_a_zero_sum_with_clean_gradients():

@@ -161,7 +161,7 @@ def test_prompt_gradients_reach_only_the_prompt_and_labels_align():
     base = make("gpt2").train()
     model = peft.apply(base, "prompt", n_tokens=4)
     ids, mask = batch()
-    out = model(ids, attention_mask=mask, labels=ids)
+    out = model(ids, attention_mask=mask, labels=ids, compute_logits=True)
     assert out.logits.shape == (2, ids.shape[1], VOCAB)
     # the loss covers the same positions as the base model's loss: t predicts t+1 within the input
     expected = torch.nn.functional.cross_entropy(

@@ -13,13 +13,14 @@ from plmkit.errors import ShapeError
 from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import activation_fn, make_norm
-from plmkit.model.losses import token_loss
+from plmkit.model.losses import IGNORE, linear_token_loss, shifted, token_loss
 from plmkit.model.stack import Cache, Stack
 
 
 @dataclass
 class ModelOutput:
-    """What every model returns; fields not computed stay None. Supports out.loss and out["loss"]."""
+    """What every model returns; fields not computed stay None. Supports out.loss and out["loss"].
+    An LM given labels returns no logits unless asked (`compute_logits=True`, see `PretrainedModel.lm_output`)."""
 
     loss: torch.Tensor | None = None  # mean over the targets: loss_sum / targets
     logits: torch.Tensor | None = None  # (B, T, V) or (B, n_labels)
@@ -65,6 +66,28 @@ class LMHead(nn.Module):
             logits = h @ weight_t
             return logits if self.decoder.bias is None else logits + self.decoder.bias
         return self.decoder(h)
+
+    def loss(self, h: torch.Tensor, labels: torch.Tensor, shift: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """token_loss(self(h), labels, shift) without the full logits: only the rows that carry a label
+        go through the head (MLM: ~15% of them), and a plain decoder's matmul and cross entropy run in
+        row chunks (losses.linear_token_loss). h (B, T, C), labels (B, T)."""
+        if shift:
+            labels = shifted(labels)
+        labels = labels.reshape(-1)
+        keep = labels != IGNORE
+        count = keep.sum()
+        rows = h.reshape(-1, h.shape[-1])[keep]  # (N, C)
+        targets = labels[keep]
+        if self.transform is not None:
+            rows = self.transform_norm(self.transform_act(self.transform(rows)))
+        if self.scale != 1.0:
+            rows = rows * self.scale
+        weight = getattr(self.decoder, "weight", None)
+        if type(self.decoder) is nn.Linear and type(weight) in (torch.Tensor, nn.Parameter):
+            return linear_token_loss(rows, weight, self.decoder.bias, targets), count
+        # a LoRA / quantized / sharded decoder: its own forward, on the labelled rows only
+        logits = self.decoder(rows).float()
+        return torch.nn.functional.cross_entropy(logits, targets, reduction="sum"), count
 
     def transposed_weight(self) -> torch.Tensor | None:
         """A contiguous (C, V) copy of the output matrix for decoding, or None where it does not help.
@@ -114,15 +137,27 @@ class PretrainedModel(nn.Module):
             if isinstance(module, Stack):
                 module.gradient_checkpointing = enabled
 
-    def head_logits(
-        self, h: torch.Tensor, compute_logits: bool, labels: torch.Tensor | None
-    ) -> torch.Tensor | None:
-        """The LM head on h, unless the caller asked for hidden states only (generation)."""
-        if compute_logits:
-            return self.lm_head(h)
+    def lm_output(
+        self, h: torch.Tensor, labels: torch.Tensor | None, shift: bool, compute_logits: bool | None, **fields
+    ) -> ModelOutput:
+        """The LM's output on its final hidden states h. compute_logits: True = logits (and the loss from
+        them when there are labels); False = hidden states only (generation); None (default) = logits
+        when there are no labels, else the loss only: `LMHead.loss` never makes the (B, T, V) logits,
+        which a training step does not read (transformers always returns them; ask with True)."""
+        out = ModelOutput(hidden_states=h, **fields)
+        if compute_logits is False:
+            if labels is not None:
+                raise ShapeError("compute_logits=False computes no logits and no loss; pass no labels")
+            return out
+        if labels is None or compute_logits:
+            out.logits = self.lm_head(h)
+            if labels is not None:
+                out.loss_sum, out.targets = token_loss(out.logits, labels, shift)
+        else:
+            out.loss_sum, out.targets = self.lm_head.loss(h, labels, shift)
         if labels is not None:
-            raise ShapeError("compute_logits=False computes no logits and no loss; pass no labels")
-        return None
+            out.loss = out.loss_sum / out.targets  # nan when no position has a label
+        return out
 
     def _check(self, input_ids: torch.Tensor, past: int = 0, name: str = "input_ids") -> None:
         if torch.compiler.is_compiling():

@@ -8,6 +8,8 @@ causal decoder with cross-attention.
 
 Generation calls forward with `check_inputs=False` (it checked the prompt once) and
 `compute_logits=False` (it applies the LM head to the last position itself, plmkit.generation).
+Given labels, a forward returns the loss without logits unless `compute_logits=True`
+(PretrainedModel.lm_output): training never makes the full (B, T, V) logits.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from plmkit.model.pretrained import (
     PretrainedModel,
     past_length,
     self_attention_allowed,
-    with_token_loss,
 )
 from plmkit.model.stack import Cache, Stack
 
@@ -53,7 +54,7 @@ class StackLM(PretrainedModel):
         prefix_lengths: torch.Tensor | None = None,
         block_position_ids: torch.Tensor | None = None,
         check_inputs: bool = True,
-        compute_logits: bool = True,
+        compute_logits: bool | None = None,
     ) -> ModelOutput:
         past = past_length(past_key_values)
         if check_inputs:
@@ -65,9 +66,8 @@ class StackLM(PretrainedModel):
         h, cache = self.transformer(
             input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
         )
-        logits = self.head_logits(h, compute_logits, labels)
-        out = ModelOutput(logits=logits, hidden_states=h, past_key_values=cache if use_cache else None)
-        return with_token_loss(out, labels, self.shift_labels)
+        past = cache if use_cache else None
+        return self.lm_output(h, labels, self.shift_labels, compute_logits, past_key_values=past)
 
 
 class CausalLM(StackLM):
@@ -138,7 +138,7 @@ class Seq2SeqLM(PretrainedModel):
         use_cache: bool = False,
         decoder_position_ids: torch.Tensor | None = None,
         check_inputs: bool = True,
-        compute_logits: bool = True,
+        compute_logits: bool | None = None,
     ) -> ModelOutput:
         if encoder_hidden_states is None:
             if input_ids is None:
@@ -168,11 +168,11 @@ class Seq2SeqLM(PretrainedModel):
             memory=encoder_hidden_states,
             memory_allowed=memory_allowed,
         )
-        logits = self.head_logits(h, compute_logits, labels)
-        out = ModelOutput(
-            logits=logits,
-            hidden_states=h,
+        return self.lm_output(
+            h,
+            labels,
+            False,
+            compute_logits,
             past_key_values=cache if use_cache else None,
             encoder_hidden_states=encoder_hidden_states,
         )
-        return with_token_loss(out, labels, shift=False)

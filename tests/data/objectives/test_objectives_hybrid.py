@@ -171,20 +171,20 @@ def test_unilm_seq2seq_source_does_not_see_target_in_prefix_lm(tok):
     batch = objective([random_text(tok, 16, 0), random_text(tok, 11, 1)])
     model = tiny_prefix_lm(tok, type_vocab_size=2)
     with torch.no_grad():
-        base = model(**batch).logits
+        base = model(**batch, compute_logits=True).logits
         for row in range(2):
             ids = batch["input_ids"][row].tolist()
             prefix = ids.index(tok.sep_id) + 1
             n = int(batch["attention_mask"][row].any(0).sum())  # real keys
             changed = {k: v.clone() for k, v in batch.items()}
             changed["input_ids"][row, prefix:n] = torch.tensor(random_text(tok, n - prefix, 9))
-            out = model(**changed).logits
+            out = model(**changed, compute_logits=True).logits
             torch.testing.assert_close(out[row, :prefix], base[row, :prefix], rtol=0, atol=1e-6)
             assert not torch.allclose(out[row, prefix:n], base[row, prefix:n])
             # a target token is not seen by the positions before it (causal target)
             last = {k: v.clone() for k, v in batch.items()}
             last["input_ids"][row, n - 2] = tok.token_to_id("好") + 1
-            out = model(**last).logits
+            out = model(**last, compute_logits=True).logits
             torch.testing.assert_close(out[row, : n - 2], base[row, : n - 2], rtol=0, atol=1e-6)
     loss = tiny_prefix_lm(tok, type_vocab_size=2).train()(**batch).loss
     assert torch.isfinite(loss)
@@ -195,10 +195,10 @@ def test_unilm_unidirectional_rows_in_prefix_lm(tok):
     for kind, proportions in ((LEFT_TO_RIGHT, (0, 1, 0, 0)), (RIGHT_TO_LEFT, (0, 0, 1, 0))):
         batch = UniLMObjective(tok, seed=0, proportions=proportions)([random_text(tok, 10, 0)])
         with torch.no_grad():
-            base = model(**batch).logits
+            base = model(**batch, compute_logits=True).logits
             changed = batch["input_ids"].clone()
             changed[0, 5] = tok.token_to_id("好")
-            out = model(**{**batch, "input_ids": changed}).logits
+            out = model(**{**batch, "input_ids": changed}, compute_logits=True).logits
         unaffected = slice(0, 5) if kind == LEFT_TO_RIGHT else slice(6, 12)
         torch.testing.assert_close(out[0, unaffected], base[0, unaffected], rtol=0, atol=1e-6)
 
@@ -301,11 +301,11 @@ def test_glm_runs_through_prefix_lm_with_block_positions(tok):
     # part A does not see part B
     with torch.no_grad():
         model.eval()
-        base = model(**batch).logits
+        base = model(**batch, compute_logits=True).logits
         changed = batch["input_ids"].clone()
         n_a = int(batch["prefix_lengths"][0])
         changed[0, n_a + 1] = tok.token_to_id("好")
-        out = model(**{**batch, "input_ids": changed}).logits
+        out = model(**{**batch, "input_ids": changed}, compute_logits=True).logits
     torch.testing.assert_close(out[0, : n_a + 1], base[0, : n_a + 1], rtol=0, atol=1e-6)
 
 

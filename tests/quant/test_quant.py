@@ -184,7 +184,7 @@ def test_quantize_every_family_and_reload_exactly(preset, tmp_path):
     )
     model = tiny(preset, **extra)
     ids = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
-    inputs = {"input_ids": ids, "labels": ids}
+    inputs = {"input_ids": ids, "labels": ids, "compute_logits": True}  # the loss and the logits
     with torch.no_grad():
         reference = model(**inputs).logits
     for mode in MODES:

@@ -48,7 +48,11 @@ class Sides:
     def transformers(self, ids: torch.Tensor, new: int) -> torch.Tensor:
         with torch.inference_mode():
             out = self.reference.generate(
-                input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False, num_beams=1, max_new_tokens=new
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=new,
             )
         return out[:, 1:] if self.family == "t5" else out[:, ids.shape[1] :]
 
@@ -88,7 +92,9 @@ def decode_rows(
             continue
         ids = prompts(batch, 16, shape.vocab)
         expected = sides.transformers(ids, new)
-        variants: dict[str, Callable[[], object]] = {"transformers": lambda ids=ids: sides.transformers(ids, new)}
+        variants: dict[str, Callable[[], object]] = {
+            "transformers": lambda ids=ids: sides.transformers(ids, new)
+        }
         checks: dict[str, dict] = {}
         fp32_ids = None
         for d in dtypes:
@@ -104,7 +110,10 @@ def decode_rows(
                 fp32_ids = got
                 if not torch.equal(got, expected):
                     same = float((got == expected).float().mean())
-                    checks[d] = {"status": "failed", "reason": f"greedy ids differ from transformers ({same:.1%} equal)"}
+                    checks[d] = {
+                        "status": "failed",
+                        "reason": f"greedy ids differ from transformers ({same:.1%} equal)",
+                    }
                     continue
                 checks[d] = {"greedy_identical": True}
             else:
@@ -157,10 +166,20 @@ def ttft_row(family: str, shape: M.Shape, prompt: int, plan: R.Plan, log) -> dic
         return rows.not_timed("ttft", name, "failed", "first token differs from transformers")
     log(f"  {name}: timing")
     comparison = R.compare(
-        {"transformers": lambda: sides.transformers(ids, 1), "plmkit_fp32": lambda: sides.plmkit(ids, 1, dtype)},
+        {
+            "transformers": lambda: sides.transformers(ids, 1),
+            "plmkit_fp32": lambda: sides.plmkit(ids, 1, dtype),
+        },
         plan,
     )
     r = rows.timed(
-        "ttft", name, name, comparison, "plmkit_fp32", "transformers", "ms", check={"first_token_identical": True}
+        "ttft",
+        name,
+        name,
+        comparison,
+        "plmkit_fp32",
+        "transformers",
+        "ms",
+        check={"first_token_identical": True},
     )
     return rows.ratio_at_least(r, 1.3)

@@ -88,7 +88,9 @@ def _best_rate(work, amount: float, windows: int, window_s: float) -> float:
     return best
 
 
-def gemm_peak(dtype: torch.dtype, n: int, windows: int = 3, window_s: float = 2.0, device: str = "cpu") -> float:
+def gemm_peak(
+    dtype: torch.dtype, n: int, windows: int = 3, window_s: float = 2.0, device: str = "cpu"
+) -> float:
     """GFLOP/s of an n x n x n matmul, best of `windows` windows of ~window_s."""
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
@@ -107,7 +109,9 @@ def read_bandwidth(megabytes: int, windows: int = 3, window_s: float = 1.0) -> f
     return _best_rate(lambda: x.sum(), x.numel() * 4 / 1e9, windows, window_s)
 
 
-def matvec_rates(d: int, count: int, dtypes=("fp32", "bf16"), windows: int = 3, window_s: float = 0.5) -> dict:
+def matvec_rates(
+    d: int, count: int, dtypes=("fp32", "bf16"), windows: int = 3, window_s: float = 0.5
+) -> dict:
     """GB/s of y = x W for one token, cycling `count` distinct (d, 4d) weights (count x size >> cache),
     per dtype and layout. The best layout per dtype is what a decode engine should store."""
     rates: dict = {}
@@ -151,4 +155,17 @@ def measure(quick: bool, log=print) -> dict:
     limits["matvec_gb_s"] = matvec_rates(d, count, windows=windows, window_s=0.3 if quick else 0.5)
     for name, r in limits["matvec_gb_s"].items():
         log(f"  matrix-vector {name}: " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in r.items()))
+    return limits
+
+
+def measure_tiny(log=print) -> dict:
+    """The same fields in well under a second (tests of the harness; not a limit of anything)."""
+    limits: dict = {"gemm_n": 128, "gemm_gflops": {}}
+    for name, dtype in DTYPES.items():
+        limits["gemm_gflops"][name] = gemm_peak(dtype, 128, 1, 0.02)
+    limits["bandwidth_array_mb"] = 16
+    limits["read_gb_s"] = read_bandwidth(16, 1, 0.02)
+    limits["matvec_shape"] = {"d": 64, "matrices": 2, "matrix": [256, 64]}
+    limits["matvec_gb_s"] = matvec_rates(64, 2, windows=1, window_s=0.02)
+    log("  tiny limits (harness test only)")
     return limits

@@ -61,7 +61,12 @@ def compare(variants: dict[str, Callable[[], object]], plan: Plan) -> dict:
                 **contention.shares(before, after, n_cores),
             }
         rounds.append(
-            {"order": order, "wait": wait, "blocks": blocks, "quiet": all(b["quiet"] for b in blocks.values())}
+            {
+                "order": order,
+                "wait": wait,
+                "blocks": blocks,
+                "quiet": all(b["quiet"] for b in blocks.values()),
+            }
         )
     return {"calls_per_block": calls, "rounds": rounds}
 

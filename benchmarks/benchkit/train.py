@@ -127,10 +127,11 @@ def load_sides(family: str, folder: Path):
     if family != "lora":
         return ours, reference, n, 6
     import peft
-
     import plmkit.peft
 
-    config = peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn"], fan_in_fan_out=True)
+    config = peft.LoraConfig(
+        r=8, lora_alpha=16, lora_dropout=0.0, target_modules=["c_attn"], fan_in_fan_out=True
+    )
     reference = peft.get_peft_model(reference, config)
     ours = plmkit.peft.apply(ours, "lora", r=8, alpha=16, target="attn.qkv")
     return ours, reference, n, 4  # frozen base: forward 2N + input gradients 2N per token
@@ -156,7 +157,12 @@ def train_rows(
         theirs = Step(copy.deepcopy(reference), p, data, device)
         a, b = mine(), theirs()  # step 1 from the same weights and batch
         tol = LOSS_ATOL.get(p, BF16_RTOL * abs(b))
-        checks[p] = {"logits_max_diff": diff, "step1_loss_plmkit": a, "step1_loss_reference": b, "loss_diff": abs(a - b)}
+        checks[p] = {
+            "logits_max_diff": diff,
+            "step1_loss_plmkit": a,
+            "step1_loss_reference": b,
+            "loss_diff": abs(a - b),
+        }
         if not abs(a - b) <= tol:
             checks[p]["failed"] = f"step-1 loss differs by {abs(a - b):.2e} > {tol:.1e}"
             continue

@@ -124,6 +124,17 @@ def table(result: dict) -> str:
             f"({r.get('reference_name', '')}) | {ratio_cell(r.get('ratio'))} | {limit_cell(r)} | "
             f"{goal_cell(r)} | {quiet_cell(r)} |"
         )
+    speedups = [r for r in result["rows"] if r.get("bf16_over_fp32")]
+    if speedups:
+        lines += [
+            "",
+            "bf16 autocast over fp32, each side on itself (same rounds; goal: plmkit's >= the reference's):",
+            "",
+        ]
+        for r in speedups:
+            ours, theirs = r["bf16_over_fp32"]["plmkit"]["median"], r["bf16_over_fp32"]["reference"]["median"]
+            met = "met" if ours >= theirs else "**not met**"
+            lines.append(f"- {r['name']}: plmkit {ours:.2f}×, {r['reference_name']} {theirs:.2f}×: {met}")
     return "\n".join(lines) + "\n"
 
 

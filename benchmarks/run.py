@@ -104,8 +104,14 @@ def run(args: argparse.Namespace) -> dict:
     result["limits"] = limits.measure_tiny(log) if args.tiny else limits.measure(args.quick, log)
     lim = result["limits"]
     rows: list[dict] = []
+    result["group_seconds"] = group_seconds = {}
+    clock = [time.perf_counter()]
 
     def emit(new: list[dict]) -> None:
+        now = time.perf_counter()
+        group = new[0]["name"] if new else "?"
+        group_seconds[group] = round(now - clock[0], 1)  # since the previous group ended: its build and rows
+        clock[0] = now
         for r in new:
             fill_bandwidth(r, lim["read_gb_s"])
             print(json.dumps(r, default=str), flush=True)

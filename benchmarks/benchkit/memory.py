@@ -128,7 +128,8 @@ def scaling_job(job: dict) -> dict:
             max_positions=seq,
         )
         step = Step(build_model(config), "fp32", make_batch("gpt2", job["vocab"], 1, seq, "cpu"), "cpu")
-        step()  # warm-up; allocates AdamW's moments
+        for _ in range(2):  # warm-up: AdamW's moments, the allocator, the thread pool
+            step()
         base = current_rss()
         reset_peak()
         before = contention.sample()

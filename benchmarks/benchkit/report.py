@@ -141,7 +141,8 @@ def table(result: dict) -> str:
 # ---- the plot ----------------------------------------------------------------------------------------
 def plot(scaling: dict, path: Path) -> bool:
     """Step time and peak-RSS growth against sequence length (width fixed) and width (length fixed), on
-    log-log axes with O(n), O(n^2) guides through the first point. False when there is nothing to plot."""
+    log-log axes with O(n), O(n^2) guides through the first point; a point measured while other processes
+    took > 10% of the machine is drawn as a red x. False when there is nothing to plot."""
     points = [p for p in scaling.get("points", []) if p.get("step_ms")]
     if not points:
         return False
@@ -165,7 +166,18 @@ def plot(scaling: dict, path: Path) -> bool:
         if not xs:
             ax.set_visible(False)
             continue
-        ax.plot(xs, ys, "o-", label="plmkit")
+        ax.plot(xs, ys, "-", color="C0")
+        quiet = [p.get("quiet", True) for p in series]
+        ax.plot(
+            [x for x, q in zip(xs, quiet) if q],
+            [y for y, q in zip(ys, quiet) if q],
+            "o",
+            color="C0",
+            label="plmkit",
+        )
+        if not all(quiet):
+            noisy = [(x, y) for x, y, q in zip(xs, ys, quiet) if not q]
+            ax.plot(*zip(*noisy), "x", color="C3", label="plmkit (others busy)")
         for power, style in ((1, "--"), (2, ":")):
             ax.plot(
                 xs, [ys[0] * (x / xs[0]) ** power for x in xs], style, color="gray", label=f"O(n^{power})"

@@ -58,8 +58,9 @@ def shares(before: Sample, after: Sample, cores: int, hz: int = HZ) -> dict:
     capacity = wall * cores
     busy = (after.busy_ticks - before.busy_ticks) / hz
     own = after.own_seconds - before.own_seconds
-    others = max(0.0, busy - own) / capacity
-    steal = max(0, after.steal_ticks - before.steal_ticks) / hz / capacity
+    # clamped to [0, 1]: over a block of a few ticks, 10 ms rounding alone can exceed the capacity
+    others = min(1.0, max(0.0, busy - own) / capacity)
+    steal = min(1.0, max(0, after.steal_ticks - before.steal_ticks) / hz / capacity)
     return {
         "others_share": round(others, 3),
         "steal_share": round(steal, 3),

@@ -42,6 +42,8 @@ def test_shares_subtract_own_time_and_divide_by_capacity():
     assert s["steal_share"] == 0.2 and not s["quiet"]
     # more own time than the machine's busy time (tick rounding) is no negative share
     assert contention.shares(before, contention.Sample(1050, 10, 7.0, 101.0), 2, 100)["others_share"] == 0.0
+    # a few ticks over a short block cannot exceed the whole machine
+    assert contention.shares(before, contention.Sample(5000, 10, 5.0, 100.01), 2, 100)["others_share"] == 1.0
     # without /proc/stat every block counts as quiet, with unknown shares
     none = contention.Sample(None, None, 0.0, 0.0)
     assert contention.shares(none, contention.Sample(None, None, 1.0, 1.0), 2)["others_share"] is None

@@ -43,7 +43,7 @@ class Sides:
         reference.generation_config = transformers.GenerationConfig(
             pad_token_id=0, decoder_start_token_id=start, eos_token_id=None
         )
-        self.decode_seconds: dict[str, list[float]] = {}
+        self.split: dict[tuple[str, str], list[float]] = {}
 
     def transformers(self, ids: torch.Tensor, new: int) -> torch.Tensor:
         with torch.inference_mode():
@@ -64,9 +64,10 @@ class Sides:
         config = GenerationConfig(max_new_tokens=new, eos_token_id=[], **extra)
         with torch.inference_mode():
             out = generate_ids(self.ours, ids, attention_mask=torch.ones_like(ids), config=config)
-        seconds = getattr(out, "decode_seconds", None)
-        if seconds is not None:
-            self.decode_seconds.setdefault(dtype or "fp32", []).append(float(seconds))
+        for field in ("prefill_seconds", "decode_seconds"):  # the engine's own split, when it reports one
+            seconds = getattr(out, field, None)
+            if seconds is not None:
+                self.split.setdefault((dtype or "fp32", field), []).append(float(seconds))
         return getattr(out, "ids", out)
 
 
@@ -135,9 +136,11 @@ def decode_rows(
                 family=family, batch=batch, dtype=d, new_tokens=new,
             )  # fmt: skip
             step_ms = r["plmkit"]
-            if sides.decode_seconds.get(d):
-                step_ms = 1000 * statistics.median(sides.decode_seconds[d]) / max(1, new - 1)
+            if sides.split.get((d, "decode_seconds")):  # the first token comes from the prefill
+                step_ms = 1000 * statistics.median(sides.split[(d, "decode_seconds")]) / max(1, new - 1)
                 r["decode_ms_per_token"] = step_ms
+            if sides.split.get((d, "prefill_seconds")):
+                r["prefill_ms"] = 1000 * statistics.median(sides.split[(d, "prefill_seconds")])
             weight_bytes = M.decode_weight_bytes(reference, BYTES[d])
             r["limit"] = {
                 "name": "read bandwidth",

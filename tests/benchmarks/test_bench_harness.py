@@ -205,3 +205,34 @@ def test_tiny_run_end_to_end_checks_before_timing(tmp_path):
     assert {r["status"] for r in rows.values()} <= {"ok", "not available"}
     assert len(rows) == 6  # b1 and b8, three dtypes each
     assert json_path.with_suffix(".md").read_text().count("| decode gpt2 2x64") == 6
+
+
+def test_decode_rows_check_before_timing_and_use_the_engines_own_split(monkeypatch):
+    """A tiny GPT-2 decoded by both sides: greedy ids identical to transformers, and when the output
+    carries prefill_seconds / decode_seconds, the row's limit uses the decode time per token."""
+    from dataclasses import dataclass
+
+    from benchkit import decode
+    from benchkit import models as M
+
+    import plmkit
+
+    real = plmkit.generate_ids
+
+    @dataclass
+    class Timed:
+        ids: torch.Tensor
+        prefill_seconds: float = 0.1
+        decode_seconds: float = 0.3
+
+    monkeypatch.setattr(plmkit, "generate_ids", lambda *a, **k: Timed(real(*a, **k)))
+    plan = R.Plan(warmup=1, rounds=1, max_rounds=1, block_s=0.0, wait_s=0)
+    shape = M.Shape(layers=1, d_model=32, heads=2, vocab=101, positions=64)
+    rows = decode.decode_rows("gpt2", shape, [1], ["fp32", "bf16"], 4, plan, lambda m: None)
+    fp32, bf16 = rows
+    assert fp32["status"] == "ok" and fp32["check"]["greedy_identical"]
+    assert fp32["decode_ms_per_token"] == pytest.approx(100.0)  # 0.3 s over the 3 tokens after the first
+    assert fp32["prefill_ms"] == pytest.approx(100.0)
+    assert fp32["limit"]["measured_ms_per_step"] == pytest.approx(100.0)
+    if not decode.has_dtype():
+        assert bf16["status"] == "not available"

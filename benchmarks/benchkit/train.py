@@ -183,6 +183,9 @@ def train_rows(
             check=checks[p], family=family, precision=p, device=device, parameters=n_params,
         )  # fmt: skip
         bound = R.seconds(comparison["rounds"], f"matmuls_{p}")
+        # fractions as medians of per-round ratios, like every ratio here (not a ratio of medians)
+        fraction = R.ratio(comparison["rounds"], f"matmuls_{p}", f"plmkit_{p}")["median"]
+        reference_fraction = R.ratio(comparison["rounds"], f"matmuls_{p}", f"reference_{p}")["median"]
         peak = peaks[p]
         mfu = {
             side: flops_per * n_params * tokens / (r[side] / 1000) / (peak * 1e9)
@@ -191,8 +194,8 @@ def train_rows(
         r["limit"] = {
             "name": "matmul bound",
             "bound_ms": 1000 * bound,
-            "fraction": 1000 * bound / r["plmkit"],
-            "reference_fraction": 1000 * bound / r["reference"],
+            "fraction": fraction,
+            "reference_fraction": reference_fraction,
             "mfu": mfu["plmkit"],
             "reference_mfu": mfu["reference"],
             "peak_gflops": peak,

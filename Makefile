@@ -8,6 +8,9 @@
 #                   (again: refused while runs/demo holds a run; make demo ARGS="name=demo2" trains beside it,
 #                   ARGS="--overwrite" moves runs/demo aside, ARGS="data=FILE" trains in runs/demo-<FILE name>)
 #   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
+#   make bench      plmkit vs transformers / peft with the machine's limits, ~15 minutes on 2 cores
+#                   (ARGS=--quick: ~2 minutes; ARGS="--only decode-gpt2 train-gpt2"; see benchmarks/run.py);
+#                   writes benchmarks/results/<cpu>-<date>.json, .md and .png
 #   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv
 #
 # torch: without a CUDA GPU (no `nvidia-smi`) the CPU build torch==2.13.0 is installed first, because
@@ -36,7 +39,7 @@ endif
 # Lint only the folders that exist: git keeps no empty folders, so a fresh clone may lack one.
 LINT_PATHS := $(wildcard src tests benchmarks)
 
-.PHONY: test test-fast test-dist-stress demo lint install clean distclean
+.PHONY: test test-fast test-dist-stress demo bench lint install clean distclean
 
 test: lint
 	$(BIN)/python -m pytest
@@ -51,6 +54,9 @@ test-dist-stress: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/plm demo $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINT_PATHS)

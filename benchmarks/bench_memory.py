@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,9 @@ import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit.memory import EXACT_MALLOC, current_rss, peak_rss, reset_peak  # noqa: E402
 
 PRESETS = {"gpt2": "gpt2-tiny", "llama": "llama-tiny", "bert": "bert-tiny", "bart": "bart-base"}
 MB = 2**20
@@ -80,31 +82,6 @@ def build(args: argparse.Namespace, kind: str, device: torch.device):
 
 def adamw(model: torch.nn.Module, fused: bool = True) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=1e-4, fused=fused)
-
-
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def reset_peak_rss() -> bool:
-    """Linux: restart the kernel's peak-RSS counter (VmHWM) here, so building the model does not count."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def peak_rss() -> int:
-    """The process's peak RSS since reset_peak_rss (VmHWM), or since it started (getrusage)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
 
 
 def sync(device: torch.device) -> None:
@@ -162,7 +139,7 @@ def run_case(args: argparse.Namespace, kind: str, checkpointing: bool) -> dict:
     optimizer.zero_grad(set_to_none=True)
     grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     baseline = current_rss()
-    peak_reset = reset_peak_rss()
+    peak_reset = reset_peak()
     times = train_steps(model, optimizer, batch, args.steps, args.warmup, device)
     rss_delta = peak_rss() - baseline  # read before profiling, whose records take memory too
     held, peak = exact_memory(model, batch, device)
@@ -231,10 +208,8 @@ def step_stats(times: list[float]) -> dict:
 
 
 # ---- driver ------------------------------------------------------------------------------------------
-# glibc raises its mmap threshold as large blocks are freed, after which freed activations stay in the
-# heap and RSS keeps fragmentation rather than tensors. A fixed threshold returns every block >= 64 KiB
-# to the OS on free, so RSS follows what is allocated.
-EXACT_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "65536"}
+# glibc's adaptive mmap threshold keeps freed activations in the heap; benchkit.memory.EXACT_MALLOC
+# returns every block >= 64 KiB to the OS on free, so RSS follows what is allocated.
 
 
 def in_fresh_process(args: argparse.Namespace, job: dict) -> dict:

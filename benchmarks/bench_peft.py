@@ -29,8 +29,12 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit.memory import current_rss, peak_rss, reset_peak  # noqa: E402
 
 CONFIGS = ("full", "lora", "qlora-int8", "qlora-nf4", "full-adamw8bit")
 
@@ -61,18 +65,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def rss(field: str) -> int:
-    """VmRSS / VmHWM of this process in bytes (Linux), 0 elsewhere."""
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def release_freed_memory() -> None:
     """Return freed heap pages to the OS (glibc keeps them otherwise: the float weights a quantized model
     was built from would still count in its resident set)."""
@@ -82,15 +74,6 @@ def release_freed_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
-
-
-def reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-            f.write("5")  # resets VmHWM to the current resident set
-        return True
-    except OSError:
-        return False
 
 
 def worker(name: str, args: argparse.Namespace) -> dict:
@@ -117,8 +100,8 @@ def worker(name: str, args: argparse.Namespace) -> dict:
     ]
     gc.collect()
     release_freed_memory()
-    after_setup = rss("VmRSS")
-    reset = reset_peak_rss()
+    after_setup = current_rss()
+    reset = reset_peak()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     times, losses, state_bytes = [], [], 0
@@ -136,7 +119,7 @@ def worker(name: str, args: argparse.Namespace) -> dict:
         if step == 0:
             state_bytes = optimizer_state_bytes(optimizer)
         losses.append(round(loss.item(), 4))
-    peak = rss("VmHWM")
+    peak = peak_rss()
     row = {
         "config": name,
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),

@@ -5,10 +5,11 @@
                                      [--d-model 256] [--n-layer 6] [--vocab 32000]
 
 Weights: a trained plmkit checkpoint (--checkpoint) or a random GPT-2-shaped model (default: 6 x 256,
-vocab 32000, ~27M parameters with the tied embedding, the bench_generate size). Each mode quantizes a
+vocab 32000, ~27M parameters with the tied embedding). Each mode quantizes a
 copy of the same fp32 model with plmkit.quant.quantize. All modes decode the same prompts greedily for
-exactly N new tokens (EOS disabled) through plmkit's generate path; repeats are interleaved across the
-modes (so load from other processes hits all alike) and the median is reported. identical_ids is the
+exactly N new tokens (EOS disabled) through plmkit's generate path, timed by benchkit.rounds (run.py's
+harness): interleaved rounds in rotating order, the median of per-round ratios over rounds no other
+process disturbed (--wait: the bounded wait for a quiet second before each round). identical_ids is the
 share of generated tokens equal to fp32's (random weights give nearly flat logits, so small changes flip
 the argmax more often than a trained model's confident ones). Checkpoint sizes are model.safetensors
 written by plmkit.save. Prints one JSON line per (mode, batch) and a summary with the ratios
@@ -20,12 +21,14 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import rounds as R  # noqa: E402
 
 
 def build(args: argparse.Namespace):
@@ -65,7 +68,8 @@ def main() -> None:
     parser.add_argument("--batch", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--prompt-length", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="quiet interleaved rounds wanted")
+    parser.add_argument("--wait", type=float, default=5.0, help="longest wait for a quiet second per round")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--d-model", type=int, default=256)
     parser.add_argument("--n-layer", type=int, default=6)
@@ -96,26 +100,25 @@ def main() -> None:
     )
 
     vocab = base.config.vocab_size
+    plan = R.Plan(warmup=1, rounds=args.repeats, max_rounds=2 * args.repeats, block_s=0.0, wait_s=args.wait)
     results = []
     for batch in args.batch:
         ids = torch.randint(0, vocab, (batch, args.prompt_length), generator=torch.Generator().manual_seed(1))
-        times: dict[str, list[float]] = {name: [] for name in models}
         outputs: dict[str, torch.Tensor] = {}
-        for model in models.values():  # warm-up: allocator, lazy kernel selection
-            generate_ids(model, ids, max_new_tokens=4, eos_token_id=[])
-        for _ in range(args.repeats):
-            for name, model in models.items():
-                start = time.perf_counter()
-                outputs[name] = generate_ids(model, ids, max_new_tokens=args.new_tokens, eos_token_id=[])
-                times[name].append(time.perf_counter() - start)
-        fp32_ms = 1000 * statistics.median(times["fp32"]) / args.new_tokens
+
+        def decode(name: str, ids=ids, outputs=outputs) -> None:
+            outputs[name] = generate_ids(models[name], ids, max_new_tokens=args.new_tokens, eos_token_id=[])
+
+        rounds = R.compare({name: (lambda name=name: decode(name)) for name in models}, plan)["rounds"]
         for name in models:
-            ms = 1000 * statistics.median(times[name]) / args.new_tokens
+            ratio = R.ratio(rounds, "fp32", name)
             row = {
                 "mode": name,
                 "batch": batch,
-                "ms_per_token": round(ms, 3),
-                "speedup_vs_fp32": round(fp32_ms / ms, 3),
+                "ms_per_token": round(1000 * R.seconds(rounds, name) / args.new_tokens, 3),
+                "speedup_vs_fp32": round(ratio["median"], 3),
+                "speedup_min_max": [round(ratio["min"], 3), round(ratio["max"], 3)],
+                "quiet_rounds": f"{ratio['quiet_rounds']}/{ratio['rounds']}",
                 "identical_ids": round(float((outputs[name] == outputs["fp32"]).float().mean()), 4),
                 "checkpoint_ratio": round(sizes["fp32"] / sizes[name], 3),
             }

@@ -23,7 +23,7 @@ def resolve_device(name: str) -> torch.device:
 
 def cpu_bf16_is_fast() -> bool:
     """bf16 matmuls beat fp32 on CPUs with AMX tiles or AVX512-BF16 (measured 1.65-1.8x per training step
-    on an AVX512-BF16 CPU, benchmarks/bench_train.py); elsewhere bf16 is emulated and slower."""
+    on an AVX512-BF16 CPU, benchmarks/run.py --only train-gpt2); elsewhere bf16 is emulated and slower."""
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except AttributeError:

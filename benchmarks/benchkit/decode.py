@@ -63,7 +63,9 @@ class Sides:
         extra = {} if dtype is None else {"dtype": dtype}
         config = GenerationConfig(max_new_tokens=new, eos_token_id=[], **extra)
         with torch.inference_mode():
-            out = generate_ids(self.ours, ids, attention_mask=torch.ones_like(ids), config=config)
+            out = generate_ids(
+                self.ours, ids, attention_mask=torch.ones_like(ids), config=config, return_output=True
+            )
         for field in ("prefill_seconds", "decode_seconds"):  # the engine's own split, when it reports one
             seconds = getattr(out, field, None)
             if seconds is not None:

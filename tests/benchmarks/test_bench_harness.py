@@ -220,12 +220,12 @@ def test_decode_rows_check_before_timing_and_use_the_engines_own_split(monkeypat
     real = plmkit.generate_ids
 
     @dataclass
-    class Timed:
+    class Timed:  # fixed timings in place of the engine's measured ones
         ids: torch.Tensor
         prefill_seconds: float = 0.1
         decode_seconds: float = 0.3
 
-    monkeypatch.setattr(plmkit, "generate_ids", lambda *a, **k: Timed(real(*a, **k)))
+    monkeypatch.setattr(plmkit, "generate_ids", lambda *a, **k: Timed(real(*a, **k).ids))
     plan = R.Plan(warmup=1, rounds=1, max_rounds=1, block_s=0.0, wait_s=0)
     shape = M.Shape(layers=1, d_model=32, heads=2, vocab=101, positions=64)
     rows = decode.decode_rows("gpt2", shape, [1], ["fp32", "bf16"], 4, plan, lambda m: None)

@@ -174,7 +174,7 @@ def step(
     x = stack.embed(tokens[:, None], positions)[:, 0].to(p.cdtype)  # (B, C)
     rotary = stack.rotary.cos_sin(positions, p.cdtype) if stack.rotary is not None else None
     for i, blk in enumerate(p.blocks):
-        keys, values = cache.room(i, col + 1)
+        keys, values = cache.room(i, col + 1, n_kv)
         h = blk.attn_norm(x) if blk.pre_norm else x
         qkv = blk.qkv(h)
         q = qkv[:, :q_width].view(b, n_head, 1, hd)

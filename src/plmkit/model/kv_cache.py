@@ -30,7 +30,7 @@ class StaticLayer:
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         start, t = self.cache.length, k.shape[2]
-        keys, values = self.cache.room(self.index, start + t)
+        keys, values = self.cache.room(self.index, start + t, k.shape[1])
         keys[:, :, start : start + t].copy_(k)
         values[:, :, start : start + t].copy_(v)
         if start == 0:  # the prompt attends to its own exact keys (the cache may hold them rounded)
@@ -79,10 +79,16 @@ class StaticCache:
     def __bool__(self) -> bool:
         return self.length > 0
 
-    def room(self, i: int, needed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def room(self, i: int, needed: int, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Block i's buffers, grown (doubled, the filled columns copied) when they hold fewer than
-        `needed` columns: a wrapper may add tokens the caller did not count (prompt tuning's prompt)."""
+        `needed` columns: a wrapper may add tokens the caller did not count (prompt tuning's prompt).
+        Before the first write they take the `heads` the block really has: a tensor-parallel rank holds
+        n_kv_head / T of them."""
         keys, values = self.keys[i], self.values[i]
+        if keys.shape[1] != heads and self.length == 0:
+            shape = (keys.shape[0], heads, keys.shape[2], keys.shape[3])
+            keys, values = self.keys[i], self.values[i] = keys.new_zeros(shape), values.new_zeros(shape)
+            self.spare = None
         if keys.shape[2] < needed:
             size = max(needed, 2 * keys.shape[2])
             grown = []

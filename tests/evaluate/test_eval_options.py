@@ -88,7 +88,12 @@ def test_eval_without_a_full_block_is_an_error_not_perplexity_1(checkpoint, tmp_
     code, out, err = plm_eval(
         capsys, checkpoint, "--data", short, "--block-size", "64", "--cache-dir", tmp_path / "c"
     )
-    assert code == 2 and out == "" and err.startswith("error: ") and "fewer than one block of 64" in err
+    assert (
+        code == 2
+        and out == ""
+        and err.startswith(f"error: {short}: ")
+        and "fewer than one block of 64" in err
+    )
 
 
 def test_evaluate_loss_checks_its_numbers_in_the_same_words(checkpoint, tmp_path):

@@ -47,7 +47,8 @@ class PackedDataset:
         self.num_blocks = stream // block_size
         if self.num_blocks == 0:
             raise DataError(
-                f"{store.directory.name}: {stream} tokens are fewer than one block of {block_size}; "
+                f"{', '.join(s['path'] for s in store.sources) or store.directory.name}: {stream} tokens "
+                f"are fewer than one block of {block_size}; "
                 "add data or lower block_size"
             )
         if separator is not None:

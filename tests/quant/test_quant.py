@@ -101,7 +101,7 @@ def test_int8pack_kernel_equals_the_dequantized_reference():
     q, scale = formats.quantize_int8(torch.randn(96, 64))
     for dtype in (torch.bfloat16, torch.float32):
         x = torch.randn(7, 64, dtype=dtype)
-        y = modules._weight_only_int8(x, q, scale)
+        y = modules.weight_only_int8(x, q, scale)
         assert y.dtype == dtype
         # the kernel runs in bf16 (fp32 inputs are rounded to bf16 first); reference: same inputs, fp32 maths
         reference = x.bfloat16().float() @ formats.dequantize_int8(q, scale, torch.float32).t()
@@ -116,7 +116,7 @@ def test_int8pack_is_used_only_where_it_is_right():
         q, scale = formats.quantize_int8(torch.randn(30, n_in))
         x = torch.randn(5, n_in)
         reference = x @ formats.dequantize_int8(q, scale).t()
-        assert torch.allclose(modules._weight_only_int8(x, q, scale), reference, atol=1e-5), n_in
+        assert torch.allclose(modules.weight_only_int8(x, q, scale), reference, atol=1e-5), n_in
 
 
 def test_weight_only_falls_back_to_dequantize_then_matmul(monkeypatch):
@@ -124,7 +124,7 @@ def test_weight_only_falls_back_to_dequantize_then_matmul(monkeypatch):
     q, scale = formats.quantize_int8(torch.randn(32, 48))
     x = torch.randn(4, 48)
     monkeypatch.setattr(modules, "_UNSUPPORTED", {("int8pack", "cpu", torch.bfloat16)})
-    y = modules._weight_only_int8(x, q, scale)
+    y = modules.weight_only_int8(x, q, scale)
     assert torch.allclose(y, x @ formats.dequantize_int8(q, scale).t(), atol=1e-6)
 
 

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.quant.formats import quantize_int8
+from plmkit.quant.modules import weight_only_int8
+
 DecodeDtype = Literal["fp32", "bf16", "int8"]
 MATVEC_ROWS = 32  # up to this many rows the (in, out) fp32 layout is faster on CPU
-INT8_MAX = 127
-INT8PACK_K_MULTIPLE = 16  # torch's CPU int8pack kernel is only right for in_features % 16 == 0
 
 Linear = Callable[[torch.Tensor], torch.Tensor]  # (M, in) -> (M, out), in the compute dtype
 
@@ -65,31 +66,14 @@ def cached(model: nn.Module, key: tuple, build: Callable[[], object]) -> object:
         return value
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(out, in) float -> int8 codes and fp32 scales per output row, weight ≈ q * s[:, None]. (The same
-    format as plmkit.quant.formats.quantize_int8; generation may not import plmkit.quant, its sibling.)"""
-    w = weight.detach().float()
-    scale = (w.abs().amax(dim=1) / INT8_MAX).clamp(min=torch.finfo(torch.float32).tiny)
-    return torch.round(w / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8), scale
-
-
 def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Linear:
+    """plmkit.quant's weight-only int8 format and kernel (torch._weight_int8pack_mm, with its fallback)."""
     q, scale = quantize_int8(weight)
     scale = scale.to(dtype)
     bias = None if bias is None else bias.detach().to(dtype)
-    if q.shape[1] % INT8PACK_K_MULTIPLE == 0:
-        try:  # one tiny call: devices / builds without the kernel fall back to dequantized weights
-            torch._weight_int8pack_mm(torch.zeros(1, q.shape[1], dtype=dtype, device=q.device), q, scale)
-
-            def int8pack(x: torch.Tensor) -> torch.Tensor:
-                y = torch._weight_int8pack_mm(x, q, scale)
-                return y if bias is None else y + bias
-
-            return int8pack
-        except (RuntimeError, NotImplementedError, AttributeError):
-            pass
-    dequantized = q.to(dtype) * scale[:, None]
-    return lambda x: F.linear(x, dequantized, bias)
+    if bias is None:
+        return lambda x: weight_only_int8(x, q, scale)
+    return lambda x: weight_only_int8(x, q, scale) + bias
 
 
 def prepare_linear(module: nn.Module, dtype: DecodeDtype, cdtype: torch.dtype, matvec: bool) -> Linear:

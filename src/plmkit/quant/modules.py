@@ -242,7 +242,7 @@ def quantized_matmul(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return x @ dequantize_weight(module, x.dtype).t()
     if spec.mode == "dynamic":
         return _dynamic_int8(x, module.weight, module.weight_scale)
-    return _weight_only_int8(x, module.weight, module.weight_scale)
+    return weight_only_int8(x, module.weight, module.weight_scale)
 
 
 _UNSUPPORTED: set[tuple[str, str, torch.dtype]] = set()  # (op, device type, dtype) that raised once
@@ -251,7 +251,9 @@ _UNSUPPORTED: set[tuple[str, str, torch.dtype]] = set()  # (op, device type, dty
 INT8PACK_K_MULTIPLE = 16  # torch 2.13 CPU: other in_features give wrong bf16 results (or crash if not 8k)
 
 
-def _weight_only_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def weight_only_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (M, K) @ (q * scale[:, None])ᵀ for int8 q (N, K): torch's int8pack kernel where it is right
+    (K % 16 == 0, a device that has it), else the dequantized weights. Also decoding's int8 path."""
     # the fp32 CPU kernel is scalar: run fp32 activations through the vectorised bf16 one
     compute = torch.bfloat16 if x.dtype == torch.float32 and x.device.type == "cpu" else x.dtype
     key = ("int8pack", x.device.type, compute)

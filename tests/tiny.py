@@ -59,6 +59,24 @@ ARCHS = {
 }
 
 
+# Encoder–decoder variants for decoding tests. T5: relative position bias, RMSNorm, unscaled attention,
+# tied head scaled by d_model**-0.5; BART: post-norm, learned positions offset by 2, embedding norm,
+# decoder starts from eos.
+T5_STYLE = dict(
+    position="relative",
+    norm="rmsnorm",
+    norm_bias=False,
+    attention_bias=False,
+    mlp_bias=False,
+    attention_scale=1.0,
+    tied_output_scale=True,
+    decoder_start_token_id=0,
+)
+BART_STYLE = dict(
+    position_offset=2, pre_norm=False, embedding_norm=True, final_norm=False, decoder_start_token_id=2
+)
+
+
 def tiny_model(family: str = "causal", seed: int = 0, **overrides) -> torch.nn.Module:
     """A seeded tiny model in eval mode; `overrides` replace any field of SIZES or add config fields."""
     torch.manual_seed(seed)

@@ -13,24 +13,9 @@ from plmkit.generation.beam import beam_search
 from plmkit.generation.config import resolve
 from plmkit.model import CausalLM, ModelConfig, build_model
 from plmkit.tokenizer import SpecialTokens, Tokenizer
-from tiny import tiny_model
+from tiny import BART_STYLE, T5_STYLE, tiny_model
 
 SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3)
-# T5: relative position bias, RMSNorm, unscaled attention, tied head scaled by d_model**-0.5
-T5_STYLE = dict(
-    position="relative",
-    norm="rmsnorm",
-    norm_bias=False,
-    attention_bias=False,
-    mlp_bias=False,
-    attention_scale=1.0,
-    tied_output_scale=True,
-    decoder_start_token_id=0,
-)
-# BART: post-norm, learned positions offset by 2, embedding norm, decoder starts from eos
-BART_STYLE = dict(
-    position_offset=2, pre_norm=False, embedding_norm=True, final_norm=False, decoder_start_token_id=2
-)
 
 
 tiny = partial(tiny_model, **SMALL)  # tiny(family, seed=0, **overrides)

@@ -11,29 +11,16 @@ from plmkit.generation import GenerationConfig, generate_ids
 from plmkit.generation import decoder as decoder_module
 from plmkit.generation.engine import eligible
 from plmkit.model import StaticCache, reorder_cache
-from tiny import ARCHS, tiny_model
+from tiny import ARCHS, BART_STYLE, T5_STYLE, tiny_model
 
 SMALL = dict(vocab_size=64, d_model=32, n_layer=2, n_head=4, d_ff=64, max_positions=64, initializer_range=0.3)
-T5 = dict(
-    position="relative",
-    norm="rmsnorm",
-    norm_bias=False,
-    attention_bias=False,
-    mlp_bias=False,
-    attention_scale=1.0,
-    tied_output_scale=True,
-    decoder_start_token_id=0,
-)
-BART = dict(
-    position_offset=2, pre_norm=False, embedding_norm=True, final_norm=False, decoder_start_token_id=2
-)
 UNILM = dict(pre_norm=False, embedding_norm=True, lm_head_transform=True, type_vocab_size=2)
 FAMILIES = {
     "gpt2": ("causal", ARCHS["gpt2"]),
     "llama": ("causal", {k: v for k, v in ARCHS["llama"].items() if k != "family"}),
     "unilm": ("prefix", UNILM),
-    "bart": ("seq2seq", BART),
-    "t5": ("seq2seq", T5),
+    "bart": ("seq2seq", BART_STYLE),
+    "t5": ("seq2seq", T5_STYLE),
 }
 PROMPTS = [[5, 17, 3, 40, 22, 8, 9], [9, 1, 33], [12, 13, 14, 15, 16]]
 

@@ -3,14 +3,12 @@ fp32 generate(), greedy, EOS off, the same prompts and weights.
 
 Before timing: logits within 1e-4 (fp32) and plmkit fp32's greedy ids identical to transformers'; a
 failed check makes the rows "failed", untimed. bf16 / int8 report their greedy agreement with fp32
-(the share of equal tokens). GenerationConfig.dtype is used only where the code has the field; rows
-needing it are "not available" otherwise. When the output carries decode_seconds (prefill timed
-apart), the limit fraction uses it; the ratio always compares whole calls, as transformers is timed.
+(the share of equal tokens). The engine's own prefill/decode split (decode_seconds) gives the limit
+fraction; the ratio always compares whole calls, as transformers is timed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import statistics
 import tempfile
 from collections.abc import Callable
@@ -24,12 +22,6 @@ from benchkit import rows
 
 BYTES = {"fp32": 4, "bf16": 2, "int8": 1}  # nominal weight bytes per parameter (int8 scales ignored)
 GOAL = {("fp32", 1): 2.0, ("fp32", 8): 1.5, ("bf16", 1): 2.5, ("bf16", 8): 2.5, ("int8", 1): 4.0}
-
-
-def has_dtype() -> bool:
-    from plmkit.generation import GenerationConfig
-
-    return "dtype" in {f.name for f in dataclasses.fields(GenerationConfig)}
 
 
 class Sides:
@@ -56,12 +48,11 @@ class Sides:
             )
         return out[:, 1:] if self.family == "t5" else out[:, ids.shape[1] :]
 
-    def plmkit(self, ids: torch.Tensor, new: int, dtype: str | None) -> torch.Tensor:
+    def plmkit(self, ids: torch.Tensor, new: int, dtype: str) -> torch.Tensor:
         from plmkit import generate_ids
         from plmkit.generation import GenerationConfig
 
-        extra = {} if dtype is None else {"dtype": dtype}
-        config = GenerationConfig(max_new_tokens=new, eos_token_id=[], **extra)
+        config = GenerationConfig(max_new_tokens=new, eos_token_id=[], dtype=dtype)
         with torch.inference_mode():
             out = generate_ids(
                 self.ours, ids, attention_mask=torch.ones_like(ids), config=config, return_output=True
@@ -69,7 +60,7 @@ class Sides:
         for field in ("prefill_seconds", "decode_seconds"):  # the engine's own split, when it reports one
             seconds = getattr(out, field, None)
             if seconds is not None:
-                self.split.setdefault((dtype or "fp32", field), []).append(float(seconds))
+                self.split.setdefault((dtype, field), []).append(float(seconds))
         return getattr(out, "ids", out)
 
 
@@ -101,11 +92,8 @@ def decode_rows(
         checks: dict[str, dict] = {}
         fp32_ids = None
         for d in dtypes:
-            if d != "fp32" and not has_dtype():
-                checks[d] = {"status": "not available", "reason": "GenerationConfig has no dtype field"}
-                continue
             try:
-                got = sides.plmkit(ids, new, None if d == "fp32" and not has_dtype() else d)
+                got = sides.plmkit(ids, new, d)
             except Exception as e:  # a decode path that raises is a failed row, not a crashed run
                 checks[d] = {"status": "failed", "reason": f"{type(e).__name__}: {e}"[:300]}
                 continue
@@ -122,8 +110,7 @@ def decode_rows(
             else:
                 base = fp32_ids if fp32_ids is not None else expected
                 checks[d] = {"greedy_agreement_vs_fp32": float((got == base).float().mean())}
-            dt = None if d == "fp32" and not has_dtype() else d
-            variants[f"plmkit_{d}"] = lambda ids=ids, dt=dt: sides.plmkit(ids, new, dt)
+            variants[f"plmkit_{d}"] = lambda ids=ids, d=d: sides.plmkit(ids, new, d)
         log(f"  {label} b{batch}: timing {', '.join(variants)}")
         comparison = R.compare(variants, plan) if len(variants) > 1 else {"rounds": []}
         cid = f"{label} b{batch}"
@@ -166,14 +153,13 @@ def ttft_row(family: str, shape: M.Shape, prompt: int, plan: R.Plan, log) -> dic
         return rows.not_timed("ttft", name, "failed", f"logits differ by {diff:.2e}")
     sides = Sides(family, ours, reference)
     ids = prompts(1, prompt, shape.vocab)
-    dtype = "fp32" if has_dtype() else None
-    if not torch.equal(sides.plmkit(ids, 1, dtype), sides.transformers(ids, 1)):
+    if not torch.equal(sides.plmkit(ids, 1, "fp32"), sides.transformers(ids, 1)):
         return rows.not_timed("ttft", name, "failed", "first token differs from transformers")
     log(f"  {name}: timing")
     comparison = R.compare(
         {
             "transformers": lambda: sides.transformers(ids, 1),
-            "plmkit_fp32": lambda: sides.plmkit(ids, 1, dtype),
+            "plmkit_fp32": lambda: sides.plmkit(ids, 1, "fp32"),
         },
         plan,
     )

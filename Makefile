@@ -8,7 +8,7 @@
 #                   (again: refused while runs/demo holds a run; make demo ARGS="name=demo2" trains beside it,
 #                   ARGS="--overwrite" moves runs/demo aside, ARGS="data=FILE" trains in runs/demo-<FILE name>)
 #   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
-#   make bench      plmkit vs transformers / peft with the machine's limits, ~15 minutes on 2 cores
+#   make bench      plmkit vs transformers / peft with the machine's limits, ~9 minutes on 2 cores
 #                   (ARGS=--quick: ~2 minutes; ARGS="--only decode-gpt2 train-gpt2"; see benchmarks/run.py);
 #                   writes benchmarks/results/<cpu>-<date>.json, .md and .png
 #   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv

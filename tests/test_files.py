@@ -9,7 +9,14 @@ import pytest
 
 from hashing import tree_hashes
 from plmkit.errors import ConfigError, DiskFullError, OutputError
-from plmkit.files import atomic_folder, check_output_folder, disk_full_errno, make_folder, output_folder
+from plmkit.files import (
+    atomic_file,
+    atomic_folder,
+    check_output_folder,
+    disk_full_errno,
+    make_folder,
+    output_folder,
+)
 
 
 def test_the_output_rule(tmp_path):
@@ -66,3 +73,16 @@ def test_disk_full_is_recognised_through_wrapping_libraries():
     except RuntimeError as e:
         assert disk_full_errno(e) == errno.ENOSPC
     assert disk_full_errno(OSError(errno.EACCES, "denied")) is None
+
+
+def test_an_atomic_file_replaces_its_target_only_when_complete(tmp_path):
+    target = tmp_path / "vectors.jsonl"
+    target.write_bytes(b"old\n")
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_file(target) as f:
+            f.write(b"half")
+            raise KeyboardInterrupt
+    assert target.read_bytes() == b"old\n" and [p.name for p in tmp_path.iterdir()] == ["vectors.jsonl"]
+    with atomic_file(target) as f:
+        f.write(b"new\n")
+    assert target.read_bytes() == b"new\n" and [p.name for p in tmp_path.iterdir()] == ["vectors.jsonl"]

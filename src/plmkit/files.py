@@ -21,7 +21,7 @@ import os
 import shutil
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from plmkit.errors import CheckpointError, DiskFullError, OutputError
 
@@ -102,6 +102,24 @@ def atomic_folder(target: Path, token: int | None = None) -> Iterator[Path]:
         replace_folder(tmp, target)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        raise_if_disk_full(e, target, "nothing was written there; free some space and run it again")
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(target: Path) -> Iterator[BinaryIO]:
+    """Write one file atomically: yields a binary file on a temporary sibling of `target`, renamed over
+    it when the block ends without an error; on any error it is removed (a full disk: DiskFullError)."""
+    target = Path(target)
+    tmp = temp_sibling(target)
+    try:
+        with open(tmp, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
         raise_if_disk_full(e, target, "nothing was written there; free some space and run it again")
         raise
 

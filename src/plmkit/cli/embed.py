@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -113,18 +112,13 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _write(path: Path, vectors) -> None:
-    """Atomically: a temporary sibling renamed into place, so a crash never leaves half a file."""
-    from plmkit.files import temp_sibling
+    """Atomically (plmkit.files.atomic_file), so a crash never leaves half a file."""
+    from plmkit.files import atomic_file
 
-    tmp = temp_sibling(path)
-    try:
-        with open(tmp, "wb") as f:
-            if path.suffix == ".npy":
-                import numpy as np
+    with atomic_file(path) as f:
+        if path.suffix == ".npy":
+            import numpy as np
 
-                np.save(f, vectors.numpy())
-            else:
-                f.writelines((json.dumps(row) + "\n").encode() for row in vectors.tolist())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            np.save(f, vectors.numpy())
+        else:
+            f.writelines((json.dumps(row) + "\n").encode() for row in vectors.tolist())

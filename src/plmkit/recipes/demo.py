@@ -24,7 +24,7 @@ from typing import Any
 from plmkit.config import load_config, to_dict
 from plmkit.data.sources import SourceSpec, file_format
 from plmkit.errors import DataError
-from plmkit.files import make_folder
+from plmkit.files import atomic_file, make_folder
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.runs import RunFolderBusy
 
@@ -33,7 +33,7 @@ PROMPTS = ("The for statement", "A class definition")
 
 
 def write_default_corpus(folder: Path) -> Path:
-    """The Python language reference of this interpreter, one topic per document (blank-line separated),
+    """The Python language reference of this interpreter, one paragraph per line (a line is a document),
     as `folder`/python-reference-X.Y.txt (written once, atomically: the file is an input of later runs)."""
     from pydoc_data import topics
 
@@ -42,9 +42,8 @@ def write_default_corpus(folder: Path) -> Path:
         return path
     make_folder(folder, "data cache folder")
     text = "\n".join(topics.topics[name].replace("\n\n", "\n") for name in sorted(topics.topics))
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    with atomic_file(path) as f:
+        f.write(text.encode("utf-8"))
     return path
 
 

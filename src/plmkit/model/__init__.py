@@ -10,6 +10,7 @@ from plmkit.lazy import lazy_exports
 
 _EXPORTS: dict[str, str] = {
     "ModelConfig": "plmkit.model.config",
+    "SpellingCorrector": "plmkit.model.csc",
     "StaticCache": "plmkit.model.kv_cache",
     "RewardModel": "plmkit.model.heads",
     "SequenceClassifier": "plmkit.model.heads",

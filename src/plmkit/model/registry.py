@@ -10,6 +10,7 @@ import torch
 
 from plmkit.errors import CheckpointError
 from plmkit.model.config import ModelConfig
+from plmkit.model.csc import SpellingCorrector
 from plmkit.model.electra import ElectraPretrainer
 from plmkit.model.heads import RewardModel, SequenceClassifier, SpanQA, TokenClassifier, TransformerModel
 from plmkit.model.presets import get_preset
@@ -37,6 +38,7 @@ MODEL_CLASSES: dict[str, type[torch.nn.Module]] = {
         SpanQA,
         RewardModel,
         ElectraPretrainer,
+        SpellingCorrector,
     )
 }
 # Model classes defined outside plmkit.model (PEFT wrappers, user models) register here.

@@ -2,7 +2,9 @@
 
 Each reader yields Documents and reports bad input through an ErrorPolicy, which raises a DataError
 ("file:line: what; how to fix") or counts it in a SkipReport. Lines are read as bytes and decoded
-one by one, so invalid UTF-8 is reported with its line number.
+one by one, so invalid UTF-8 is reported with its line number. The line, JSON, CSV and parquet helpers
+(`read_lines`, `jsonl_values`, `load_json`, `json_records`, `csv_rows`, `parquet_file`) also read the
+task data of fine-tuning (data/tasks/rows.py).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ class Document:
 
 
 class ErrorPolicy:
-    """Raise or skip-and-count: every reader reports bad input through `bad`."""
+    """Raise or skip-and-count: every reader reports bad input through `bad`.
 
-    def __init__(self, on_error: str, report: SkipReport):
-        self.on_error, self.report = on_error, report
+    `skip_key` is how the message spells the setting that skips instead (task data: data.on_error=skip)."""
+
+    def __init__(self, on_error: str, report: SkipReport, skip_key: str = "on_error: skip"):
+        self.on_error, self.report, self.skip_key = on_error, report, skip_key
 
     def bad(self, reason: str, where: str, detail: str, fix: str) -> None:
         if self.on_error == "raise":
-            raise DataError(f"{where}: {detail}; {fix} (or set on_error: skip to skip and count such input)")
+            raise DataError(f"{where}: {detail}; {fix} (or set {self.skip_key} to skip and count such input)")
         self.report.add(reason, where)
 
 
@@ -99,8 +103,9 @@ def _open_binary(path: Path) -> Iterator[tuple[BinaryIO, Callable[[], int]]]:
             yield raw, raw.tell
 
 
-def _lines(path: Path, policy: ErrorPolicy, progress: Callable[[int], None]) -> Iterator[tuple[int, str]]:
-    """(line number, line with its ending) for every line that is valid UTF-8."""
+def read_lines(path: Path, policy: ErrorPolicy, progress: Callable[[int], None]) -> Iterator[tuple[int, str]]:
+    """(line number, line with its ending) for every line that is valid UTF-8 (a first-line BOM dropped);
+    a line that is not is reported to `policy` with its number."""
     with _open_binary(path) as (stream, tell):
         reported = 0
         for lineno, raw in enumerate(stream, 1):
@@ -127,7 +132,7 @@ def _read_txt(
 ) -> Iterator[Document]:
     paragraph: list[str] = []
     start = 0
-    for lineno, line in _lines(path, policy, progress):
+    for lineno, line in read_lines(path, policy, progress):
         text = line.rstrip("\r\n")
         if not spec.blank_line_documents:
             if text.strip():
@@ -142,15 +147,16 @@ def _read_txt(
         yield Document("\n".join(paragraph), f"{path}:{start}")
 
 
-def _read_jsonl(
-    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-) -> Iterator[Document]:
-    for lineno, line in _lines(path, policy, progress):
+def jsonl_values(
+    path: Path, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[tuple[str, Any]]:
+    """("file:line", parsed value) of every non-blank line of a .jsonl file; malformed JSON is reported."""
+    for lineno, line in read_lines(path, policy, progress):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            record = json.loads(line)
+            value = json.loads(line)
         except json.JSONDecodeError as e:
             policy.bad(
                 "malformed JSON",
@@ -159,6 +165,13 @@ def _read_jsonl(
                 "fix the line; each line must be one JSON object",
             )
             continue
+        yield where, value
+
+
+def _read_jsonl(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
+    for where, record in jsonl_values(path, policy, progress):
         text = _text_of(record, spec.text_field, where, policy)
         if text is not None:
             yield Document(text, where)
@@ -194,27 +207,31 @@ def _text_of(record: Any, key: str, where: str, policy: ErrorPolicy) -> str | No
     return value
 
 
-def _read_json(
-    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-) -> Iterator[Document]:
+NO_JSON = object()  # load_json: the file was reported as bad input
+
+
+def load_json(path: Path, policy: ErrorPolicy, progress: Callable[[int], None], fix: str) -> Any:
+    """The parsed JSON document of `path`, or NO_JSON after reporting invalid UTF-8 or malformed JSON
+    (with its line; `fix` says how to fix a malformed file)."""
     with _open_binary(path) as (stream, tell):
         data = stream.read()
         progress(tell())
     try:
-        content = json.loads(data.decode("utf-8-sig"))  # -sig: a leading BOM is not JSON
+        return json.loads(data.decode("utf-8-sig"))  # -sig: a leading BOM is not JSON
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
         policy.bad("invalid UTF-8", f"{path}:{line}", "invalid UTF-8", "convert the file to UTF-8")
-        return
     except json.JSONDecodeError as e:
         policy.bad(
-            "malformed JSON",
-            f"{path}:{e.lineno}",
-            f"malformed JSON ({e.msg} at column {e.colno})",
-            "fix the file; a .json source is one JSON document (use .jsonl for one object per line)",
+            "malformed JSON", f"{path}:{e.lineno}", f"malformed JSON ({e.msg} at column {e.colno})", fix
         )
-        return
-    records, prefix = content, ""
+    return NO_JSON
+
+
+def json_records(content: Any, path: Path, policy: ErrorPolicy) -> tuple[list[Any], str] | None:
+    """(records, the key holding them or "") of a JSON document that is a list of records or an object
+    with exactly one list; None after reporting any other shape."""
+    records, key = content, ""
     if isinstance(content, dict):
         lists = [k for k, v in content.items() if isinstance(v, list)]
         if len(lists) != 1:
@@ -224,8 +241,8 @@ def _read_json(
                 f"expected a list of records or an object with one list, found lists {lists}",
                 "store the records as a list (or use .jsonl)",
             )
-            return
-        records, prefix = content[lists[0]], lists[0]
+            return None
+        records, key = content[lists[0]], lists[0]
     if not isinstance(records, list):
         policy.bad(
             "JSON without one list of records",
@@ -233,7 +250,23 @@ def _read_json(
             f"expected a list, got {type(records).__name__}",
             "store the records as a list (or use .jsonl)",
         )
+        return None
+    return records, key
+
+
+def _read_json(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
+    content = load_json(
+        path,
+        policy,
+        progress,
+        "fix the file; a .json source is one JSON document (use .jsonl for one object per line)",
+    )
+    found = None if content is NO_JSON else json_records(content, path, policy)
+    if found is None:
         return
+    records, prefix = found
     for i, record in enumerate(records):
         where = f"{path}: {prefix}[{i}]" if prefix else f"{path}: item {i}"
         text = _text_of(record, spec.text_field, where, policy)
@@ -241,28 +274,53 @@ def _read_json(
             yield Document(text, where)
 
 
-def _read_csv(
-    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-) -> Iterator[Document]:
-    tsv = file_format(path, spec.format) == "tsv"
+def csv_rows(
+    path: Path, tsv: bool, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[tuple[int, list[str]]]:
+    """(number of its first line, fields) of every record of a .csv / .tsv, the header first; blank lines
+    give empty records. A malformed record is reported (and ends the file when it is the header)."""
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # documents are longer than csv's 128 KiB default
     # .tsv: quotes are ordinary characters (GLUE-style files quote nothing); .csv: standard quoting.
     options = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tsv else {}
-    last_line = [0]  # number of the last line the csv reader took (records may span lines)
+    last_line, first_line = [0], [0]  # the last line the csv reader took; the first of the current record
 
     def lines() -> Iterator[str]:
-        for lineno, line in _lines(path, policy, progress):
+        for lineno, line in read_lines(path, policy, progress):
+            first_line[0] = first_line[0] or lineno  # records may span lines
             last_line[0] = lineno
             yield line
 
     reader = csv.reader(lines(), **options)
-    try:
-        header = next(reader)
-    except StopIteration:
+    header = True
+    while True:
+        first_line[0] = 0
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            start = first_line[0] or last_line[0] + 1
+            policy.bad(
+                "malformed CSV",
+                f"{path}:{start}",
+                f"malformed CSV ({e})",
+                "fix the header row" if header else "fix the line",
+            )
+            if header:
+                return
+            continue
+        header = False
+        yield first_line[0] or last_line[0], row
+
+
+def _read_csv(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
+    rows = csv_rows(path, file_format(path, spec.format) == "tsv", policy, progress)
+    first = next(rows, None)
+    if first is None:
         return
-    except csv.Error as e:
-        policy.bad("malformed CSV", f"{path}:{last_line[0]}", f"malformed CSV ({e})", "fix the header row")
-        return
+    header = first[1]
     if spec.text_field not in header:
         policy.bad(
             f'missing column "{spec.text_field}"',
@@ -273,16 +331,8 @@ def _read_csv(
         )
         return
     column = header.index(spec.text_field)
-    while True:
-        start = last_line[0] + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            return
-        except csv.Error as e:
-            policy.bad("malformed CSV", f"{path}:{start}", f"malformed CSV ({e})", "fix the line")
-            continue
-        where = f"{path}:{start}"
+    for lineno, row in rows:
+        where = f"{path}:{lineno}"
         if not row:
             continue  # a blank line
         if column >= len(row):
@@ -296,26 +346,36 @@ def _read_csv(
         yield Document(row[column], where)
 
 
-def _read_parquet(
-    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
-) -> Iterator[Document]:
+@contextmanager
+def parquet_file(path: Path, policy: ErrorPolicy) -> Iterator[Any]:
+    """A pyarrow ParquetFile of `path` (.parquet.gz gunzipped), or None after reporting an unreadable file;
+    ConfigError naming the extra when pyarrow is missing."""
     try:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise ConfigError(f"{path}: reading .parquet needs pyarrow: pip install 'plmkit[parquet]'") from e
     if path.name.endswith(".gz"):
         with gzip.open(path, "rb") as f:
-            yield from _parquet_rows(pq.ParquetFile(f), path, spec, policy)
-    else:
-        try:
-            parquet = pq.ParquetFile(path)
-        except Exception as e:  # pyarrow raises ArrowInvalid etc. on a file that is not parquet
-            policy.bad(
-                "unreadable parquet file",
-                str(path),
-                f"not a readable parquet file ({e})",
-                "re-create the file",
-            )
+            yield pq.ParquetFile(f)
+        return
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as e:  # pyarrow raises ArrowInvalid etc. on a file that is not parquet
+        policy.bad(
+            "unreadable parquet file",
+            str(path),
+            f"not a readable parquet file ({e})",
+            "re-create the file",
+        )
+        parquet = None
+    yield parquet
+
+
+def _read_parquet(
+    path: Path, spec: SourceSpec, policy: ErrorPolicy, progress: Callable[[int], None]
+) -> Iterator[Document]:
+    with parquet_file(path, policy) as parquet:
+        if parquet is None:
             return
         yield from _parquet_rows(parquet, path, spec, policy)
     progress(path.stat().st_size)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from plmkit import __version__
 from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
 from plmkit.cli.embed import add_embed
+from plmkit.cli.evaluate import add_evaluate
 from plmkit.cli.inference import add_eval, add_generate
 from plmkit.cli.parser import PlmParser
 from plmkit.cli.recipes import add_demo, add_recipes
@@ -35,6 +36,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_tokenizer,
     add_recipes,
     add_eval,
+    add_evaluate,
     add_embed,
     add_merge_lora,
     add_quantize,

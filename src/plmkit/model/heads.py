@@ -200,14 +200,27 @@ def with_new_lm_head(model: TransformerModel, source: str) -> PretrainedModel:
     return lm.train(model.training)
 
 
+def _checked_labels(labels: list[str] | None, num_labels: int) -> list[str] | None:
+    if labels is not None and len(labels) != num_labels:
+        raise ConfigError(f"{len(labels)} label names for num_labels={num_labels}; give one name per label")
+    return None if labels is None else [str(name) for name in labels]
+
+
 class SequenceClassifier(_HeadModel):
     """Pooled representation -> n_labels logits. num_labels=1 is regression (MSE), as in transformers.
-    `pooler_dense` adds BERT's dense+tanh pooler before the classifier."""
+    `pooler_dense` adds BERT's dense+tanh pooler before the classifier. `labels`: the class names by id
+    (transformers' id2label), saved with the checkpoint so predictions can be read back as names."""
 
     def __init__(
-        self, config: ModelConfig, num_labels: int, pooling: str = "cls", pooler_dense: bool = False
+        self,
+        config: ModelConfig,
+        num_labels: int,
+        pooling: str = "cls",
+        pooler_dense: bool = False,
+        labels: list[str] | None = None,
     ):
         super().__init__(config)
+        self.labels = _checked_labels(labels, num_labels)
         if pooling not in POOLINGS:
             raise ConfigError(
                 f"pooling={pooling!r} is not one of {', '.join(POOLINGS)}{did_you_mean(pooling, POOLINGS)}"
@@ -236,10 +249,12 @@ class SequenceClassifier(_HeadModel):
 
 
 class TokenClassifier(_HeadModel):
-    """A label per token (NER, POS); labels -100 where no loss (padding, sub-word continuations)."""
+    """A label per token (NER, POS); labels -100 where no loss (padding, sub-word continuations).
+    `labels`: the tag names by id, saved with the checkpoint."""
 
-    def __init__(self, config: ModelConfig, num_labels: int) -> None:
+    def __init__(self, config: ModelConfig, num_labels: int, labels: list[str] | None = None) -> None:
         super().__init__(config)
+        self.labels = _checked_labels(labels, num_labels)
         self.num_labels = num_labels
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(config.d_model, num_labels)

@@ -27,7 +27,7 @@ from plmkit.quant.modules import linear as quant_linear
 
 # Top-level children that belong to the pretrained model; any other child with parameters is a task head.
 BODY_CHILDREN = ("transformer", "encoder", "decoder", "lm_head")
-HEAD_MODEL_CLASSES = ("SequenceClassifier", "TokenClassifier", "SpanQA", "RewardModel")
+HEAD_MODEL_CLASSES = ("SequenceClassifier", "TokenClassifier", "SpanQA", "RewardModel", "SpellingCorrector")
 
 
 @dataclass

@@ -47,4 +47,13 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.pretrain:pretrain",
         validate="plmkit.recipes.pretrain:check",  # the recipe and its run folder
     ),
+    "finetune": Recipe(
+        help="fine-tune a checkpoint on a downstream task (classification, NER, QA, seq2seq, spelling)",
+        description="Fine-tune from RECIPE.yaml (see recipes/*-finetune*.yaml): a task head on a plmkit or "
+        "Hugging Face checkpoint (init_from), dev metrics during training, early stopping and the best "
+        "checkpoint kept in <run>/best; PEFT and quantized bases as in pre-training.",
+        config_class="plmkit.recipes.finetune_config:FinetuneConfig",
+        run="plmkit.recipes.finetune:finetune",
+        validate="plmkit.recipes.finetune:check",
+    ),
 }

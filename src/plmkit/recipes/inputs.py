@@ -18,14 +18,14 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path, resume_from: Path | Non
 
     own = run_dir / "tokenizer"
     if config.tokenizer.path:
-        return _load_tokenizer(Path(config.tokenizer.path))
+        return load_tokenizer_folder(Path(config.tokenizer.path))
     if config.init_from:  # the base model's own tokenizer
         check_init_from(config)
-        return _load_tokenizer(Path(config.init_from))
+        return load_tokenizer_folder(Path(config.init_from))
     if (own / "tokenizer.json").is_file():  # trained by an earlier start of this run
         return Tokenizer.load(own)
     if resume_from is not None:  # a branch from another folder's checkpoint, which holds its tokenizer
-        return _load_tokenizer(resume_from)
+        return load_tokenizer_folder(resume_from)
     if not config.data.sources:
         raise ConfigError(
             "the recipe has no data.sources to train a tokenizer on; add data.sources or tokenizer.path"
@@ -40,7 +40,8 @@ def build_tokenizer(config: RecipeConfig, run_dir: Path, resume_from: Path | Non
     return Tokenizer.load(own)
 
 
-def _load_tokenizer(path: Path) -> Any:
+def load_tokenizer_folder(path: Path) -> Any:
+    """A plmkit tokenizer folder, or a Hugging Face model / tokenizer folder."""
     from plmkit.tokenizer import Tokenizer
     from plmkit.tokenizer.hf import load_hf_tokenizer
 

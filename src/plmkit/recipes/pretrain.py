@@ -38,7 +38,7 @@ from plmkit.recipes.validate import validate
 from plmkit.train.checkpoint import read_trainer_info
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.errors import TrainingError
-from plmkit.train.logging import RunLogger, plot_loss_curve, read_metrics, warn
+from plmkit.train.logging import RunLogger, plot_loss_curve, truncate_metrics, warn
 from plmkit.train.loop import train_step
 from plmkit.weights import unwrap
 
@@ -193,7 +193,7 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, plan: RunPlan, stream=No
         enabled=strategy.is_main,
     )
     if strategy.is_main:
-        _truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
+        truncate_metrics(run.run_dir / "metrics.jsonl", progress.step)
     logger.print(run.describe())
     if progress.step:
         logger.print(f"resumed from step {progress.step} ({resume_from})")
@@ -255,12 +255,3 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, plan: RunPlan, stream=No
     if plot:
         result["loss_curve"] = str(plot)
     return result
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """A resumed run rewrites the steps after its checkpoint: drop their old rows."""
-    rows = [r for r in read_metrics(path) if r["step"] <= step] if step else []
-    if path.exists() or rows:
-        import json
-
-        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")

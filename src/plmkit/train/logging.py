@@ -101,6 +101,13 @@ def _duration(seconds: float) -> str:
     )
 
 
+def truncate_metrics(path: Path, step: int) -> None:
+    """A resumed run rewrites the steps after its checkpoint: drop their old rows."""
+    rows = [r for r in read_metrics(path) if r["step"] <= step] if step else []
+    if path.exists() or rows:
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The rows of metrics.jsonl; a line cut short by a killed run is left out."""
     if not path.is_file():

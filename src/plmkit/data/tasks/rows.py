@@ -433,8 +433,10 @@ def answers_of(value: Any) -> dict[str, list[Any]] | None:
 
 
 def _answers_ok(values: dict[str, Any], where: str, policy: ErrorPolicy, check_offsets: bool) -> bool:
-    """`answers` is well formed (normalized in place to lists) and, with `check_offsets`, every answer's
-    text stands in the context at its answer_start."""
+    """`answers` is well formed (normalized in place to lists) and, with `check_offsets`, the first
+    answer's text stands in the context at its answer_start: training learns that span, while the other
+    answers are reference texts for EM / F1 only (CMRC 2018's dev set has 200 extra answers at -1 or off by
+    one or two characters; 3 of its 3,219 first answers are wrong)."""
     if "answers" not in values:
         return True
     answers = answers_of(values["answers"])
@@ -459,7 +461,7 @@ def _answers_ok(values: dict[str, Any], where: str, policy: ErrorPolicy, check_o
     context = values.get("context")
     if not check_offsets or not isinstance(context, str):
         return True
-    for text, start in zip(answers["text"], answers["answer_start"]):
+    for text, start in zip(answers["text"][:1], answers["answer_start"][:1]):
         there = context[start : start + len(text)] if start >= 0 else ""
         if there != text:
             policy.bad(

@@ -23,6 +23,7 @@ from plmkit.evaluate.tasks import build_task, task_class
 from plmkit.evaluate.tasks.config import TaskConfig
 from plmkit.evaluate.tasks.run import TaskResult, evaluate_split
 from plmkit.files import check_output_folder, output_folder, read_json
+from plmkit.recipes.finetune_model import check_max_length
 
 DATA_KEYS = (
     "format",
@@ -90,6 +91,7 @@ def evaluate_checkpoint(
     labels = LabelVocab(list(names)) if names else None
     task_obj = build_task(config.task, tokenizer, labels)
     task_obj.check_model(model, str(checkpoint))
+    check_max_length(task_obj, model, str(checkpoint))
     required, optional, texts = task_obj.columns()
     split = read_split(config.data, "test", required, optional, texts)
     result = evaluate_split(task_obj, model, split)

@@ -51,9 +51,20 @@ def build_base_model(config: FinetuneConfig, tokenizer: Any) -> tuple[torch.nn.M
     return FAMILY_MODELS[model_config.family](model_config).train(), f"model.preset={config.model.preset}"
 
 
+def check_max_length(task: Task, model: torch.nn.Module, source: str) -> None:
+    """task.max_length fits the model's positions (ConfigError before any training or evaluation)."""
+    limit = getattr(getattr(model, "config", None), "max_positions", None)
+    if limit is not None and task.config.max_length > limit:
+        raise ConfigError(
+            f"task.max_length={task.config.max_length} is longer than {source} can read "
+            f"(max_positions={limit}); set task.max_length={limit} or less"
+        )
+
+
 def task_model(task: Task, base: torch.nn.Module, source: str) -> torch.nn.Module:
     """The model the task trains: `base` itself when it already is that head with the same labels
     (fine-tuning on), else a new head on base's stack."""
+    check_max_length(task, base, source)
     if model_class_name(base) == task.head:
         names = getattr(base, "labels", None)
         wanted = list(task.labels.names) if task.labels is not None else None

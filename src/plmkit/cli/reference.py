@@ -1,7 +1,9 @@
-"""The generated tables of docs/recipe-reference.md: every numeric recipe key (plmkit.recipes.reference)
-and every numeric `plm` option, with its range and "off" spelling. A test keeps the file equal to them.
+"""The generated tables of docs/recipe-reference.md: every numeric pre-training recipe key and every key
+of the fine-tuning recipe's own sections (plmkit.recipes.reference), and every numeric `plm` option, with
+its range and "off" spelling. A test keeps the file equal to them.
 
-    python -m plmkit.cli.reference     # both tables, to paste between the markers of the file
+    python -m plmkit.cli.reference                           # the tables, with their markers
+    python -m plmkit.cli.reference docs/recipe-reference.md  # rewrite them between the file's markers
 """
 
 from __future__ import annotations
@@ -11,9 +13,11 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+from plmkit.recipes.reference import finetune_table
 from plmkit.recipes.reference import table as recipe_table
 
 RECIPE_MARKERS = ("<!-- recipe-table: python -m plmkit.cli.reference -->", "<!-- /recipe-table -->")
+FINETUNE_MARKERS = ("<!-- finetune-table: python -m plmkit.cli.reference -->", "<!-- /finetune-table -->")
 OPTION_MARKERS = ("<!-- option-table: python -m plmkit.cli.reference -->", "<!-- /option-table -->")
 
 
@@ -42,13 +46,19 @@ def option_table(parser: argparse.ArgumentParser) -> str:
 def tables() -> dict[tuple[str, str], str]:
     from plmkit.cli import build_parser
 
-    return {RECIPE_MARKERS: recipe_table(), OPTION_MARKERS: option_table(build_parser())}
+    return {
+        RECIPE_MARKERS: recipe_table(),
+        FINETUNE_MARKERS: finetune_table(),
+        OPTION_MARKERS: option_table(build_parser()),
+    }
 
 
 def update(path: Path) -> None:
     """Replace the generated tables between their markers in `path` (docs/recipe-reference.md)."""
     text = path.read_text(encoding="utf-8")
     for (start, end), table in tables().items():
+        if start not in text or end not in text:
+            raise SystemExit(f"{path}: put the lines {start} and {end} where this table goes, then rerun")
         head, rest = text.split(start, 1)
         text = head + start + "\n" + table + end + rest.split(end, 1)[1]
     path.write_text(text, encoding="utf-8")

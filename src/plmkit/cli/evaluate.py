@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from plmkit.cli.parser import PlmParser
+from plmkit.cli.recipes import RecipeParser
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
@@ -19,7 +19,7 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         "settings and the data's columns default to the recipe that trained the checkpoint; change them "
         "with dotted overrides such as task.max_length=256 data.columns.text=sentence.",
     )
-    p.__class__ = PlmParser
+    p.__class__ = RecipeParser  # overrides before or after the options
     p.add_argument("checkpoint", metavar="CKPT", help="a fine-tuned plmkit checkpoint folder")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="task.* and data.* overrides")
     p.add_argument(

@@ -352,15 +352,16 @@ def _finetune(config: FinetuneConfig, strategy: Strategy, plan: RunPlan, stream=
     results: dict[str, TaskResult] = {}
     final: dict[str, float] = {}
     if has_dev:
-        final = evaluate(run, "dev").metrics
+        results["dev"] = evaluate(run, "dev")
+        final = results["dev"].metrics
         logger.log(step, {f"dev_{k}": v for k, v in final.items()})
         if run.best.update(final, step) and config.keep_best:
             keep_best(run, step, final)
     path = checkpoint(run, step)
     used_best = has_dev and config.keep_best and run.best.step != step and restore_best(run)
     for split in ("dev", "test"):
-        if split in run.splits:
-            results[split] = evaluate(run, split)
+        if split in run.splits and (used_best or split not in results):
+            results[split] = evaluate(run, split)  # the best model's (the final one's dev is known)
     summary = {
         "task": config.task.name,
         "step": step,

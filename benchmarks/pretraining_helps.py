@@ -42,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default=str(ROOT / "recipes" / "finetune" / "chnsenticorp.yaml"))
     parser.add_argument(
-        "--pretrained", default=str(ROOT / "runs" / "bert-wwm-zh" / "checkpoints" / "step-00002000")
+        "--pretrained", default=str(ROOT / "runs" / "bert-wwm-zh" / "checkpoints" / "step-00001000")
     )
     parser.add_argument("--steps", type=int, default=None, help="default: the recipe's")
     parser.add_argument("--threads", type=int, default=None)

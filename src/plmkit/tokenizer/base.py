@@ -3,8 +3,9 @@
 `Tokenizer` holds a `tokenizers.Tokenizer` (the "backend", which does all the real work) plus the
 roles of its special tokens (`SpecialTokens`: which string is eos, which is pad, ...). The wrapper
 adds what the rest of plmkit needs and the backend does not know: ids by role, padding a batch into
-tensors, and a small `tokenizer_config.json` that records the roles next to the backend's
-`tokenizer.json`.
+tensors, the chat template (Jinja source, Hugging Face's format; see plmkit.prompting.chat) that training
+and generation share, and a small `tokenizer_config.json` that records the roles and the template next
+to the backend's `tokenizer.json`.
 
 Training a new tokenizer: `Tokenizer.train(texts, kind, vocab_size=N, family=...)` with kind
 "bpe" (GPT-2 byte-level BPE, exact round trips), "wordpiece" (Chinese-BERT style: one token per CJK
@@ -33,9 +34,17 @@ CONFIG_VERSION = 1  # bump when tokenizer_config.json changes incompatibly
 class Tokenizer:
     """Text <-> token ids, with special tokens known by role. Wraps a `tokenizers.Tokenizer`."""
 
-    def __init__(self, backend: BackendTokenizer, special_tokens: SpecialTokens | None = None):
+    def __init__(
+        self,
+        backend: BackendTokenizer,
+        special_tokens: SpecialTokens | None = None,
+        chat_template: str | None = None,
+    ):
         self.backend = backend
         self.special_tokens = special_tokens or SpecialTokens()
+        if chat_template is not None and not isinstance(chat_template, str):
+            raise ConfigError(f"chat_template must be a Jinja string, got {type(chat_template).__name__}")
+        self.chat_template = chat_template  # saved with the tokenizer, so the checkpoint keeps its format
         # The wrapper owns padding and truncation (pad_batch); the backend returns raw ids.
         backend.no_padding()
         backend.no_truncation()
@@ -215,11 +224,14 @@ class Tokenizer:
 
     # ---- files ------------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
-        """Write `tokenizer.json` (the backend) and `tokenizer_config.json` (our roles) to `directory`."""
+        """Write `tokenizer.json` (the backend) and `tokenizer_config.json` (our roles and the chat
+        template, when there is one) to `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self.backend.save(str(directory / TOKENIZER_FILE), pretty=True)
         config = {"plmkit_tokenizer": CONFIG_VERSION, "special_tokens": self.special_tokens.to_dict()}
+        if self.chat_template is not None:
+            config["chat_template"] = self.chat_template  # the key transformers reads too
         (directory / CONFIG_FILE).write_text(
             json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
         )
@@ -250,7 +262,7 @@ class Tokenizer:
             )
         try:
             special_tokens = SpecialTokens.from_dict(config.get("special_tokens", {}))
-            return cls(backend, special_tokens)
+            return cls(backend, special_tokens, chat_template=config.get("chat_template"))
         except ConfigError as e:
             raise DataError(f"{config_path}: {e}") from e
 

@@ -3,7 +3,9 @@
 Read, in this order: `tokenizer.json` (the `tokenizers` format itself); legacy `vocab.txt`
 (BERT WordPiece); legacy `vocab.json` + `merges.txt` (GPT-2/RoBERTa byte-level BPE);
 `spiece.model` (SentencePiece, when the `sentencepiece` package is installed). Special tokens come
-from `tokenizer_config.json` and `special_tokens_map.json`.
+from `tokenizer_config.json` and `special_tokens_map.json`; the chat template from `chat_template.jinja`
+(newer transformers versions write it there) or else tokenizer_config.json's "chat_template" (a string, or a
+list of {name, template} whose "default" one is used).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from plmkit.tokenizer.base import Tokenizer
 from plmkit.tokenizer.special import ROLES, SpecialTokens
 
 HF_KEYS = {role: f"{role}_token" for role in ROLES}  # bos -> bos_token, ...
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -72,6 +75,26 @@ def special_tokens_from_config(directory: Path, vocab: dict[str, int], model_typ
         if token is not None and token in vocab:
             roles[role] = token
     return SpecialTokens(**roles)
+
+
+def chat_template_from_folder(directory: Path) -> str | None:
+    """The folder's chat template (Jinja source), or None when it has none."""
+    jinja_file = directory / CHAT_TEMPLATE_FILE
+    if jinja_file.is_file():
+        try:
+            return jinja_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{jinja_file} is not UTF-8 text: {e}") from e
+    value = _read_json(directory / "tokenizer_config.json").get("chat_template")
+    if isinstance(value, list):  # several named templates: the default one is the chat template
+        named = {t.get("name"): t.get("template") for t in value if isinstance(t, dict)}
+        value = named.get("default")
+    if value is not None and not isinstance(value, str):
+        raise CheckpointError(
+            f"{directory / 'tokenizer_config.json'}: chat_template must be a Jinja string or a list of "
+            "{name, template}; fix or remove it"
+        )
+    return value
 
 
 def _wordpiece(directory: Path, config: dict[str, Any]) -> BackendTokenizer:
@@ -180,13 +203,14 @@ def load_hf_tokenizer(
         # legacy files: the special tokens must be known to the backend as such, so that "[MASK]" in a
         # text stays one token and decode(skip_special_tokens=True) drops them (tokenizer.json has them)
         backend.add_special_tokens(sorted(set(special.tokens())))
-    return Tokenizer(backend, special)
+    return Tokenizer(backend, special, chat_template=chat_template_from_folder(directory))
 
 
 def save_hf_tokenizer(
     tokenizer: Tokenizer, directory: str | Path, model_max_length: int | None = None
 ) -> None:
-    """tokenizer.json + a tokenizer_config.json that both transformers and plmkit read."""
+    """tokenizer.json + a tokenizer_config.json that both transformers and plmkit read (the chat
+    template, when the tokenizer has one, under its "chat_template" key)."""
     directory = Path(directory)
     tokenizer.save(directory)  # tokenizer.json and plmkit's tokenizer_config.json
     config_path = directory / "tokenizer_config.json"
@@ -199,6 +223,9 @@ def save_hf_tokenizer(
     if model_max_length:
         config["model_max_length"] = model_max_length
     config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    stale = directory / CHAT_TEMPLATE_FILE  # it would win over the config's template when read back
+    if stale.is_file():
+        stale.unlink()
     special_map = {k: config[k] for k in HF_KEYS.values() if k in config}
     (directory / "special_tokens_map.json").write_text(
         json.dumps(special_map, indent=2) + "\n", encoding="utf-8"

@@ -23,8 +23,9 @@ def tokenizer_texts() -> list[str]:
     return [english_text(20_000), words, words, " ".join(ZH), " ".join(ZH)]
 
 
-def save_base(folder: Path, kind: str = "masked") -> Path:
-    """A tiny untrained base checkpoint (masked: BERT layout; seq2seq: T5 layout) with its tokenizer."""
+def save_base(folder: Path, kind: str = "masked", max_positions: int = 64) -> Path:
+    """A tiny untrained base checkpoint (masked: BERT layout; causal: GPT-2; seq2seq: T5 layout) with its
+    tokenizer (WordPiece, BERT special tokens)."""
     from plmkit.io import save
     from plmkit.model import ModelConfig, build_model
     from plmkit.tokenizer import Tokenizer
@@ -32,7 +33,10 @@ def save_base(folder: Path, kind: str = "masked") -> Path:
     if (folder / "plmkit.json").is_file():
         return folder
     tokenizer = Tokenizer.train(tokenizer_texts(), kind="wordpiece", vocab_size=400, family="bert")
-    arch = dict(ARCHS["bert"]) if kind == "masked" else {"family": "seq2seq", **T5_STYLE}
+    arch = {"masked": dict(ARCHS["bert"]), "causal": dict(ARCHS["gpt2"])}.get(kind) or {
+        "family": "seq2seq",
+        **T5_STYLE,
+    }
     if kind == "seq2seq":
         arch["decoder_start_token_id"] = tokenizer.pad_id
     config = ModelConfig(
@@ -42,7 +46,7 @@ def save_base(folder: Path, kind: str = "masked") -> Path:
         n_layer=2,
         n_head=2,
         d_ff=64,
-        max_positions=64,
+        max_positions=max_positions,
         dropout=0.0,
         pad_token_id=tokenizer.pad_id,
         eos_token_id=tokenizer.special_id("sep") if kind == "seq2seq" else tokenizer.eos_id,

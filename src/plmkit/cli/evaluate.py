@@ -42,7 +42,27 @@ def add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="output folder (default: eval-<CKPT name>-<FILE stem> beside CKPT)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    p.add_argument(
+        "--shots",
+        type=_shots,
+        default=(),
+        metavar="K,K,...",
+        help="--task icl: evaluate with each number of demonstrations, e.g. 0,1,4,8, and write "
+        "accuracy_vs_shots.png",
+    )
     p.set_defaults(run=_run_evaluate)
+
+
+def _shots(text: str) -> tuple[int, ...]:
+    from plmkit.errors import ConfigError
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--shots {text!r}: give numbers of demonstrations like 0,1,4,8") from None
+    if any(v < 0 for v in values):
+        raise ConfigError(f"--shots {text!r}: numbers of demonstrations are >= 0")
+    return values
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -51,7 +71,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from plmkit.recipes.evaluate import evaluate_checkpoint, metrics_table
 
     result, out = evaluate_checkpoint(
-        args.checkpoint, args.data, args.task, args.overrides, args.out, args.overwrite
+        args.checkpoint, args.data, args.task, args.overrides, args.out, args.overwrite, args.shots
     )
     print(metrics_table(result.metrics))
     print(json.dumps({"out": str(out), **result.metrics}))

@@ -30,7 +30,6 @@ from plmkit.config import to_dict
 from plmkit.data.tasks import LabelVocab, TaskSplit, read_split
 from plmkit.data.tasks.batches import EpochBatches
 from plmkit.errors import CheckpointError, ConfigError
-from plmkit.evaluate.tasks import task_class
 from plmkit.evaluate.tasks.base import MODEL, Feature, Task
 from plmkit.evaluate.tasks.run import TaskResult, evaluate_split
 from plmkit.files import atomic_file, atomic_folder
@@ -38,6 +37,7 @@ from plmkit.peft import apply_spec
 from plmkit.recipes.common import check_resumable, fp32_master_weights, quantize_base
 from plmkit.recipes.finetune_config import FinetuneConfig
 from plmkit.recipes.finetune_model import build_base_model, finetune_tokenizer, task_model
+from plmkit.recipes.tasks import build_task, check_task_name
 from plmkit.recipes.runs import (
     RunPlan,
     discard_new_folder,
@@ -135,7 +135,7 @@ def validate(config: FinetuneConfig) -> None:
         )
     if config.early_stopping.patience and not config.data.dev:
         raise ConfigError("early_stopping.patience needs dev metrics: set data.dev=FILE or patience=0")
-    task_class(config.task.name)  # an unknown task name fails here too
+    check_task_name(config.task.name, training=True)
 
 
 def check(config: FinetuneConfig) -> RunPlan:
@@ -145,8 +145,8 @@ def check(config: FinetuneConfig) -> RunPlan:
 
 
 # ---- building the run ------------------------------------------------------------------------------
-def read_splits(config: FinetuneConfig, task: type[Task] | Task) -> dict[str, TaskSplit]:
-    required, optional, texts = task.columns(task) if isinstance(task, type) else task.columns()
+def read_splits(config: FinetuneConfig, task: Task) -> dict[str, TaskSplit]:
+    required, optional, texts = task.columns()
     splits = {}
     for name in ("train", "dev", "test"):
         if getattr(config.data, name):
@@ -171,11 +171,10 @@ def build_finetune_run(config: FinetuneConfig, strategy: Strategy, resume_from: 
         precision.scaler = torch.amp.GradScaler(device.type, enabled=False)
 
     tokenizer = finetune_tokenizer(config, resume_from)
-    cls = task_class(config.task.name)
-    probe = cls(config.task, tokenizer)  # columns and label policy, before any label set exists
+    probe = build_task(config.task, tokenizer)  # columns and label policy, before any label set exists
     splits = read_splits(config, probe)
     labels = probe.label_vocab(splits["train"])  # from the train split (dev labels must be in it)
-    task = cls(config.task, tokenizer, labels)
+    task = build_task(config.task, tokenizer, labels)
 
     base, source = build_base_model(config, tokenizer)
     model = task_model(task, base, source)  # the task head on the base's stack

@@ -54,7 +54,8 @@ def build_base_model(config: FinetuneConfig, tokenizer: Any) -> tuple[torch.nn.M
 def check_max_length(task: Task, model: torch.nn.Module, source: str) -> None:
     """task.max_length fits the model's positions (ConfigError before any training or evaluation)."""
     limit = getattr(getattr(model, "config", None), "max_positions", None)
-    if limit is not None and task.config.max_length > limit:
+    wanted = getattr(task.config, "max_length", None)  # generation tasks (cot) bound their own lengths
+    if limit is not None and wanted is not None and wanted > limit:
         raise ConfigError(
             f"task.max_length={task.config.max_length} is longer than {source} can read "
             f"(max_positions={limit}); set task.max_length={limit} or less"

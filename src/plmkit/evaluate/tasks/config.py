@@ -6,12 +6,20 @@ it, and each field says which task reads it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
 from plmkit.config.fields import Range
 
-TASK_NAMES = ("classification", "token_classification", "extractive_qa", "seq2seq", "spelling_correction")
+TASK_NAMES = (
+    "classification",
+    "token_classification",
+    "extractive_qa",
+    "seq2seq",
+    "spelling_correction",
+    "icl",  # in-context learning (plmkit.prompting): evaluation only
+    "cot",  # chain of thought (plmkit.prompting): evaluation only
+)
 TaskName = Literal[TASK_NAMES]
 
 
@@ -35,6 +43,8 @@ class TaskConfig:
     num_beams: Annotated[int, Range(ge=1)] = 1
     # spelling_correction
     corrector: Literal["tagger", "seq2seq"] = "tagger"  # MacBERT4CSC per-character tagger, or a seq2seq model
+    # icl, cot: the paradigm's own settings (IclConfig / CotConfig fields; icl also train=FILE, encoder=DIR)
+    options: dict[str, Any] = field(default_factory=dict)
     detection_weight: Annotated[float, Range(ge=0, le=1)] = (
         0.7  # w·detection + (1-w)·correction; 0.7 as macbert4csc (its w=0.3 weighs correction)
     )

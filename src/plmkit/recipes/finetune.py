@@ -47,7 +47,7 @@ from plmkit.recipes.runs import (
 )
 from plmkit.recipes.validate import check_peft_section
 from plmkit.train.checkpoint import load_training_state, read_trainer_info
-from plmkit.train.distributed.base import Strategy
+from plmkit.train.distributed.base import LAYOUT_PLAIN, Strategy
 from plmkit.train.distributed.build import build_strategy
 from plmkit.train.errors import TrainingError
 from plmkit.train.logging import RunLogger, plot_loss_curve, truncate_metrics
@@ -252,13 +252,18 @@ def keep_best(run: FinetuneRun, step: int, metrics: dict[str, float]) -> None:
 
 
 def restore_best(run: FinetuneRun) -> bool:
-    """Load <run>/best's weights into the model (one process; a sharded run keeps its final weights)."""
+    """Load <run>/best into the model on every rank, through the strategy that wrote it (model.safetensors,
+    FSDP's dcp/ shards, DeepSpeed's files); False (the final weights stay) when there is none of its layout."""
     best = run.run_dir / "best"
-    if run.strategy.world_size > 1 or not (best / "model.safetensors").is_file():
+    if not (best / "trainer_state.json").is_file():
         return False
-    from plmkit.weights import load_weights_into
-
-    load_weights_into(unwrap(run.model), best / "model.safetensors")
+    saved, info = load_training_state(best)
+    if info.get("distributed", {}).get("layout", LAYOUT_PLAIN) != run.strategy.layout:
+        return False  # written before a resume changed the strategy
+    kept = run.best.state_dict()
+    # the optimizer, schedule and data order come back too: nothing uses them after training
+    run.strategy.load(best, run.train_state(), saved, info)
+    run.best.load_state_dict(kept)
     return True
 
 
@@ -398,13 +403,17 @@ def describe(run: FinetuneRun) -> str:
     sizes = ", ".join(f"{name} {len(split.rows):,} rows" for name, split in run.splits.items())
     skipped = [f"{name}: {split.skipped}" for name, split in run.splits.items() if split.skipped]
     labels = f"; {len(run.task.labels)} labels" if isinstance(run.task.labels, LabelVocab) else ""
+    shares = run.strategy.data_parallel_size
+    processes = f" x {shares} processes" if shares > 1 else ""
+    distributed = run.strategy.describe()
     return (
         f"run {c.name} -> {run.run_dir}\n"
         f"task: {c.task.name}{labels}; data: {sizes}" + (f" ({'; '.join(skipped)})" if skipped else "") + "\n"
         f"model: {type(model).__name__}, {n_params:,} parameters ({trained:,} trained)\n"
-        f"train: {run.steps} steps x {c.train.accumulation} x {c.train.batch_size} rows "
-        f"({run.steps * c.train.accumulation * c.train.batch_size * run.strategy.data_parallel_size / len(run.features['train']):.2f} "
+        f"train: {run.steps} steps x {c.train.accumulation} x {c.train.batch_size} rows{processes} "
+        f"({run.steps * c.train.accumulation * c.train.batch_size * shares / len(run.features['train']):.2f} "
         f"epochs) on {run.strategy.device} in {run.precision.name}; lr {c.optim.lr}"
+        + (f"\n{distributed}" if distributed else "")
     )
 
 

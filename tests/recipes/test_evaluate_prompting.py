@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 from finetune_helpers import classification_files, save_base, write_jsonl
+
 from train_helpers import run_cli
 
 ICL = [
@@ -71,3 +72,36 @@ def test_prompting_tasks_do_not_train(tmp_path, capsys):
         capsys,
     )
     assert code == 2 and "plm evaluate" in err and len(err.strip().splitlines()) == 1
+
+
+PET = [
+    "task.name=pet",
+    "task.options.patterns=['{text} it was {mask} .']",
+    "task.options.verbalizer={'0': [no], '1': [is]}",
+]
+
+
+def test_pet_trains_and_evaluates_zero_shot(tmp_path, capsys):
+    """plm finetune with task pet trains the masked LM through the pattern; plm evaluate --task pet scores
+    a masked LM zero-shot with the same options."""
+    from finetune_helpers import tiny_finetune
+
+    base = save_base(tmp_path / "bert")
+    train, dev = classification_files(tmp_path)
+    columns = "data.columns={text: sentence, label: label}"
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("name: pet\n")
+    argv = ["finetune", recipe, f"init_from={base}", f"data.train={train}", f"data.dev={dev}", columns]
+    code, out, err = run_cli([*argv, *PET, *tiny_finetune(tmp_path, 150)], capsys)
+    assert code == 0, err
+    trained = json.loads(out.strip().splitlines()[-1])["dev"]["accuracy"]
+    assert trained >= 0.8  # the sentiment word decides the label
+    zero = ["evaluate", base, "--task", "pet", "--data", dev, columns, *PET[1:], "--out", tmp_path / "zero"]
+    code, out, err = run_cli(zero, capsys)
+    assert code == 0, err
+    assert "accuracy" in json.loads((tmp_path / "zero" / "metrics.json").read_text())
+    # a pattern without a mask slot: one error line
+    code, _, err = run_cli(
+        [*zero[:-2], "task.options.patterns=['{text} it was .']", "--out", tmp_path / "bad"], capsys
+    )
+    assert code == 2 and "mask" in err and len(err.strip().splitlines()) == 1

@@ -171,8 +171,20 @@ def check_fields(
     for key, value in data.items():
         if key not in fields:
             raise unknown_key(key, path, fields, cls.__name__)
+        value = _with_section_defaults(fields[key], value)
         kwargs[key] = _convert(value, hints.get(key, Any), join(path, key))
     return kwargs
+
+
+def _with_section_defaults(f: dataclasses.Field, value: Any) -> Any:
+    """A partial section keeps its config's own defaults: FinetuneConfig's optim defaults to lr 5e-5 and
+    weight decay 0.01, so `optim: {lr: 1e-4}` keeps weight decay 0.01, not OptimConfig's 0.1."""
+    if not isinstance(value, Mapping) or f.default_factory is dataclasses.MISSING:
+        return value
+    default = f.default_factory()
+    if not dataclasses.is_dataclass(default) or default == type(default)():
+        return value
+    return {**to_dict(default), **value}
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], *, path: str = "") -> T:

@@ -51,12 +51,14 @@ class PetTask(Task):
     main_metric = "accuracy"
 
     def __init__(self, config: PetConfig, tokenizer: Any, labels: LabelVocab | None = None) -> None:
-        check_ranges(config, "task.")
+        check_ranges(config, "task.options.")
         if not config.patterns:
-            raise ConfigError('task.patterns is empty; give one or more, e.g. ["{text} It was {mask}."]')
+            raise ConfigError(
+                'task.options.patterns is empty; give one or more, e.g. ["{text} It was {mask}."]'
+            )
         if config.pattern >= len(config.patterns):
             raise ConfigError(
-                f"task.pattern={config.pattern} but there are {len(config.patterns)} patterns; pick 0.."
+                f"task.options.pattern={config.pattern} but there are {len(config.patterns)} patterns; pick 0.."
                 f"{len(config.patterns) - 1}"
             )
         self.patterns = [Pattern.parse(t) for t in config.patterns]  # every template checked up front

@@ -37,7 +37,6 @@ from plmkit.peft import apply_spec
 from plmkit.recipes.common import check_resumable, fp32_master_weights, quantize_base
 from plmkit.recipes.finetune_config import FinetuneConfig
 from plmkit.recipes.finetune_model import build_base_model, finetune_tokenizer, task_model
-from plmkit.recipes.tasks import build_task, check_task_name
 from plmkit.recipes.runs import (
     RunPlan,
     discard_new_folder,
@@ -45,6 +44,7 @@ from plmkit.recipes.runs import (
     prepare_run_folder,
     record_recipe,
 )
+from plmkit.recipes.tasks import build_task, check_task_name
 from plmkit.recipes.validate import check_peft_section
 from plmkit.train.checkpoint import load_training_state, read_trainer_info
 from plmkit.train.distributed.base import LAYOUT_PLAIN, Strategy

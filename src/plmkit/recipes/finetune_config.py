@@ -56,7 +56,9 @@ class FinetuneConfig:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     data: TaskDataConfig = field(default_factory=TaskDataConfig)
-    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.01))
+    optim: OptimConfig = field(
+        default_factory=lambda: OptimConfig(lr=5e-5, weight_decay=0.01, betas=(0.9, 0.999))
+    )  # BERT's fine-tuning settings
     schedule: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(kind="linear", min_lr_ratio=0.0))
     train: TrainConfig = field(default_factory=TrainConfig)
     epochs: Annotated[float, Range(gt=0, off="null", means="train.steps decides")] | None = (

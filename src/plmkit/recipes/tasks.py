@@ -1,10 +1,10 @@
 """Every task `plm finetune` and `plm evaluate` know, by name: the fine-tuning tasks of plmkit.evaluate.tasks
-and the prompting paradigms of plmkit.prompting (in-context learning and chain of thought evaluate only;
-PET also trains). The registry lives here, above both layers, so neither imports the other.
+and the prompting paradigms of plmkit.prompting (PET trains the masked LM through its patterns and
+verbalizer; in-context learning and chain of thought evaluate a model as it is). The registry lives here, above both layers, so neither imports the other.
 
     task = build_task(config.task, tokenizer, labels, model=model, data=config.data)
 
-A prompting task reads its own settings from `task.options` (IclConfig / CotConfig fields; ICL also
+A prompting task reads its own settings from `task.options` (PetConfig / IclConfig / CotConfig fields; ICL also
 `train`: the file its demonstrations come from, and `encoder`: a sentence encoder folder for kNN).
 """
 
@@ -27,8 +27,9 @@ FINETUNE_TASKS: dict[str, str] = {
     "seq2seq": "plmkit.evaluate.tasks.seq2seq:Seq2Seq",
     "spelling_correction": "plmkit.evaluate.tasks.spelling:spelling_task",
 }
+PROMPTING_TRAINABLE = ("pet",)  # pattern-verbalizer training of the masked LM itself
 EVALUATION_ONLY = ("icl", "cot")  # prompting paradigms without training
-TASKS = (*FINETUNE_TASKS, *EVALUATION_ONLY)
+TASKS = (*FINETUNE_TASKS, *PROMPTING_TRAINABLE, *EVALUATION_ONLY)
 assert set(TASKS) <= set(TASK_NAMES)
 
 
@@ -63,6 +64,11 @@ def build_task(
                 f"task.options is for the prompting tasks ({', '.join(EVALUATION_ONLY)}); remove it"
             )
         return _load(FINETUNE_TASKS[config.name])(config, tokenizer, labels)
+    if config.name == "pet":
+        from plmkit.prompting.pet_task import PetConfig, PetTask
+
+        options = {"max_length": config.max_length, "batch_size": config.batch_size, **config.options}
+        return PetTask(from_dict(PetConfig, options, path="task.options"), tokenizer, labels)
     if config.name == "cot":
         from plmkit.prompting.cot_task import CotConfig, CotTask
 

@@ -17,6 +17,7 @@ TASK_NAMES = (
     "extractive_qa",
     "seq2seq",
     "spelling_correction",
+    "pet",  # pattern-verbalizer training (plmkit.prompting): patterns, verbalizer in task.options
     "icl",  # in-context learning (plmkit.prompting): evaluation only
     "cot",  # chain of thought (plmkit.prompting): evaluation only
 )
@@ -43,7 +44,7 @@ class TaskConfig:
     num_beams: Annotated[int, Range(ge=1)] = 1
     # spelling_correction
     corrector: Literal["tagger", "seq2seq"] = "tagger"  # MacBERT4CSC per-character tagger, or a seq2seq model
-    # icl, cot: the paradigm's own settings (IclConfig / CotConfig fields; icl also train=FILE, encoder=DIR)
+    # pet, icl, cot: the paradigm's own settings (PetConfig / IclConfig / CotConfig; icl also train=FILE, encoder=DIR)
     options: dict[str, Any] = field(default_factory=dict)
     detection_weight: Annotated[float, Range(ge=0, le=1)] = (
         0.7  # w·detection + (1-w)·correction; 0.7 as macbert4csc (its w=0.3 weighs correction)

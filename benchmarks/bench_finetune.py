@@ -40,6 +40,7 @@ import argparse
 import contextlib
 import copy
 import csv
+import datetime
 import json
 import shutil
 import sys
@@ -520,7 +521,10 @@ def main(argv: list[str] | None = None) -> dict:
     with contextlib.redirect_stdout(sys.stderr):
         result = run(args, emit, log)
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = report.output_stem(args.out, "finetune-" + limits.slug(result["machine"]["cpu"]["model"]))
+    started_on = datetime.date.fromisoformat(result["machine"]["date"][:10])  # the run's date, not its end's
+    stem = report.output_stem(
+        args.out, "finetune-" + limits.slug(result["machine"]["cpu"]["model"]), started_on
+    )
     report.write_text(stem.with_suffix(".json"), json.dumps(result, indent=1, default=str) + "\n")
     log(f"wrote {stem.with_suffix('.json')}")
     return result

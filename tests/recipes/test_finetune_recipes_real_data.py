@@ -10,11 +10,10 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
-from finetune_helpers import save_base
+from finetune_helpers import save_base, save_chinese_base
 
-from tiny import ARCHS, ROOT
+from tiny import ROOT
 from train_helpers import COMMON, run_cli
 
 FINETUNE_RECIPES = sorted((ROOT / "recipes" / "finetune").glob("*.yaml"))
@@ -51,34 +50,6 @@ def expected_metrics(task: dict) -> set[str]:
             for score in ("precision", "recall", "f1")
         }
     raise AssertionError(f"no expected metrics for task {name!r}: add them to this test")
-
-
-def save_chinese_base(folder: Path, corpus: Path, n_lines: int = 1500) -> Path:
-    """A tiny untrained BERT-layout masked LM with a WordPiece tokenizer (family bert) trained on the first
-    n_lines of `corpus`: the layout of recipes/bert-wwm-zh.yaml's model, at test size."""
-    from plmkit.io import save
-    from plmkit.model import ModelConfig, build_model
-    from plmkit.tokenizer import Tokenizer
-
-    lines = corpus.read_text(encoding="utf-8").splitlines()[:n_lines]
-    tokenizer = Tokenizer.train(lines, kind="wordpiece", vocab_size=2000, family="bert")
-    config = ModelConfig(
-        **ARCHS["bert"],
-        vocab_size=tokenizer.vocab_size,
-        d_model=32,
-        n_layer=2,
-        n_head=2,
-        d_ff=64,
-        max_positions=128,
-        dropout=0.0,
-        pad_token_id=tokenizer.pad_id,
-        eos_token_id=tokenizer.eos_id,
-    )
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = build_model(config)
-    save(model, tokenizer, folder)
-    return folder
 
 
 @pytest.fixture(scope="module")

@@ -352,7 +352,7 @@ def compare(report: dict[str, Any], hits: dict[str, list[bool]]) -> dict[str, An
     return {
         "rationale_minus_answer_only_greedy_points": round(100 * (r["greedy_accuracy_flexible"] - a["greedy_accuracy_flexible"]), 1),
         "only_rationale_right": only_r, "only_answer_only_right": only_a,
-        "sign_test_p": round(sign_test(only_r, only_a), 4),
+        "sign_test_p": float(f"{sign_test(only_r, only_a):.3g}"),  # 3 significant digits
         f"rationale_maj@{n}_minus_greedy_points": round(100 * (r[f"maj@{n}"] - r["greedy_accuracy_flexible"]), 1),
         "rationale_wins": r["greedy_accuracy_flexible"] > a["greedy_accuracy_flexible"],
         "self_consistency_wins": r[f"maj@{n}"] > r["greedy_accuracy_flexible"],

@@ -1,0 +1,422 @@
+"""Chain of thought, measured (Nye et al. 2021, "Show your work: scratchpads"): on synthetic multi-step
+arithmetic word problems, a small GPT trained on rationales against the same GPT trained on answers only,
+from the same random initialisation, tokenizer, steps, batch and learning rate; then self-consistency
+(Wang et al. 2023: maj@k of n sampled paths) against greedy decoding.
+
+    python benchmarks/cot_scratchpad.py [--steps 1000] [--jobs 2] [--out benchmarks/results]
+    python benchmarks/cot_scratchpad.py --tiny        # the pipeline in seconds (tests); no claim
+
+A problem has 2 or 3 steps of + / - on numbers 1..9 (a count from 2..9):
+
+    Q: Tom has 7 apples. He buys 5 more. Then he gives away 3. How many apples does he have now?
+    A: 7 + 5 = 12. 12 - 3 = 9. The answer is 9.         (rationale arm)
+    A: The answer is 9.                                 (answer-only arm)
+
+Both arms' (prompt, target) pairs come from plmkit.prompting.cot.rationale_text on a GSM8K-format answer
+("7 + 5 = 12.\\n12 - 3 = 9.\\n#### 9"); one example is one document (a JSONL line). Training is the
+pre-training recipe (plmkit.recipes.pretrain) with objective clm on that file: documents are packed into
+blocks with an end-of-text token between them, and the loss covers every token, the question's too (an
+assistant-only loss is not what the recipe does). At equal steps and batch the arms see equal tokens, so
+the answer-only arm sees about 1.4x more problems (both see fewer than the training file holds). The two
+arms train at the same time in two processes of one thread each (--jobs 2), or one after the other. Evaluation on held-out problems (none of their questions
+is in the training file): greedy decoding and flexible extraction (the last number,
+plmkit.prompting.answers) for both arms; n sampled paths at a temperature, maj@1/2/4/.../n (answers.maj_at_k)
+for both arms, also at a second, lower temperature as a check. Prompts start with the end-of-text token, as
+every training document does. Diagnostics of the rationales: arithmetic, operands copied from the question,
+chaining (plmkit.prompting has no such thing: they are specific to these problems).
+
+Writes cot-scratchpad-<date>.json (accuracies, maj@k, paired counts and sign test, settings, loss curves,
+wall times, the load average) and prints one JSON line per arm and a summary line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+
+NAMES = [("Tom", "he"), ("Ben", "he"), ("Sam", "he"), ("Jack", "he"), ("Leo", "he"), ("Max", "he"),
+         ("Anna", "she"), ("Lily", "she"), ("Mia", "she"), ("Emma", "she"), ("Zoe", "she"), ("Eva", "she")]  # fmt: skip
+ITEMS = ["apples", "pens", "stickers", "marbles", "cookies", "books", "coins", "cards", "shells", "stamps"]
+ADD = ["{p} buys {n} more.", "{p} finds {n} more.", "{p} gets {n} more from a friend.", "{p} wins {n} more."]
+SUB = ["{p} gives away {n}.", "{p} loses {n}.", "{p} sells {n}.", "{p} gives {n} to a friend."]
+THEN = ["", "Then "]
+EQUATION = re.compile(r"(\d+) ([+-]) (\d+) = (\d+)")
+
+
+@dataclass
+class Problem:
+    question: str
+    answer: str  # GSM8K format: one equation per line, then "#### N"
+    gold: str
+
+
+def make_problem(rng: random.Random, max_start: int, max_operand: int) -> Problem:
+    """A problem of 2 or 3 steps; the count never goes below zero."""
+    name, pronoun = rng.choice(NAMES)
+    item = rng.choice(ITEMS)
+    total = rng.randint(2, max_start)
+    sentences, equations = [f"{name} has {total} {item}."], []
+    for step in range(rng.choice((2, 3))):
+        subtract = total > 1 and rng.random() < 0.5
+        n = rng.randint(1, min(max_operand, total) if subtract else max_operand)
+        template = rng.choice(SUB if subtract else ADD)
+        then = rng.choice(THEN) if step else ""
+        subject = pronoun if then else pronoun.capitalize()
+        sentences.append(then + template.format(p=subject, n=n))
+        new = total - n if subtract else total + n
+        equations.append(f"{total} {'-' if subtract else '+'} {n} = {new}.")
+        total = new
+    sentences.append(f"How many {item} does {pronoun} have now?")
+    return Problem(" ".join(sentences), "\n".join([*equations, f"#### {total}"]), str(total))
+
+
+def make_split(n_train: int, n_test: int, seed: int, max_start: int, max_operand: int) -> tuple[list, list]:
+    """Training and held-out problems; no held-out question occurs in the training set."""
+    rng = random.Random(seed)
+    test: dict[str, Problem] = {}
+    while len(test) < n_test:
+        p = make_problem(rng, max_start, max_operand)
+        test.setdefault(p.question, p)
+    train = []
+    while len(train) < n_train:
+        p = make_problem(rng, max_start, max_operand)
+        if p.question not in test:
+            train.append(p)
+    return train, list(test.values())
+
+
+def training_text(problem: Problem, with_rationale: bool) -> str:
+    from plmkit.prompting.cot import rationale_text
+
+    prompt, target = rationale_text(problem.question, problem.answer, with_rationale)
+    return prompt + target
+
+
+def write_corpus(path: Path, problems: Sequence[Problem], with_rationale: bool) -> None:
+    with path.open("w", encoding="utf-8") as f:
+        for p in problems:
+            f.write(json.dumps({"text": training_text(p, with_rationale)}) + "\n")
+
+
+# ---- model and training --------------------------------------------------------------------------------
+def recipe(args: argparse.Namespace, tmp: Path, **fields: Any) -> Any:
+    """The pre-training recipe both arms share (plmkit.recipes.config.RecipeConfig); `fields` on top."""
+    from plmkit.config.convert import from_dict
+    from plmkit.recipes.config import RecipeConfig
+
+    data = {
+        "seed": args.seed,
+        "objective": {"name": "clm"},
+        "data": {"block_size": args.block_size, "validation_fraction": 0, "cache_dir": str(tmp / "cache")},
+        "optim": {"lr": args.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
+        "schedule": {"kind": "cosine", "warmup_steps": min(args.warmup, args.steps)},
+        "train": {"steps": args.steps, "batch_size": args.batch_size, "precision": "fp32",
+                  "threads": args.threads, "device": args.device},
+        "eval": {"every": 0},
+        "checkpoint": {"every": 0, "keep_last": 1},
+        "log": {"every": max(args.steps // 10, 1), "tensorboard": False, "plot": False},
+        **fields,
+    }  # fmt: skip
+    return from_dict(RecipeConfig, data)
+
+
+def save_initial_model(args: argparse.Namespace, tmp: Path, texts: list[str]) -> tuple[Path, int]:
+    """One tokenizer (trained on both arms' texts) and one random initialisation, saved as the checkpoint
+    both arms start from (init_from): the same weights and vocabulary by construction."""
+    import torch
+
+    import plmkit
+    from plmkit.recipes.common import build_recipe_model
+    from plmkit.tokenizer import Tokenizer
+
+    tokenizer = Tokenizer.train(texts, "bpe", vocab_size=args.vocab_size)
+    model_fields = {"preset": "gpt2-tiny", "n_layer": args.n_layer, "d_model": args.d_model,
+                    "n_head": args.n_head, "d_ff": 4 * args.d_model, "dropout": 0.0,
+                    "max_positions": args.block_size + 64}  # fmt: skip
+    torch.manual_seed(args.seed)
+    model = build_recipe_model(recipe(args, tmp, model=model_fields), tokenizer)
+    plmkit.save(model, tokenizer, tmp / "init")
+    return tmp / "init", sum(p.numel() for p in model.parameters())
+
+
+def train_arm(args: argparse.Namespace, tmp: Path, name: str, corpus: Path, init: Path) -> tuple[Path, dict]:
+    """The pre-training recipe on one arm's file, from the shared initial checkpoint."""
+    from plmkit.recipes.pretrain import pretrain
+    from plmkit.train.logging import read_metrics
+
+    config = recipe(
+        args,
+        tmp,
+        name=name,
+        out_dir=str(tmp / "runs" / name),
+        init_from=str(init),
+        data={"sources": [{"path": str(corpus)}], "block_size": args.block_size,
+              "validation_fraction": 0, "cache_dir": str(tmp / "cache")},
+    )  # fmt: skip
+    started = time.time()
+    result = pretrain(config, stream=sys.stderr)
+    result["train_seconds"] = round(time.time() - started, 1)
+    losses = [r for r in read_metrics(Path(config.run_dir) / "metrics.jsonl") if "loss" in r]
+    result["loss_curve"] = [{"step": r["step"], "loss": round(r["loss"], 4)} for r in losses]
+    return Path(result["checkpoint"]), result
+
+
+def train_arms(args: argparse.Namespace, tmp: Path, corpora: dict[str, Path], init: Path) -> dict[str, Any]:
+    """{arm: (checkpoint, result)}: one arm after the other (jobs=1), or both at once in their own
+    processes (jobs=2, one thread each: on a shared machine two processes get two shares)."""
+    if args.jobs == 1:
+        return {name: train_arm(args, tmp, name, corpus, init) for name, corpus in corpora.items()}
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(max_workers=args.jobs, mp_context=get_context("spawn")) as pool:
+        futures = {
+            name: pool.submit(train_arm, args, tmp, name, corpus, init) for name, corpus in corpora.items()
+        }
+        return {name: future.result() for name, future in futures.items()}
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------
+def step_diagnostics(problems: Sequence[Problem], texts: Sequence[str]) -> dict[str, Any]:
+    """Where rationales go wrong. Each written equation "a +/- b = c" is checked against the problem's step
+    at its place: arithmetic_right (c == a op b), operand_right (op and b are that step's: copied from the
+    question), chained (a is the previous equation's c; the first: the starting count); step_count_right:
+    the texts with as many equations as the problem has steps. Fractions; None without equations."""
+    counts = {"arithmetic_right": 0, "operand_right": 0, "chained": 0}
+    equations = right_count = 0
+    for problem, text in zip(problems, texts, strict=True):
+        steps = EQUATION.findall(problem.answer)
+        written = EQUATION.findall(text)
+        right_count += len(written) == len(steps)
+        previous = steps[0][0] if steps else None
+        for k, (a, op, b, c) in enumerate(written):
+            equations += 1
+            counts["arithmetic_right"] += int(a) + (int(b) if op == "+" else -int(b)) == int(c)
+            counts["operand_right"] += k < len(steps) and (op, b) == steps[k][1:3]
+            counts["chained"] += a == previous
+            previous = c
+    fractions = {k: round(v / equations, 4) if equations else None for k, v in counts.items()}
+    return {
+        "equations": equations,
+        **fractions,
+        "step_count_right": round(right_count / max(len(texts), 1), 4),
+    }
+
+
+def sign_test(only_a: int, only_b: int) -> float:
+    """Two-sided exact sign test (McNemar's exact test) on the discordant pairs: p of a split at least this
+    uneven when either arm is as likely to be the one that is right."""
+    n = only_a + only_b
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_a, only_b) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def self_consistency_maj(args, model, tokenizer, prompts, gold, temperature: float) -> dict[str, float]:
+    """maj@1, 2, 4, ..., n of n paths sampled at `temperature` (plmkit.prompting.cot.self_consistency)."""
+    from plmkit.prompting.answers import maj_at_k
+    from plmkit.prompting.cot import self_consistency
+
+    sampled = self_consistency(
+        model, tokenizer, prompts, n=args.n_samples, temperature=temperature,
+        max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.eval_batch * args.n_samples,
+    )  # fmt: skip
+    ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= args.n_samples]
+    return {f"maj@{k}": maj_at_k(sampled, gold, k) for k in ks}
+
+
+def evaluate_arm(args: argparse.Namespace, checkpoint: Path, test: Sequence[Problem]) -> dict[str, Any]:
+    """Greedy accuracy (flexible and strict extraction), the rationales' step diagnostics and
+    self-consistency maj@k on `test`; "greedy_hits": which problems greedy decoding got right."""
+    import torch
+
+    import plmkit
+    from plmkit.generation import GenerationConfig
+    from plmkit.prompting.answers import extract_flexible, extract_strict, is_correct
+    from plmkit.prompting.cot import STOP, generate_batched, question_prompt
+
+    model, tokenizer = plmkit.load(checkpoint, device=args.device if args.device != "auto" else "cpu")
+    prefix = tokenizer.decode([tokenizer.eos_id], skip_special_tokens=False)  # each document follows one
+    prompts = [prefix + question_prompt(p.question) for p in test]
+    gold = [p.gold for p in test]
+    started = time.time()
+    with torch.inference_mode():
+        greedy = GenerationConfig(max_new_tokens=args.max_new_tokens, stop=STOP)
+        texts = generate_batched(model, tokenizer, prompts, greedy, args.eval_batch)
+        greedy_seconds = time.time() - started
+        started = time.time()
+        majority = self_consistency_maj(args, model, tokenizer, prompts, gold, args.temperature)
+        if args.check_temperature:
+            check = self_consistency_maj(args, model, tokenizer, prompts, gold, args.check_temperature)
+            majority.update({f"{k}_T{args.check_temperature:g}": v for k, v in check.items()})
+    hits = [is_correct(extract_flexible(t), g) for t, g in zip(texts, gold)]
+    strict = [is_correct(extract_strict(t), g) for t, g in zip(texts, gold)]
+    return {
+        "greedy_accuracy_flexible": sum(hits) / len(gold),
+        "greedy_accuracy_strict": sum(strict) / len(gold),
+        **majority,
+        "greedy_steps": step_diagnostics(test, texts),
+        "greedy_examples": [{"question": p.question, "gold": p.gold, "output": t} for p, t in zip(test[:5], texts)],
+        "greedy_seconds": round(greedy_seconds, 1),
+        "sampling_seconds": round(time.time() - started, 1),
+        "greedy_hits": hits,
+    }  # fmt: skip
+
+
+def rounded(metrics: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+
+
+# ---- main ----------------------------------------------------------------------------------------------
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add = parser.add_argument
+    add("--tiny", action="store_true", help="seconds: a 1x32 model, 3 steps, 8 test problems (tests only)")
+    add("--steps", type=int, default=1000)
+    add("--batch-size", type=int, default=4, help="blocks per step")
+    add("--block-size", type=int, default=256)
+    add("--lr", type=float, default=3e-3)
+    add("--warmup", type=int, default=50)
+    add("--n-layer", type=int, default=4)
+    add("--d-model", type=int, default=128)
+    add("--n-head", type=int, default=4)
+    add("--vocab-size", type=int, default=512)
+    add("--train-problems", type=int, default=40000)
+    add("--test-problems", type=int, default=250)
+    add("--max-start", type=int, default=9, help="the starting count is 2..max-start")
+    add("--max-operand", type=int, default=9, help="each step adds or takes 1..max-operand")
+    add("--n-samples", type=int, default=8, help="self-consistency paths per problem")
+    add("--temperature", type=float, default=0.7)
+    add("--check-temperature", type=float, default=0.3, help="maj@k also at this temperature (0: not)")
+    add("--max-new-tokens", type=int, default=48)
+    add("--eval-batch", type=int, default=50, help="problems per generate call")
+    add("--seed", type=int, default=0)
+    add("--threads", type=int, default=1, help="torch threads per training process")
+    add(
+        "--jobs",
+        type=int,
+        default=2,
+        choices=(1, 2),
+        help="1: train the arms one after the other; 2: at once",
+    )
+    add("--device", default="cpu", help="cpu | cuda | auto")
+    add("--out", default=str(ROOT / "benchmarks" / "results"))
+    add(
+        "--work",
+        default=None,
+        help="keep the corpora and checkpoints in this folder (default: a temporary one)",
+    )
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.steps, args.batch_size, args.block_size, args.warmup = 3, 4, 64, 1
+        args.n_layer, args.d_model, args.n_head, args.vocab_size = 1, 32, 2, 300
+        args.train_problems, args.test_problems, args.n_samples = 200, 8, 4
+        args.max_new_tokens, args.eval_batch, args.threads, args.jobs = 24, 8, 1, 1
+    return args
+
+
+def arm_report(result: dict[str, Any], metrics: dict[str, Any], tokens_per_problem: float) -> dict[str, Any]:
+    curve = result["loss_curve"]
+    return {
+        "final_train_loss": curve[-1]["loss"] if curve else None,
+        "tokens_per_problem": round(tokens_per_problem, 1),
+        "problems_seen": round(result["tokens"] / tokens_per_problem),
+        "train_seconds": result["train_seconds"],
+        **rounded(metrics),
+        "loss_curve": curve,
+    }
+
+
+def compare(report: dict[str, Any], hits: dict[str, list[bool]]) -> dict[str, Any]:
+    """The two claims: rationale vs answer-only greedy (with the paired counts and the sign test), and the
+    rationale arm's maj@n vs its greedy accuracy."""
+    r, a = report["arms"]["rationale"], report["arms"]["answer_only"]
+    only_r = sum(x and not y for x, y in zip(hits["rationale"], hits["answer_only"]))
+    only_a = sum(y and not x for x, y in zip(hits["rationale"], hits["answer_only"]))
+    n = max(int(key[4:]) for key in r if key.startswith("maj@") and "_T" not in key)
+    return {
+        "rationale_minus_answer_only_greedy_points": round(100 * (r["greedy_accuracy_flexible"] - a["greedy_accuracy_flexible"]), 1),
+        "only_rationale_right": only_r, "only_answer_only_right": only_a,
+        "sign_test_p": float(f"{sign_test(only_r, only_a):.3g}"),  # 3 significant digits
+        f"rationale_maj@{n}_minus_greedy_points": round(100 * (r[f"maj@{n}"] - r["greedy_accuracy_flexible"]), 1),
+        "rationale_wins": r["greedy_accuracy_flexible"] > a["greedy_accuracy_flexible"],
+        "self_consistency_wins": r[f"maj@{n}"] > r["greedy_accuracy_flexible"],
+    }  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    import torch
+
+    from plmkit.tokenizer import Tokenizer
+
+    started = time.time()
+    load_before = os.getloadavg()
+    train, test = make_split(
+        args.train_problems, args.test_problems, args.seed, args.max_start, args.max_operand
+    )
+    arms = {"rationale": True, "answer_only": False}
+    report: dict[str, Any] = {"arms": {}}
+    hits: dict[str, list[bool]] = {}
+    with tempfile.TemporaryDirectory() as folder:
+        tmp = Path(args.work or folder)
+        tmp.mkdir(parents=True, exist_ok=True)
+        corpora = {name: tmp / f"{name}.jsonl" for name in arms}
+        for name, with_rationale in arms.items():
+            write_corpus(corpora[name], train, with_rationale)
+        init, n_params = save_initial_model(
+            args, tmp, [training_text(p, r) for p in train for r in arms.values()]
+        )
+        setup_seconds = time.time() - started
+        trained = train_arms(args, tmp, corpora, init)
+        tokenizer = Tokenizer.load(init)
+        for name, with_rationale in arms.items():
+            checkpoint, result = trained[name]
+            metrics = evaluate_arm(args, checkpoint, test)
+            hits[name] = metrics.pop("greedy_hits")
+            docs = [training_text(p, with_rationale) for p in train[:2000]]
+            tokens_per_problem = sum(len(tokenizer.encode(d)) + 1 for d in docs) / len(docs)  # + its eos
+            report["arms"][name] = arm_report(result, metrics, tokens_per_problem)
+            short = {
+                k: v for k, v in report["arms"][name].items() if k not in ("greedy_examples", "loss_curve")
+            }
+            print(json.dumps({"arm": name, **short}), flush=True)
+    summary = compare(report, hits)
+    print(json.dumps(summary), flush=True)
+    report.update(summary)
+    report["settings"] = {
+        **{k: v for k, v in vars(args).items() if k not in ("out", "work")},
+        "parameters": n_params, "train_problems_unique": len({p.question for p in train}),
+        "objective": "clm (loss on every token, question included), packed blocks, eos between problems",
+        "extraction": "flexible (last number); strict = 'The answer is N'",
+    }  # fmt: skip
+    report["machine"] = {
+        "platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+        "load_average_at_start": [round(x, 2) for x in load_before],
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+    }  # fmt: skip
+    report["wall_seconds"] = {"setup": round(setup_seconds, 1), "total": round(time.time() - started, 1)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"cot-scratchpad{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}.json"
+    (out / name).write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()

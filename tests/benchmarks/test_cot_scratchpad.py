@@ -1,0 +1,100 @@
+"""benchmarks/cot_scratchpad.py: the problem generator (its rationales are right, the held-out questions are
+not trained on, both arms' texts come from cot.rationale_text) and the whole pipeline with --tiny (two arms
+trained from one initial checkpoint, greedy and maj@k evaluated, the JSON written). Correctness only: no
+accuracy is asserted."""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+
+from tiny import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import cot_scratchpad as bench  # noqa: E402
+
+from plmkit.prompting.answers import extract_strict, gold_answer  # noqa: E402
+
+
+def test_problems_have_right_rationales_and_unseen_test_questions():
+    rng = random.Random(3)
+    for _ in range(200):
+        p = bench.make_problem(rng, max_start=20, max_operand=15)
+        steps = [line for line in p.answer.splitlines() if not line.startswith("####")]
+        assert len(steps) in (2, 3) and gold_answer(p.answer) == p.gold
+        assert bench.step_diagnostics([p], [p.answer])["arithmetic_right"] == 1.0
+        first = int(steps[0].split()[0])
+        assert f"has {first} " in p.question and int(p.gold) >= 0
+        for before, after in zip(steps, steps[1:]):  # each step starts from the previous result
+            assert before.split(" = ")[1].rstrip(".") == after.split()[0]
+    train, test = bench.make_split(300, 40, seed=0, max_start=20, max_operand=15)
+    assert len(train) == 300 and len({p.question for p in test}) == 40
+    assert not {p.question for p in train} & {p.question for p in test}
+
+
+def test_the_two_arms_differ_in_the_target_only():
+    p = bench.Problem(
+        "Tom has 7 apples. He buys 5 more. How many apples does he have now?", "7 + 5 = 12.\n#### 12", "12"
+    )
+    with_rationale = bench.training_text(p, True)
+    answer_only = bench.training_text(p, False)
+    assert with_rationale == f"Q: {p.question}\nA: 7 + 5 = 12. The answer is 12."
+    assert answer_only == f"Q: {p.question}\nA: The answer is 12."
+    assert extract_strict(with_rationale) == extract_strict(answer_only) == "12"
+
+
+def test_step_diagnostics_separate_arithmetic_copying_and_chaining():
+    p = bench.Problem(
+        "Tom has 7 apples. He buys 5 more. He gives away 3. How many?",
+        "7 + 5 = 12.\n12 - 3 = 9.\n#### 9",
+        "9",
+    )
+    assert bench.step_diagnostics([p], [" 7 + 5 = 12. 12 - 3 = 9. The answer is 9."]) == {
+        "equations": 2, "arithmetic_right": 1.0, "operand_right": 1.0, "chained": 1.0, "step_count_right": 1.0,
+    }  # fmt: skip
+    # wrong sum, a miscopied operand (4 for 3), then a start that is not the previous result
+    found = bench.step_diagnostics([p], [" 7 + 5 = 13. 13 - 4 = 9. 8 + 1 = 9. The answer is 9."])
+    assert found == {
+        "equations": 3, "arithmetic_right": round(2 / 3, 4), "operand_right": round(1 / 3, 4),
+        "chained": round(2 / 3, 4), "step_count_right": 0.0,
+    }  # fmt: skip
+    assert bench.step_diagnostics([p], [" The answer is 9."])["equations"] == 0
+
+
+def test_sign_test_matches_scipy():
+    from scipy.stats import binomtest
+
+    for only_a, only_b in ((10, 3), (4, 4), (0, 7), (25, 12)):
+        expected = binomtest(only_a, only_a + only_b, 0.5).pvalue
+        assert abs(bench.sign_test(only_a, only_b) - expected) < 1e-12
+    assert bench.sign_test(0, 0) == 1.0
+
+
+def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
+    work = tmp_path / "work"
+    report = bench.main(["--tiny", "--out", str(tmp_path), "--work", str(work)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [line.get("arm") for line in lines] == ["rationale", "answer_only", None]
+    (written,) = tmp_path.glob("cot-scratchpad-tiny-*.json")
+    assert json.loads(written.read_text()) == json.loads(json.dumps(report))
+    for arm in report["arms"].values():
+        assert 0 <= arm["greedy_accuracy_flexible"] <= 1 and 0 <= arm["maj@4"] <= 1
+        assert {"maj@1", "maj@2", "maj@4"} <= set(arm) and len(arm["greedy_examples"]) == 5
+        assert arm["loss_curve"] and arm["loss_curve"][-1]["step"] == report["settings"]["steps"]
+        assert arm["problems_seen"] > 0 and arm["train_seconds"] > 0
+    rationale, answer_only = report["arms"]["rationale"], report["arms"]["answer_only"]
+    for name in ("rationale", "answer_only"):  # one initial checkpoint (weights and tokenizer) for both
+        recipe = json.loads((work / "runs" / name / "recipe.json").read_text())
+        assert recipe["init_from"] == str(work / "init")
+        assert recipe["data"]["sources"][0]["path"] == str(work / f"{name}.jsonl")
+    lines = {n: (work / f"{n}.jsonl").read_text().splitlines() for n in ("rationale", "answer_only")}
+    assert len(lines["rationale"]) == len(lines["answer_only"]) == report["settings"]["train_problems"]
+    assert all(" = " in json.loads(line)["text"] for line in lines["rationale"])
+    assert not any(" = " in json.loads(line)["text"] for line in lines["answer_only"])
+    assert rationale["tokens_per_problem"] > answer_only["tokens_per_problem"]
+    assert report["settings"]["tiny"] and report["wall_seconds"]["total"] > 0
+    assert isinstance(report["rationale_wins"], bool) and isinstance(report["self_consistency_wins"], bool)
+    assert report["only_rationale_right"] + report["only_answer_only_right"] <= 8
+    assert 0 <= report["sign_test_p"] <= 1 and {"maj@4_T0.3", "greedy_steps"} <= set(rationale)

@@ -9,6 +9,8 @@ import json
 import random
 import sys
 
+import pytest
+
 from tiny import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -72,6 +74,7 @@ def test_sign_test_matches_scipy():
     assert bench.sign_test(0, 0) == 1.0
 
 
+@pytest.mark.slow
 def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
     work = tmp_path / "work"
     report = bench.main(["--tiny", "--out", str(tmp_path), "--work", str(work)])

@@ -217,11 +217,11 @@ def test_task_labels_heads_and_errors(tiny_model, tok):
         PetTask(PetConfig(patterns=["{text} {mask}"], verbalizer=SINGLE), tok, LabelVocab(["0", "2"]))
     with pytest.raises(ConfigError, match="'greatest'.*is 4 tokens"):
         PetTask(PetConfig(patterns=["{text} {mask}"], verbalizer=MULTI), tok)
-    with pytest.raises(ConfigError, match="task.pattern=2 but there are 2 patterns"):
+    with pytest.raises(ConfigError, match="task.options.pattern=2 but there are 2 patterns"):
         make_task(tok, pattern=2)
-    with pytest.raises(ConfigError, match="task.patterns is empty"):
+    with pytest.raises(ConfigError, match="task.options.patterns is empty"):
         make_task(tok, patterns=[])
-    with pytest.raises(ConfigError, match="task.alpha=2 is out of range"):
+    with pytest.raises(ConfigError, match="task.options.alpha=2 is out of range"):
         make_task(tok, alpha=2)
     with pytest.raises(ConfigError, match="unknown slot"):
         make_task(tok, patterns=["{text} {mask}", "{sentence} {mask}"])

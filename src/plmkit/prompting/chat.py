@@ -17,7 +17,13 @@ they stood, so blocks inside macros or `{% set %}` captures are located too.
 
 Built-in templates (`BUILTIN`), each with `{% generation %}` around the assistant content and its
 end-of-turn token: "chatml" (<|im_start|>role ... <|im_end|>), "qwen" (ChatML with Qwen2's default system
-prompt "You are a helpful assistant.") and "llama3" (Meta Llama 3 Instruct headers, <|eot_id|>).
+prompt "You are a helpful assistant.") and "llama3" (Meta Llama 3 Instruct headers, <|eot_id|>), and
+"plain" (Alpaca-style "### Instruction:" / "### Response:" headers in plain text, each answer ended by the
+tokenizer's eos_token: it needs no control token besides eos, so it fits any causal LM's tokenizer).
+
+`chat_prompt_ids(tokenizer, messages)` renders a conversation for the assistant's next turn
+(add_generation_prompt) with the tokenizer's own template and encodes it: the prompt generation and chat
+feed a model, the same text supervised fine-tuning trained on up to the answer.
 """
 
 from __future__ import annotations
@@ -68,6 +74,21 @@ _LLAMA3 = (
 )
 
 
+# Plain text (Alpaca's headers): the answer and the tokenizer's eos_token are the trained span, so the
+# model learns to end with EOS; "\n\n" separates turns (not after the last one).
+_PLAIN = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### Instruction:\n' + message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'assistant' %}{{ '### Response:\n' }}"
+    "{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{% if not loop.last %}{{ '\n\n' }}{% endif %}"
+    "{% else %}{{ '### ' + message['role'] + ':\n' + message['content'] + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Response:\n' }}{% endif %}"
+)
+
+
 @dataclass(frozen=True)
 class _Builtin:
     source: str
@@ -78,6 +99,7 @@ BUILTIN: dict[str, _Builtin] = {
     "chatml": _Builtin(_CHATML, ("<|im_start|>", "<|im_end|>")),
     "qwen": _Builtin(_QWEN, ("<|im_start|>", "<|im_end|>")),
     "llama3": _Builtin(_LLAMA3, ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")),
+    "plain": _Builtin(_PLAIN, ()),  # no control tokens; the tokenizer must have an eos token
 }
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -165,7 +187,7 @@ class ChatTemplate:
 
     @classmethod
     def builtin(cls, name: str) -> ChatTemplate:
-        """One of BUILTIN: "chatml", "qwen", "llama3"."""
+        """One of BUILTIN: "chatml", "qwen", "llama3", "plain"."""
         if name not in BUILTIN:
             raise ConfigError(
                 f'unknown chat template "{name}"{did_you_mean(name, BUILTIN)}; built in: {", ".join(BUILTIN)}'
@@ -244,3 +266,15 @@ def special_token_variables(tokenizer: Tokenizer) -> dict[str, str]:
 
     tokens = tokenizer.special_tokens
     return {f"{role}_token": getattr(tokens, role) for role in ROLES if getattr(tokens, role) is not None}
+
+
+def chat_prompt_ids(
+    tokenizer: Tokenizer, messages: Sequence[Message], template: ChatTemplate | str | None = None
+) -> list[int]:
+    """The token ids of `messages` rendered for the assistant's next turn (add_generation_prompt=True) with
+    `template` (a ChatTemplate, a built-in name or Jinja source; None: the tokenizer's own), encoded without
+    added special tokens, as supervised fine-tuning encodes its conversations."""
+    if not isinstance(template, ChatTemplate):
+        template = ChatTemplate.resolve(template, tokenizer)
+    text = template.render(messages, add_generation_prompt=True, **special_token_variables(tokenizer))
+    return tokenizer.encode(text, add_special_tokens=False)

@@ -56,4 +56,15 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.finetune:finetune",
         validate="plmkit.recipes.finetune:check",
     ),
+    "sft": Recipe(
+        help="supervised fine-tuning (instruction tuning) of a causal LM on chat / instruction data",
+        description="Instruction-tune a causal LM from RECIPE.yaml (see recipes/sft/*.yaml): rows in an "
+        "instruction format (alpaca, sharegpt, openai, prompt_completion, definition) rendered by a chat "
+        "template (saved with the checkpoint's tokenizer), the loss on the assistant's tokens and their "
+        "end-of-turn / EOS token only, optional packing, the dev loss per assistant token; PEFT and "
+        "quantized bases as in pre-training.",
+        config_class="plmkit.recipes.sft_config:SftConfig",
+        run="plmkit.recipes.sft:sft",
+        validate="plmkit.recipes.sft:check",
+    ),
 }

@@ -282,7 +282,12 @@ def test_registered_model_class_round_trips(tmp_path):
 
 
 HEAD_KWARGS = {
-    "SequenceClassifier": {"num_labels": 3, "pooling": "mean", "pooler_dense": True, "labels": ["a", "b", "c"]},
+    "SequenceClassifier": {
+        "num_labels": 3,
+        "pooling": "mean",
+        "pooler_dense": True,
+        "labels": ["a", "b", "c"],
+    },
     "TokenClassifier": {"num_labels": 4, "labels": ["O", "B-PER", "I-PER", "B-LOC"]},
     "SpanQA": {},
     "RewardModel": {},

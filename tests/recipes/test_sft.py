@@ -253,6 +253,25 @@ def test_missing_instruction_column(bases, tmp_path, capsys):
     assert "train.jsonl:1" in err and "'instruction'" in err and "data.columns.instruction" in err
 
 
+def test_random_init_from_a_preset(bases, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", alpaca_rows(8, 0))
+    preset = [
+        "init_from=null", f"tokenizer.path={bases['causal']}", "model.preset=gpt2-tiny", "model.n_layer=1",
+        "model.d_model=32", "model.n_head=2", "model.d_ff=64", f"data.train={train}",
+    ]  # fmt: skip
+    code, out, err = sft(capsys, tmp_path, bases["causal"], *preset, "name=scratch", steps=2)
+    assert code == 0, err
+    assert "CausalLM, " in out and json.loads(out.strip().splitlines()[-1])["step"] == 2
+    err = bad_run(capsys, tmp_path, bases["causal"], *preset, "model.preset=bert-tiny")
+    assert "model.preset=bert-tiny builds a masked model" in err
+
+
+def test_max_length_beyond_the_positions(bases, tmp_path, capsys):
+    train = write_jsonl(tmp_path / "train.jsonl", alpaca_rows(4, 0))
+    err = bad_run(capsys, tmp_path, bases["causal"], f"data.train={train}", "data.max_length=1000")
+    assert "data.max_length=1000" in err and "max_positions=256" in err
+
+
 @pytest.mark.parametrize("recipe", SHIPPED, ids=[r.stem for r in SHIPPED])
 def test_shipped_recipes_read_and_validate(recipe):
     from plmkit.config import load_config

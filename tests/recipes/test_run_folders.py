@@ -175,6 +175,9 @@ def test_ctrl_c_prints_the_command_that_resumes_the_run(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # SIGINT as a shell gives it: a library that ignored SIGINT in this pytest process (an in-process
+        # launcher) would hand the ignore on to the child, which would then never see Ctrl-C
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.time() + 120

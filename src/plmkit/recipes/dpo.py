@@ -258,7 +258,10 @@ def load_reference(config: DpoConfig, tokenizer: Any) -> torch.nn.Module:
             f"{tokenizer.vocab_size:,} tokens, or different ids): its log-probs would score other tokens; use a "
             "reference trained with the policy's tokenizer (e.g. the SFT checkpoint the policy starts from)"
         )
-    model, _ = build_causal_lm(_with_init_from(config, config.reference), tokenizer)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # building it draws random weights: the policy's LoRA init stays as without
+        model, _ = build_causal_lm(_with_init_from(config, config.reference), tokenizer)
     return model
 
 

@@ -65,6 +65,30 @@ def test_dpo_learns_from_ln2(bases, tmp_path, capsys):
     assert tokenizer.chat_template == BUILTIN["plain"].source
 
 
+def test_log_probs_of_the_labelled_positions_equal_the_full_logits(bases):
+    """The policy's fast path (the LM head on the response positions only) = log_softmax of the full
+    logits gathered at the labels, values and gradients."""
+    from plmkit.io import load
+    from plmkit.model.losses import sequence_logprobs
+    from plmkit.recipes.dpo import labelled_logprobs
+
+    model, _ = load(bases["gpt"])
+    ids = torch.randint(5, 300, (3, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    labels = ids.masked_fill(mask == 0, -100)
+    labels[:, :5] = -100  # the prompt
+    fast, counts = labelled_logprobs(model, ids, mask, labels)
+    (fast.sum()).backward()
+    grad = model.transformer.embed.tokens.weight.grad.clone()
+    model.zero_grad()
+    logits = model(ids, attention_mask=mask, compute_logits=True).logits
+    full, full_counts = sequence_logprobs(logits, labels, shift=True)
+    full.sum().backward()
+    assert torch.allclose(fast, full, atol=1e-5) and torch.equal(counts, full_counts)
+    assert torch.allclose(grad, model.transformer.embed.tokens.weight.grad, atol=1e-6)
+
+
 def test_every_reference_gives_the_same_losses(bases, tmp_path, capsys):
     """A LoRA policy against (a) its base with the adapters off, (b) the same base loaded as `reference`
     (a frozen model), (c) (a)'s log-probs precomputed: the same losses at every step, ln 2 at the first."""

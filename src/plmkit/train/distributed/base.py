@@ -61,8 +61,10 @@ class Strategy:
 
     name = "single"
     layout = LAYOUT_PLAIN  # how its checkpoints hold the weights
-    tensor_parallel = 1  # ranks that hold one model replica between them and train on the same rows
+    tensor_parallel = 1  # ranks that split each block between them and train on the same rows
+    pipeline_parallel = 1  # pipeline stages: ranks that hold a share of the blocks each, on the same rows
     exposes_gradients = True  # the gradients are the parameters' .grad (DeepSpeed keeps them in its engine)
+    pipelined = False  # a pipeline schedule runs the step's micro-batches (pipeline_step), not the loop
 
     def __init__(self, world: World | None = None, device: torch.device | None = None) -> None:
         self.world = world or World()
@@ -77,14 +79,19 @@ class Strategy:
         return self.world.world_size
 
     @property
+    def model_parallel(self) -> int:
+        """Ranks that hold one model replica between them (tensor x pipeline parallel; consecutive ranks)."""
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
     def data_rank(self) -> int:
-        """Which rows of the global batch this rank trains on (ranks of one tensor-parallel group: the same)."""
-        return self.world.rank // self.tensor_parallel
+        """Which rows of the global batch this rank trains on (the ranks of one model replica: the same)."""
+        return self.world.rank // self.model_parallel
 
     @property
     def data_parallel_size(self) -> int:
         """Into how many row shares a global batch is split: the model replicas whose gradients are averaged."""
-        return self.world.world_size // self.tensor_parallel
+        return self.world.world_size // self.model_parallel
 
     @property
     def is_main(self) -> bool:
@@ -155,6 +162,16 @@ class Strategy:
         """The model the loop calls (DDP-wrapped, FSDP-sharded, the DeepSpeed engine); call it before
         `make_optimizer`, which builds on its (possibly sharded) parameters."""
         return model
+
+    def parameter_count(self, model: torch.nn.Module) -> int:
+        """The whole model's parameters (FSDP DTensors count whole; ZeRO-3 keeps the size in ds_numel)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in unwrap(model).parameters())
+
+    def token_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """Validation's (summed loss, target count) of one batch of this rank's rows."""
+        from plmkit.evaluate.loss import model_token_loss
+
+        return model_token_loss(model, batch)
 
     def make_optimizer(self, model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         """The torch optimizer of the wrapped model (the LR schedule drives it)."""
@@ -237,14 +254,11 @@ class Strategy:
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.distributed.dcp import load_sharded_state, written_tensor_parallel
+            from plmkit.train.distributed.dcp import load_sharded_state
 
             self.check_one_model(state)
             load_sharded_state(
-                state.models[state.main],
-                state.optimizers[state.main],
-                checkpoint / DCP_FOLDER,
-                written_tensor_parallel(info),
+                state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER, info
             )
         else:
             for name in state.trained:
@@ -286,9 +300,10 @@ class Strategy:
         """This rank's random streams as the checkpoint saved them (a new stream per data-parallel rank when
         the layout of the processes changed)."""
         per_rank = state.get("rank_rng")
-        same_layout = (
+        same_layout = (  # the ranks of a model replica share a stream
             state.get("rank_rng_tensor_parallel", 1) == self.tensor_parallel
-        )  # a group shares a stream
+            and state.get("rank_rng_pipeline_parallel", 1) == self.pipeline_parallel
+        )
         if per_rank is not None and len(per_rank) == self.world_size and same_layout:
             set_rng_state(per_rank[self.rank])
             return

@@ -1,5 +1,5 @@
 """Per-rank bodies of the pipeline-parallel tests (tests/train/test_pipeline_parallel.py), run by
-`tp_workers.spawn(fn, world_size, tmp, ...)` (gloo, CPU, one thread each).
+`fork_ranks(fn, world_size, tmp, ...)` (gloo, CPU, one thread each).
 
 `engine_cases`: each rank trains a tiny 4-block model through the engine's train_step with a
 PipelineStrategy (pipeline alone, x FSDP2 data parallel, x tensor parallel) and rank 0 writes the per-step
@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 
 import torch
+import torch.multiprocessing as mp
 
+import tp_workers
 from tp_workers import GPT2_LIKE, LLAMA_LIKE, VOCAB
 
 LAYERS = 4
@@ -23,6 +25,22 @@ MICRO_BATCHES = 4
 ROWS, LENGTH = 4, 12  # a global micro-batch
 LLAMA = dict(LLAMA_LIKE, tie_embeddings=False, n_layer=LAYERS)
 GPT2 = dict(GPT2_LIKE, tie_embeddings=False, n_layer=LAYERS)
+
+
+def fork_ranks(fn, world_size: int, tmp: Path, *args) -> None:
+    """tp_workers.spawn with forked ranks: they inherit this process's imports (torch, plmkit, the
+    pipelining package), which spawned ranks would each import again (10 s and more on a busy 2-core
+    machine). This process runs torch on one thread (conftest.py), so no thread pool is forked."""
+    import plmkit.recipes.pretrain  # noqa: F401  (what the ranks use, imported once, here)
+    import plmkit.train.distributed.pipeline  # noqa: F401
+
+    mp.start_processes(
+        tp_workers._entry,
+        args=(fn, world_size, str(tmp), args),
+        nprocs=world_size,
+        join=True,
+        start_method="fork",
+    )
 
 
 def micro_batches(step: int) -> list[dict[str, torch.Tensor]]:

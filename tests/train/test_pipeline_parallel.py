@@ -22,7 +22,6 @@ import torch
 
 import dist_helpers as dh
 import pp_workers as pw
-import tp_workers
 import train_helpers as h
 from plmkit.errors import ConfigError
 from plmkit.model import ModelConfig, build_model
@@ -74,7 +73,7 @@ def root(tmp_path_factory):
 def two_ranks(root):
     """One spawn of 2 ranks: the engine under both schedules, then the recipe with 2 gpipe stages."""
     overrides = recipe_overrides(root, "pp", *PP2, "distributed.pipeline_schedule=gpipe")
-    tp_workers.spawn(
+    pw.fork_ranks(
         pw.two_ranks, 2, root, TWO_RANK_CASES, ENGINE_STEPS, str(LLAMA_RECIPE), [str(o) for o in overrides]
     )
     return root
@@ -108,7 +107,7 @@ def test_two_stages_equal_one_process(two_ranks, case):
 @pytest.mark.dist
 @dist_available
 def test_pipeline_x_tensor_parallel_and_x_data_parallel_on_four_ranks_equal_one_process(tmp_path):
-    tp_workers.spawn(pw.engine_cases, 4, tmp_path, FOUR_RANK_CASES, ENGINE_STEPS)
+    pw.fork_ranks(pw.engine_cases, 4, tmp_path, FOUR_RANK_CASES, ENGINE_STEPS)
     for case in FOUR_RANK_CASES:
         assert_engine_case(tmp_path, case)
 

@@ -62,14 +62,16 @@ def tiny(arch: dict) -> torch.nn.Module:
     return build_model(ModelConfig(family="causal", **arch)).train()
 
 
-def train(arch: dict, strategy, steps: int, clip: float | None) -> list[float]:
+def train(arch: dict, strategy, steps: int, clip: float | None, checkpointing: bool = False) -> list[float]:
     """`steps` optimizer steps of the engine on the strategy's view of a tiny model. SGD, not AdamW: AdamW
     (and a clip that bites) would hide a gradient that is wrong by a uniform factor."""
     from plmkit.recipes.pretrain import PretrainLoss
     from plmkit.train.loop import train_step
     from plmkit.train.precision import Precision
 
-    model = strategy.wrap(tiny(arch))
+    model = tiny(arch)
+    model.set_gradient_checkpointing(checkpointing)
+    model = strategy.wrap(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
     precision = Precision("fp32", torch.device("cpu"))
     loss = PretrainLoss(model)
@@ -82,13 +84,14 @@ def train(arch: dict, strategy, steps: int, clip: float | None) -> list[float]:
 
 
 def engine_cases(rank: int, world: int, tmp: Path, cases: list, steps: int) -> None:
-    """cases: (name, arch, pipeline_parallel, tensor_parallel, schedule, clip); data parallel: the rest."""
+    """cases: (name, arch, pipeline_parallel, tensor_parallel, schedule, clip, gradient checkpointing);
+    data parallel: the rest of the ranks."""
     from plmkit.train.distributed.pipeline import PipelineStrategy
     from plmkit.train.distributed.world import World
 
-    for name, arch, pp, tp, schedule, clip in cases:
+    for name, arch, pp, tp, schedule, clip, checkpointing in cases:
         strategy = PipelineStrategy(World(rank, world, rank, True), torch.device("cpu"), pp, schedule, tp)
-        losses = train(arch, strategy, steps, clip)
+        losses = train(arch, strategy, steps, clip, checkpointing)
         if rank == 0:
             (tmp / f"{name}.json").write_text(json.dumps(losses), encoding="utf-8")
 

@@ -3,7 +3,7 @@ one process computes, on gloo CPU ranks, to 1e-5 per step:
 
 - the engine's train_step through 2 stages of a tiny 4-block LLaMA under GPipe and under 1F1B (4
   micro-batches, a right-padded row; SGD, once with a clip that bites, once without: AdamW or a biting clip
-  alone would hide a gradient wrong by a uniform factor);
+  alone would hide a gradient wrong by a uniform factor), and with gradient checkpointing;
 - 4 ranks: 2 stages x 2 tensor-parallel ranks (LLaMA, 1F1B) and 2 stages x 2 FSDP2 data-parallel groups
   (GPT-2-like, GPipe);
 - the pre-training recipe with 2 stages (its losses, validation loss, sharded checkpoint); the checkpoint
@@ -32,13 +32,14 @@ LLAMA_RECIPE = h.ROOT / "recipes" / "llama-clm.yaml"
 STEPS = [1, 2, 3, 4]
 ENGINE_STEPS = 3
 CLIP = 0.05  # below every step's gradient norm
-TWO_RANK_CASES = [  # (name, arch, pipeline_parallel, tensor_parallel, schedule, clip)
-    ("gpipe", pw.LLAMA, 2, 1, "gpipe", None),
-    ("1f1b", pw.LLAMA, 2, 1, "1f1b", CLIP),
+TWO_RANK_CASES = [  # (name, arch, pipeline_parallel, tensor_parallel, schedule, clip, checkpointing)
+    ("gpipe", pw.LLAMA, 2, 1, "gpipe", None, False),
+    ("1f1b", pw.LLAMA, 2, 1, "1f1b", CLIP, False),
+    ("1f1b-checkpointed", pw.LLAMA, 2, 1, "1f1b", None, True),  # blocks recomputed in the backward
 ]
 FOUR_RANK_CASES = [
-    ("pp2-tp2", pw.LLAMA, 2, 2, "1f1b", CLIP),
-    ("pp2-dp2", pw.GPT2, 2, 1, "gpipe", None),
+    ("pp2-tp2", pw.LLAMA, 2, 2, "1f1b", CLIP, False),
+    ("pp2-dp2", pw.GPT2, 2, 1, "gpipe", None, False),
 ]
 PP2 = ["distributed.strategy=fsdp", "distributed.pipeline_parallel=2"]
 
@@ -89,8 +90,8 @@ def engine_losses(root, name: str) -> list[float]:
 
 
 def assert_engine_case(root, case) -> None:
-    name, arch, _, _, _, clip = case
-    want = pw.train(arch, Strategy(), ENGINE_STEPS, clip)
+    name, arch, _, _, _, clip, _ = case
+    want = pw.train(arch, Strategy(), ENGINE_STEPS, clip)  # one process, no checkpointing
     got = engine_losses(root, name)
     assert len(got) == ENGINE_STEPS, got
     for step, (a, b) in enumerate(zip(got, want)):

@@ -13,6 +13,10 @@ micro-batches and all data-parallel ranks, exactly:
   clipping. DeepSpeed keeps its gradients inside the engine, so it needs `count`.
 
 A non-finite loss on any rank skips the step on every rank (nan is returned; the caller counts them).
+
+With pipeline stages (`strategy.pipelined`) the strategy's schedule runs the micro-batches' forwards and
+backwards instead of the loop below (plmkit.train.distributed.pipeline: the last stage replays its output
+to `loss_fn`, weighted as here); it needs `count`.
 """
 
 from __future__ import annotations

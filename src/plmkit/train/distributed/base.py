@@ -9,6 +9,9 @@ or many.
                 (FSDP2; plmkit.train.distributed.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
     fsdp + tp   blocks split over T ranks (TP),     FSDP over the dp groups; TP     dcp/ as fsdp, with T recorded
                 then fully_shard over dp groups     grads are already the group's   (any world size or T on resume)
+    fsdp + pp   the model cut into P stages (and    FSDP over the dp groups; the    dcp/ as fsdp, every stage's
+    (+ tp)      TP inside each), fully_shard over   pipeline schedule's backward    shards under the whole model's
+                dp groups (plmkit.train.distributed.pipeline)                       names (any P, or none, on resume)
     deepspeed   the DeepSpeed engine, ZeRO 1/2/3    the engine                      the engine's files (deepspeed/)
                 (plmkit.train.distributed.deepspeed)
 
@@ -22,8 +25,9 @@ Batch semantics, chosen so that N processes compute exactly what one process com
 `train.batch_size` is the micro-batch of one data-parallel rank; the global batch is batch_size x
 data_parallel_size x accumulation. Every process is its own data-parallel rank (data_rank = rank,
 data_parallel_size = world_size) except with tensor parallelism (`distributed.tensor_parallel: T`,
-strategy fsdp), where the T consecutive ranks of a group share one model replica, train on the same rows
-and count as one data-parallel rank (data_rank = rank // T, data_parallel_size = world_size / T).
+strategy fsdp) and pipeline parallelism (`distributed.pipeline_parallel: P`), where the P x T consecutive
+ranks of a group share one model replica, train on the same rows and count as one data-parallel rank
+(data_rank = rank // (P T), data_parallel_size = world_size / (P T)).
 Every rank draws the same global micro-batch (batch_size x data_parallel_size blocks) from the seeded
 sampler, runs the objective (its random masks) on all of it, and trains on its data-parallel rank's rows
 (`local_rows`). The sampler and objective states are therefore identical on every rank (rank 0 saves

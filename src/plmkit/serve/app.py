@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -202,7 +203,7 @@ def build_app(
             "bos_token": special.bos,
             "pad_token": special.pad,
             "unk_token": special.unk,
-            "chat_template": served.template.source if served.template is not None else None,
+            "chat_template": plain_template(served.template.source) if served.template is not None else None,
             "model_max_length": served.max_len,
             "vocab_size": served.vocab_size,
         }
@@ -220,6 +221,13 @@ def build_app(
 
 
 STARTED = int(time.time())
+_GENERATION_TAGS = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+
+
+def plain_template(source: str) -> str:
+    """The template without its {% generation %} tags: they only mark SFT's loss (rendering ignores them),
+    and a plain Jinja environment, such as lm-evaluation-harness's remote tokenizer's, does not know them."""
+    return _GENERATION_TAGS.sub("", source)
 
 
 # ---- one generation request -------------------------------------------------------------------------
@@ -329,6 +337,14 @@ def _json_error(error: ApiError) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status)
 
 
+_UNION_TAG = re.compile(r"^(str|int|float|bool|none|list\[.*\]|dict\[.*\])$")  # pydantic's union branches
+SHAPES = {  # what a field of several shapes takes, instead of one error per shape
+    "prompt": "must be a string, a list of strings, a list of token ids or a list of lists of token ids",
+    "stop": "must be a string or a list of up to 4 strings",
+    "messages": "must be a list of messages {role, content}",
+}
+
+
 def validation_error(errors: list[dict[str, Any]], path: str) -> ApiError:
     """One 400 for a body that does not fit its schema: unknown fields named together, else the first
     problem with its field."""
@@ -345,11 +361,13 @@ def validation_error(errors: list[dict[str, Any]], path: str) -> ApiError:
         return bad_request(
             f"The request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}"
         )
-    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not _UNION_TAG.match(str(p))]
     message = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
     field = ".".join(loc)
     if not field:
         return bad_request(message)
+    if field in SHAPES and first.get("type") != "missing":
+        message = SHAPES[field]
     given = first.get("input")
     shown = "" if first.get("type") == "missing" else f" (got {json.dumps(given, default=str)[:80]})"
     return bad_request(f"Invalid '{field}': {message}{shown}", field)

@@ -44,7 +44,7 @@ def save_tiny_lm(folder: Path, chat_template: bool = True, max_positions: int = 
 
 @pytest.fixture(scope="session")
 def chat_lm(tmp_path_factory) -> Path:
-    return save_tiny_lm(tmp_path_factory.mktemp("serve") / "chat-lm")
+    return save_tiny_lm(tmp_path_factory.mktemp("serve") / "chat-lm", max_positions=1024)
 
 
 @pytest.fixture(scope="session")

@@ -184,7 +184,7 @@ def test_cancelled_request_leaves_at_the_next_step(served):
 def test_queue_full(served):
     b = Batcher(served, max_batch=1, max_queue=2)
     try:
-        long = SamplingParams(max_tokens=100, temperature=0, ignore_eos=True)
+        long = SamplingParams(max_tokens=200, temperature=0, ignore_eos=True)
         first = submit(b, served.prompt_ids("red"), long)
         while not first.updates:
             first.done.wait(0.01)

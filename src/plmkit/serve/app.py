@@ -20,7 +20,9 @@ import asyncio
 import json
 import re
 import secrets
+import sys
 import time
+import traceback
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -91,7 +93,7 @@ def build_app(
     async def completions(body: CompletionRequest, request: Request) -> Any:
         job = completion_job(body, served, settings)
         rid = request_id("cmpl")
-        run = Run(batcher, metrics, "/v1/completions", job.prompts, body.n, job.params)
+        run = Run(batcher, metrics, job.prompts, body.n, job.params)
         if body.stream:
             return _sse(_completion_events(run, body, job, rid))
         states = await run.collect(request)
@@ -116,7 +118,7 @@ def build_app(
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Any:
         job = chat_job(body, served, settings)
         rid = request_id("chatcmpl")
-        run = Run(batcher, metrics, "/v1/chat/completions", [job.prompt], body.n, job.params)
+        run = Run(batcher, metrics, [job.prompt], body.n, job.params)
         if body.stream:
             return _sse(_chat_events(run, body, job, rid))
         states = await run.collect(request)
@@ -238,14 +240,13 @@ class Run:
         self,
         batcher: Batcher,
         metrics: Metrics,
-        route: str,
         prompts: list[list[int]],
         n: int,
         params: SamplingParams,
     ) -> None:
         self.loop = asyncio.get_running_loop()
         self.queue: asyncio.Queue[Update | Failure] = asyncio.Queue()
-        self.metrics, self.route = metrics, route
+        self.metrics = metrics
         self.remaining = len(prompts) * n
         self.generated = 0
         self.started = time.perf_counter()
@@ -280,7 +281,7 @@ class Run:
         finally:
             if self.remaining:
                 self.ticket.cancel()  # the client left (or failed): free the slots
-            self.metrics.request(self.route, 200, time.perf_counter() - self.started, self.first_token)
+            self.metrics.observe(time.perf_counter() - self.started, self.first_token)
 
     async def collect(self, request: Request) -> list[ChoiceState]:
         """All choices, gathered; a client that disconnects meanwhile cancels the request."""
@@ -326,6 +327,9 @@ def _sse(events: AsyncIterator[str]) -> StreamingResponse:
                 yield event
         except ApiError as e:  # a failure after the 200 went out: an error event, then the end
             yield _event(e.body())
+        except Exception as e:  # noqa: BLE001 - a bug of the server: said in the stream, not a cut connection
+            traceback.print_exc(file=sys.stderr)
+            yield _event(error_body(f"internal server error: {type(e).__name__}: {e}", type="server_error"))
         yield "data: [DONE]\n\n"
 
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
@@ -429,8 +433,7 @@ class Guard:
         try:
             await self._guarded(scope, receive, counted_send, path)
         finally:
-            if route not in ("/v1/completions", "/v1/chat/completions") or status["code"] != 200:
-                self.metrics.request(route, status["code"])
+            self.metrics.count(route, status["code"])
 
     async def _guarded(self, scope, receive, send, path: str) -> None:
         limit = self.settings.max_body_bytes

@@ -51,13 +51,14 @@ class Metrics:
         self.latency = Histogram()  # whole request, generation routes
         self.ttft = Histogram()  # time to the first new token, generation routes
 
-    def request(
-        self, route: str, status: int, seconds: float | None = None, ttft: float | None = None
-    ) -> None:
+    def count(self, route: str, status: int) -> None:
         with self._lock:
             self.requests[(route, status)] += 1
-            if seconds is not None:
-                self.latency.observe(seconds)
+
+    def observe(self, seconds: float, ttft: float | None) -> None:
+        """One generation request's latency and time to its first new token (None: it made none)."""
+        with self._lock:
+            self.latency.observe(seconds)
             if ttft is not None:
                 self.ttft.observe(ttft)
 

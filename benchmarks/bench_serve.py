@@ -325,7 +325,8 @@ def main(argv: list[str] | None = None) -> int:
         from benchkit import limits, report
 
         args.out.mkdir(parents=True, exist_ok=True)
-        stem = report.output_stem(args.out, "serve-" + limits.slug(result["machine"]["cpu"]["model"]))
+        kind = "serve-tiny-" if args.tiny else "serve-"
+        stem = report.output_stem(args.out, kind + limits.slug(result["machine"]["cpu"]["model"]))
         report.write_text(stem.with_suffix(".json"), json.dumps(result, indent=1) + "\n")
         print(f"wrote {stem.with_suffix('.json')}", file=sys.stderr)
     return 0

@@ -104,6 +104,13 @@ def test_legacy_logprobs_and_echo(server, name):
     greedy = lp.token_logprobs[-1]
     assert greedy == pytest.approx(max(lp.top_logprobs[-1].values()))  # greedy: the top token was chosen
     assert out.choices[0].text.startswith(served.tokenizer.decode(prompt))
+    kwargs = dict(model=name, prompt=prompt, max_tokens=6, temperature=0, logprobs=2, echo=True)
+    whole = server.client.completions.create(**kwargs).choices[0]
+    chunks = [c.choices[0] for c in server.client.completions.create(stream=True, **kwargs)]
+    assert "".join(c.text for c in chunks) == whole.text
+    for field in ("tokens", "token_logprobs", "text_offset"):  # streamed log-probs join to the whole
+        joined = [v for c in chunks if c.logprobs for v in getattr(c.logprobs, field)]
+        assert joined == getattr(whole.logprobs, field)
     only_prompt = server.client.completions.create(
         model=name, prompt=prompt, max_tokens=0, echo=True, logprobs=0
     )
@@ -194,13 +201,22 @@ BAD_BODIES = [
     ({"prompt": "red", "presence_penalty": 1}, "presence_penalty"),
     ({"prompt": "red", "stream_options": {"include_usage": True}}, "stream"),
     ({"prompt": 5}, "prompt"),
+    ({"prompt": "red", "seed": 2**70}, "seed"),
+    ({"prompt": "red", "temperature": float("nan")}, "temperature"),
+    ({"prompt": "red", "stop": [""]}, "stop"),
+    ({"prompt": "red", "best_of": 3}, "best_of"),
+    ({"prompt": "red", "logit_bias": {"5": 1.0}}, "logit_bias"),
+    ({"prompt": [[1, 2], "text"]}, "prompt"),
+    ({"prompt": "red", "n": "many"}, "n"),
     ({}, "prompt"),
 ]
 
 
 @pytest.mark.parametrize("body,words", BAD_BODIES)
 def test_bad_completion_bodies_are_400(server, body, words):
-    r = server.http.post("/v1/completions", json=body)
+    r = server.http.post(
+        "/v1/completions", content=json.dumps(body), headers={"content-type": "application/json"}
+    )
     assert r.status_code == 400, r.text
     error = r.json()["error"]
     assert set(error) == {"message", "type", "param", "code"} and words in error["message"] + str(
@@ -221,6 +237,17 @@ def test_bad_chat_bodies_are_400(server, body, words):
     r = server.http.post("/v1/chat/completions", json=body)
     assert r.status_code == 400, r.text
     assert words in json.dumps(r.json()["error"])
+
+
+def test_edge_values_that_are_fine(server, name):
+    for body in (
+        {"prompt": "red", "seed": 2**64 - 1, "n": 2, "temperature": 1},  # seed + k wraps
+        {"prompt": "red", "seed": -5, "temperature": 1},
+        {"prompt": "red", "max_tokens": None, "top_k": -1, "logit_bias": {}},
+        {"prompt": ["red", "green"], "best_of": 1, "stop": "x"},
+    ):
+        r = server.http.post("/v1/completions", json={"model": name, **body})
+        assert r.status_code == 200, (body, r.text)
 
 
 def test_not_json_and_unknown_routes(server):
@@ -284,7 +311,7 @@ def wait_until(condition, seconds: float = 20) -> bool:
     while time.monotonic() < deadline:
         if condition():
             return True
-        time.sleep(0.05)
+        time.sleep(0.005)
     return False
 
 
@@ -306,7 +333,7 @@ def test_a_client_that_disconnects_frees_its_slot(server, name):
 def test_full_queue_is_429(chat_lm):
     with Running(chat_lm, max_batch=1, max_queue=1) as running:
         name = running.served.name
-        long = {"model": name, "prompt": "red", "max_tokens": 1000, "ignore_eos": True, "temperature": 0}
+        long = {"model": name, "prompt": "red", "max_tokens": 500, "ignore_eos": True, "temperature": 0}
         results = []
         first = threading.Thread(
             target=lambda: results.append(running.http.post("/v1/completions", json=long))

@@ -129,7 +129,7 @@ class _Sequence:
             self.config = GenerationConfig(
                 do_sample=True, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k
             )
-            seed = params.seed + index if params.seed is not None else secrets.randbits(62)
+            seed = (params.seed + index) % 2**64 if params.seed is not None else secrets.randbits(62)
             self.generator = torch.Generator().manual_seed(seed)
         self.pending = -1  # the chosen token not yet fed to the model
         self.ids: list[int] = []  # new tokens of the text (stop tokens excluded)

@@ -32,7 +32,7 @@ class Sampling(Request):
     top_p: float | None = Field(1.0, gt=0, le=1)
     top_k: int | None = Field(None, ge=-1)  # vLLM: -1 or 0 = all tokens
     n: int = Field(1, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # torch.Generator's range
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None

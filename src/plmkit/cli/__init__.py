@@ -25,6 +25,7 @@ from plmkit.cli.evaluate import add_evaluate
 from plmkit.cli.inference import add_eval, add_generate
 from plmkit.cli.parser import PlmParser
 from plmkit.cli.recipes import add_demo, add_recipes
+from plmkit.cli.serve import add_serve
 from plmkit.cli.tokenizer import add_tokenizer
 from plmkit.errors import PlmkitError
 
@@ -40,6 +41,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_eval,
     add_evaluate,
     add_embed,
+    add_serve,
     add_merge_lora,
     add_quantize,
     add_export_peft,

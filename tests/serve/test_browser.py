@@ -101,6 +101,7 @@ def server(tmp_path_factory):
         proc.stderr.close()
 
 
+@pytest.mark.slow  # a server and a browser start: ~10 s
 def test_the_page_streams_an_answer_in_a_browser(server, tmp_path):
     sync_playwright = _require_browser()
     models = json.load(urllib.request.urlopen(server + "/v1/models", timeout=30))

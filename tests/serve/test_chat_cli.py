@@ -151,6 +151,21 @@ def test_bad_settings_fail_before_the_chat(models, tmp_path):
         )
 
 
+def test_a_seq2seq_model_chats_within_its_encoder_and_decoder_windows(models):
+    from tiny import tiny_model
+
+    _, tokenizer = load(models["short"])
+    model = tiny_model("seq2seq", vocab_size=tokenizer.vocab_size)  # learned positions, max_positions 32
+    template = checkpoint_chat_template("short", tokenizer, None)
+    chat = ChatSession(model, tokenizer, template, temperature=0.0, max_new_tokens=4)
+    assert chat.budget == 32  # the whole prompt goes to the encoder
+    pieces = chat.reply(chat.prompt("hi"))
+    assert isinstance("".join(pieces), str) and pieces.finish is not None
+    assert ChatSession(model, tokenizer, template).max_new_tokens == 31  # its start token + the answer
+    with pytest.raises(ConfigError, match="--max-new-tokens=32 leaves no room"):
+        ChatSession(model, tokenizer, template, max_new_tokens=32)
+
+
 # ---- piped stdin: one answer per line ----------------------------------------------------------------
 def test_piped_lines_get_one_answer_each_with_commands_between(models, monkeypatch, capsys):
     args = ["--temperature", "1", "--seed", "3", "--max-new-tokens", "6"]

@@ -101,8 +101,8 @@ def context_budget(model: nn.Module, max_new_tokens: int) -> int | None:
     config = model.config
     if config.position not in ABSOLUTE_POSITIONS:
         return None
-    if config.family == "seq2seq":
-        return config.max_positions
+    if config.family == "seq2seq":  # the decoder holds its start token + the answer
+        return config.max_positions if 1 + max_new_tokens <= config.max_positions else 0
     return config.max_positions - max_new_tokens
 
 

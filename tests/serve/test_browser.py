@@ -40,7 +40,9 @@ CHROMIUM_ARGS = [
 MESSAGE = "Hello! Who are you?"
 
 
-def _require_browser():
+@pytest.fixture(scope="module")
+def sync_playwright():
+    """playwright's entry point, or a skip naming what is missing (checked before the server starts)."""
     if not CHROMIUM.is_file():
         pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium package (apt-get install chromium)")
     try:
@@ -64,7 +66,7 @@ def _post(url: str, body: dict) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(sync_playwright, tmp_path_factory):
     """`plm serve CKPT --port 0` in a subprocess -> its base URL (read from its start line)."""
     model = save_chat_model(tmp_path_factory.mktemp("browser") / "chat", max_positions=256, seed=5)
     env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
@@ -102,8 +104,7 @@ def server(tmp_path_factory):
 
 
 @pytest.mark.slow  # a server and a browser start: ~10 s
-def test_the_page_streams_an_answer_in_a_browser(server, tmp_path):
-    sync_playwright = _require_browser()
+def test_the_page_streams_an_answer_in_a_browser(sync_playwright, server, tmp_path):
     models = json.load(urllib.request.urlopen(server + "/v1/models", timeout=30))
     model = models["data"][0]["id"]
     expected = _post(

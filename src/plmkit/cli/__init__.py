@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from plmkit import __version__
+from plmkit.cli.chat import add_chat
 from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
 from plmkit.cli.embed import add_embed
 from plmkit.cli.evaluate import add_evaluate
@@ -31,6 +32,7 @@ from plmkit.errors import PlmkitError
 # In the order of `plm --help`.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_generate,
+    add_chat,
     add_info,
     add_demo,
     add_convert,

@@ -12,8 +12,9 @@ import torch
 
 from plmkit.generation import generate_ids
 from plmkit.generation.scoring import continuation_logprobs
+from plmkit.prompting.sft_data import end_of_turn_ids
 from plmkit.serve.batcher import Batcher, Failure, QueueFull, SamplingParams, Update
-from plmkit.serve.served import end_of_turn_ids, load_served
+from plmkit.serve.served import load_served
 
 TEXTS = [
     "red green",
@@ -212,5 +213,5 @@ def test_echo_logprobs_equal_plmkit_scoring(served, batcher):
 def test_end_of_turn_token_is_a_stop_token(chat_lm):
     served = load_served(chat_lm)
     im_end = served.tokenizer.token_to_id("<|im_end|>")
-    assert end_of_turn_ids(served.tokenizer, served.template) == [im_end]
+    assert end_of_turn_ids(served.tokenizer, served.template) == [im_end, served.tokenizer.eos_id]
     assert served.stop_ids == {im_end, served.tokenizer.eos_id}

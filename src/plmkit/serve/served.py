@@ -24,9 +24,9 @@ from plmkit.errors import CheckpointError, ConfigError, DataError
 from plmkit.generation import engine
 from plmkit.generation.config import ABSOLUTE_POSITIONS
 from plmkit.prompting.chat import BUILTIN, ChatTemplate, Message, special_token_variables
+from plmkit.prompting.sft_data import check_template_tokens, end_of_turn_ids
 
 DEFAULT_CONTEXT = 2048  # the context window of a model whose positions are unbounded (relative, ALiBi)
-_ANSWER = "PLMKITANSWERMARK"  # a stand-in answer whose end shows what the template writes after one
 
 
 @dataclass
@@ -110,7 +110,10 @@ def load_served(
         context = max_len
     stops = {i for i in (config.eos_token_id, tokenizer.eos_id) if i is not None}
     if template is not None:
-        stops |= set(end_of_turn_ids(tokenizer, template))
+        try:
+            stops |= set(end_of_turn_ids(tokenizer, template))
+        except (ConfigError, DataError):  # a template that rejects the probe conversation: EOS only
+            pass
     return ServedModel(
         model=model,
         tokenizer=tokenizer,
@@ -130,13 +133,10 @@ def _template(folder: Path, tokenizer: Any, spec: str | None) -> tuple[ChatTempl
         if spec not in BUILTIN and path.is_file():
             spec = path.read_text(encoding="utf-8")
         template = ChatTemplate.resolve(spec, tokenizer)
-        added = {t.content for t in tokenizer.backend.get_added_tokens_decoder().values()}
-        missing = [m for m in template.markers if m not in added]
-        if missing:
-            raise ConfigError(
-                f"--chat-template {template.name}: the tokenizer of {folder} has no special token "
-                f"{', '.join(missing)}; use --chat-template plain or a template the model was trained with"
-            )
+        try:
+            check_template_tokens(tokenizer, template)
+        except ConfigError as e:
+            raise ConfigError(f"--chat-template {spec}: {e} (or --chat-template plain)") from None
         return template, ""
     own = getattr(tokenizer, "chat_template", None)
     if not own:
@@ -148,19 +148,3 @@ def _template(folder: Path, tokenizer: Any, spec: str | None) -> tuple[ChatTempl
         )
     name = next((n for n, b in BUILTIN.items() if b.source == own), None)
     return ChatTemplate(own, name=name), ""
-
-
-def end_of_turn_ids(tokenizer: Any, template: ChatTemplate) -> list[int]:
-    """The special token a template writes right after an assistant's answer (ChatML's <|im_end|>,
-    Llama 3's <|eot_id|>, the plain template's eos), or [] when it writes none."""
-    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _ANSWER}]
-    try:
-        text = template.render(messages, **special_token_variables(tokenizer))
-    except (ConfigError, DataError):  # a template that rejects this conversation: no end-of-turn to learn
-        return []
-    at = text.find(_ANSWER)
-    if at < 0:
-        return []
-    after = tokenizer.encode(text[at + len(_ANSWER) :], add_special_tokens=False)
-    special = {i for i, token in tokenizer.backend.get_added_tokens_decoder().items() if token.special}
-    return after[:1] if after and after[0] in special else []

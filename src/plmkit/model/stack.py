@@ -135,11 +135,42 @@ class Stack(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device)[None].expand(b, t)
         x = self.embed(input_ids, position_ids, token_type_ids, block_position_ids)  # (B, T, C)
+        mask, memory_mask, rotary, fast_causal = self.attention_inputs(
+            x, allowed, is_causal, position_ids, past, memory_allowed
+        )
+        new_cache: Cache = []
+        for i, block in enumerate(self.blocks):
+            cache = past_key_values[i] if static or past_key_values else None
+            layer_prefix = prefix[i] if prefix is not None else None
+            x, layer_cache = self.run_block(
+                block, x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix
+            )
+            if layer_cache is not None:
+                new_cache.append(layer_cache)
+        if static:  # every block wrote its t columns at `past`
+            past_key_values.advance(t)
+            new_cache = past_key_values
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, new_cache
 
+    def attention_inputs(
+        self,
+        x: torch.Tensor,  # (B, T, C): the hidden states entering the blocks
+        allowed: torch.Tensor | None,
+        is_causal: bool,
+        position_ids: torch.Tensor,  # (B, T)
+        past: int = 0,
+        memory_allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, bool]:
+        """What every block takes besides x: (the additive self-attention mask, the additive memory mask,
+        the rotary (cos, sin), whether SDPA builds the causal mask itself). A pipeline stage
+        (plmkit.model.stages) computes them again from its own input."""
+        t = x.shape[1]
         mask = None
         if self.relative_bias is not None:
             if allowed is None and is_causal:
-                allowed = masks.causal(t, past + t, past, input_ids.device)
+                allowed = masks.causal(t, past + t, past, x.device)
             mask = self.relative_bias(t, past + t, past).to(x.dtype)  # (1, H, T, T_k)
             if allowed is not None:
                 mask = mask + masks.to_additive(allowed, x.dtype)
@@ -147,23 +178,12 @@ class Stack(nn.Module):
             mask = masks.to_additive(allowed, x.dtype)
         memory_mask = None if memory_allowed is None else masks.to_additive(memory_allowed, x.dtype)
         rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
-        fast_causal = is_causal and mask is None  # SDPA builds the causal mask itself
+        return mask, memory_mask, rotary, is_causal and mask is None  # SDPA builds the causal mask itself
 
-        new_cache: Cache = []
-        for i, block in enumerate(self.blocks):
-            cache = past_key_values[i] if static or past_key_values else None
-            layer_prefix = prefix[i] if prefix is not None else None
-            args = (x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # Training never reads the cache back: holding every layer's k, v to the end of the
-                # forward would keep most of what checkpointing frees. The returned cache stays empty.
-                x, _ = checkpoint(block, *args, use_reentrant=False)
-                continue
-            x, layer_cache = block(*args)
-            new_cache.append(layer_cache)
-        if static:  # every block wrote its t columns at `past`
-            past_key_values.advance(t)
-            new_cache = past_key_values
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x, new_cache
+    def run_block(self, block: Block, x: torch.Tensor, *args) -> tuple[torch.Tensor, tuple | None]:
+        """One block's forward: (its output, its cache; None under gradient checkpointing, where training
+        never reads the cache back and holding every layer's k, v would keep most of what it frees)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            x, _ = checkpoint(block, x, *args, use_reentrant=False)
+            return x, None
+        return block(x, *args)

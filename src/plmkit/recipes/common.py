@@ -78,8 +78,7 @@ class Run:
     def describe(self) -> str:
         c = self.config
         model = unwrap(self.model)
-        # FSDP parameters are DTensors (numel is the whole tensor's); ZeRO-3 keeps the size in ds_numel
-        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        n_params = self.strategy.parameter_count(model)  # the whole model's, however it is split
         mc = getattr(model, "config", None)
         name = model_class_name(model)
         arch = f"{name} ({mc.family}, {mc.n_layer}x{mc.d_model})" if mc else name
@@ -90,7 +89,11 @@ class Run:
             base = f" on a frozen {c.quantize.mode} base" if c.quantize.mode else ""
             tuned = f"peft: {peft.method} ({options}){base}; {trainable_report(model)}\n"
         shares, tp = self.strategy.data_parallel_size, self.strategy.tensor_parallel
-        if tp > 1:  # the ranks of a tensor-parallel group train on the same rows
+        pp = self.strategy.pipeline_parallel
+        if pp > 1:  # the ranks of one model replica train on the same rows
+            ranks = f"{pp} pipeline stages" + (f" x {tp} tensor-parallel ranks" if tp > 1 else "")
+            batch = f" x {shares} data-parallel group(s) of {ranks}"
+        elif tp > 1:
             batch = f" x {shares} data-parallel group(s) of {tp} tensor-parallel ranks"
         else:
             batch = f" x {shares} processes" if shares > 1 else ""

@@ -133,6 +133,11 @@ def validate(config: FinetuneConfig) -> None:
             f"distributed.tensor_parallel={config.distributed.tensor_parallel}: fine-tuning runs data "
             "parallel only (ddp, fsdp, deepspeed); set distributed.tensor_parallel=1"
         )
+    if config.distributed.pipeline_parallel != 1:
+        raise ConfigError(
+            f"distributed.pipeline_parallel={config.distributed.pipeline_parallel}: fine-tuning runs data parallel "
+            "only (ddp, fsdp, deepspeed); set distributed.pipeline_parallel=1"
+        )
     if config.early_stopping.patience and not config.data.dev:
         raise ConfigError("early_stopping.patience needs dev metrics: set data.dev=FILE or patience=0")
     check_task_name(config.task.name, training=True)

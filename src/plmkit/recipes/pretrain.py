@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from plmkit.config import to_dict
-from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
+from plmkit.evaluate.loss import loss_metrics, stream_loss
 from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.runs import (
@@ -103,7 +103,8 @@ def evaluate(run: Run) -> dict[str, float]:
     batches = (  # global batches: each rank takes its rows
         strategy.local_rows(run.eval_objective(blocks)) for blocks in run.val_batches(run.config.eval.batches)
     )
-    total, count = stream_loss(run.model, batches, model_token_loss, run.device, run.precision.autocast)
+    # the strategy's loss of a batch: the model's (pipeline stages: the last stage's, 0 on the others)
+    total, count = stream_loss(run.model, batches, strategy.token_loss, run.device, run.precision.autocast)
     total, count = strategy.sum_over_ranks(total, count)  # tensor parallel: both counted T times
     metrics = loss_metrics(total, int(count))
     if metrics and not math.isfinite(metrics["loss"]):  # never report nan as a result with exit 0

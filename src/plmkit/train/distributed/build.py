@@ -32,9 +32,11 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
             f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
             "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
         )
+    from plmkit.train.distributed.pipeline import check_pipeline_layout
     from plmkit.train.distributed.tensor_parallel import check_tensor_parallel_layout
 
     check_tensor_parallel_layout(distributed.tensor_parallel, world.world_size, name)
+    check_pipeline_layout(distributed.pipeline_parallel, distributed.tensor_parallel, world.world_size, name)
     return name
 
 
@@ -72,7 +74,23 @@ def build_strategy(
         from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config
 
         check_fsdp_config(precision, optim)
-        strategy = FSDPStrategy(world, device, distributed.tensor_parallel, distributed.fsdp, precision)
+        if distributed.pipeline_parallel > 1:  # 3-D: data x pipeline x tensor parallel
+            from plmkit.train.distributed.pipeline import PipelineStrategy, check_pipeline_schedule
+
+            check_pipeline_schedule(
+                distributed.pipeline_schedule, distributed.pipeline_parallel, train.accumulation
+            )
+            strategy = PipelineStrategy(
+                world,
+                device,
+                distributed.pipeline_parallel,
+                distributed.pipeline_schedule,
+                distributed.tensor_parallel,
+                distributed.fsdp,
+                precision,
+            )
+        else:
+            strategy = FSDPStrategy(world, device, distributed.tensor_parallel, distributed.fsdp, precision)
     else:
         strategy = DDPStrategy(world, device)
     strategy.start()

@@ -6,7 +6,8 @@ server with continuous batching (`plm serve`) and a web chat page.
     batcher.py    continuous batching: one decoding thread, slots in one KV cache, per-request sampling
     schemas.py    the request bodies (pydantic; an unknown field is a 400 naming it)
     openai_api.py requests -> the batcher's inputs; its updates -> OpenAI responses and stream chunks
-    app.py        the FastAPI routes, OpenAI-shaped errors, the API key and the body limit
+    app.py        the FastAPI routes and OpenAI-shaped errors
+    middleware.py the body limit, the API key and the request counts (pure ASGI)
     metrics.py    the Prometheus text of GET /metrics
     server.py     binding the port, loading, uvicorn; ServerThread for tests and benchmarks
     static/index.html  the chat page served at `/`: one file, streaming through /v1/chat/completions

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import secrets
 import sys
 import time
 import traceback
@@ -34,8 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from plmkit.errors import PlmkitError
 from plmkit.serve.batcher import Batcher, Failure, QueueFull, SamplingParams, Update
-from plmkit.serve.errors import ApiError, bad_request, error_body, queue_full, too_large, unauthorized
+from plmkit.serve.errors import ApiError, bad_request, error_body, queue_full
 from plmkit.serve.metrics import Metrics
+from plmkit.serve.middleware import Guard
 from plmkit.serve.openai_api import (
     ChoiceState,
     chat_chunk,
@@ -59,20 +59,7 @@ from plmkit.serve.served import ServedModel
 from plmkit.serve.settings import ServeSettings
 
 PAGE = Path(__file__).parent / "static" / "index.html"  # the chat page (plm chat's helper writes it)
-KEYED = ("/v1/", "/tokenize", "/detokenize", "/tokenizer_info")  # paths that need the API key
-ROUTES = {
-    "/",
-    "/health",
-    "/metrics",
-    "/v1/models",
-    "/v1/completions",
-    "/v1/chat/completions",
-    "/tokenize",
-    "/detokenize",
-    "/tokenizer_info",
-}
 DISCONNECT_POLL_S = 0.25  # how often a waiting non-streaming request checks that its client is still there
-DRAIN_LIMIT = 256 * 2**20  # an oversized body is read (and dropped) up to this size before the 413
 
 
 class ClientGone(Exception):
@@ -406,71 +393,3 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def bug(request: Request, exc: Exception) -> JSONResponse:
         body = error_body(f"internal server error: {type(exc).__name__}: {exc}", type="server_error")
         return JSONResponse(body, status_code=500)
-
-
-# ---- the key, the body limit and the request counts -------------------------------------------------
-class Guard:
-    """A pure ASGI middleware: reads the body (up to --max-body-bytes: 413 beyond, after draining it so the
-    client reads the answer), checks the API key of the keyed routes (401), counts requests by status."""
-
-    def __init__(self, app, settings: ServeSettings, metrics: Metrics) -> None:
-        self.app, self.settings, self.metrics = app, settings, metrics
-        self.key = None if settings.api_key is None else f"Bearer {settings.api_key}".encode()
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope["path"]
-        route = path if path in ROUTES else "other"
-        status = {"code": 500}
-
-        async def counted_send(message) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self._guarded(scope, receive, counted_send, path)
-        finally:
-            self.metrics.count(route, status["code"])
-
-    async def _guarded(self, scope, receive, send, path: str) -> None:
-        limit = self.settings.max_body_bytes
-        body, size, more = bytearray(), 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size <= limit:
-                body += chunk
-            elif size > DRAIN_LIMIT:
-                break
-            more = message.get("more_body", False)
-        if self.key is not None and path.startswith(KEYED):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not secrets.compare_digest(given, self.key):
-                await _respond(send, unauthorized())
-                return
-        if size > limit:
-            await _respond(send, too_large(size, limit))
-            return
-        replayed = False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": bytes(body), "more_body": False}
-            return await receive()
-
-        await self.app(scope, replay, send)
-
-
-async def _respond(send, error: ApiError) -> None:
-    payload = json.dumps(error.body()).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

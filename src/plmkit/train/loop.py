@@ -98,9 +98,21 @@ def train_step(
                 strategy.clip_grad_norm(models[name], max_norm)
         for name in trained:
             strategy.step(optimizers[name], precision.scaler)
+            mark_updated(optimizers[name])
         precision.scaler.update()
     for name in trained:
         strategy.zero_grad(optimizers[name], stepped=finite)  # a skipped step drops its gradients
     for scheduler in schedulers.values():
         scheduler.step()
     return loss_sum / total if finite else math.nan
+
+
+def mark_updated(optimizer: torch.optim.Optimizer) -> None:
+    """Bump the version counter of every parameter the optimizer updates. Fused optimizers (AdamW
+    fused=True, the default where the device has it) write the parameters in place without bumping it,
+    and plmkit.generation's decode-time weights are stamped with it: without this, a model that samples
+    between steps (RL rollouts, PPO / GRPO) would decode with the weights of an earlier step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if isinstance(p, torch.Tensor):
+                torch.autograd.graph.increment_version(p)

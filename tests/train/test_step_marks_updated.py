@@ -27,6 +27,16 @@ def test_generation_after_a_fused_adamw_step_sees_the_new_weights():
         return out.loss_sum, out.targets
 
     for _ in range(3):
-        train_step({"model": model}, {"model": optimizer}, {}, loss_fn, [batch], Strategy(), Precision("fp32", torch.device("cpu")))
+        train_step(
+            {"model": model},
+            {"model": optimizer},
+            {},
+            loss_fn,
+            [batch],
+            Strategy(),
+            Precision("fp32", torch.device("cpu")),
+        )
     fresh = copy.deepcopy(model)  # no cached weights
-    assert torch.equal(generate_ids(model, prompt, max_new_tokens=6), generate_ids(fresh, prompt, max_new_tokens=6))
+    assert torch.equal(
+        generate_ids(model, prompt, max_new_tokens=6), generate_ids(fresh, prompt, max_new_tokens=6)
+    )

@@ -188,9 +188,10 @@ def test_num_iterations_reuses_the_generation_batch(base, data, tmp_path, capsys
     rows = {r["step"]: r for r in read_metrics(tmp_path / "runs" / "mu")}
     assert [s for s in rows if "reward" in rows[s]] == [1, 4]  # logged by the step that sampled it
     # the steps after the first train on the very same rows, with the sampling policy's log-probs as "old"
+    # (a forward before the first update: the log-probs the sampler saw, at temperature 1)
     second, third = batches[1], batches[2]
     assert second is third and second.used == 3
-    assert torch.equal(second.tensors["old_logprobs"], sampled[0].sample_logprobs)
+    assert torch.allclose(second.tensors["old_logprobs"], sampled[0].sample_logprobs, atol=1e-5)
     assert all(rows[s]["loss"] == rows[s]["loss"] for s in rows if s)  # finite
 
 
@@ -275,6 +276,29 @@ def test_builtin_verifier_rewards_correct_answers():
     per_function = torch.tensor([[1.0, nan], [nan, nan], [0.0, 2.0], [3.0, nan], [nan, nan], [nan, nan]])
     # rows 1 (and 4, 5: a group no function scored) get their group's mean of the scored rows (or 0)
     assert combine(per_function, [1.0, 0.5], 2).tolist() == [1.0, 1.0, 1.0, 3.0, 0.0, 0.0]
+
+
+def test_completion_logprobs_equal_the_full_logits():
+    """The LM head only at the positions that predict a completion token gives the log-probs (and the
+    entropy) of the full logits there, 0 elsewhere; with a temperature, those of logits / temperature."""
+    from plmkit.recipes.grpo import completion_logprobs
+    from plmkit.recipes.rollouts import token_entropy, token_logprobs
+    from tiny import tiny_model
+
+    model = tiny_model("causal", seed=0, dropout=0.0)
+    g = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(3, 60, (3, 9), generator=g)
+    attention_mask = torch.tensor([[1] * 9, [1] * 6 + [0] * 3, [1] * 4 + [0] * 5])
+    mask = torch.zeros(3, 9, dtype=torch.bool)
+    mask[0, 3:], mask[1, 2:6], mask[2, 3:4] = True, True, True
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "response_mask": mask}
+    logits = model(input_ids, attention_mask).logits
+    for t in (1.0, 0.7):
+        logprobs, entropy = completion_logprobs(model, batch, temperature=t, with_entropy=True)
+        assert torch.allclose(logprobs, token_logprobs(logits / t, input_ids) * mask, atol=1e-5)
+        assert torch.allclose(entropy, token_entropy(logits / t) * mask, atol=1e-5)
+    logprobs.sum().backward()  # differentiable
+    assert model.lm_head.decoder.weight.grad is not None
 
 
 @pytest.mark.parametrize("recipe", SHIPPED, ids=[r.stem for r in SHIPPED])

@@ -41,6 +41,7 @@ from plmkit.errors import ConfigError
 from plmkit.files import atomic_file
 from plmkit.generation import GenerationConfig
 from plmkit.generation.config import ABSOLUTE_POSITIONS
+from plmkit.model.dropout import dropout_off
 from plmkit.prompting.chat import ChatTemplate
 from plmkit.recipes.common import check_resumable, fp32_master_weights
 from plmkit.recipes.grpo_config import GrpoConfig
@@ -55,7 +56,7 @@ from plmkit.recipes.grpo_inputs import (
     read_prompts,
 )
 from plmkit.recipes.grpo_rewards import RewardFunction, build_reward_functions, check_gold, combine, score
-from plmkit.recipes.rollouts import Rollouts, frozen_logprobs, sample_rollouts, token_entropy, token_logprobs
+from plmkit.recipes.rollouts import Rollouts, sample_rollouts
 from plmkit.recipes.runs import (
     RunPlan,
     discard_new_folder,
@@ -80,6 +81,37 @@ ROLLOUT_KEYS = ("input_ids", "attention_mask", "response_mask", "advantages", "o
 
 
 # ---- the loss -----------------------------------------------------------------------------------------
+def completion_logprobs(
+    model: torch.nn.Module, batch: Batch, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """((B, T) log p(token) of the completion tokens under logits / temperature (0.0 elsewhere), and with
+    `with_entropy` the entropy of those distributions (B, T), without gradient). One forward for the
+    hidden states; the LM head then runs only at the M positions that predict a completion token, not at
+    the prompt's or the padding's (trl's logits_to_keep keeps the padding). Dividing by the sampling
+    temperature scores the completions under the distribution they were sampled from, as trl does."""
+    input_ids, mask = batch["input_ids"], batch["response_mask"]
+    hidden = model(input_ids, batch["attention_mask"], compute_logits=False).hidden_states  # (B, T, C)
+    predicts = mask[:, 1:]  # position t predicts token t + 1
+    logits = unwrap(model).lm_head(hidden[:, :-1][predicts]).float()  # (M, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logprobs = logits.log_softmax(dim=-1)  # (M, V)
+    picked = logprobs.gather(1, input_ids[:, 1:][predicts][:, None]).squeeze(1)  # (M,)
+    out = picked.new_zeros(mask.shape).masked_scatter(mask, picked)  # (B, T); mask[:, 0] is a prompt token
+    if not with_entropy:
+        return out, None
+    with torch.no_grad():
+        entropy = -(logprobs.exp() * logprobs).sum(dim=-1)  # (M,)
+        return out, entropy.new_zeros(mask.shape).masked_scatter(mask, entropy)
+
+
+@torch.no_grad()
+def frozen_completion_logprobs(model: torch.nn.Module, batch: Batch, temperature: float) -> torch.Tensor:
+    """completion_logprobs without gradients or dropout: the reference, or the policy that sampled."""
+    with dropout_off():
+        return completion_logprobs(model, batch, temperature)[0]
+
+
 class GrpoLoss:
     """The engine's loss on a micro-batch of completions: the policy's per-token log-probs (one forward),
     then plmkit.align.grpo.grpo_loss -> (loss sum, count). `count(batch)` is known before any forward
@@ -89,6 +121,7 @@ class GrpoLoss:
 
     def __init__(self, config: GrpoConfig) -> None:
         self.g = config.grpo
+        self.temperature = config.generation.temperature
         self.max_completion_length = config.generation.max_new_tokens
         self.totals: dict[str, float] = {}
 
@@ -96,13 +129,13 @@ class GrpoLoss:
         return grpo_count(batch["response_mask"], self.g.loss_type)
 
     def __call__(self, models: Mapping[str, torch.nn.Module], batch: Batch) -> tuple[torch.Tensor, Any]:
-        input_ids, mask = batch["input_ids"], batch["response_mask"]
-        logits = models[POLICY](input_ids, batch["attention_mask"]).logits  # (B, T, V)
-        logprobs = token_logprobs(logits, input_ids) * mask  # (B, T), 0 off the completions
-        old = batch.get("old_logprobs")
+        mask = batch["response_mask"]
+        logprobs, entropy = completion_logprobs(models[POLICY], batch, self.temperature, with_entropy=True)
         loss_sum, count, stats = grpo_loss(
             logprobs,
-            logprobs.detach() if old is None else old,  # one step per batch: the ratio is 1, its gradient not
+            batch.get(
+                "old_logprobs"
+            ),  # None (one step per generation batch): the ratio is 1, not its gradient
             batch["advantages"],
             mask,
             ref_logprobs=batch.get("ref_logprobs"),
@@ -114,11 +147,10 @@ class GrpoLoss:
         )
         tokens = float(mask.sum())
         if tokens:
-            with torch.no_grad():  # logs only: no graph
-                self._add("tokens", tokens)
-                self._add("entropy", float((token_entropy(logits.detach()) * mask).sum()))
-                for key, value in stats.items():  # token means of this micro-batch -> token sums
-                    self._add(key.removesuffix("_mean"), float(value) * tokens)
+            self._add("tokens", tokens)
+            self._add("entropy", float(entropy.sum()))
+            for key, value in stats.items():  # token means of this micro-batch -> token sums
+                self._add(key.removesuffix("_mean"), float(value) * tokens)
         return loss_sum, count
 
     def _add(self, key: str, value: float) -> None:
@@ -327,10 +359,10 @@ def sample_generation_batch(run: GrpoRun, index: int) -> GenerationBatch:
     advantages = group_advantages(rewards, g, scale=c.grpo.scale_rewards)
     tensors = {k: v.cpu() for k, v in rollouts.batch().items()}
     tensors["advantages"] = advantages.float().cpu()
-    if c.grpo.num_iterations > 1:  # the ratio's denominator: the sampling policy (raw logits, temperature 1)
-        tensors["old_logprobs"] = rollouts.sample_logprobs.cpu()
+    if c.grpo.num_iterations > 1:  # the ratio's denominator: the policy that sampled, before any update
+        tensors["old_logprobs"] = scored(run, policy, tensors)
     if run.reference is not None:
-        tensors["ref_logprobs"] = reference_logprobs(run, tensors)
+        tensors["ref_logprobs"] = scored(run, run.reference, tensors)
     lengths = rollouts.response_lengths.float()
     metrics = {
         "reward": float(rewards.mean()),
@@ -345,18 +377,17 @@ def sample_generation_batch(run: GrpoRun, index: int) -> GenerationBatch:
     return GenerationBatch(tensors, 0, metrics)
 
 
-def reference_logprobs(run: GrpoRun, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(N, T) the frozen reference's per-token log-probs of the completions, a micro-batch at a time."""
+def scored(run: GrpoRun, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N, T) a frozen model's per-token log-probs of the completions (at the sampling temperature), a
+    micro-batch at a time."""
     device, rows = run.strategy.device, run.config.train.batch_size
-    n = tensors["input_ids"].shape[0]
+    keys = ("input_ids", "attention_mask", "response_mask")
     parts = []
-    for start in range(0, n, rows):
-        part = {
-            k: tensors[k][start : start + rows].to(device)
-            for k in ("input_ids", "attention_mask", "response_mask")
-        }
+    for start in range(0, tensors["input_ids"].shape[0], rows):
+        part = {k: tensors[k][start : start + rows].to(device) for k in keys}
         with run.precision.autocast():
-            parts.append(frozen_logprobs(run.reference, part).float().cpu())
+            logprobs = frozen_completion_logprobs(model, part, run.config.generation.temperature)
+        parts.append(logprobs.float().cpu())
     return torch.cat(parts)
 
 

@@ -105,9 +105,15 @@ def _import(module_name: str) -> Any:
         path = Path(module_name).expanduser()
         if not path.is_file():
             raise FileNotFoundError(f"no file {path}")
-        spec = importlib.util.spec_from_file_location(f"plmkit_rewards_{path.stem}", path)
+        name = f"plmkit_rewards_{path.stem}"
+        spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        sys.modules[name] = module  # registered first, as an import does (dataclasses look it up)
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
         return module
     cwd = str(Path.cwd())
     added = cwd not in sys.path

@@ -1,7 +1,7 @@
 """Does GRPO raise the verifier accuracy on the synthetic addition task? Greedy accuracy on held-out problems
 of a briefly SFT'd tiny GPT, before and after `plm grpo` with the arithmetic verifier as the only reward.
 
-    python benchmarks/grpo_arithmetic.py [--sft-steps 300] [--grpo-steps 200] [--out benchmarks/results]
+    python benchmarks/grpo_arithmetic.py [--sft-steps 500] [--grpo-steps 300] [--out benchmarks/results]
     python benchmarks/grpo_arithmetic.py --tiny        # seconds: the pipeline only
 
 All on the CPU, all through plmkit's recipes (one engine):
@@ -92,9 +92,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--sft-steps", type=int, default=300)
-    parser.add_argument("--grpo-steps", type=int, default=200)
-    parser.add_argument("--grpo-lr", type=float, default=5e-4)
+    parser.add_argument("--sft-steps", type=int, default=500)
+    parser.add_argument("--grpo-steps", type=int, default=300)
+    parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--dev", type=int, default=500)
     parser.add_argument("--tiny", action="store_true", help="a few steps of everything: the pipeline only")
     args = parser.parse_args()

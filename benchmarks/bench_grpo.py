@@ -220,7 +220,7 @@ def check_loss(run, trainer) -> dict:
     t = batch.tensors
     loss_sum, count = run.loss({"model": run.model}, t)
     ours = float(loss_sum) / float(count)
-    run.loss.step_metrics()
+    run.loss.step_metrics(run.strategy)
     pad = run.tokenizer.pad_id
     prompts, completions = [], []
     for row in range(t["input_ids"].shape[0]):

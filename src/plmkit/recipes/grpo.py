@@ -156,9 +156,12 @@ class GrpoLoss:
     def _add(self, key: str, value: float) -> None:
         self.totals[key] = self.totals.get(key, 0.0) + value
 
-    def step_metrics(self) -> dict[str, float]:
-        """The step's entropy, KL and clip ratios per completion token; resets the sums."""
-        totals, self.totals = self.totals, {}
+    def step_metrics(self, strategy: Strategy) -> dict[str, float]:
+        """The step's entropy, KL and clip ratios per completion token, over every rank's rows; resets the
+        sums (every rank calls it: the sums are added up over the ranks)."""
+        keys = sorted(self.totals)  # the same keys on every rank: the same loss ran there
+        totals = dict(zip(keys, strategy.sum_over_ranks(*(self.totals[k] for k in keys)), strict=True))
+        self.totals = {}
         tokens = totals.pop("tokens", 0.0)
         return {key: value / tokens for key, value in totals.items()} if tokens else {}
 
@@ -411,7 +414,7 @@ def grpo_step(run: GrpoRun, step: int) -> tuple[float, dict[str, float]]:
         run.precision,
         c.train.clip_grad,
     )
-    metrics.update(run.loss.step_metrics())
+    metrics.update(run.loss.step_metrics(run.strategy))
     run.batch.used += 1
     if run.batch.used == c.grpo.num_iterations:
         run.batch = GenerationBatch()

@@ -190,14 +190,16 @@ def response_logprobs(
     model: nn.Module, batch: dict[str, torch.Tensor], with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (B, T) of the response tokens under `model` (one forward; 0.0 off the
-    response mask), and with `with_entropy` the entropy per token too. Differentiable: wrap it in
-    torch.no_grad() (and dropout_off() for a frozen model in train mode) to score with a frozen model."""
+    response mask), and with `with_entropy` the entropy per token too (a statistic: no gradient).
+    Differentiable: frozen_logprobs scores with a frozen model."""
     logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
     mask = batch["response_mask"]
     logprobs = token_logprobs(logits, batch["input_ids"]) * mask
     if not with_entropy:
         return logprobs
-    return logprobs, token_entropy(logits) * mask
+    with torch.no_grad():
+        entropy = token_entropy(logits.detach()) * mask
+    return logprobs, entropy
 
 
 @torch.no_grad()

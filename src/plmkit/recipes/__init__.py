@@ -67,4 +67,16 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.sft:sft",
         validate="plmkit.recipes.sft:check",
     ),
+    "grpo": Recipe(
+        help="GRPO: reinforcement learning of a causal LM from reward functions on groups of sampled completions",
+        description="Train a causal LM with group relative policy optimization from RECIPE.yaml (see "
+        "recipes/grpo/*.yaml): num_generations sampled completions per prompt, rewards from built-in "
+        "verifiers (gsm8k_strict, gsm8k_flexible, arithmetic) or Python functions (module:function), "
+        "advantages relative to the group, the clipped ratio loss (grpo, bnpo, dr_grpo, dapo) with an "
+        "optional k3 KL to a frozen reference (beta), num_iterations steps per generation batch, and the "
+        "mean reward of greedy completions of dev prompts.",
+        config_class="plmkit.recipes.grpo_config:GrpoConfig",
+        run="plmkit.recipes.grpo:grpo",
+        validate="plmkit.recipes.grpo:check",
+    ),
 }

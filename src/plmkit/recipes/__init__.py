@@ -79,4 +79,16 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.grpo:grpo",
         validate="plmkit.recipes.grpo:check",
     ),
+    "ppo": Recipe(
+        help="PPO with the pre-training mix (InstructGPT's PPO-ptx): RLHF of an SFT model against a reward model",
+        description="Train an SFT causal LM with PPO from RECIPE.yaml (see recipes/ppo/*.yaml): completions "
+        "sampled with the KV cache, the reward model's score (normalised, clipped, a missing-EOS penalty) "
+        "minus a per-token KL to the frozen SFT model (k1 or k3, fixed or adaptive coefficient), GAE "
+        "advantages, clipped policy and value losses over ppo.epochs of mini-batches, and ptx.coef x the "
+        "pre-training NLL in the same optimizer step; a critic from the reward model; optional LoRA actor "
+        "and critic on one shared base (reference = adapters off) and an EMA of the actor.",
+        config_class="plmkit.recipes.ppo_config:PpoConfig",
+        run="plmkit.recipes.ppo:ppo",
+        validate="plmkit.recipes.ppo:check",
+    ),
 }

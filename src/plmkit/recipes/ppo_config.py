@@ -56,7 +56,9 @@ class PpoSection:
     lam: Annotated[float, Range(ge=0, le=1)] = 0.95
     whiten_advantages: bool = True
     kl_estimator: KlEstimator = "k1"  # k1: logp - logp_ref (InstructGPT); k3: unbiased and >= 0
-    kl_coef: Annotated[float, Range(ge=0)] = 0.05  # β of the per-token KL penalty (the initial one if adaptive)
+    kl_coef: Annotated[float, Range(ge=0)] = (
+        0.05  # β of the per-token KL penalty (the initial one if adaptive)
+    )
     adaptive_kl: bool = False  # Ziegler et al.'s controller: β moves toward kl_target
     kl_target: Annotated[float, Range(gt=0)] = 6.0  # KL per completion (summed over its tokens) to aim at
     kl_horizon: Annotated[int, Range(ge=1)] = 10000  # completions over which β may move by ~20%

@@ -54,7 +54,9 @@ def load_reward_model(path: str, key: str, tokenizer: Any) -> nn.Module:
 
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"{key}={path} does not exist; train one with plm reward and point {key}= at it")
+        raise CheckpointError(
+            f"{key}={path} does not exist; train one with plm reward and point {key}= at it"
+        )
     model, _ = load(folder)
     name = model_class_name(unwrap(getattr(model, "base_model", model)))
     if name != REWARD_MODEL:

@@ -23,7 +23,6 @@ from plmkit.align.ppo import gae, policy_loss, token_rewards, value_loss
 from plmkit.data.sampler import derive_seed
 from plmkit.generation import GenerationConfig
 from plmkit.model.dropout import dropout_off
-from plmkit.peft.disable import adapters_off
 from plmkit.recipes.grpo_rewards import score
 from plmkit.recipes.ppo_inputs import ptx_batch
 from plmkit.recipes.rollouts import Rollouts, frozen_logprobs, response_logprobs, sample_rollouts
@@ -112,6 +111,8 @@ def in_chunks(function, batch: Batch, size: int) -> torch.Tensor:
 def reference_logprobs(run: PpoRun, batch: Batch) -> torch.Tensor:
     if run.models.reference is not None:
         return frozen_logprobs(run.models.reference, batch)
+    from plmkit.peft.disable import adapters_off
+
     with adapters_off(run.actor):  # the shared base: the actor without its adapters
         return frozen_logprobs(run.actor, batch)
 
@@ -253,7 +254,9 @@ def learn(run: PpoRun, experience: Batch, step: int) -> dict[str, float]:
                 run.ema.update(run.actor)
     records = run.loss.records
     tokens = sum(r["tokens"] for r in records) or 1.0
-    metrics = {key: sum(r[key] * r["tokens"] for r in records) / tokens for key in records[0] if key != "tokens"}
+    metrics = {
+        key: sum(r[key] * r["tokens"] for r in records) / tokens for key in records[0] if key != "tokens"
+    }
     if "ptx_loss" in metrics:  # per pre-training token: a plain mean over the equal-sized micro-batches
         metrics["ptx_loss"] = sum(r["ptx_loss"] for r in records) / len(records)
     metrics["loss"] = sum(losses) / len(losses)

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-
 from ppo_helpers import save_policy, save_reward_model, write_pretraining_text, write_prompts
+
 from train_helpers import read_metrics, run_cli
 
 

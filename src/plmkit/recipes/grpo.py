@@ -56,13 +56,7 @@ from plmkit.recipes.grpo_inputs import (
 )
 from plmkit.recipes.grpo_rewards import RewardFunction, build_reward_functions, check_gold, combine, score
 from plmkit.recipes.rollouts import Rollouts, frozen_logprobs, sample_rollouts, token_entropy, token_logprobs
-from plmkit.recipes.runs import (
-    RunPlan,
-    discard_new_folder,
-    plan_run_folder,
-    prepare_run_folder,
-    record_recipe,
-)
+from plmkit.recipes.runs import RunPlan, discard_new_folder, plan_run_folder, prepare_run_folder, record_recipe
 from plmkit.train.checkpoint import load_training_state, read_trainer_info
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.distributed.build import build_strategy
@@ -163,11 +157,7 @@ class GenerationBatch:
         return {"tensors": dict(self.tensors), "used": self.used, "metrics": dict(self.metrics)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tensors, self.used, self.metrics = (
-            dict(state["tensors"]),
-            int(state["used"]),
-            dict(state["metrics"]),
-        )
+        self.tensors, self.used, self.metrics = dict(state["tensors"]), int(state["used"]), dict(state["metrics"])
 
 
 @dataclass
@@ -355,10 +345,7 @@ def reference_logprobs(run: GrpoRun, tensors: dict[str, torch.Tensor]) -> torch.
     n = tensors["input_ids"].shape[0]
     parts = []
     for start in range(0, n, rows):
-        part = {
-            k: tensors[k][start : start + rows].to(device)
-            for k in ("input_ids", "attention_mask", "response_mask")
-        }
+        part = {k: tensors[k][start : start + rows].to(device) for k in ("input_ids", "attention_mask", "response_mask")}
         with run.precision.autocast():
             parts.append(frozen_logprobs(run.reference, part).float().cpu())
     return torch.cat(parts)
@@ -396,24 +383,18 @@ def dev_reward(run: GrpoRun) -> dict[str, float]:
     c = run.config
     prompts = run.dev.prompts[: c.eval.prompts]
     greedy = sampling_config(c, run.tokenizer).replace(do_sample=False)
-    rollouts = sample_rollouts(
-        unwrap(run.model), [p.ids for p in prompts], greedy, batch_size=c.eval.batch_size
-    )
+    rollouts = sample_rollouts(unwrap(run.model), [p.ids for p in prompts], greedy, batch_size=c.eval.batch_size)
     ids, texts = completion_texts(run, rollouts)
     per_function = score(run.rewards, [p.text for p in prompts], texts, ids, reward_columns(prompts, 1))
     total = combine(per_function, [f.weight for f in run.rewards], 1)
     out = {"dev_reward": float(total.mean())}
-    out.update(
-        {f"dev_reward/{f.name}": float(per_function[:, j].nanmean()) for j, f in enumerate(run.rewards)}
-    )
+    out.update({f"dev_reward/{f.name}": float(per_function[:, j].nanmean()) for j, f in enumerate(run.rewards)})
     return out
 
 
 def checkpoint(run: GrpoRun, step: int) -> Path:
     info = {"recipe": to_dict(run.config)}
-    return run.strategy.save(
-        run.run_dir, step, run.train_state(), run.tokenizer, info, run.config.checkpoint.keep_last
-    )
+    return run.strategy.save(run.run_dir, step, run.train_state(), run.tokenizer, info, run.config.checkpoint.keep_last)
 
 
 # ---- the recipe -----------------------------------------------------------------------------------------
@@ -444,9 +425,7 @@ def _grpo(config: GrpoConfig, strategy: Strategy, plan: RunPlan, stream=None) ->
         record_recipe(plan, config, read_trainer_info(plan.resume_from) if plan.resume_from else {})
     strategy.barrier()
     steps = config.train.steps
-    logger = RunLogger(
-        run.run_dir, steps, tensorboard=config.log.tensorboard, stream=stream, enabled=strategy.is_main
-    )
+    logger = RunLogger(run.run_dir, steps, tensorboard=config.log.tensorboard, stream=stream, enabled=strategy.is_main)
     if strategy.is_main:
         truncate_metrics(run.run_dir / "metrics.jsonl", step)
     logger.print(describe(run))
@@ -507,12 +486,7 @@ def read_last_dev(run_dir: Path) -> dict[str, float]:
 
 def progress_line(step: int, steps: int, m: dict[str, Any]) -> str:
     parts = [f"step {step:>6}/{steps}", f"loss {m['loss']:.4f}"]
-    for key, label in (
-        ("reward", "reward"),
-        ("kl", "kl"),
-        ("completion_length", "len"),
-        ("dev_reward", "dev_reward"),
-    ):
+    for key, label in (("reward", "reward"), ("kl", "kl"), ("completion_length", "len"), ("dev_reward", "dev_reward")):
         if key in m:
             parts.append(f"{label} {m[key]:.4f}" if key != "completion_length" else f"{label} {m[key]:.1f}")
     return "  ".join(parts)
@@ -530,9 +504,7 @@ def describe(run: GrpoRun) -> str:
     model = unwrap(run.model)
     n_params = sum(p.numel() for p in model.parameters())
     template = "raw text" if run.template is None else (run.template.name or "custom")
-    sizes = f"train {len(run.train.prompts):,} prompts" + (
-        f", dev {len(run.dev.prompts):,}" if run.dev else ""
-    )
+    sizes = f"train {len(run.train.prompts):,} prompts" + (f", dev {len(run.dev.prompts):,}" if run.dev else "")
     rewards = ", ".join(f"{f.name} x {f.weight:g}" for f in run.rewards)
     g = c.grpo
     return (

@@ -146,12 +146,7 @@ def read_prompts(
 
 
 def _prompt(
-    config: GrpoConfig,
-    values: dict[str, Any],
-    where: str,
-    tokenizer: Any,
-    template: ChatTemplate | None,
-    limit: int,
+    config: GrpoConfig, values: dict[str, Any], where: str, tokenizer: Any, template: ChatTemplate | None, limit: int
 ) -> Prompt:
     d = config.data
     text = d.template.format(**{k: "" if v is None else v for k, v in values.items()})
@@ -160,9 +155,7 @@ def _prompt(
         columns["gold"] = gold_answer(str(values["answer"]), where=f"{where}: answer")
     elif "answer" in values:  # prompt rows: the answer as it is, or a GSM8K rationale's "#### N"
         answer = str(values["answer"])
-        columns["gold"] = (
-            gold_answer(answer, where=f"{where}: answer") if "#### " in answer else answer.strip()
-        )
+        columns["gold"] = gold_answer(answer, where=f"{where}: answer") if "#### " in answer else answer.strip()
     ids = prompt_ids(tokenizer, template, text)
     if not ids:
         raise BadPrompt(f"{where}: the prompt is empty; fill it or remove the row", "empty prompt")

@@ -80,7 +80,7 @@ def load_reward_function(spec: str, where: str) -> RewardCallable:
     if not sep or not module_name or not attribute:
         raise ConfigError(
             f"{where}.function={spec!r} is neither a built-in reward "
-            f'({", ".join(BUILTIN)}){did_you_mean(spec, BUILTIN)} nor "module:function"'
+            f"({', '.join(BUILTIN)}){did_you_mean(spec, BUILTIN)} nor \"module:function\""
         )
     try:
         module = _import(module_name)
@@ -125,7 +125,7 @@ def build_reward_functions(specs: Sequence[Any]) -> list[RewardFunction]:
     if not specs:
         raise ConfigError(
             "the recipe has no rewards; add e.g. rewards=[{function: gsm8k_flexible}] (built-ins: "
-            f'{", ".join(BUILTIN)}) or a "module:function"'
+            f"{', '.join(BUILTIN)}) or a \"module:function\""
         )
     out: list[RewardFunction] = []
     for i, spec in enumerate(specs):
@@ -165,10 +165,7 @@ def score(
     out = torch.full((n, len(functions)), math.nan)
     for j, f in enumerate(functions):
         values = f.function(
-            prompts=list(prompts),
-            completions=list(completions),
-            completion_ids=list(completion_ids),
-            **columns,
+            prompts=list(prompts), completions=list(completions), completion_ids=list(completion_ids), **columns
         )
         values = list(values)
         if len(values) != n:

@@ -91,4 +91,24 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.ppo:ppo",
         validate="plmkit.recipes.ppo:check",
     ),
+    "reward": Recipe(
+        help="train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
+        description="Train a reward model from RECIPE.yaml (see recipes/reward/*.yaml): a scalar score at the "
+        "last real token of any causal or encoder base (init_from) or a preset; chosen / rejected rows (plain, "
+        "chat, HH-RLHF transcripts, ShareGPT) or K-way rankings; optional margin and reward centering; dev pair "
+        "accuracy, and the reward mean / std stored with every checkpoint; PEFT and quantized bases.",
+        config_class="plmkit.recipes.reward_config:RewardConfig",
+        run="plmkit.recipes.reward:reward",
+        validate="plmkit.recipes.reward:check",
+    ),
+    "dpo": Recipe(
+        help="direct preference optimization of a causal LM (DPO sigmoid / hinge / IPO, RPO)",
+        description="Align a causal LM on preference pairs from RECIPE.yaml (see recipes/dpo/*.yaml): DPO with "
+        "the sigmoid, hinge or IPO loss, beta, label smoothing and an optional NLL term on the chosen response "
+        "(rpo_alpha); the reference is a frozen copy of the initial policy, the base under LoRA (adapters off), "
+        "or its log-probs precomputed once (precompute_reference); logs rewards, accuracies, margins, log-probs.",
+        config_class="plmkit.recipes.dpo_config:DpoConfig",
+        run="plmkit.recipes.dpo:dpo",
+        validate="plmkit.recipes.dpo:check",
+    ),
 }

@@ -222,3 +222,27 @@ def test_reward_model_of_another_tokenizer(inputs, tmp_path, capsys):
     ]
     code, _, err = run_cli(argv, capsys)
     assert code == 2 and "another tokenizer" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_lora_shared_base_runs_and_its_reference_is_the_base(inputs, tmp_path, capsys):
+    import torch
+
+    from plmkit.io import load
+    from plmkit.recipes.ppo_step import learn, make_experience, reference_logprobs
+    from plmkit.recipes.rollouts import frozen_logprobs
+
+    lora = {"peft": "{method: lora, r: 4, target: all-linear}"}
+    code, _, err = run_cli(["ppo", write_recipe(tmp_path), *overrides(inputs, tmp_path, 2, **lora)], capsys)
+    assert code == 0, err
+    run = build_run(inputs, tmp_path / "second", **lora)
+    assert run.models.reference is None
+    actor_base = {n: p for n, p in run.actor.named_parameters() if not p.requires_grad}
+    critic_frozen = {n: p for n, p in run.critic.named_parameters() if not p.requires_grad}
+    shared = [n for n, p in critic_frozen.items() if n in actor_base and actor_base[n] is p]
+    assert shared and len(shared) == len([n for n in critic_frozen if n.startswith("transformer.")])
+    experience, _ = make_experience(run, 0)
+    learn(run, experience, 0)  # the adapters move away from zero
+    batch = {k: experience[k] for k in ("input_ids", "attention_mask", "response_mask")}
+    sft, _ = load(inputs["policy"])
+    torch.testing.assert_close(reference_logprobs(run, batch), frozen_logprobs(sft, batch), atol=1e-5, rtol=0)
+    assert not torch.allclose(frozen_logprobs(run.actor, batch), frozen_logprobs(sft, batch), atol=1e-4)

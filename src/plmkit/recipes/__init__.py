@@ -111,4 +111,14 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.dpo:dpo",
         validate="plmkit.recipes.dpo:check",
     ),
+    "rlhf-demo": Recipe(
+        help="the ChatGPT pipeline on a CPU: pretrain -> SFT -> reward model -> PPO with PTX on additions",
+        description="Run RECIPE.yaml (recipes/rlhf/demo.yaml, `make rlhf`): a synthetic verifiable task "
+        "(two-digit additions), a small GPT pre-trained on equations and text, SFT, a reward model on "
+        "verifier-labelled pairs, then PPO with the pre-training mix; writes <run>/rlhf.png (reward, "
+        "verifier accuracy, KL, pre-training loss per PPO step) and prints accuracy and KL start -> end.",
+        config_class="plmkit.recipes.rlhf_demo:RlhfDemoConfig",
+        run="plmkit.recipes.rlhf_demo:rlhf_demo",
+        validate="plmkit.recipes.rlhf_demo:check",
+    ),
 }

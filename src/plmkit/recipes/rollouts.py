@@ -26,6 +26,7 @@ from torch import nn
 from plmkit.errors import ConfigError, DataError
 from plmkit.generation import GenerationConfig, generate_ids
 from plmkit.generation.config import ABSOLUTE_POSITIONS, resolve
+from plmkit.generation.weights import forget
 from plmkit.model.dropout import dropout_off
 
 
@@ -105,6 +106,7 @@ def sample_rollouts(
     check_prompts(model, prompts, config.max_new_tokens)
     config = resolve(model, config, {})
     device = next(model.parameters()).device
+    forget(model)  # a policy trained since the last call (a fused optimizer step is invisible to the stamp)
     rows = [list(p) for p in prompts for _ in range(n)]
     size = batch_size or len(rows)
     started = time.perf_counter()
@@ -190,14 +192,16 @@ def response_logprobs(
     model: nn.Module, batch: dict[str, torch.Tensor], with_entropy: bool = False
 ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log-probs (B, T) of the response tokens under `model` (one forward; 0.0 off the
-    response mask), and with `with_entropy` the entropy per token too. Differentiable: wrap it in
-    torch.no_grad() (and dropout_off() for a frozen model in train mode) to score with a frozen model."""
+    response mask), and with `with_entropy` the entropy per token too (a statistic: no gradient).
+    Differentiable: frozen_logprobs scores with a frozen model."""
     logits = model(batch["input_ids"], batch["attention_mask"]).logits  # (B, T, V)
     mask = batch["response_mask"]
     logprobs = token_logprobs(logits, batch["input_ids"]) * mask
     if not with_entropy:
         return logprobs
-    return logprobs, token_entropy(logits) * mask
+    with torch.no_grad():
+        entropy = token_entropy(logits.detach()) * mask
+    return logprobs, entropy
 
 
 @torch.no_grad()

@@ -109,10 +109,14 @@ class SftSplit:
 
 # ---- the chat template --------------------------------------------------------------------------------
 def sft_template(config: SftConfig, tokenizer: Any) -> ChatTemplate:
-    """The recipe's template (see plmkit.recipes.sft_config): chat_template, else the tokenizer's own,
-    else chatml when the tokenizer has its control tokens, else plain. Its control tokens must be single
-    special tokens of the tokenizer, and "plain" needs an eos token."""
-    spec = config.chat_template
+    """The recipe's template (see plmkit.recipes.sft_config): `resolve_chat_template(config.chat_template)`."""
+    return resolve_chat_template(config.chat_template, tokenizer)
+
+
+def resolve_chat_template(spec: str | None, tokenizer: Any) -> ChatTemplate:
+    """A recipe's `chat_template` setting: the template it names, else (None) the tokenizer's own, else
+    chatml when the tokenizer has its control tokens, else plain. Its control tokens must be single
+    special tokens of the tokenizer, and "plain" needs an eos token. (sft, reward and dpo share it.)"""
     own = getattr(tokenizer, "chat_template", None)
     if spec is None and own:
         name = next((n for n, b in BUILTIN.items() if b.source == own), None)

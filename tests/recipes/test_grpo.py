@@ -44,6 +44,10 @@ def wrong_length(completions, **columns):
 
 def text_reward(completions, **columns):
     return ["good" for _ in completions]
+
+
+def broken(completions, **columns):
+    return [1 / 0 for _ in completions]
 """
 
 
@@ -384,3 +388,6 @@ def test_reward_function_returning_bad_values(base, data, tmp_path, capsys):
         capsys, tmp_path, base, data, f"rewards=[{{function: '{rewards}:text_reward'}}]", folder=True
     )
     assert "returned 'good' for completion 0" in err
+    shutil.rmtree(tmp_path / "runs" / "bad")
+    err = bad_run(capsys, tmp_path, base, data, f"rewards=[{{function: '{rewards}:broken'}}]", folder=True)
+    assert "rewards[0] (broken) failed: ZeroDivisionError: division by zero" in err

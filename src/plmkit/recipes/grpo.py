@@ -489,7 +489,7 @@ def _grpo(config: GrpoConfig, strategy: Strategy, plan: RunPlan, stream=None) ->
         logger.print(f"step {0:>6}/{steps}  dev_reward {first_dev['dev_reward']:.4f}")
     run.model.train()
     logger.begin(step)
-    bad_steps, started = 0, time.time()
+    bad_steps, started, window = 0, time.time(), []
     while step < steps:
         step_started = time.time()
         loss, metrics = grpo_step(run, step)
@@ -500,11 +500,15 @@ def _grpo(config: GrpoConfig, strategy: Strategy, plan: RunPlan, stream=None) ->
                 f"the loss was not finite for {bad_steps} steps in a row (step {step}); lower optim.lr, "
                 "use train.precision=fp32 or check the reward functions"
             )
-        metrics = {"loss": loss, "lr": run.scheduler.get_last_lr()[0], **metrics}
-        metrics["step_seconds"] = time.time() - step_started
-        if run.dev is not None and (step == steps or (config.eval.every and step % config.eval.every == 0)):
-            metrics.update(dev_reward(run))
-        if step % config.log.every == 0 or step == steps or "dev_reward" in metrics:
+        window.append({"loss": loss, **metrics, "step_seconds": time.time() - step_started})
+        evaluate = run.dev is not None and (
+            step == steps or (config.eval.every and step % config.eval.every == 0)
+        )
+        if step % config.log.every == 0 or step == steps or evaluate:
+            metrics = {**window_means(window), "lr": run.scheduler.get_last_lr()[0]}
+            window = []
+            if evaluate:
+                metrics.update(dev_reward(run))
             logger.log(step, metrics, show=False)
             logger.print(progress_line(step, steps, metrics))
         if config.checkpoint.every and step % config.checkpoint.every == 0 and step < steps:
@@ -525,6 +529,17 @@ def _grpo(config: GrpoConfig, strategy: Strategy, plan: RunPlan, stream=None) ->
             f.write((json.dumps(summary, indent=1) + "\n").encode())
     logger.close()
     return {"checkpoint": str(path), **summary}
+
+
+def window_means(window: list[dict[str, float]]) -> dict[str, float]:
+    """Each metric's mean over the steps since the last log line that have it (a generation batch's
+    rewards come with the step that sampled it; a skipped step's nan loss is left out)."""
+    keys = list(dict.fromkeys(k for m in window for k in m))
+    out = {}
+    for key in keys:
+        values = [m[key] for m in window if key in m and math.isfinite(m[key])]
+        out[key] = sum(values) / len(values) if values else math.nan
+    return out
 
 
 def read_last_dev(run_dir: Path) -> dict[str, float]:

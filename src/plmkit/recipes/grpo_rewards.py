@@ -61,6 +61,7 @@ BUILTIN: dict[str, RewardCallable] = {
     "arithmetic": arithmetic,
 }
 NEEDS_GOLD = ("gsm8k_strict", "gsm8k_flexible")
+RESERVED = ("prompts", "completions", "completion_ids")  # the call's own arguments: never a column
 
 
 @dataclass
@@ -169,14 +170,22 @@ def score(
     """(N, F) fp32: each function's reward of each completion (nan where it returned None)."""
     n = len(completions)
     out = torch.full((n, len(functions)), math.nan)
+    columns = {k: v for k, v in columns.items() if k not in RESERVED}
     for j, f in enumerate(functions):
-        values = f.function(
-            prompts=list(prompts),
-            completions=list(completions),
-            completion_ids=list(completion_ids),
-            **columns,
-        )
-        values = list(values)
+        try:
+            values = list(
+                f.function(
+                    prompts=list(prompts),
+                    completions=list(completions),
+                    completion_ids=list(completion_ids),
+                    **columns,
+                )
+            )
+        except Exception as e:  # the user's function: one error line that names it
+            raise DataError(
+                f"{f.where} ({f.name}) failed: {type(e).__name__}: {e}; fix the function (it is called as "
+                "function(prompts=[...], completions=[...], completion_ids=[...], **columns) -> [float | None])"
+            ) from e
         if len(values) != n:
             raise DataError(
                 f"{f.where} ({f.name}) returned {len(values)} rewards for {n} completions; return one "

@@ -15,6 +15,8 @@ All on the CPU, all through plmkit's recipes (one engine):
    num_generations 8, the verifier's 0/1 reward, dapo loss, beta 0. The run's dev reward is the greedy
    accuracy on the held-out problems, logged before training (= the SFT model), every eval.every steps
    and at the end.
+4. the control: the same SFT run continued for --control-steps more steps instead of GRPO (supervised
+   answers instead of verifier rewards), its greedy accuracy on the same held-out problems.
 
 Prints the accuracy curve and writes grpo-arithmetic-<date>.json (machine, load, wall times, the curve).
 """
@@ -96,11 +98,12 @@ def main() -> None:
     parser.add_argument("--grpo-steps", type=int, default=300)
     parser.add_argument("--grpo-lr", type=float, default=1e-4)
     parser.add_argument("--dev", type=int, default=500)
+    parser.add_argument("--control-steps", type=int, default=500, help="SFT steps instead of GRPO (0: none)")
     parser.add_argument("--tiny", action="store_true", help="a few steps of everything: the pipeline only")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     if args.tiny:
-        args.sft_steps, args.grpo_steps, args.dev = 3, 3, 16
+        args.sft_steps, args.grpo_steps, args.dev, args.control_steps = 3, 3, 16, 2
 
     started = time.time()
     files = write_data(args.work, n_sft=8000, n_prompts=2000, n_dev=args.dev, seed=args.seed)
@@ -112,23 +115,41 @@ def main() -> None:
     ]  # fmt: skip
     sft_recipe = args.work / "sft.yaml"
     sft_recipe.write_text(json.dumps({"name": "arithmetic-sft", "chat_template": TEMPLATE}), encoding="utf-8")
+
+    def sft(name: str, steps: int) -> dict:
+        return plm([
+            "sft", sft_recipe, f"name={name}", f"out_dir={args.work.parent / '{name}'}", f"tokenizer.path={tokenizer}",
+            "model.preset=gpt2-tiny", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.d_ff=256",
+            "model.dropout=0.0", "model.max_positions=64", f"data.train={files['sft']}",
+            "data.format=prompt_completion", "data.max_length=32", f"train.steps={steps}", "train.batch_size=64",
+            "optim.lr=3e-3", "schedule.kind=constant", "eval.every=0", "checkpoint.every=0", "log.every=50",
+            f"seed={args.seed}", *common,
+        ])  # fmt: skip
+
+    def grpo(name: str, checkpoint: str, steps: int) -> dict:
+        return plm([
+            "grpo", ROOT / "recipes" / "grpo" / "arithmetic.yaml", f"name={name}", f"init_from={checkpoint}",
+            f"out_dir={args.work.parent / '{name}'}", f"data.train={files['prompts']}", f"data.dev={files['dev']}",
+            f"train.steps={steps}", f"optim.lr={args.grpo_lr}", f"seed={args.seed}", *common,
+        ])  # fmt: skip
+
     t0 = time.time()
-    sft = plm([
-        "sft", sft_recipe, f"out_dir={args.work.parent / '{name}'}", f"tokenizer.path={tokenizer}",
-        "model.preset=gpt2-tiny", "model.d_model=64", "model.n_layer=2", "model.n_head=4", "model.d_ff=256",
-        "model.dropout=0.0", "model.max_positions=64", f"data.train={files['sft']}", "data.format=prompt_completion",
-        "data.max_length=32", f"train.steps={args.sft_steps}", "train.batch_size=64", "optim.lr=3e-3",
-        "schedule.kind=constant", "eval.every=0", "checkpoint.every=0", "log.every=50", f"seed={args.seed}", *common,
-    ])  # fmt: skip
+    start = sft("arithmetic-sft", args.sft_steps)
     sft_seconds = time.time() - t0
     t0 = time.time()
-    grpo = plm([
-        "grpo", ROOT / "recipes" / "grpo" / "arithmetic.yaml", f"init_from={sft['checkpoint']}",
-        f"out_dir={args.work.parent / '{name}'}", f"data.train={files['prompts']}", f"data.dev={files['dev']}",
-        f"train.steps={args.grpo_steps}", f"optim.lr={args.grpo_lr}", f"seed={args.seed}", *common,
-    ])  # fmt: skip
+    grpo_out = grpo("grpo-arithmetic", start["checkpoint"], args.grpo_steps)
     grpo_seconds = time.time() - t0
-    run = Path(grpo["checkpoint"]).parents[1]
+    control = {}
+    if args.control_steps:  # the same start trained on with SFT instead (constant lr, the same data order:
+        # N + M steps from scratch are N steps, then M more); its accuracy is a GRPO run's dev reward at step 0
+        more = sft("arithmetic-sft-control", args.sft_steps + args.control_steps)
+        control = {
+            "control_sft_steps": args.sft_steps + args.control_steps,
+            "control_accuracy": grpo("arithmetic-sft-control-eval", more["checkpoint"], 1)["dev_start"][
+                "dev_reward"
+            ],
+        }
+    run = Path(grpo_out["checkpoint"]).parents[1]
     rows = [json.loads(line) for line in open(run / "metrics.jsonl")]
     curve = [(r["step"], r["dev_reward"]) for r in rows if "dev_reward" in r]
     train_reward = [(r["step"], r["reward"]) for r in rows if "reward" in r]
@@ -141,6 +162,7 @@ def main() -> None:
         "accuracy_end": curve[-1][1],
         "accuracy_curve": curve,
         "train_reward_first_last": [train_reward[0], train_reward[-1]],
+        **control,
         "sft_seconds": round(sft_seconds, 1),
         "grpo_seconds": round(grpo_seconds, 1),
         "wall_seconds": round(time.time() - started, 1),

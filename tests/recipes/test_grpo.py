@@ -305,6 +305,35 @@ def test_completion_logprobs_equal_the_full_logits():
     assert model.lm_head.decoder.weight.grad is not None
 
 
+def test_prompt_rendering(base, data, tmp_path):
+    """prompt_template over the row's columns gives the text the rewards see; the chat template (null: the
+    tokenizer's own, here none, so the text as it is; or a named one) gives the tokens the policy continues."""
+    from plmkit.config import load_config
+    from plmkit.recipes.grpo_config import GrpoConfig
+    from plmkit.recipes.grpo_inputs import grpo_tokenizer, prompt_template, read_prompts
+
+    overrides = [
+        f"init_from={base}",
+        *tiny_grpo(tmp_path, data, 1),
+        "data.prompt_template=Q{level}: {prompt}",
+        "data.max_prompt_length=64",
+    ]
+    for template, rendered in (
+        (None, "Q0: {p}"),
+        ("raw", "Q0: {p}"),
+        ("plain", "### Instruction:\nQ0: {p}\n\n### Response:\n"),
+    ):
+        config = load_config(GrpoConfig, None, [*overrides, f"chat_template={template or 'null'}"])
+        tokenizer = grpo_tokenizer(config)
+        split = read_prompts(config, "train", tokenizer, prompt_template(config, tokenizer), 256)
+        first = split.prompts[0]
+        assert (
+            first.text == f"Q0: {first.columns['prompt']}"
+            and first.columns["gold"] == first.columns["answer"]
+        )
+        assert tokenizer.decode(first.ids) == rendered.format(p=first.columns["prompt"]), template
+
+
 @pytest.mark.parametrize("recipe", SHIPPED, ids=[r.stem for r in SHIPPED])
 def test_shipped_recipes_read_and_validate(recipe):
     from plmkit.config import load_config

@@ -214,7 +214,7 @@ def check_loss(run, trainer) -> dict:
     """The GRPO loss of one sampled generation batch on both sides: plmkit's GrpoLoss on its right-padded
     rows, trl's _compute_loss on the same completions laid out as trl lays them out (left-padded prompts,
     right-padded completions), with the same advantages."""
-    from plmkit.recipes.grpo import sample_generation_batch
+    from plmkit.recipes.grpo_step import sample_generation_batch
 
     batch = sample_generation_batch(run, 10**6)  # a generation batch that the timed steps never draw
     t = batch.tensors
@@ -300,7 +300,7 @@ def main() -> None:
 
     from benchkit.contention import own_cpu_seconds
 
-    from plmkit.recipes.grpo import grpo_step
+    from plmkit.recipes.grpo_step import grpo_step
 
     gate = start_trl(trainer)
     lengths = {"plmkit": [], "trl": []}

@@ -174,16 +174,17 @@ def test_beta_zero_loads_no_reference(base, data, tmp_path, monkeypatch):
 
 def test_num_iterations_reuses_the_generation_batch(base, data, tmp_path, capsys, monkeypatch):
     from plmkit.recipes import grpo as recipe
+    from plmkit.recipes import grpo_step
 
     sampled, batches = [], []
-    original = recipe.sample_rollouts
+    original = grpo_step.sample_rollouts
 
     def counting(*args, **kwargs):
         out = original(*args, **kwargs)
         sampled.append(out)
         return out
 
-    monkeypatch.setattr(recipe, "sample_rollouts", counting)
+    monkeypatch.setattr(grpo_step, "sample_rollouts", counting)
     step = recipe.grpo_step
     monkeypatch.setattr(recipe, "grpo_step", lambda run, i: batches.append(run.batch) or step(run, i))
     code, _, err = grpo(capsys, tmp_path, base, data, "name=mu", "grpo.num_iterations=3", steps=6)
@@ -285,7 +286,7 @@ def test_builtin_verifier_rewards_correct_answers():
 def test_completion_logprobs_equal_the_full_logits():
     """The LM head only at the positions that predict a completion token gives the log-probs (and the
     entropy) of the full logits there, 0 elsewhere; with a temperature, those of logits / temperature."""
-    from plmkit.recipes.grpo import completion_logprobs
+    from plmkit.recipes.grpo_step import completion_logprobs
     from plmkit.recipes.rollouts import token_entropy, token_logprobs
     from tiny import tiny_model
 

@@ -32,6 +32,7 @@ from plmkit.peft.base import (
     peft_parameter_names,
     trainable_report,
 )
+from plmkit.peft.disable import adapters_off
 from plmkit.peft.export import export_peft
 from plmkit.peft.io import load_adapter, save_adapter
 from plmkit.peft.lora import LoRALinear
@@ -49,6 +50,7 @@ __all__ = [
     "PeftConfig",
     "PrefixEncoder",
     "PromptTunedModel",
+    "adapters_off",
     "apply",
     "apply_spec",
     "export_peft",

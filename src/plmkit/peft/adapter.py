@@ -22,6 +22,7 @@ from plmkit.errors import ConfigError
 from plmkit.model.config import ACTIVATIONS
 from plmkit.model.layers import activation_fn
 from plmkit.peft.base import LinearWrapper, is_linear, set_submodule
+from plmkit.peft.disable import adapters_active
 
 KINDS = {"houlsby": ("attn.out", "cross_attn.out", "mlp.fc_out"), "pfeiffer": ("mlp.fc_out",)}
 
@@ -77,7 +78,7 @@ class AdapterLinear(LinearWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.base_forward(x)
-        return h + self.adapter(h)
+        return h + self.adapter(h) if adapters_active() else h  # adapters_off(): the frozen base alone
 
 
 def apply_adapters(model: nn.Module, options: AdapterOptions) -> list[str]:

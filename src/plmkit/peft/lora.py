@@ -39,6 +39,7 @@ from plmkit.model.attention import Attention
 from plmkit.model.dropout import Dropout
 from plmkit.model.layers import MLP
 from plmkit.peft.base import LinearWrapper, is_linear, set_submodule
+from plmkit.peft.disable import adapters_active
 from plmkit.quant.modules import dequantize_weight, requantize_
 
 FULL = "all"  # part name of a LoRA on the whole output of its Linear
@@ -98,7 +99,7 @@ class LoRALinear(LinearWrapper):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.base_forward(x)
-        if self.merged:
+        if self.merged or not adapters_active():  # adapters_off(): the frozen base alone
             return y
         h = self.lora_dropout(x)
         updates = {

@@ -106,6 +106,7 @@ def train_step(
                 strategy.clip_grad_norm(models[name], max_norm)
         for name in trained:
             strategy.step(optimizers[name], precision.scaler)
+            mark_updated(optimizers[name])
         precision.scaler.update()
     for name in trained:
         strategy.zero_grad(optimizers[name], stepped=finite)  # a skipped step drops its gradients
@@ -117,3 +118,14 @@ def train_step(
 def _on_device(strategy: Strategy, batch: Batch) -> Batch:
     """This rank's rows of a global micro-batch, on its device."""
     return {k: v.to(strategy.device, non_blocking=True) for k, v in strategy.local_rows(batch).items()}
+
+
+def mark_updated(optimizer: torch.optim.Optimizer) -> None:
+    """Bump the version counter of every parameter the optimizer updates. Fused optimizers (AdamW
+    fused=True, the default where the device has it) write the parameters in place without bumping it,
+    and plmkit.generation's decode-time weights are stamped with it: without this, a model that samples
+    between steps (RL rollouts, PPO / GRPO) would decode with the weights of an earlier step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if isinstance(p, torch.Tensor):
+                torch.autograd.graph.increment_version(p)

@@ -150,33 +150,41 @@ def recipe(args: argparse.Namespace, work: Path, corpus: Path) -> dict[str, Any]
     }  # fmt: skip
 
 
-def pretrain(args: argparse.Namespace, work: Path, documents: Sequence[str]) -> tuple[Path, dict]:
-    """`plm pretrain RECIPE.yaml` on the generated documents; (checkpoint, its final metrics)."""
+def write_documents(path: Path, documents: Sequence[str]) -> Path:
+    with path.open("w", encoding="utf-8") as f:
+        for text in documents:
+            f.write(json.dumps({"text": text}) + "\n")
+    return path
+
+
+def run_pretrain(recipe: dict[str, Any], work: Path, threads: int) -> tuple[Path, dict]:
+    """`plm pretrain RECIPE.yaml` (the CLI, in a subprocess, `recipe` written to work/); (the final
+    checkpoint, {"train_seconds", "loss_curve", "val_loss"})."""
     import yaml
 
     from plmkit.train.checkpoint import latest_checkpoint
     from plmkit.train.logging import read_metrics
 
-    corpus = work / "sequences.jsonl"
-    with corpus.open("w", encoding="utf-8") as f:
-        for text in documents:
-            f.write(json.dumps({"text": text}) + "\n")
-    path = work / "icl-synthetic.yaml"
-    path.write_text(yaml.safe_dump(recipe(args, work, corpus), sort_keys=False))
-    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    path = work / f"{recipe['name']}.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True))
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     started = time.time()
     done = subprocess.run(
         [sys.executable, "-m", "plmkit", "pretrain", str(path)],
-        env=env, cwd=work, capture_output=True, text=True,
-    )  # fmt: skip
+        env=env,
+        cwd=work,
+        capture_output=True,
+        text=True,
+    )
     seconds = time.time() - started
     (work / "pretrain.log").write_text(done.stdout + done.stderr)
     if done.returncode:
         raise SystemExit(f"plm pretrain failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    rows = read_metrics(work / "run" / "metrics.jsonl")
+    run_dir = Path(recipe["out_dir"])
+    rows = read_metrics(run_dir / "metrics.jsonl")
     curve = [{"step": r["step"], "loss": round(r["loss"], 4)} for r in rows if "loss" in r]
     val = [{"step": r["step"], "val_loss": round(r["val_loss"], 4)} for r in rows if "val_loss" in r]
-    checkpoint = latest_checkpoint(work / "run")
+    checkpoint = latest_checkpoint(run_dir)
     assert checkpoint is not None, "plm pretrain wrote no checkpoint"
     return checkpoint, {"train_seconds": round(seconds, 1), "loss_curve": curve, "val_loss": val}
 
@@ -298,7 +306,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         work = Path(args.work or folder)
         work.mkdir(parents=True, exist_ok=True)
-        checkpoint, training = pretrain(args, work, documents)
+        corpus = write_documents(work / "sequences.jsonl", documents)
+        checkpoint, training = run_pretrain(recipe(args, work, corpus), work, args.threads)
         model, tokenizer = plmkit.load(checkpoint)
         check_single_tokens(tokenizer, world)
         eval_started = time.time()

@@ -158,3 +158,42 @@ def test_misuse_is_one_error_line(trained, capsys):
         assert not (tmp / "runs" / "bad").exists()
     code, _, err = run_cli(["evaluate", models[0], "--task", "pet_distill", "--data", train, COLUMNS], capsys)
     assert code == 2 and "--task classification" in err and len(err.strip().splitlines()) == 1
+
+
+def test_plm_pet_runs_the_chain_and_resumes(trained, capsys):
+    """`plm pet`: a task-pet run per pattern, then the distillation over them; pet.json sums up; --resume
+    skips the finished runs; a second start into the folder is refused, --overwrite moves it aside."""
+    tmp, recipe, data, _, _, _ = trained
+    chain = tmp / "chain.yaml"
+    chain.write_text(
+        "name: chain\nrepetitions: 1\ndistill: {temperature: 2.0, finetune: {train: {steps: 3}}}\n"
+    )
+    argv = ["pet", chain, *data, "task.name=pet", PATTERNS, VERBALIZER, *tiny_finetune(tmp, 4)]
+    code, out, err = run_cli(argv, capsys)
+    assert code == 0, err
+    run = tmp / "runs" / "chain"
+    summary = json.loads((run / "pet.json").read_text())
+    assert json.loads(out.strip().splitlines()[-1]) == summary
+    assert set(summary["patterns"]) == {"pattern-0-seed-0", "pattern-1-seed-0"}
+    assert summary["distilled"]["step"] == 3 and "accuracy" in summary["distilled"]["dev"]
+    models = [m["checkpoint"] for m in summary["pet_ensemble"]["models"]]
+    assert models == [str(run / "pattern-0-seed-0" / "best"), str(run / "pattern-1-seed-0" / "best")]
+    distilled = json.loads((run / "distilled" / "recipe.json").read_text())
+    assert distilled["task"]["name"] == "pet_distill" and distilled["train"]["steps"] == 3
+    pattern_run = json.loads((run / "pattern-1-seed-0" / "recipe.json").read_text())
+    assert pattern_run["task"]["options"]["pattern"] == 1 and pattern_run["train"]["steps"] == 4
+
+    stamp = (run / "pattern-0-seed-0" / "metrics.json").stat().st_mtime_ns
+    (run / "distilled" / "metrics.json").unlink()  # as if the distillation had been cut short
+    code, out, err = run_cli([*argv, "--resume"], capsys)
+    assert code == 0, err
+    assert (run / "pattern-0-seed-0" / "metrics.json").stat().st_mtime_ns == stamp  # skipped
+    assert json.loads((run / "pet.json").read_text())["patterns"] == summary["patterns"]
+
+    code, _, err = run_cli(argv, capsys)
+    assert code == 2 and "--resume" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli([*argv, "task.options.pattern=0"], capsys)
+    assert code == 2 and "task.options.pattern" in err
+    code, _, err = run_cli([*argv, "--overwrite"], capsys)
+    assert code == 0, err
+    assert len(list((tmp / "runs").glob("chain.old-*"))) == 1

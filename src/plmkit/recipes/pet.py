@@ -22,7 +22,8 @@ Read it top to bottom:
                                              settings with distill.finetune on top -> <run>/distilled
     at the end:                              <run>/pet.json: every run's dev / test metrics and the ensemble
 
-Each step is a `plm finetune` run in its own folder, with that recipe's run-folder rules. A new chain needs
+Each step is a `plm finetune` run in its own folder, with that recipe's run-folder rules, one after the other
+in one process (no --nproc). A new chain needs
 an empty (or absent) <run>; --overwrite moves the whole folder aside first; --resume skips the runs that
 finished (their metrics.json exists), resumes the one that was cut short and starts the rest.
 """
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,6 +161,11 @@ def check(config: PetRecipeConfig) -> RunPlan:
 # ---- the recipe ------------------------------------------------------------------------------------------
 def pet(config: PetRecipeConfig) -> dict[str, Any]:
     """Every pattern model, then the distilled classifier; returns (and writes to pet.json) their metrics."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "plm pet runs its fine-tuning runs one after the other in one process; drop --nproc "
+            "(or run plm finetune --nproc N with task.name=pet per pattern, then task.name=pet_distill)"
+        )
     plan = check(config)
     prepare_run_folder(plan)  # --overwrite: the whole chain's folder moves aside
     summary: dict[str, Any] = {"patterns": {}, "distilled": None}

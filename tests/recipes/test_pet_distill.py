@@ -160,6 +160,7 @@ def test_misuse_is_one_error_line(trained, capsys):
     assert code == 2 and "--task classification" in err and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_plm_pet_runs_the_chain_and_resumes(trained, capsys):
     """`plm pet`: a task-pet run per pattern, then the distillation over them; pet.json sums up; --resume
     skips the finished runs; a second start into the folder is refused, --overwrite moves it aside."""

@@ -56,6 +56,16 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.finetune:finetune",
         validate="plmkit.recipes.finetune:check",
     ),
+    "pet": Recipe(
+        help="PET: one masked-LM model per pattern, then their ensemble distilled into a classifier",
+        description="Pattern-exploiting training from RECIPE.yaml (a fine-tuning recipe with task pet, "
+        "data.unlabelled, repetitions and a distill section): a plm finetune run with task pet for every "
+        "pattern and repetition, then a sequence classifier trained on the soft labels of their "
+        "train-accuracy-weighted ensemble on the unlabelled texts (task pet_distill); pet.json sums up.",
+        config_class="plmkit.recipes.pet:PetRecipeConfig",
+        run="plmkit.recipes.pet:pet",
+        validate="plmkit.recipes.pet:check",
+    ),
     "sft": Recipe(
         help="supervised fine-tuning (instruction tuning) of a causal LM on chat / instruction data",
         description="Instruction-tune a causal LM from RECIPE.yaml (see recipes/sft/*.yaml): rows in an "

@@ -1,6 +1,6 @@
 """Import and export Hugging Face checkpoint folders (config.json + weights + tokenizer files).
 
-    model, tok = load_hf("path/to/hf-folder")     # GPT-2, BERT, RoBERTa, BART, T5, LLaMA, Qwen2
+    model, tok = load_hf("path/to/hf-folder")     # GPT-2, BERT, RoBERTa, BART, T5, LLaMA, Qwen2, Mixtral, Qwen2-MoE
     save_hf(model, tok, "path/to/out")            # loadable by transformers' from_pretrained
 
 Weights are read from model.safetensors (or a sharded index) and, for legacy folders, from
@@ -29,6 +29,14 @@ from plmkit.model.pretrained import PretrainedModel
 from plmkit.model.transformer import CausalLM, MaskedLM, Seq2SeqLM
 
 FAMILY_CLASS = {"causal": CausalLM, "masked": MaskedLM, "seq2seq": Seq2SeqLM}
+# settings that change training only (not the exported model's outputs in evaluation): not in config.json
+TRAINING_ONLY = (
+    "dropout",
+    "attention_dropout",
+    "initializer_range",
+    "capacity_factor",  # capacity drops happen in training only
+    "router_z_loss_coef",
+)
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -220,8 +228,8 @@ def _load_rules(model: PretrainedModel, files: WeightFiles, rules: list[Rule], d
                     f"{list(want)}; the weights do not match the config"
                 )
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        with torch.no_grad():
-            state[rule.ours].copy_(tensor)
+        with torch.no_grad():  # stacked experts: E tensors (or gate|up pairs) along a new first dim
+            state[rule.ours].copy_(tensor.reshape(target.shape))
         loaded.add(rule.ours)
     # every parameter must have come from the file (tied ones through their source)
     tied = {n for n, p in model.named_parameters(remove_duplicate=False) if n not in params}
@@ -242,6 +250,8 @@ def _hf_architecture_for(model: PretrainedModel) -> Architecture:
         return ARCHITECTURES["t5" if c.position == "relative" else "bart"]
     if c.family in ("masked", "prefix"):
         return ARCHITECTURES["roberta" if c.position_offset else "bert"]
+    if c.n_experts is not None:
+        return ARCHITECTURES["qwen2_moe" if c.n_shared_experts else "mixtral"]
     if c.position == "rotary":
         return ARCHITECTURES["qwen2" if c.qkv_bias and not c.attention_bias else "llama"]
     return ARCHITECTURES["gpt2"]
@@ -272,7 +282,7 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
         k
         for k, v in c.to_dict().items()
         if k not in weight_defined
-        if k not in ("extra", "dropout", "attention_dropout", "initializer_range", "family")
+        if k not in ("extra", "family", *TRAINING_ONLY)
         and roundtrip.to_dict()[k] != v
     ]
     if differences:
@@ -310,6 +320,8 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
 
 
 def _split(tensor: torch.Tensor, rule: Rule, c: ModelConfig) -> list[torch.Tensor]:
+    if tensor.dim() == 3:  # stacked experts (E, out, in): expert by expert, gate | up within one
+        return list(tensor.reshape(-1, tensor.shape[-1]).chunk(len(rule.theirs), dim=0))
     if len(rule.theirs) == 1:
         return [tensor]
     if len(rule.theirs) == 3:  # q | k | v

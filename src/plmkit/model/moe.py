@@ -286,3 +286,50 @@ def load_cv(counts: torch.Tensor) -> float:
     counts = counts.float().reshape(-1, counts.shape[-1])
     mean = counts.mean(dim=-1).clamp(min=1e-9)
     return float((counts.std(dim=-1, unbiased=False) / mean).mean())
+
+
+class RouterTally:
+    """The router side of a run's training forwards, summed between two logs (read from the outputs
+    the step computes anyway: no second pass). Empty for a model without experts."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.counts: torch.Tensor | None = None  # (L, E) assignments
+        self.dropped = 0.0
+        self.aux = 0.0
+        self.z = 0.0
+        self.forwards = 0
+
+    def add(self, out) -> None:
+        """One forward's ModelOutput (its expert_counts, dropped, aux_loss, z_loss when it routed)."""
+        if getattr(out, "expert_counts", None) is None:
+            return
+        counts = out.expert_counts.detach().to("cpu", torch.float64)
+        self.counts = counts if self.counts is None else self.counts + counts
+        self.dropped += float(out.dropped.sum())
+        self.aux += float(out.aux_loss.detach())
+        self.z += float(out.z_loss.detach())
+        self.forwards += 1
+
+    def metrics(self, sum_over_ranks=None) -> dict[str, float | list[float]]:
+        """moe_tokens_per_expert (assignments per expert over every MoE layer), moe_load_cv (`load_cv`),
+        moe_dropped and its fraction of the assignments, the mean moe_aux_loss and moe_z_loss per
+        forward; summed over the data-parallel ranks by `sum_over_ranks(*floats)` (every rank calls it)."""
+        if self.counts is None:
+            return {}
+        values = [*self.counts.flatten().tolist(), self.dropped, self.aux, self.z, float(self.forwards)]
+        if sum_over_ranks is not None:
+            values = list(sum_over_ranks(*values))
+        n = self.counts.numel()
+        counts = torch.tensor(values[:n], dtype=torch.float64).view_as(self.counts)
+        dropped, aux, z, forwards = values[n:]
+        return {
+            "moe_tokens_per_expert": [int(c) for c in counts.sum(0).tolist()],
+            "moe_load_cv": load_cv(counts),
+            "moe_dropped": int(dropped),
+            "moe_dropped_fraction": dropped / max(float(counts.sum()), 1.0),
+            "moe_aux_loss": aux / max(forwards, 1.0),
+            "moe_z_loss": z / max(forwards, 1.0),
+        }

@@ -302,8 +302,14 @@ def test_router_tally_sums_forwards_and_reports_balance():
     [
         (dict(n_experts=4, top_k=5), "model.top_k=5 must be between 1 and model.n_experts=4"),
         (dict(n_experts=0), "model.n_experts=0 is out of range: must be >= 1, or null for a dense MLP"),
-        (dict(n_experts=None, n_shared_experts=1), "model.n_shared_experts is set but model.n_experts is null"),
-        (dict(n_experts=4, shared_expert_gate=True), "model.shared_expert_gate is set but model.n_shared_experts=0"),
+        (
+            dict(n_experts=None, n_shared_experts=1),
+            "model.n_shared_experts is set but model.n_experts is null",
+        ),
+        (
+            dict(n_experts=4, shared_expert_gate=True),
+            "model.shared_expert_gate is set but model.n_shared_experts=0",
+        ),
         (dict(n_experts=4, moe_every=3), "model.moe_every=3 is more than model.n_layer=2"),
         (dict(n_experts=4, capacity_factor=0.0), "model.capacity_factor=0.0 is out of range"),
     ],

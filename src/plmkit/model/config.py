@@ -92,7 +92,7 @@ class ModelConfig:
     norm_topk_prob: bool = True
     # training only: an expert takes at most capacity_factor x tokens x top_k / n_experts assignments
     capacity_factor: (
-        Annotated[float, Range(gt=0, off="null", means="dropless: every token reaches its experts")] | None
+        Annotated[float, Range(gt=0, off="null", means="no capacity limit (dropless)")] | None
     ) = None
     router_aux_loss_coef: Annotated[float, Range(ge=0, off="0", means="no load-balancing loss")] = 0.01
     router_z_loss_coef: Annotated[float, Range(ge=0, off="0", means="no router z-loss")] = 0.0

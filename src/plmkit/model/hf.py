@@ -278,12 +278,12 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     # check that the exported config describes this model exactly (every switch has an HF equivalent)
     roundtrip = arch.to_config(hf_config)
     weight_defined = {"lm_head_bias"} if arch.model_type == "bart" else set()  # from final_logits_bias
+    exported = _behaviour(roundtrip)
     differences = [
         k
-        for k, v in c.to_dict().items()
+        for k, v in _behaviour(c).items()
         if k not in weight_defined
-        if k not in ("extra", "family", *TRAINING_ONLY)
-        and roundtrip.to_dict()[k] != v
+        if k not in ("extra", "family", *TRAINING_ONLY) and exported[k] != v
     ]
     if differences:
         raise CheckpointError(
@@ -317,6 +317,18 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
 
         save_hf_tokenizer(tokenizer, directory, model_max_length=c.max_positions)
     return directory
+
+
+def _behaviour(c: ModelConfig) -> dict[str, Any]:
+    """The config's fields with the experts' widths resolved: n shared experts of width F are one of
+    width n·F, and a null width is the default it stands for."""
+    fields = c.to_dict()
+    if c.n_experts is not None:
+        shared = c.shared_expert_width if c.n_shared_experts else None
+        fields.update(
+            expert_d_ff=c.expert_width, shared_expert_d_ff=shared, n_shared_experts=min(c.n_shared_experts, 1)
+        )
+    return fields
 
 
 def _split(tensor: torch.Tensor, rule: Rule, c: ModelConfig) -> list[torch.Tensor]:

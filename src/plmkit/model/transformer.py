@@ -65,7 +65,13 @@ class StackLM(PretrainedModel):
         )
         with moe.recording(self.config) as routings:  # None without experts
             h, cache = self.transformer(
-                input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
+                input_ids,
+                allowed,
+                is_causal,
+                position_ids,
+                token_type_ids,
+                block_position_ids,
+                past_key_values,
             )
         past = cache if use_cache else None
         out = self.lm_output(h, labels, self.shift_labels, compute_logits, past_key_values=past)

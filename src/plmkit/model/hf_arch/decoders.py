@@ -158,7 +158,9 @@ def _llama_mlp(c: ModelConfig, i: int, b: str, h: str) -> Pairs:
     return llama_mlp_pairs(b + "mlp.", h + "mlp.", c.mlp_bias)
 
 
-def llama_weights(c: ModelConfig, head: bool, mlp: Callable[[ModelConfig, int, str, str], Pairs]) -> list[Rule]:
+def llama_weights(
+    c: ModelConfig, head: bool, mlp: Callable[[ModelConfig, int, str, str], Pairs]
+) -> list[Rule]:
     """The LLaMA layout's rules; `mlp(config, layer, our prefix, their prefix)` names each block's
     feed-forward (the MoE architectures differ only there)."""
     qkv_bias = c.attention_bias if c.qkv_bias is None else c.qkv_bias
@@ -180,6 +182,8 @@ def llama_weights(c: ModelConfig, head: bool, mlp: Callable[[ModelConfig, int, s
 
 
 GPT2 = Architecture("gpt2", _gpt2_config, _gpt2_export, _gpt2_weights, "GPT2LMHeadModel", "GPT2Model")
+
+
 def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
     return llama_weights(c, head, _llama_mlp)
 

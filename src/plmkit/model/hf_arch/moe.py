@@ -86,7 +86,10 @@ def _qwen2_moe_config(hf: dict[str, Any]) -> ModelConfig:
         )
     _no_sliding_window(hf, "Qwen2-MoE")
     config = dataclasses.replace(  # biases on q, k, v only
-        llama_config(hf, qwen=True), qkv_bias=bool(hf.get("qkv_bias", True)), attention_bias=False, mlp_bias=False
+        llama_config(hf, qwen=True),
+        qkv_bias=bool(hf.get("qkv_bias", True)),
+        attention_bias=False,
+        mlp_bias=False,
     )
     if not hf.get("num_experts"):
         return config  # every block dense: a Qwen2 model

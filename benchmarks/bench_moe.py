@@ -53,7 +53,12 @@ def mixtral_config(tiny: bool):
         size = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=6, num_key_value_heads=3,
                     intermediate_size=1024, vocab_size=8192, max_position_embeddings=1024)  # fmt: skip
     return T.MixtralConfig(
-        **size, num_local_experts=8, num_experts_per_tok=2, output_router_logits=True, bos_token_id=1, eos_token_id=2
+        **size,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        output_router_logits=True,
+        bos_token_id=1,
+        eos_token_id=2,
     )
 
 
@@ -161,7 +166,9 @@ def main() -> None:
         else R.Plan(warmup=1, rounds=5, max_rounds=8, block_s=0.5, wait_s=10, probe_s=1, budget_s=300)
     )
     machine = limits.machine()
-    peak = limits.gemm_peak(torch.float32, 256 if args.tiny else 2048, 2 if args.tiny else 3, 0.05 if args.tiny else 2.0)
+    peak = limits.gemm_peak(
+        torch.float32, 256 if args.tiny else 2048, 2 if args.tiny else 3, 0.05 if args.tiny else 2.0
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = save_reference(Path(tmp), args.tiny)
         ours, _ = load_hf(folder)
@@ -210,10 +217,15 @@ def main() -> None:
         n_active = active_parameters(ours)
         bound = R.seconds(comparison["rounds"], "matmuls")
         for reference_name in ("transformers", "transformers_eager"):
-            label = f"train moe {setup['shape']} 8x top-2 seq {args.seq} b{args.batch} fp32 vs {reference_name}"
+            label = (
+                f"train moe {setup['shape']} 8x top-2 seq {args.seq} b{args.batch} fp32 vs {reference_name}"
+            )
             r = rows.timed("train", label, "moe", comparison, "plmkit", reference_name, "ms/step",
                            reference_name=reference_name)  # fmt: skip
-            mfu = {side: 6 * n_active * tokens / (r[side] / 1000) / (peak * 1e9) for side in ("plmkit", "reference")}
+            mfu = {
+                side: 6 * n_active * tokens / (r[side] / 1000) / (peak * 1e9)
+                for side in ("plmkit", "reference")
+            }
             reference_fraction = R.ratio(comparison["rounds"], "matmuls", reference_name)["median"]
             r["limit"] = {
                 "name": "matmul bound (plmkit's GEMMs and grouped GEMMs replayed)",

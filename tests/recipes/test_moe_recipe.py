@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import torch
 
 import train_helpers as h
 
@@ -32,8 +33,18 @@ def test_llama_moe_recipe_trains_and_logs_the_routing(tmp_path, capsys):
         assert math.isfinite(row["moe_load_cv"]) and row["moe_load_cv"] >= 0
         assert row["moe_dropped"] > 0 and 0 < row["moe_dropped_fraction"] < 1  # capacity 0.5: some drop
         assert row["moe_aux_loss"] > 0 and row["moe_z_loss"] > 0
-    model, _ = load(run_dir / "checkpoints" / "step-00000003")
+    checkpoint = run_dir / "checkpoints" / "step-00000003"
+    model, _ = load(checkpoint)
     assert model.config.n_experts == 8 and model.config.capacity_factor == 0.5
+
+    # the trained model exports as Mixtral (capacity and z-loss are training settings) with equal logits
+    transformers = pytest.importorskip("transformers")
+    code, out, err = h.run_cli(["convert", "--to-hf", checkpoint, "--out", tmp_path / "hf"], capsys)
+    assert code == 0, err
+    reference = transformers.MixtralForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    ids = torch.randint(0, model.config.vocab_size, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert (model.eval()(ids).logits - reference(ids).logits).abs().max() <= 1e-4
 
 
 @pytest.mark.parametrize(

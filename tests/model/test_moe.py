@@ -14,6 +14,7 @@ from plmkit.errors import ConfigError
 from plmkit.generation import generate_ids
 from plmkit.model import CausalLM, MaskedLM, ModelConfig, PrefixLM, Seq2SeqLM
 from plmkit.model import moe as M
+from plmkit.model import moe_losses as L
 
 V = 64
 
@@ -185,7 +186,7 @@ def test_load_balancing_loss_equals_transformers():
     assert transformers is not None
     for top_k in (1, 2):
         for m in (None, mask):
-            ours = M.load_balancing_loss(logits, 6, top_k, m)
+            ours = L.load_balancing_loss(logits, 6, top_k, m)
             theirs = load_balancing_loss_func(logits, 6, top_k, m)
             assert torch.allclose(ours, theirs, atol=1e-6), (top_k, m)
 
@@ -194,10 +195,10 @@ def test_router_z_loss_is_the_mean_squared_logsumexp():
     g = torch.Generator().manual_seed(6)
     logits = (torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g))
     expected = torch.cat([torch.logsumexp(x, -1) ** 2 for x in logits]).mean()
-    assert torch.allclose(M.router_z_loss(logits), expected)
+    assert torch.allclose(L.router_z_loss(logits), expected)
     mask = torch.tensor([1, 1, 0, 1, 0])
     kept = torch.cat([torch.logsumexp(x, -1)[mask.bool()] ** 2 for x in logits]).mean()
-    assert torch.allclose(M.router_z_loss(logits, mask), kept)
+    assert torch.allclose(L.router_z_loss(logits, mask), kept)
 
 
 def causal(seed: int = 0, **kw) -> CausalLM:
@@ -231,8 +232,8 @@ def test_router_losses_leave_out_pads():
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
     out = model(ids, attention_mask=mask)
-    assert torch.allclose(out.aux_loss, M.load_balancing_loss(out.router_logits, 4, 2, mask))
-    assert not torch.allclose(out.aux_loss, M.load_balancing_loss(out.router_logits, 4, 2))
+    assert torch.allclose(out.aux_loss, L.load_balancing_loss(out.router_logits, 4, 2, mask))
+    assert not torch.allclose(out.aux_loss, L.load_balancing_loss(out.router_logits, 4, 2))
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -278,7 +279,7 @@ def test_greedy_decoding_equals_full_forwards():
 
 
 def test_router_tally_sums_forwards_and_reports_balance():
-    tally = M.RouterTally()
+    tally = L.RouterTally()
     assert tally.metrics() == {}
     model = causal(capacity_factor=0.5).train()
     ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(11))
@@ -288,11 +289,11 @@ def test_router_tally_sums_forwards_and_reports_balance():
     metrics = tally.metrics()
     counts = outs[0].expert_counts + outs[1].expert_counts
     assert metrics["moe_tokens_per_expert"] == counts.sum(0).tolist()
-    assert metrics["moe_load_cv"] == pytest.approx(M.load_cv(counts))
+    assert metrics["moe_load_cv"] == pytest.approx(L.load_cv(counts))
     assert metrics["moe_dropped"] == int(outs[0].dropped.sum() + outs[1].dropped.sum()) > 0
     assert 0 < metrics["moe_dropped_fraction"] < 1
     assert metrics["moe_aux_loss"] == pytest.approx(float(outs[0].aux_loss + outs[1].aux_loss) / 2)
-    assert M.load_cv(torch.tensor([5, 5, 5, 5])) == 0.0
+    assert L.load_cv(torch.tensor([5, 5, 5, 5])) == 0.0
     doubled = tally.metrics(lambda *v: tuple(2 * x for x in v))  # two ranks alike
     assert doubled["moe_tokens_per_expert"] == [2 * c for c in metrics["moe_tokens_per_expert"]]
 

@@ -16,9 +16,9 @@ tokens; the others are dropped (their share of the output is zero, the residual 
 counted. Evaluation and decoding are dropless.
 
 The router's choices reach the losses through `recording()`: while a model's forward is inside it,
-each MoE layer appends a `Routing`. `router_outputs` turns them into the load-balancing loss (Switch
-Transformer eq. 4, computed as transformers' `load_balancing_loss_func`), the router z-loss (ST-MoE)
-and the per-expert counts a run logs.
+each MoE layer appends a `Routing`; plmkit.model.moe_losses turns them into the load-balancing loss, the
+router z-loss and the per-expert counts a run logs. With `expert_group` set (plmkit.model.expert_parallel)
+training sends each expert's rows to the rank that computes it and back (all-to-all).
 """
 
 from __future__ import annotations
@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +36,7 @@ from torch import nn
 
 from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import Dropout
+from plmkit.model.expert_parallel import ExpertGroup, dispatch
 from plmkit.model.layers import MLP, activation_fn
 
 
@@ -46,6 +48,7 @@ class Routing:
     logits: torch.Tensor  # (N, E) router logits
     counts: torch.Tensor  # (E,) assignments each expert was given (before any capacity drop)
     dropped: torch.Tensor  # () assignments dropped for capacity (0 when dropless)
+    group: Any = None  # training on several data-parallel ranks: their process group (moe_losses)
 
 
 _RECORD: contextvars.ContextVar[list[Routing] | None] = contextvars.ContextVar("plmkit_moe", default=None)
@@ -128,15 +131,20 @@ class Experts(nn.Module):
             if bias is not None:
                 nn.init.zeros_(bias)
 
-    def forward(self, x: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """x (S, C) sorted by expert, counts (E,) rows per expert -> (S, C)."""
-        h = grouped_linear(x, self.fc_in, counts, self.fc_in_bias)  # (S, W)
+    def forward(self, x: torch.Tensor, counts: torch.Tensor, first: int = 0) -> torch.Tensor:
+        """x (S, C) sorted by expert, counts (E',) rows of experts first .. first + E' - 1 -> (S, C)."""
+        experts = slice(first, first + counts.numel())
+
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[experts]
+
+        h = grouped_linear(x, self.fc_in[experts], counts, part(self.fc_in_bias))  # (S, W)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return grouped_linear(self.dropout(h), self.fc_out, counts, self.fc_out_bias)  # (S, C)
+        return grouped_linear(self.dropout(h), self.fc_out[experts], counts, part(self.fc_out_bias))  # (S, C)
 
 
 # ---- the layer ---------------------------------------------------------------------------------------
@@ -150,6 +158,9 @@ class MoE(nn.Module):
         self.capacity_factor = config.capacity_factor
         self.router = nn.Linear(config.d_model, config.n_experts, bias=False)
         self.experts = Experts(config)
+        # set by plmkit.model.expert_parallel for training on several ranks (never saved)
+        self.data_group: Any = None  # the data-parallel ranks whose micro-batch the router losses cover
+        self.expert_group: ExpertGroup | None = None  # the ranks that split the experts' computation
         self.shared = None
         self.shared_gate = None
         if config.n_shared_experts:
@@ -183,7 +194,11 @@ class MoE(nn.Module):
             order = order[rank < capacity]  # (S',) the kept assignments, still grouped
             kept_counts = counts.clamp(max=capacity)
             dropped = (counts - kept_counts).sum()
-        h = self.experts(x[order % n], kept_counts)  # (S', C)
+        rows = x[order % n]  # (S', C) grouped by expert
+        if self.expert_group is not None and self.training:  # each rank computes its experts' rows
+            h = dispatch(rows, kept_counts, self.expert_group, self.experts)
+        else:
+            h = self.experts(rows, kept_counts)  # (S', C)
         h = h * weights.t().reshape(-1)[order, None].to(h.dtype)
         # back to (slot, token) places (dropped ones stay 0), summed over the slots
         out = h.new_zeros(k * n, h.shape[-1]).index_copy(0, order, h).view(k, n, -1).sum(0)  # (N, C)
@@ -194,142 +209,11 @@ class MoE(nn.Module):
             out = out + shared
         record = _RECORD.get()
         if record is not None:
-            record.append(Routing(logits, counts.detach(), dropped.detach()))
+            group = self.data_group if self.training else None
+            record.append(Routing(logits, counts.detach(), dropped.detach(), group))
         return out.reshape(shape)
 
 
 def make_feed_forward(config: ModelConfig, index: int) -> nn.Module:
     """Block `index`'s feed-forward: the routed experts where config.is_moe_layer(index), else the MLP."""
     return MoE(config) if config.is_moe_layer(index) else MLP(config)
-
-
-# ---- the router losses -------------------------------------------------------------------------------
-def load_balancing_loss(
-    router_logits: Sequence[torch.Tensor],
-    n_experts: int,
-    top_k: int,
-    attention_mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Switch Transformer's auxiliary loss over the layers' router logits (each (N, E)), pooled the way
-    transformers' `load_balancing_loss_func` pools them:  E · sum_e f_e · P_e, where f_e is the share of
-    top-k assignments that went to expert e and P_e the mean router probability of e, both over all
-    layers' tokens (pads excluded with a 2D attention_mask (B, T) matching each layer's N = B·T rows).
-    1 when perfectly balanced at top_k = 1 (top_k at top-k: f sums to k). Gradients flow through P."""
-    device = router_logits[0].device
-    assigned = torch.zeros(n_experts, dtype=torch.float32, device=device)
-    probability = torch.zeros(n_experts, dtype=torch.float32, device=device)
-    rows = torch.zeros((), dtype=torch.float32, device=device)
-    keep = None if attention_mask is None else attention_mask.reshape(-1).to(device, torch.float32)
-    for logits in router_logits:
-        probs = torch.softmax(logits.float(), dim=-1)  # (N, E)
-        top = probs.topk(top_k, dim=-1).indices  # (N, k)
-        w = keep if keep is not None else probs.new_ones(probs.shape[0])  # (N,)
-        assigned = assigned.index_add(0, top.reshape(-1), w.repeat_interleave(top_k))
-        probability = probability + (probs * w[:, None]).sum(0)
-        rows = rows + w.sum()
-    return n_experts * ((assigned / rows) * (probability / rows)).sum()
-
-
-def router_z_loss(router_logits: Sequence[torch.Tensor], attention_mask: torch.Tensor | None = None):
-    """ST-MoE's router z-loss: the mean over every layer's tokens of logsumexp(logits)² (keeps the
-    router logits small, so the softmax stays stable in low precision)."""
-    keep = None if attention_mask is None else attention_mask.reshape(-1).to(torch.float32)
-    total = router_logits[0].new_zeros((), dtype=torch.float32)
-    rows = router_logits[0].new_zeros((), dtype=torch.float32)
-    for logits in router_logits:
-        z = torch.logsumexp(logits.float(), dim=-1).pow(2)  # (N,)
-        w = keep.to(z.device) if keep is not None else torch.ones_like(z)
-        total = total + (z * w).sum()
-        rows = rows + w.sum()
-    return total / rows
-
-
-@dataclass
-class RouterOutput:
-    """The router side of a model's output (fields of plmkit.model.pretrained.ModelOutput)."""
-
-    router_logits: tuple[torch.Tensor, ...]  # per MoE layer (N, E)
-    aux_loss: torch.Tensor  # load-balancing loss (unweighted)
-    z_loss: torch.Tensor  # router z-loss (unweighted)
-    expert_counts: torch.Tensor  # (L, E) assignments per expert and MoE layer
-    dropped: torch.Tensor  # (L,) assignments dropped for capacity
-
-
-def router_outputs(
-    routings: list[Routing], config: ModelConfig, attention_mask: torch.Tensor | None = None
-) -> RouterOutput | None:
-    """The losses and counts of one forward's routings (None when no MoE layer ran). A 2D attention_mask
-    (B, T) leaves pads out of the losses when every layer routed B·T rows."""
-    if not routings:
-        return None
-    logits = tuple(r.logits for r in routings)
-    mask = attention_mask if attention_mask is not None and attention_mask.dim() == 2 else None
-    if mask is not None and any(lg.shape[0] != mask.numel() for lg in logits):
-        mask = None  # (an encoder-decoder's layers route different rows)
-    return RouterOutput(
-        router_logits=logits,
-        aux_loss=load_balancing_loss(logits, config.n_experts, config.top_k, mask),
-        z_loss=router_z_loss(logits, mask),
-        expert_counts=torch.stack([r.counts for r in routings]),
-        dropped=torch.stack([r.dropped for r in routings]),
-    )
-
-
-def router_penalty(router: RouterOutput, config: ModelConfig) -> torch.Tensor:
-    """What training adds to the loss per target: coef_aux · load-balancing + coef_z · z-loss."""
-    return config.router_aux_loss_coef * router.aux_loss + config.router_z_loss_coef * router.z_loss
-
-
-def load_cv(counts: torch.Tensor) -> float:
-    """The load-balance coefficient of variation: std / mean of the per-expert counts of each layer
-    ((L, E) or (E,)), averaged over the layers. 0 = perfectly balanced."""
-    counts = counts.float().reshape(-1, counts.shape[-1])
-    mean = counts.mean(dim=-1).clamp(min=1e-9)
-    return float((counts.std(dim=-1, unbiased=False) / mean).mean())
-
-
-class RouterTally:
-    """The router side of a run's training forwards, summed between two logs (read from the outputs
-    the step computes anyway: no second pass). Empty for a model without experts."""
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.counts: torch.Tensor | None = None  # (L, E) assignments
-        self.dropped = 0.0
-        self.aux = 0.0
-        self.z = 0.0
-        self.forwards = 0
-
-    def add(self, out) -> None:
-        """One forward's ModelOutput (its expert_counts, dropped, aux_loss, z_loss when it routed)."""
-        if getattr(out, "expert_counts", None) is None:
-            return
-        counts = out.expert_counts.detach().to("cpu", torch.float64)
-        self.counts = counts if self.counts is None else self.counts + counts
-        self.dropped += float(out.dropped.sum())
-        self.aux += float(out.aux_loss.detach())
-        self.z += float(out.z_loss.detach())
-        self.forwards += 1
-
-    def metrics(self, sum_over_ranks=None) -> dict[str, float | list[float]]:
-        """moe_tokens_per_expert (assignments per expert over every MoE layer), moe_load_cv (`load_cv`),
-        moe_dropped and its fraction of the assignments, the mean moe_aux_loss and moe_z_loss per
-        forward; summed over the data-parallel ranks by `sum_over_ranks(*floats)` (every rank calls it)."""
-        if self.counts is None:
-            return {}
-        values = [*self.counts.flatten().tolist(), self.dropped, self.aux, self.z, float(self.forwards)]
-        if sum_over_ranks is not None:
-            values = list(sum_over_ranks(*values))
-        n = self.counts.numel()
-        counts = torch.tensor(values[:n], dtype=torch.float64).view_as(self.counts)
-        dropped, aux, z, forwards = values[n:]
-        return {
-            "moe_tokens_per_expert": [int(c) for c in counts.sum(0).tolist()],
-            "moe_load_cv": load_cv(counts),
-            "moe_dropped": int(dropped),
-            "moe_dropped_fraction": dropped / max(float(counts.sum()), 1.0),
-            "moe_aux_loss": aux / max(forwards, 1.0),
-            "moe_z_loss": z / max(forwards, 1.0),
-        }

@@ -14,7 +14,8 @@ from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import activation_fn, make_norm
 from plmkit.model.losses import IGNORE, linear_token_loss, shifted, token_loss
-from plmkit.model.moe import Experts, Routing, router_outputs, router_penalty
+from plmkit.model.moe import Experts, Routing
+from plmkit.model.moe_losses import router_outputs
 from plmkit.model.stack import Cache, Stack
 
 
@@ -174,17 +175,18 @@ class PretrainedModel(nn.Module):
     def with_routing(
         self, out: ModelOutput, routings: list[Routing] | None, attention_mask: torch.Tensor | None = None
     ) -> ModelOutput:
-        """`out` with the router side of an MoE model's forward (plmkit.model.moe.router_outputs). In
-        training mode the loss gains the router losses, `router_penalty` per target, on the (sum, count)
+        """`out` with the router side of an MoE model's forward (plmkit.model.moe_losses). In training
+        mode the loss gains the router losses, coef_aux · aux + coef_z · z per target, on the (sum, count)
         contract: loss_sum += penalty · targets, so a step's loss is CE + coef · aux as transformers'
-        (micro-batches weighted by their targets). Evaluation reports them apart and leaves the loss CE."""
-        router = router_outputs(routings, self.config, attention_mask) if routings else None
+        (micro-batches weighted by their targets; on several ranks, the whole micro-batch's penalty times
+        its targets, shared out). Evaluation reports them apart and leaves the loss CE."""
+        router = router_outputs(routings, self.config, attention_mask, out.targets) if routings else None
         if router is None:
             return out
-        for f in fields(router):
-            setattr(out, f.name, getattr(router, f.name))
+        for name in ("router_logits", "aux_loss", "z_loss", "expert_counts", "dropped"):
+            setattr(out, name, getattr(router, name))
         if self.training and out.loss_sum is not None:
-            out.loss_sum = out.loss_sum + router_penalty(router, self.config) * out.targets
+            out.loss_sum = out.loss_sum + router.penalty * router.weight
             out.loss = out.loss_sum / out.targets
         return out
 

@@ -25,7 +25,7 @@ import torch
 
 from plmkit.config import to_dict
 from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
-from plmkit.model.moe import RouterTally
+from plmkit.model.moe_losses import RouterTally
 from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.runs import (
@@ -65,7 +65,7 @@ def count_targets(model: torch.nn.Module, labels: torch.Tensor | None) -> int:
 class PretrainLoss:
     """The recipe's loss_fn: the model's mean loss over its target tokens, times their number (the loop
     weights the sum). `count` gives the targets before any forward, so the loop weights exactly. A
-    mixture of experts' loss includes its router losses (plmkit.model.moe); `router` tallies its
+    mixture of experts' loss includes its router losses (plmkit.model.moe_losses); `router` tallies its
     routing from the same forwards for the log."""
 
     def __init__(self, model: torch.nn.Module) -> None:

@@ -21,7 +21,7 @@ from plmkit.config import check_fields, from_dict
 from plmkit.config.fields import not_one_of
 from plmkit.data.objectives import objective_class
 from plmkit.errors import ConfigError
-from plmkit.recipes.common import check_objective_family, recipe_architecture
+from plmkit.recipes.common import check_expert_parallel, check_objective_family, recipe_architecture
 from plmkit.recipes.config import RecipeConfig
 
 
@@ -35,6 +35,7 @@ def validate(config: RecipeConfig) -> None:
     check_objective_options(config.objective.name, config.objective.options)
     check_peft_section(config.peft)
     check_model_family(config)
+    check_expert_parallel(config)  # experts to split, evenly (before any process starts)
 
 
 def check_objective_options(name: str, options: dict[str, Any]) -> None:

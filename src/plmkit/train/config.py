@@ -110,6 +110,8 @@ class DistributedConfig:
     tensor_parallel: Positive = (
         1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
     )
+    # E > 1 (strategy ddp, a mixture of experts): each group of E ranks splits the experts' computation
+    expert_parallel: Positive = 1
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

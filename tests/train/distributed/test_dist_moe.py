@@ -63,7 +63,7 @@ def test_two_ranks_equal_one_process(root, reference, expert_parallel):
             "distributed.expert_parallel=2 does not divide model.n_experts=5",
         ),
         (
-            ["distributed.expert_parallel=3"],
+            ["distributed.expert_parallel=3", "model.n_experts=6"],
             "distributed.expert_parallel=3 does not divide the 2 process(es)",
         ),
         (["distributed.expert_parallel=2", "model.n_experts=null"], "but the model has no experts"),

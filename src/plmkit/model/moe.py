@@ -133,18 +133,19 @@ class Experts(nn.Module):
 
     def forward(self, x: torch.Tensor, counts: torch.Tensor, first: int = 0) -> torch.Tensor:
         """x (S, C) sorted by expert, counts (E',) rows of experts first .. first + E' - 1 -> (S, C)."""
-        experts = slice(first, first + counts.numel())
+        every = first == 0 and counts.numel() == self.fc_in.shape[0]
 
         def part(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t[experts]
+            # the whole tensor when every expert runs: a slice's backward would write a zero-filled copy
+            return t if t is None or every else t[first : first + counts.numel()]
 
-        h = grouped_linear(x, self.fc_in[experts], counts, part(self.fc_in_bias))  # (S, W)
+        h = grouped_linear(x, part(self.fc_in), counts, part(self.fc_in_bias))  # (S, W)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
         else:
             h = self.act(h)
-        return grouped_linear(self.dropout(h), self.fc_out[experts], counts, part(self.fc_out_bias))  # (S, C)
+        return grouped_linear(self.dropout(h), part(self.fc_out), counts, part(self.fc_out_bias))  # (S, C)
 
 
 # ---- the layer ---------------------------------------------------------------------------------------

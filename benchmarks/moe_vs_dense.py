@@ -4,13 +4,14 @@ active parameters (the same compute per token) on validation loss, for the same 
     python benchmarks/moe_vs_dense.py [--steps 300] [--threads 1] [--out benchmarks/results] [--tiny]
 
 Both runs are recipes/llama-moe-clm.yaml (WikiText-2: wiki.test.raw to train, tokens.valid.txt to
-validate) at one small shape: 4 layers x 128 (4 heads, 2 kv heads), block 128, batch 8, BPE 4096, the
+validate) at one small shape: 4 layers x 128 (4 heads, 2 kv heads), block 128, batch 16, BPE 4096, the
 same seed, schedule and order of batches. MoE: 8 SwiGLU experts of width 256, top-2 (renormalised),
 load-balancing loss 0.01, z-loss 0.001. Dense: one SwiGLU MLP of width 512 = top_k x 256, so every token
 runs the same feed-forward FLOPs (the MoE adds its router, E x C per block). The dense run reuses the MoE
-run's tokenizer. 300 steps x 1,024 tokens = 0.9 epoch of the 348k training tokens, about 9 minutes of
-one CPU thread for both. Reported: validation loss (10 batches) every 25 steps and at the end, training
-loss, the median step time (from the log's tokens/s), parameters total and active.
+run's tokenizer. 300 steps x 2,048 tokens = 1.8 epochs of the 348k training tokens, about 4 minutes of
+one CPU thread per run. Reported: validation loss (10 batches) every 25 steps and at the end, training
+loss, the median step time (from the log's tokens/s: wall time, so a loaded machine inflates it) and the
+process CPU time of each run, parameters total and active, and the MoE's per-block load CV.
 
 Prints one JSON line per run and a summary; writes moe-vs-dense-<date>.json and .png (matplotlib).
 --tiny: a few steps of a smaller shape (tests of this script; not a result).
@@ -49,9 +50,9 @@ def run(name: str, overrides: list[str]) -> dict:
     from plmkit.train.logging import read_metrics
 
     config = load_config(RecipeConfig, RECIPE, overrides)
-    started = time.time()
+    started, cpu = time.time(), time.process_time()
     result = pretrain(config)
-    wall = time.time() - started
+    wall, cpu = time.time() - started, time.process_time() - cpu
     rows = read_metrics(Path(config.run_dir) / "metrics.jsonl")
     tokens_per_step = config.train.batch_size * config.data.block_size
     step_s = [tokens_per_step / r["tokens_per_s"] for r in rows if r.get("tokens_per_s")]
@@ -72,6 +73,9 @@ def run(name: str, overrides: list[str]) -> dict:
         "final_train_loss": [r["loss"] for r in rows if "loss" in r][-1],
         "median_step_s": statistics.median(step_s) if step_s else None,
         "wall_s": round(wall, 1),
+        "cpu_s": round(
+            cpu, 1
+        ),  # this process's CPU time (evaluations included; the MoE run trains the tokenizer)
         "tokens": result["tokens"],
         "load_cv_first_last": [balance[0], balance[-1]] if balance else None,
     }

@@ -21,6 +21,7 @@ def test_llama_moe_recipe_trains_and_logs_the_routing(tmp_path, capsys):
     overrides = h.tiny_overrides(RECIPE, corpus, tmp_path, steps=3) + ["model.capacity_factor=0.5"]
     code, out, err = h.run_cli(["pretrain", RECIPE, *overrides], capsys)
     assert code == 0, err
+    assert "CausalLM (causal, 1x32), 8 experts, top-2" in out  # the run's description
     assert "expert cv" in out  # the progress line
     run_dir = tmp_path / "runs" / "llama-moe-clm"
     rows = [r for r in h.read_metrics(run_dir) if "loss" in r]

@@ -84,6 +84,10 @@ class Run:
         mc = getattr(model, "config", None)
         name = model_class_name(model)
         arch = f"{name} ({mc.family}, {mc.n_layer}x{mc.d_model})" if mc else name
+        if getattr(mc, "n_experts", None) is not None:  # a mixture of experts
+            arch += f", {mc.n_experts} experts, top-{mc.top_k}"
+            if c.distributed.expert_parallel > 1:
+                arch += f", expert parallel over {c.distributed.expert_parallel} ranks"
         peft = get_config(model)
         tuned = ""
         if peft:  # the recipe's options (or, for an init_from PEFT checkpoint, its recorded ones)

@@ -46,6 +46,7 @@ def test_two_ranks_equal_one_process(root, reference, expert_parallel):
     args = [MOE, *moe_overrides(root, out, 4), "distributed.strategy=ddp"]
     proc = dh.succeeded(dh.launch(root, [*args, f"distributed.expert_parallel={expert_parallel}"]))
     assert "ddp on 2 process(es), gloo" in proc.stdout
+    assert ("expert parallel over 2 ranks" in proc.stdout) == (expert_parallel == 2)
     dh.assert_same_losses(dh.losses(root / out), dh.losses(reference), STEPS)
     rows = [r for r in h.read_metrics(root / out) if "moe_tokens_per_expert" in r]
     want = [r for r in h.read_metrics(reference) if "moe_tokens_per_expert" in r]

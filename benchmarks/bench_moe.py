@@ -11,7 +11,9 @@ output_router_logits) + backward + fused AdamW (lr 1e-4) + zero_grad, fp32.
 Variants, timed in interleaved rounds (rule 2, 3): plmkit; transformers with its default experts
 implementation (torch's grouped_mm where it runs, as in transformers >= 5) and with "eager" (a Python
 loop over the experts); and the matrix products of plmkit's step replayed alone at their shapes, layouts
-and expert groups (its matmul bound). Checked before timing: logits within 1e-4, router logits within
+and expert groups (its matmul bound). Each row also gives the same rounds in process CPU seconds
+(`cpu_time`: on a loaded machine wall time also counts the time other processes held the cores).
+Checked before timing: logits within 1e-4, router logits within
 1e-4, step-1 losses within 1e-5. The GEMM peak (a 2048^3 matmul) is measured in the same run; MFU =
 6 · N_active · tokens/s / peak, N_active = the parameters a token uses (2 of 8 experts, no position table).
 
@@ -26,8 +28,10 @@ import copy
 import datetime
 import json
 import os
+import statistics
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchkit, when run as a script
@@ -131,6 +135,42 @@ def matmul_replay(step: Step):
     return replay, len(calls), sum(f in GROUPED for f, _, _ in calls)
 
 
+class CpuTimed:
+    """A variant that also records this process's CPU seconds per call."""
+
+    def __init__(self, f) -> None:
+        self.f, self.seconds = f, []
+
+    def __call__(self):
+        start = time.process_time()
+        out = self.f()
+        self.seconds.append(time.process_time() - start)
+        return out
+
+
+def cpu_rounds(timers: dict, comparison: dict, plan: R.Plan) -> dict[str, list[float]]:
+    """Per variant, the mean CPU seconds per call of each round's block (R.compare's call sequence: the
+    warm-up calls, then one block of calls_per_block calls per round)."""
+    out = {}
+    for name, timer in timers.items():
+        n, start = comparison["calls_per_block"][name], max(1, plan.warmup)
+        blocks = [
+            timer.seconds[start + i * n : start + (i + 1) * n] for i in range(len(comparison["rounds"]))
+        ]
+        out[name] = [sum(b) / len(b) for b in blocks]
+    return out
+
+
+def ratio_of(reference: list[float], ours: list[float]) -> dict:
+    values = [a / b for a, b in zip(reference, ours, strict=True)]
+    return {
+        "median": statistics.median(values),
+        "min": min(values),
+        "max": max(values),
+        "rounds": len(values),
+    }
+
+
 def checks(ours, theirs, vocab: int) -> dict:
     g = torch.Generator().manual_seed(7)
     ids = torch.randint(5, vocab, (2, 16), generator=g)
@@ -212,7 +252,9 @@ def main() -> None:
     else:
         replay, n_calls, n_grouped = matmul_replay(steps["plmkit"])
         variants = {**steps, "matmuls": replay}
-        comparison = R.compare(variants, plan)
+        timers = {name: CpuTimed(f) for name, f in variants.items()}
+        comparison = R.compare(timers, plan)
+        cpu = cpu_rounds(timers, comparison, plan)
         tokens = args.batch * args.seq
         n_active = active_parameters(ours)
         bound = R.seconds(comparison["rounds"], "matmuls")
@@ -238,6 +280,16 @@ def main() -> None:
                 "mfu": mfu["plmkit"],
                 "reference_mfu": mfu["reference"],
                 "peak_gflops": peak,
+            }
+            # the same rounds in this process's CPU seconds: what the time-slicing of a loaded machine
+            # adds to wall time drops out (shared caches and memory bandwidth still count)
+            r["cpu_time"] = {
+                "plmkit_ms": 1000 * statistics.median(cpu["plmkit"]),
+                "reference_ms": 1000 * statistics.median(cpu[reference_name]),
+                "ratio": ratio_of(cpu[reference_name], cpu["plmkit"]),
+                "matmul_bound_fraction": statistics.median(
+                    m / o for m, o in zip(cpu["matmuls"], cpu["plmkit"], strict=True)
+                ),
             }
             rows.ratio_at_least(r, 1.25, reference_name)
             if reference_fraction is not None and reference_fraction >= 0.8:

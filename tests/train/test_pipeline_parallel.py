@@ -191,6 +191,7 @@ def test_two_stage_checkpoint_converts_to_the_one_process_model(two_ranks, refer
         ([*PP2, "train.accumulation=1"], 2, ["pipeline_schedule=1f1b needs at least as many micro-batches"]),
         ([*PP2, "model.tie_embeddings=true"], 2, ["set model.tie_embeddings=false"]),
         ([*PP2, "peft={method: lora, r: 2}"], 2, ["with peft.method='lora'"]),
+        ([*PP2, "model.n_experts=4", "model.top_k=2"], 2, ["with model.n_experts=4", "pipeline_parallel=1"]),
     ],
 )
 def test_bad_pipeline_settings_fail_before_anything_starts(root, capsys, extra, nproc, needles):

@@ -93,7 +93,8 @@ def eligible(model: nn.Module) -> bool:
         own = type(model).forward is Seq2SeqLM.forward
     else:
         own = isinstance(model, StackLM) and type(model).forward is StackLM.forward
-    return own and model.config.family in ("causal", "prefix", "seq2seq") and not _has_hooks(model)
+    dense = model.config.n_experts is None  # routed experts decode through the model's own forward
+    return own and dense and model.config.family in ("causal", "prefix", "seq2seq") and not _has_hooks(model)
 
 
 def plan(model: nn.Module, dtype: DecodeDtype, rows: int) -> Plan | None:

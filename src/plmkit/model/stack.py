@@ -1,6 +1,6 @@
 """The Transformer body shared by every family: one block, one stack.
 
-Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP [norm]
+Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP or MoE [norm]
 Stack = embeddings -> N blocks -> final norm     (one per family; seq2seq has two)
 """
 
@@ -15,7 +15,8 @@ from plmkit.model.attention import Attention
 from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import Dropout
 from plmkit.model.kv_cache import StaticCache, StaticLayer
-from plmkit.model.layers import MLP, Embeddings, RelativePositionBias, Rotary, make_norm
+from plmkit.model.layers import Embeddings, RelativePositionBias, Rotary, make_norm
+from plmkit.model.moe import make_feed_forward
 
 Cache = list[tuple[torch.Tensor, ...]]  # per block: (k, v) or (k, v, cross k, cross v), each (B, H_kv, T, hd)
 
@@ -29,14 +30,14 @@ def reorder_cache(past_key_values: Cache, index: torch.Tensor) -> Cache:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
+    def __init__(self, config: ModelConfig, cross: bool = False, index: int = 0) -> None:
         super().__init__()
         self.pre_norm = config.pre_norm
         self.attn = Attention(config)
         self.attn_norm = make_norm(config)
         self.cross_attn = Attention(config, cross=True) if cross else None
         self.cross_norm = make_norm(config) if cross else None
-        self.mlp = MLP(config)
+        self.mlp = make_feed_forward(config, index)  # an MLP, or routed experts (model/moe.py)
         self.mlp_norm = make_norm(config)
         self.dropout = Dropout(config.dropout)
 
@@ -105,7 +106,7 @@ class Stack(nn.Module):
         self.embed = Embeddings(config)
         if tokens is not None:  # seq2seq: encoder and decoder share one token embedding
             self.embed.tokens = tokens
-        self.blocks = nn.ModuleList(Block(config, cross) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(Block(config, cross, i) for i in range(n_layer))
         self.rotary = Rotary(config.dim_per_head, config.rope_theta) if config.position == "rotary" else None
         self.relative_bias = (
             RelativePositionBias(config, bidirectional) if config.position == "relative" else None

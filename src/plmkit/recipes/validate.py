@@ -21,7 +21,7 @@ from plmkit.config import check_fields, from_dict
 from plmkit.config.fields import not_one_of
 from plmkit.data.objectives import objective_class
 from plmkit.errors import ConfigError
-from plmkit.recipes.common import check_objective_family, recipe_architecture
+from plmkit.recipes.common import check_expert_parallel, check_objective_family, recipe_architecture
 from plmkit.recipes.config import RecipeConfig
 
 
@@ -36,6 +36,7 @@ def validate(config: RecipeConfig) -> None:
     check_peft_section(config.peft)
     check_model_family(config)
     check_pipeline(config)
+    check_expert_parallel(config)  # experts to split, evenly (before any process starts)
 
 
 def check_objective_options(name: str, options: dict[str, Any]) -> None:
@@ -106,6 +107,12 @@ def check_pipeline(config: RecipeConfig) -> None:
             "set train.compile=false"
         )
     architecture = recipe_architecture(config)
+    if architecture is not None and architecture.n_experts is not None:
+        raise ConfigError(
+            f"{key} with model.n_experts={architecture.n_experts}: the router losses of a mixture of "
+            "experts do not cross pipeline stages yet; set distributed.pipeline_parallel=1 (expert_parallel "
+            "or fsdp split a mixture of experts)"
+        )
     if architecture is not None:  # else (a Hugging Face init_from) the stage is checked when it is cut
         check_pipeline_parallel(architecture, d.pipeline_parallel)
     check_pipeline_schedule(d.pipeline_schedule, d.pipeline_parallel, config.train.accumulation)

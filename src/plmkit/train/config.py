@@ -114,6 +114,8 @@ class DistributedConfig:
     # N > 1 (strategy fsdp): the blocks split into N pipeline stages; train.accumulation is the micro-batch count
     pipeline_parallel: Positive = 1
     pipeline_schedule: PipelineSchedule = "1f1b"  # gpipe (all forwards, then all backwards) | 1f1b
+    # E > 1 (strategy ddp, a mixture of experts): each group of E ranks splits the experts' computation
+    expert_parallel: Positive = 1
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

@@ -37,7 +37,26 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
 
     check_tensor_parallel_layout(distributed.tensor_parallel, world.world_size, name)
     check_pipeline_layout(distributed.pipeline_parallel, distributed.tensor_parallel, world.world_size, name)
+    check_expert_parallel_layout(distributed.expert_parallel, world.world_size, name)
     return name
+
+
+def check_expert_parallel_layout(ep: int, world_size: int, strategy: str) -> None:
+    """distributed.expert_parallel fits the strategy and the number of processes (the model's side:
+    plmkit.recipes.common.recipe_strategy_name)."""
+    key = f"distributed.expert_parallel={ep}"
+    if ep == 1:
+        return
+    if strategy != "ddp":
+        raise ConfigError(
+            f"{key} needs distributed.strategy=ddp (the ranks split the experts' computation and average "
+            f"the gradients), not {strategy}; set distributed.strategy=ddp"
+        )
+    if world_size % ep:
+        raise ConfigError(
+            f"{key} does not divide the {world_size} process(es): start a multiple of {ep} "
+            f"(--nproc {ep}), or set distributed.expert_parallel to a divisor of {world_size}"
+        )
 
 
 def build_strategy(

@@ -80,6 +80,11 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
             "tensor parallelism does not split T5's relative position bias (a table per head); "
             "use model.position=rotary/learned/sinusoidal, or FSDP alone"
         )
+    if config.n_experts is not None:
+        raise ConfigError(
+            f"tensor parallelism splits dense MLPs, not model.n_experts={config.n_experts} routed experts; "
+            "use FSDP alone (distributed.tensor_parallel=1)"
+        )
     kv = config.kv_heads
     checks = [
         ("model.n_head", config.n_head, "each rank computes whole attention heads"),

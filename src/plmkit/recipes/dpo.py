@@ -258,7 +258,10 @@ def load_reference(config: DpoConfig, tokenizer: Any) -> torch.nn.Module:
             f"{tokenizer.vocab_size:,} tokens, or different ids): its log-probs would score other tokens; use a "
             "reference trained with the policy's tokenizer (e.g. the SFT checkpoint the policy starts from)"
         )
-    model, _ = build_causal_lm(_with_init_from(config, config.reference), tokenizer)
+    with torch.random.fork_rng(
+        devices=[]
+    ):  # building it draws random weights: the policy's LoRA init stays as without
+        model, _ = build_causal_lm(_with_init_from(config, config.reference), tokenizer)
     return model
 
 
@@ -500,11 +503,10 @@ def _dpo(config: DpoConfig, strategy: Strategy, plan: RunPlan, stream=None) -> d
                 f"the loss was not finite for {bad_steps} steps in a row (step {step}); lower optim.lr, "
                 "use train.precision=fp32 or check the data"
             )
-        train_stats = run.loss.stats.take()
         metrics: dict[str, Any] = {}
         if step % config.log.every == 0 or step == run.steps:
             now = time.time()
-            metrics = {"loss": loss, **train_stats}
+            metrics = {"loss": loss, **run.loss.stats.take()}  # rewards, logps: the pairs since the last log
             metrics.update(lr=run.scheduler.get_last_lr()[0], epoch=round(run.batches.epochs, 3))
             metrics["steps_per_s"] = config.log.every / max(now - last_log, 1e-9)
             last_log = now

@@ -343,10 +343,10 @@ def _reward(config: RewardConfig, strategy: Strategy, plan: RunPlan, stream=None
                 f"the loss was not finite for {bad_steps} steps in a row (step {step}); lower optim.lr, "
                 "use train.precision=fp32 or check the data"
             )
-        train_stats = run.loss.stats.take()
         metrics: dict[str, Any] = {}
         if step % config.log.every == 0 or step == run.steps:
             now = time.time()
+            train_stats = run.loss.stats.take()  # the pairs since the last log
             metrics = {"loss": loss, "accuracy": train_stats["accuracy"], "margin": train_stats["margin"]}
             metrics.update(lr=run.scheduler.get_last_lr()[0], epoch=round(run.batches.epochs, 3))
             metrics["steps_per_s"] = config.log.every / max(now - last_log, 1e-9)

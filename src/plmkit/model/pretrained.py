@@ -38,9 +38,9 @@ class ModelOutput:
         None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
     )
     targets: torch.Tensor | None = None  # LMs: how many label positions the loss covers
-    # mixture of experts (plmkit.model.moe.RouterOutput): per MoE layer (N, E), the unweighted router
+    # mixture of experts (plmkit.model.moe_losses.RouterOutput): per MoE layer (N, E), the unweighted router
     # losses, assignments per expert (L, E) and capacity drops (L,). In training mode loss_sum and loss
-    # include the weighted router losses (`router_penalty` per target).
+    # include the weighted router losses (coef_aux · aux + coef_z · z per target).
     router_logits: tuple[torch.Tensor, ...] | None = None
     aux_loss: torch.Tensor | None = None
     z_loss: torch.Tensor | None = None

@@ -7,6 +7,8 @@
 #   make demo       train a tiny model on CPU and generate from it
 #                   (again: refused while runs/demo holds a run; make demo ARGS="name=demo2" trains beside it,
 #                   ARGS="--overwrite" moves runs/demo aside, ARGS="data=FILE" trains in runs/demo-<FILE name>)
+#   make rlhf       pretrain -> SFT -> reward model -> PPO with PTX on additions, on CPU (recipes/rlhf/demo.yaml;
+#                   ARGS="--overwrite" moves runs/rlhf aside, ARGS="compare_ptx=true" adds a ptx.coef=0 run)
 #   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
 #   make bench      plmkit vs transformers / peft with the machine's limits, ~9 minutes on 2 cores
 #                   (ARGS=--quick: ~2 minutes; ARGS="--only decode-gpt2 train-gpt2"; see benchmarks/run.py);
@@ -39,7 +41,7 @@ endif
 # Lint only the folders that exist: git keeps no empty folders, so a fresh clone may lack one.
 LINT_PATHS := $(wildcard src tests benchmarks)
 
-.PHONY: test test-fast test-dist-stress demo bench lint install clean distclean
+.PHONY: test test-fast test-dist-stress demo rlhf bench lint install clean distclean
 
 test: lint
 	$(BIN)/python -m pytest
@@ -54,6 +56,9 @@ test-dist-stress: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/plm demo $(ARGS)
+
+rlhf: $(STAMP)
+	$(BIN)/plm rlhf-demo recipes/rlhf/demo.yaml $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(ARGS)

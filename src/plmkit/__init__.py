@@ -14,7 +14,7 @@ from plmkit.lazy import lazy_exports
 __version__ = "0.1.0"
 
 # subpackages reachable as attributes (`plmkit.peft.apply(...)`), then name -> module that defines it
-_MODULES = ("generation", "peft", "quant")
+_MODULES = ("align", "generation", "peft", "quant")
 _EXPORTS: dict[str, str] = {
     "PlmkitError": "plmkit.errors",
     "ConfigError": "plmkit.errors",

@@ -325,6 +325,20 @@ def test_stream_matches_generate_with_a_random_model(bpe_tokenizer):
         assert "".join(pieces) == generate(model, bpe_tokenizer, "今天天气", max_new_tokens=24, **options)
 
 
+def test_stream_from_token_ids_equals_stream_from_text(bpe_tokenizer):
+    """A prompt given as token ids (a conversation rendered by its chat template) is taken as it is."""
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(**{**SMALL, "vocab_size": bpe_tokenizer.vocab_size})).eval()
+    bos = [bpe_tokenizer.bos_id] if bpe_tokenizer.bos_id is not None else []
+    ids = bos + bpe_tokenizer.encode("今天天气", add_special_tokens=False)  # what stream("今天天气") feeds
+    for options in (dict(do_sample=True, seed=3), {}):
+        from_ids = list(stream(model, bpe_tokenizer, ids, max_new_tokens=16, **options))
+        assert from_ids == list(stream(model, bpe_tokenizer, "今天天气", max_new_tokens=16, **options))
+    for bad in ([], ["a", "b"], [1.5]):
+        with pytest.raises(ConfigError, match="a string or a non-empty list of token ids"):
+            stream(model, bpe_tokenizer, bad)
+
+
 def test_seq2seq_generate_text(bpe_tokenizer):
     model = tiny("seq2seq", **{**T5_STYLE, "vocab_size": bpe_tokenizer.vocab_size})
     texts = generate(model, bpe_tokenizer, ["今天天气真好", "hello"], max_new_tokens=6)

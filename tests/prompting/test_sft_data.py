@@ -258,3 +258,27 @@ def test_packed_loss_equals_per_document_losses(tok, arch):
     with torch.no_grad():
         leaky = model(batch["input_ids"], labels=batch["labels"])
     assert abs(float(leaky.loss_sum) - float(out.loss_sum)) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "template, end",
+    [
+        (ChatTemplate.builtin("chatml"), "<|im_end|>"),
+        (ChatTemplate.builtin("llama3"), "<|eot_id|>"),
+        (ChatTemplate(HUB_CHATML), "<|im_end|>"),
+        (ChatTemplate(HUB_LLAMA3), "<|eot_id|>"),
+        (ChatTemplate(END_OUTSIDE), "<|im_end|>"),  # outside the trained span (a warning in training)
+        (ChatTemplate.builtin("plain"), None),  # the eos_token it writes after the answer
+        (ChatTemplate(PLAIN), None),  # nothing ends the answer: the eos sft_example appends
+    ],
+)
+def test_end_of_turn_ids_are_the_control_token_after_an_answer_then_eos(tok, template, end):
+    ids = sft_data.end_of_turn_ids(tok, template)
+    expected = ([tok.token_to_id(end)] if end else []) + [tok.eos_id]
+    assert ids == expected
+    if template.source == END_OUTSIDE:
+        return
+    # the first one is what supervised fine-tuning trains the model to end its answer with
+    example = sft_example(tok, template, CONVERSATIONS["single"], max_length=512)
+    trained = [i for i, label in zip(example["input_ids"], example["labels"]) if label != IGNORE]
+    assert trained[-1] == ids[0]

@@ -18,18 +18,21 @@ import sys
 from collections.abc import Callable, Sequence
 
 from plmkit import __version__
+from plmkit.cli.chat import add_chat
 from plmkit.cli.checkpoints import add_convert, add_export_peft, add_info, add_merge_lora, add_quantize
 from plmkit.cli.embed import add_embed
 from plmkit.cli.evaluate import add_evaluate
 from plmkit.cli.inference import add_eval, add_generate
 from plmkit.cli.parser import PlmParser
 from plmkit.cli.recipes import add_demo, add_recipes
+from plmkit.cli.serve import add_serve
 from plmkit.cli.tokenizer import add_tokenizer
 from plmkit.errors import PlmkitError
 
 # In the order of `plm --help`.
 COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_generate,
+    add_chat,
     add_info,
     add_demo,
     add_convert,
@@ -38,6 +41,7 @@ COMMANDS: tuple[Callable[[argparse._SubParsersAction], None], ...] = (
     add_eval,
     add_evaluate,
     add_embed,
+    add_serve,
     add_merge_lora,
     add_quantize,
     add_export_peft,

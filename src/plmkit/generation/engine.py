@@ -13,7 +13,7 @@ with its own forward); the decoder then steps through the model's forward instea
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -93,7 +93,8 @@ def eligible(model: nn.Module) -> bool:
         own = type(model).forward is Seq2SeqLM.forward
     else:
         own = isinstance(model, StackLM) and type(model).forward is StackLM.forward
-    return own and model.config.family in ("causal", "prefix", "seq2seq") and not _has_hooks(model)
+    dense = model.config.n_experts is None  # routed experts decode through the model's own forward
+    return own and dense and model.config.family in ("causal", "prefix", "seq2seq") and not _has_hooks(model)
 
 
 def plan(model: nn.Module, dtype: DecodeDtype, rows: int) -> Plan | None:
@@ -164,9 +165,18 @@ def step(
     positions: torch.Tensor,  # (B, 1) long: each row's position of this token
     mask: torch.Tensor | None,  # additive (B|1, 1|H, 1, length + 1) over the self-attention keys
     cross_mask: torch.Tensor | None,  # additive (B, 1, 1, S) over the encoder's states
+    columns: torch.Tensor | None = None,  # (B,) long: per-row write columns (a server's slots), or None
+    widths: Sequence[int] = (),  # with columns: the key columns row b attends (columns[b] + 1)
 ) -> torch.Tensor:
-    """Next-token logits (B, V) after `tokens`; writes their keys/values at column cache.length."""
+    """Next-token logits (B, V) after `tokens`; writes their keys/values at column cache.length.
+
+    With `columns` (continuous batching, plmkit.serve): row b of the batch is row b of the cache and holds
+    its own sequence; it writes at columns[b] and attends over its first widths[b] columns, in an
+    attention call of its own (`mask` unused): a row's result then does not depend on the other rows'
+    lengths (one masked call over the longest row rounds differently). cache.length is not used."""
     b, col = tokens.shape[0], cache.length
+    rows = torch.arange(b, device=tokens.device) if columns is not None else None
+    span = max(widths) if columns is not None else col + 1
     n_head, n_kv, hd = p.n_head, p.n_kv_head, p.head_dim
     q_width, kv_width = n_head * hd, n_kv * hd
     gqa = n_kv != n_head
@@ -174,7 +184,7 @@ def step(
     x = stack.embed(tokens[:, None], positions)[:, 0].to(p.cdtype)  # (B, C)
     rotary = stack.rotary.cos_sin(positions, p.cdtype) if stack.rotary is not None else None
     for i, blk in enumerate(p.blocks):
-        keys, values = cache.room(i, col + 1, n_kv)
+        keys, values = cache.room(i, span, n_kv)
         h = blk.attn_norm(x) if blk.pre_norm else x
         qkv = blk.qkv(h)
         q = qkv[:, :q_width].view(b, n_head, 1, hd)
@@ -182,11 +192,27 @@ def step(
         v = qkv[:, q_width + kv_width :].view(b, n_kv, 1, hd)
         if rotary is not None:
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
-        keys[:, :, col : col + 1].copy_(k)
-        values[:, :, col : col + 1].copy_(v)
-        y = F.scaled_dot_product_attention(
-            q, keys[:, :, : col + 1], values[:, :, : col + 1], attn_mask=mask, scale=p.scale, enable_gqa=gqa
-        )
+        if rows is None:
+            keys[:, :, col : col + 1].copy_(k)
+            values[:, :, col : col + 1].copy_(v)
+            y = F.scaled_dot_product_attention(
+                q, keys[:, :, :span], values[:, :, :span], attn_mask=mask, scale=p.scale, enable_gqa=gqa
+            )
+        else:
+            keys[rows, :, columns] = k[:, :, 0]  # row r's keys at its own column
+            values[rows, :, columns] = v[:, :, 0]
+            y = torch.cat(
+                [
+                    F.scaled_dot_product_attention(
+                        q[r : r + 1],
+                        keys[r : r + 1, :, :w],
+                        values[r : r + 1, :, :w],
+                        scale=p.scale,
+                        enable_gqa=gqa,
+                    )
+                    for r, w in enumerate(widths)
+                ]
+            )
         h = blk.out(y.view(b, q_width))
         x = x + h if blk.pre_norm else blk.attn_norm(x + h)
         if blk.cross_q is not None:
@@ -205,7 +231,8 @@ def step(
             h = blk.act(h)
         h = blk.fc_out(h)
         x = x + h if blk.pre_norm else blk.mlp_norm(x + h)
-    cache.advance(1)
+    if rows is None:
+        cache.advance(1)
     if p.final_norm is not None:
         x = p.final_norm(x)
     if p.head_transform is not None:

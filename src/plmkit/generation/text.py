@@ -3,6 +3,7 @@
     generate(model, tokenizer, "Once upon a time")        -> the new text (greedy)
     generate(..., return_finish=True)                     -> (the new text, Finish: why it stopped)
     stream(model, tokenizer, prompt, do_sample=True)      -> the new text, piece by piece (.finish at the end)
+    stream(model, tokenizer, [ids...])                    -> the same from token ids (a rendered chat prompt)
 
 Every family that predicts tokens works: CausalLM and PrefixLM continue the prompt (a PrefixLM reads
 it bidirectionally as its prefix), Seq2SeqLM encodes it once and decodes from decoder_start_id.
@@ -163,21 +164,34 @@ class TextStream:
 
 
 def stream(
-    model: nn.Module, tokenizer, prompt: str, config: GenerationConfig | None = None, **overrides
+    model: nn.Module,
+    tokenizer,
+    prompt: str | list[int],
+    config: GenerationConfig | None = None,
+    **overrides,
 ) -> TextStream:
     """Yield the new text in pieces as tokens are generated (greedy or sampling). The pieces join to
     exactly what `generate` returns: text is held back while it ends in an incomplete character
     (U+FFFD from a byte-level token that splits a character) or could be the start of a stop string.
-    After the last piece, the stream's `finish` says why the text ended."""
-    if not isinstance(prompt, str):
-        raise ConfigError("stream takes one prompt string; use generate() for a batch")
+    After the last piece, the stream's `finish` says why the text ended. `prompt` is one text (encoded
+    as `generate` encodes it) or a list of token ids taken as they are, e.g. a conversation rendered by
+    its chat template (plmkit.prompting.chat.chat_prompt_ids), which writes its own special tokens."""
+    ids = isinstance(prompt, (list, tuple)) and bool(prompt) and all(isinstance(i, int) for i in prompt)
+    if not (isinstance(prompt, str) or ids):
+        raise ConfigError(
+            "stream takes one prompt: a string or a non-empty list of token ids; use generate() for a batch"
+        )
     config = resolve(model, config, overrides, tokenizer)
     if config.num_beams > 1:
         raise ConfigError(
             f"stream supports greedy decoding and sampling only, not beam search "
             f"(num_beams={config.num_beams}): beams are only known at the end; use generate()"
         )
-    input_ids, attention_mask = _encode_prompts(model, tokenizer, [prompt])
+    if isinstance(prompt, str):
+        input_ids, attention_mask = _encode_prompts(model, tokenizer, [prompt])
+    else:
+        input_ids = torch.tensor([list(prompt)], device=model.device)  # (1, T)
+        attention_mask = torch.ones_like(input_ids)
     check_prompt(model, input_ids, attention_mask, config)
     return TextStream(
         lambda record: _stream_pieces(model, tokenizer, input_ids, attention_mask, config, record)

@@ -76,6 +76,27 @@ class ModelConfig:
     lm_head_bias: bool = False  # BART's final_logits_bias, BERT's decoder bias
     lm_head_transform: bool = False  # dense + act + norm before the output projection (BERT MLM head)
 
+    # mixture of experts (model/moe.py): a routed feed-forward in place of the MLP
+    n_experts: Annotated[int, Range(ge=1, off="null", means="a dense MLP in every block")] | None = None
+    top_k: Annotated[int, Range(ge=1)] = 2  # experts per token
+    # each routed expert's hidden width
+    expert_d_ff: Annotated[int, Range(ge=1, off="null", means="d_ff")] | None = None
+    # always-on experts beside the routed ones (Qwen2-MoE, DeepSeekMoE), fused into one MLP
+    n_shared_experts: Annotated[int, Range(ge=0, off="0", means="no shared expert")] = 0
+    shared_expert_d_ff: (
+        Annotated[int, Range(ge=1, off="null", means="n_shared_experts x expert_d_ff")] | None
+    ) = None
+    shared_expert_gate: bool = False  # Qwen2-MoE: the shared output times sigmoid(x w)
+    moe_every: Annotated[int, Range(ge=1)] = 1  # block i routes when (i + 1) % moe_every == 0, else dense MLP
+    # renormalise the top-k probabilities to sum to 1 (Mixtral); False: the full softmax's (Qwen2-MoE)
+    norm_topk_prob: bool = True
+    # training only: an expert takes at most capacity_factor x tokens x top_k / n_experts assignments
+    capacity_factor: (
+        Annotated[float, Range(gt=0, off="null", means="no capacity limit (dropless)")] | None
+    ) = None
+    router_aux_loss_coef: Annotated[float, Range(ge=0, off="0", means="no load-balancing loss")] = 0.01
+    router_z_loss_coef: Annotated[float, Range(ge=0, off="0", means="no router z-loss")] = 0.0
+
     # tokens
     pad_token_id: TokenId | None = 0
     bos_token_id: TokenId | None = None
@@ -101,6 +122,18 @@ class ModelConfig:
     @property
     def decoder_layers(self) -> int:
         return self.n_decoder_layer if self.n_decoder_layer is not None else self.n_layer
+
+    @property
+    def expert_width(self) -> int:
+        return self.expert_d_ff or self.d_ff
+
+    @property
+    def shared_expert_width(self) -> int:
+        return self.shared_expert_d_ff or self.n_shared_experts * self.expert_width
+
+    def is_moe_layer(self, index: int) -> bool:
+        """Whether block `index` (0-based, in its stack) has the routed feed-forward."""
+        return self.n_experts is not None and (index + 1) % self.moe_every == 0
 
     @property
     def decoder_start_id(self) -> int:
@@ -138,8 +171,55 @@ class ModelConfig:
             )
         if self.position == "rotary" and self.dim_per_head % 2:
             raise ConfigError(f"rotary positions need an even head dimension, got {self.dim_per_head}")
+        self._validate_experts()
         if self.position == "sinusoidal" and self.d_model % 2:
             raise ConfigError(f"sinusoidal positions need an even model.d_model, got {self.d_model}")
+
+    def _validate_experts(self) -> None:
+        if self.n_experts is None:
+            moe_only = [
+                name
+                for name in ("n_shared_experts", "shared_expert_d_ff", "expert_d_ff", "capacity_factor")
+                if getattr(self, name)
+            ]
+            if moe_only:
+                raise ConfigError(
+                    f"model.{moe_only[0]} is set but model.n_experts is null (a dense MLP); "
+                    "set model.n_experts to route tokens to experts, or remove it"
+                )
+            return
+        if self.n_experts < 1:
+            raise ConfigError(
+                f"model.n_experts={self.n_experts} is out of range: must be >= 1, or null for a dense MLP"
+            )
+        if not 1 <= self.top_k <= self.n_experts:
+            raise ConfigError(
+                f"model.top_k={self.top_k} must be between 1 and model.n_experts={self.n_experts} "
+                "(each token goes to top_k different experts); lower top_k or add experts"
+            )
+        for name in ("expert_d_ff", "shared_expert_d_ff", "moe_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"model.{name}={value} is out of range: must be >= 1")
+        if self.n_shared_experts < 0:
+            raise ConfigError(f"model.n_shared_experts={self.n_shared_experts} is out of range: must be >= 0")
+        if not self.n_shared_experts and (self.shared_expert_d_ff or self.shared_expert_gate):
+            name = "shared_expert_d_ff" if self.shared_expert_d_ff else "shared_expert_gate"
+            raise ConfigError(
+                f"model.{name} is set but model.n_shared_experts=0; set model.n_shared_experts or remove it"
+            )
+        if self.moe_every > self.n_layer:
+            raise ConfigError(
+                f"model.moe_every={self.moe_every} is more than model.n_layer={self.n_layer}: no block "
+                "would route; lower model.moe_every (1: every block) or set model.n_experts=null"
+            )
+        if self.capacity_factor is not None and not self.capacity_factor > 0:
+            raise ConfigError(
+                f"model.capacity_factor={self.capacity_factor} is out of range: must be > 0, or null for dropless"
+            )
+        for name in ("router_aux_loss_coef", "router_z_loss_coef"):
+            if not getattr(self, name) >= 0:
+                raise ConfigError(f"model.{name}={getattr(self, name)} is out of range: must be >= 0")
 
     # ---- (de)serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

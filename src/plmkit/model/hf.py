@@ -1,6 +1,6 @@
 """Import and export Hugging Face checkpoint folders (config.json + weights + tokenizer files).
 
-    model, tok = load_hf("path/to/hf-folder")     # GPT-2, BERT, RoBERTa, BART, T5, LLaMA, Qwen2
+    model, tok = load_hf("path/to/hf-folder")     # GPT-2, BERT, RoBERTa, BART, T5, LLaMA, Qwen2, Mixtral, Qwen2-MoE
     save_hf(model, tok, "path/to/out")            # loadable by transformers' from_pretrained
 
 Weights are read from model.safetensors (or a sharded index) and, for legacy folders, from
@@ -29,6 +29,14 @@ from plmkit.model.pretrained import PretrainedModel
 from plmkit.model.transformer import CausalLM, MaskedLM, Seq2SeqLM
 
 FAMILY_CLASS = {"causal": CausalLM, "masked": MaskedLM, "seq2seq": Seq2SeqLM}
+# settings that change training only (not the exported model's outputs in evaluation): not in config.json
+TRAINING_ONLY = (
+    "dropout",
+    "attention_dropout",
+    "initializer_range",
+    "capacity_factor",  # capacity drops happen in training only
+    "router_z_loss_coef",
+)
 
 
 # ---- reading ---------------------------------------------------------------------------------------
@@ -220,8 +228,8 @@ def _load_rules(model: PretrainedModel, files: WeightFiles, rules: list[Rule], d
                     f"{list(want)}; the weights do not match the config"
                 )
         tensor = torch.cat(parts, dim=0) if len(parts) > 1 else parts[0]
-        with torch.no_grad():
-            state[rule.ours].copy_(tensor)
+        with torch.no_grad():  # stacked experts: E tensors (or gate|up pairs) along a new first dim
+            state[rule.ours].copy_(tensor.reshape(target.shape))
         loaded.add(rule.ours)
     # every parameter must have come from the file (tied ones through their source)
     tied = {n for n, p in model.named_parameters(remove_duplicate=False) if n not in params}
@@ -242,6 +250,8 @@ def _hf_architecture_for(model: PretrainedModel) -> Architecture:
         return ARCHITECTURES["t5" if c.position == "relative" else "bart"]
     if c.family in ("masked", "prefix"):
         return ARCHITECTURES["roberta" if c.position_offset else "bert"]
+    if c.n_experts is not None:
+        return ARCHITECTURES["qwen2_moe" if c.n_shared_experts else "mixtral"]
     if c.position == "rotary":
         return ARCHITECTURES["qwen2" if c.qkv_bias and not c.attention_bias else "llama"]
     return ARCHITECTURES["gpt2"]
@@ -268,12 +278,12 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     # check that the exported config describes this model exactly (every switch has an HF equivalent)
     roundtrip = arch.to_config(hf_config)
     weight_defined = {"lm_head_bias"} if arch.model_type == "bart" else set()  # from final_logits_bias
+    exported = _behaviour(roundtrip)
     differences = [
         k
-        for k, v in c.to_dict().items()
+        for k, v in _behaviour(c).items()
         if k not in weight_defined
-        if k not in ("extra", "dropout", "attention_dropout", "initializer_range", "family")
-        and roundtrip.to_dict()[k] != v
+        if k not in ("extra", "family", *TRAINING_ONLY) and exported[k] != v
     ]
     if differences:
         raise CheckpointError(
@@ -309,7 +319,21 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
     return directory
 
 
+def _behaviour(c: ModelConfig) -> dict[str, Any]:
+    """The config's fields with the experts' widths resolved: n shared experts of width F are one of
+    width n·F, and a null width is the default it stands for."""
+    fields = c.to_dict()
+    if c.n_experts is not None:
+        shared = c.shared_expert_width if c.n_shared_experts else None
+        fields.update(
+            expert_d_ff=c.expert_width, shared_expert_d_ff=shared, n_shared_experts=min(c.n_shared_experts, 1)
+        )
+    return fields
+
+
 def _split(tensor: torch.Tensor, rule: Rule, c: ModelConfig) -> list[torch.Tensor]:
+    if tensor.dim() == 3:  # stacked experts (E, out, in): expert by expert, gate | up within one
+        return list(tensor.reshape(-1, tensor.shape[-1]).chunk(len(rule.theirs), dim=0))
     if len(rule.theirs) == 1:
         return [tensor]
     if len(rule.theirs) == 3:  # q | k | v

@@ -46,14 +46,16 @@ def activation_fn(name: str):
 
 class MLP(nn.Module):
     """Position-wise feed-forward. Plain: W_out·act(W_in·x). Gated (SwiGLU/GeGLU): W_out·(act(x W_gate) * x W_up),
-    with gate and up fused in one matmul (gate first)."""
+    with gate and up fused in one matmul (gate first). `d_ff`: a hidden width other than config.d_ff
+    (a mixture of experts' shared expert)."""
 
-    def __init__(self, config: ModelConfig) -> None:
+    def __init__(self, config: ModelConfig, d_ff: int | None = None) -> None:
         super().__init__()
         self.gated = config.gated_mlp
-        width = config.d_ff * (2 if self.gated else 1)
+        d_ff = d_ff or config.d_ff
+        width = d_ff * (2 if self.gated else 1)
         self.fc_in = nn.Linear(config.d_model, width, bias=config.mlp_bias)
-        self.fc_out = nn.Linear(config.d_ff, config.d_model, bias=config.mlp_bias)
+        self.fc_out = nn.Linear(d_ff, config.d_model, bias=config.mlp_bias)
         self.act = activation_fn(config.activation)
         self.dropout = Dropout(config.dropout)
 

@@ -14,6 +14,8 @@ from plmkit.model import masks
 from plmkit.model.config import ModelConfig
 from plmkit.model.layers import activation_fn, make_norm
 from plmkit.model.losses import IGNORE, linear_token_loss, shifted, token_loss
+from plmkit.model.moe import Experts, Routing
+from plmkit.model.moe_losses import router_outputs
 from plmkit.model.stack import Cache, Stack
 
 
@@ -36,6 +38,14 @@ class ModelOutput:
         None  # LMs: cross entropy summed over the targets (fp32), for exact accumulation
     )
     targets: torch.Tensor | None = None  # LMs: how many label positions the loss covers
+    # mixture of experts (plmkit.model.moe_losses.RouterOutput): per MoE layer (N, E), the unweighted router
+    # losses, assignments per expert (L, E) and capacity drops (L,). In training mode loss_sum and loss
+    # include the weighted router losses (coef_aux · aux + coef_z · z per target).
+    router_logits: tuple[torch.Tensor, ...] | None = None
+    aux_loss: torch.Tensor | None = None
+    z_loss: torch.Tensor | None = None
+    expert_counts: torch.Tensor | None = None
+    dropped: torch.Tensor | None = None
 
     def __getitem__(self, key: str):
         return getattr(self, key)
@@ -112,12 +122,15 @@ class PretrainedModel(nn.Module):
             self.config.decoder_layers if self.config.family == "seq2seq" else 0
         )
         for name, module in self.named_modules():
+            # GPT-2: residual projections scaled by 1/sqrt(2·layers) keep the residual stream's variance flat
+            out_std = std / math.sqrt(2 * n_blocks)
             if isinstance(module, nn.Linear):
-                # GPT-2: residual projections scaled by 1/sqrt(2·layers) keep the residual stream's variance flat
-                scaled = name.endswith(("attn.out", "mlp.fc_out"))
-                nn.init.normal_(module.weight, 0.0, std / math.sqrt(2 * n_blocks) if scaled else std)
+                scaled = name.endswith(("attn.out", "mlp.fc_out", "mlp.shared.fc_out"))
+                nn.init.normal_(module.weight, 0.0, out_std if scaled else std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
+            elif isinstance(module, Experts):
+                module.init_weights(std, out_std)
             elif isinstance(module, nn.Embedding):
                 nn.init.normal_(module.weight, 0.0, std)
 
@@ -157,6 +170,24 @@ class PretrainedModel(nn.Module):
             out.loss_sum, out.targets = self.lm_head.loss(h, labels, shift)
         if labels is not None:
             out.loss = out.loss_sum / out.targets  # nan when no position has a label
+        return out
+
+    def with_routing(
+        self, out: ModelOutput, routings: list[Routing] | None, attention_mask: torch.Tensor | None = None
+    ) -> ModelOutput:
+        """`out` with the router side of an MoE model's forward (plmkit.model.moe_losses). In training
+        mode the loss gains the router losses, coef_aux · aux + coef_z · z per target, on the (sum, count)
+        contract: loss_sum += penalty · targets, so a step's loss is CE + coef · aux as transformers'
+        (micro-batches weighted by their targets; on several ranks, the whole micro-batch's penalty times
+        its targets, shared out). Evaluation reports them apart and leaves the loss CE."""
+        router = router_outputs(routings, self.config, attention_mask, out.targets) if routings else None
+        if router is None:
+            return out
+        for name in ("router_logits", "aux_loss", "z_loss", "expert_counts", "dropped"):
+            setattr(out, name, getattr(router, name))
+        if self.training and out.loss_sum is not None:
+            out.loss_sum = out.loss_sum + router.penalty * router.weight
+            out.loss = out.loss_sum / out.targets
         return out
 
     def _check(self, input_ids: torch.Tensor, past: int = 0, name: str = "input_ids") -> None:

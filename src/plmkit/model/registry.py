@@ -89,7 +89,10 @@ def init_kwargs(model: torch.nn.Module) -> dict[str, Any]:
 
 def model_class_name(model: torch.nn.Module) -> str:
     """The class name `load` rebuilds: FSDP2's `fully_shard` swaps a module's class for a subclass
-    (FSDPCausalLM), whose name is not ours, so the first class that is not an FSDP one is taken."""
+    (FSDPCausalLM), whose name is not ours, so the first class that is not an FSDP one is taken; a
+    pipeline stage (plmkit.model.stages) names the class it was cut from."""
+    if getattr(model, "cut_from", None):
+        return model.cut_from
     for cls in type(model).__mro__:
         if not any(base.__name__ == "FSDPModule" for base in cls.__mro__):
             return cls.__name__

@@ -1,6 +1,6 @@
 """The Transformer body shared by every family: one block, one stack.
 
-Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP [norm]
+Block = [norm] self-attention [norm] (+ [norm] cross-attention [norm]) + [norm] MLP or MoE [norm]
 Stack = embeddings -> N blocks -> final norm     (one per family; seq2seq has two)
 """
 
@@ -15,7 +15,8 @@ from plmkit.model.attention import Attention
 from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import Dropout
 from plmkit.model.kv_cache import StaticCache, StaticLayer
-from plmkit.model.layers import MLP, Embeddings, RelativePositionBias, Rotary, make_norm
+from plmkit.model.layers import Embeddings, RelativePositionBias, Rotary, make_norm
+from plmkit.model.moe import make_feed_forward
 
 Cache = list[tuple[torch.Tensor, ...]]  # per block: (k, v) or (k, v, cross k, cross v), each (B, H_kv, T, hd)
 
@@ -29,14 +30,14 @@ def reorder_cache(past_key_values: Cache, index: torch.Tensor) -> Cache:
 
 
 class Block(nn.Module):
-    def __init__(self, config: ModelConfig, cross: bool = False) -> None:
+    def __init__(self, config: ModelConfig, cross: bool = False, index: int = 0) -> None:
         super().__init__()
         self.pre_norm = config.pre_norm
         self.attn = Attention(config)
         self.attn_norm = make_norm(config)
         self.cross_attn = Attention(config, cross=True) if cross else None
         self.cross_norm = make_norm(config) if cross else None
-        self.mlp = MLP(config)
+        self.mlp = make_feed_forward(config, index)  # an MLP, or routed experts (model/moe.py)
         self.mlp_norm = make_norm(config)
         self.dropout = Dropout(config.dropout)
 
@@ -105,7 +106,7 @@ class Stack(nn.Module):
         self.embed = Embeddings(config)
         if tokens is not None:  # seq2seq: encoder and decoder share one token embedding
             self.embed.tokens = tokens
-        self.blocks = nn.ModuleList(Block(config, cross) for _ in range(n_layer))
+        self.blocks = nn.ModuleList(Block(config, cross, i) for i in range(n_layer))
         self.rotary = Rotary(config.dim_per_head, config.rope_theta) if config.position == "rotary" else None
         self.relative_bias = (
             RelativePositionBias(config, bidirectional) if config.position == "relative" else None
@@ -135,11 +136,42 @@ class Stack(nn.Module):
         if position_ids is None:
             position_ids = torch.arange(past, past + t, device=input_ids.device)[None].expand(b, t)
         x = self.embed(input_ids, position_ids, token_type_ids, block_position_ids)  # (B, T, C)
+        mask, memory_mask, rotary, fast_causal = self.attention_inputs(
+            x, allowed, is_causal, position_ids, past, memory_allowed
+        )
+        new_cache: Cache = []
+        for i, block in enumerate(self.blocks):
+            cache = past_key_values[i] if static or past_key_values else None
+            layer_prefix = prefix[i] if prefix is not None else None
+            x, layer_cache = self.run_block(
+                block, x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix
+            )
+            if layer_cache is not None:
+                new_cache.append(layer_cache)
+        if static:  # every block wrote its t columns at `past`
+            past_key_values.advance(t)
+            new_cache = past_key_values
+        if self.final_norm is not None:
+            x = self.final_norm(x)
+        return x, new_cache
 
+    def attention_inputs(
+        self,
+        x: torch.Tensor,  # (B, T, C): the hidden states entering the blocks
+        allowed: torch.Tensor | None,
+        is_causal: bool,
+        position_ids: torch.Tensor,  # (B, T)
+        past: int = 0,
+        memory_allowed: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, tuple[torch.Tensor, torch.Tensor] | None, bool]:
+        """What every block takes besides x: (the additive self-attention mask, the additive memory mask,
+        the rotary (cos, sin), whether SDPA builds the causal mask itself). A pipeline stage
+        (plmkit.model.stages) computes them again from its own input."""
+        t = x.shape[1]
         mask = None
         if self.relative_bias is not None:
             if allowed is None and is_causal:
-                allowed = masks.causal(t, past + t, past, input_ids.device)
+                allowed = masks.causal(t, past + t, past, x.device)
             mask = self.relative_bias(t, past + t, past).to(x.dtype)  # (1, H, T, T_k)
             if allowed is not None:
                 mask = mask + masks.to_additive(allowed, x.dtype)
@@ -147,23 +179,12 @@ class Stack(nn.Module):
             mask = masks.to_additive(allowed, x.dtype)
         memory_mask = None if memory_allowed is None else masks.to_additive(memory_allowed, x.dtype)
         rotary = self.rotary.cos_sin(position_ids, x.dtype) if self.rotary is not None else None
-        fast_causal = is_causal and mask is None  # SDPA builds the causal mask itself
+        return mask, memory_mask, rotary, is_causal and mask is None  # SDPA builds the causal mask itself
 
-        new_cache: Cache = []
-        for i, block in enumerate(self.blocks):
-            cache = past_key_values[i] if static or past_key_values else None
-            layer_prefix = prefix[i] if prefix is not None else None
-            args = (x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix)
-            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                # Training never reads the cache back: holding every layer's k, v to the end of the
-                # forward would keep most of what checkpointing frees. The returned cache stays empty.
-                x, _ = checkpoint(block, *args, use_reentrant=False)
-                continue
-            x, layer_cache = block(*args)
-            new_cache.append(layer_cache)
-        if static:  # every block wrote its t columns at `past`
-            past_key_values.advance(t)
-            new_cache = past_key_values
-        if self.final_norm is not None:
-            x = self.final_norm(x)
-        return x, new_cache
+    def run_block(self, block: Block, x: torch.Tensor, *args) -> tuple[torch.Tensor, tuple | None]:
+        """One block's forward: (its output, its cache; None under gradient checkpointing, where training
+        never reads the cache back and holding every layer's k, v would keep most of what it frees)."""
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            x, _ = checkpoint(block, x, *args, use_reentrant=False)
+            return x, None
+        return block(x, *args)

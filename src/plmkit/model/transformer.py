@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from plmkit.errors import ShapeError
-from plmkit.model import masks
+from plmkit.model import masks, moe
 from plmkit.model.config import ModelConfig
 from plmkit.model.pretrained import (
     LMHead,
@@ -63,11 +63,19 @@ class StackLM(PretrainedModel):
         allowed, is_causal = self_attention_allowed(
             self.mask_kind, b, t, past, input_ids.device, attention_mask, prefix_lengths
         )
-        h, cache = self.transformer(
-            input_ids, allowed, is_causal, position_ids, token_type_ids, block_position_ids, past_key_values
-        )
+        with moe.recording(self.config) as routings:  # None without experts
+            h, cache = self.transformer(
+                input_ids,
+                allowed,
+                is_causal,
+                position_ids,
+                token_type_ids,
+                block_position_ids,
+                past_key_values,
+            )
         past = cache if use_cache else None
-        return self.lm_output(h, labels, self.shift_labels, compute_logits, past_key_values=past)
+        out = self.lm_output(h, labels, self.shift_labels, compute_logits, past_key_values=past)
+        return self.with_routing(out, routings, attention_mask)
 
 
 class CausalLM(StackLM):
@@ -139,6 +147,36 @@ class Seq2SeqLM(PretrainedModel):
         decoder_position_ids: torch.Tensor | None = None,
         check_inputs: bool = True,
         compute_logits: bool | None = None,
+    ) -> ModelOutput:
+        with moe.recording(self.config) as routings:  # None without experts
+            out = self._forward(
+                input_ids,
+                attention_mask,
+                decoder_input_ids,
+                decoder_attention_mask,
+                labels,
+                encoder_hidden_states,
+                past_key_values,
+                use_cache,
+                decoder_position_ids,
+                check_inputs,
+                compute_logits,
+            )
+        return self.with_routing(out, routings)
+
+    def _forward(
+        self,
+        input_ids: torch.Tensor | None,
+        attention_mask: torch.Tensor | None,
+        decoder_input_ids: torch.Tensor | None,
+        decoder_attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+        encoder_hidden_states: torch.Tensor | None,
+        past_key_values: Cache | None,
+        use_cache: bool,
+        decoder_position_ids: torch.Tensor | None,
+        check_inputs: bool,
+        compute_logits: bool | None,
     ) -> ModelOutput:
         if encoder_hidden_states is None:
             if input_ids is None:

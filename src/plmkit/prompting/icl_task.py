@@ -28,7 +28,7 @@ from torch import nn
 
 from plmkit.data.sources import SkipReport
 from plmkit.data.tasks import Row, TaskSplit, label_name
-from plmkit.errors import ConfigError, DataError
+from plmkit.errors import ConfigError, DataError, ShapeError
 from plmkit.evaluate.metrics import classification_metrics
 from plmkit.evaluate.tasks.base import Batch, Feature, Task, pad_rows
 from plmkit.evaluate.tasks.config import TaskConfig
@@ -316,9 +316,15 @@ def accuracy_vs_shots(
     return results
 
 
-def plot_accuracy_vs_shots(results: dict[str, list], path: str | Path) -> Path | None:
-    """The accuracy-vs-shots PNG at `path` (the uncalibrated curve too when present); None, with a
-    warning, when matplotlib is not installed."""
+def plot_accuracy_vs_shots(
+    results: dict[str, list],
+    path: str | Path,
+    references: dict[str, Sequence[float]] | None = None,
+    title: str | None = None,
+) -> Path | None:
+    """The accuracy-vs-shots PNG at `path` (the uncalibrated curve too when present; `references`: more
+    curves by name, one value per shot count, dotted, e.g. chance); None, with a warning, when matplotlib
+    is not installed."""
     try:
         import matplotlib
 
@@ -334,7 +340,15 @@ def plot_accuracy_vs_shots(results: dict[str, list], path: str | Path) -> Path |
         ax.plot(shots, results["accuracy"], "o-", label="calibrated")
         ax.legend()
     else:
-        ax.plot(shots, results["accuracy"], "o-")
+        ax.plot(shots, results["accuracy"], "o-", label="accuracy")
+    for name, values in (references or {}).items():
+        if len(values) != len(shots):
+            raise ShapeError(f"reference {name!r} has {len(values)} values for {len(shots)} shot counts")
+        ax.plot(shots, list(values), ":", label=name)
+    if references:
+        ax.legend()
+    if title:
+        ax.set_title(title)
     ax.set_xticks(shots)
     ax.set_xlabel("shots (demonstrations in the prompt)")
     ax.set_ylabel("accuracy")

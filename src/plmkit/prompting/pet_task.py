@@ -9,8 +9,9 @@ text_pair, label): the model it trains is the masked LM itself, one model per pa
 
 The auxiliary MLM batch: each labelled row brings one pattern-encoded text whose non-special tokens are
 masked BERT's way (mlm_probability, 80/10/10). Its text is a row of the unlabelled set given with
-`add_unlabelled` (drawn by a generator seeded from the batch's row indices and config.seed, so a batch is
-the same whenever it is collated: an exact resume), or else the labelled row's own text.
+`add_unlabelled` (the fine-tuning recipe gives it data.unlabelled's rows through `prepare`), drawn by a
+generator seeded from the batch's row indices and config.seed, so a batch is the same whenever it is
+collated (an exact resume); without an unlabelled set it is the labelled row's own text.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class PetTask(Task):
     name = "pet"
     head = "MaskedLM"
     main_metric = "accuracy"
+    uses_unlabelled = True  # data.unlabelled: the texts of the auxiliary MLM loss
 
     def __init__(self, config: PetConfig, tokenizer: Any, labels: LabelVocab | None = None) -> None:
         check_ranges(config, "task.options.")
@@ -96,6 +98,11 @@ class PetTask(Task):
             label = self.labels.encode(row.values["label"], row.where) if "label" in row.values else -100
             out.append({"row": i, "input_ids": ids, "mask_position": positions[0], "label": label})
         return out
+
+    def prepare(self, splits: Mapping[str, TaskSplit]) -> None:
+        """The recipe's data.unlabelled, when given, is the auxiliary MLM's text (PET's unlabelled set)."""
+        if "unlabelled" in splits:
+            self.add_unlabelled(splits["unlabelled"].rows)
 
     def add_unlabelled(self, rows: Sequence[Row]) -> None:
         """Texts for the auxiliary MLM loss (PET's unlabelled set), encoded with this task's pattern."""

@@ -130,6 +130,33 @@ def check_template_tokens(tokenizer: Tokenizer, template: ChatTemplate) -> None:
         )
 
 
+_PROBE = "plmkit-end-of-turn-probe"  # an answer text no template rewrites
+
+
+def end_of_turn_ids(tokenizer: Tokenizer, template: ChatTemplate) -> list[int]:
+    """The tokens that end an assistant turn under `template`, for decoding to stop on: the control token
+    the template writes right after an answer (ChatML's <|im_end|>, Llama 3's <|eot_id|>, the eos_token of
+    a plain-text template), found by rendering a probe answer, then the tokenizer's eos (the token a
+    template without one trains, see sft_example). Empty when the tokenizer has neither."""
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": _PROBE}]
+    text = template.render(messages, **special_token_variables(tokenizer))
+    end = text.rfind(_PROBE) + len(_PROBE)
+    encoding = tokenizer.backend.encode(text, add_special_tokens=False)
+    control = control_token_ids(tokenizer)
+    found = []
+    if end >= len(_PROBE):
+        for token, (start, stop) in zip(encoding.ids, encoding.offsets):
+            if start < end:
+                continue
+            if token in control:
+                found.append(token)
+            if token in control or text[start:stop].strip():  # whitespace may sit before the token
+                break
+    if tokenizer.eos_id is not None:
+        found.append(tokenizer.eos_id)
+    return list(dict.fromkeys(found))
+
+
 def sft_example(
     tokenizer: Tokenizer,
     template: ChatTemplate,

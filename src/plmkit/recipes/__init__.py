@@ -56,6 +56,16 @@ RECIPES: dict[str, Recipe] = {
         run="plmkit.recipes.finetune:finetune",
         validate="plmkit.recipes.finetune:check",
     ),
+    "pet": Recipe(
+        help="PET: one masked-LM model per pattern, then their ensemble distilled into a classifier",
+        description="Pattern-exploiting training from RECIPE.yaml (a fine-tuning recipe with task pet, "
+        "data.unlabelled, repetitions and a distill section): a plm finetune run with task pet for every "
+        "pattern and repetition, then a sequence classifier trained on the soft labels of their "
+        "train-accuracy-weighted ensemble on the unlabelled texts (task pet_distill); pet.json sums up.",
+        config_class="plmkit.recipes.pet:PetRecipeConfig",
+        run="plmkit.recipes.pet:pet",
+        validate="plmkit.recipes.pet:check",
+    ),
     "sft": Recipe(
         help="supervised fine-tuning (instruction tuning) of a causal LM on chat / instruction data",
         description="Instruction-tune a causal LM from RECIPE.yaml (see recipes/sft/*.yaml): rows in an "
@@ -66,6 +76,30 @@ RECIPES: dict[str, Recipe] = {
         config_class="plmkit.recipes.sft_config:SftConfig",
         run="plmkit.recipes.sft:sft",
         validate="plmkit.recipes.sft:check",
+    ),
+    "grpo": Recipe(
+        help="GRPO: reinforcement learning of a causal LM from reward functions on groups of sampled completions",
+        description="Train a causal LM with group relative policy optimization from RECIPE.yaml (see "
+        "recipes/grpo/*.yaml): num_generations sampled completions per prompt, rewards from built-in "
+        "verifiers (gsm8k_strict, gsm8k_flexible, arithmetic) or Python functions (module:function), "
+        "advantages relative to the group, the clipped ratio loss (grpo, bnpo, dr_grpo, dapo) with an "
+        "optional k3 KL to a frozen reference (beta), num_iterations steps per generation batch, and the "
+        "mean reward of greedy completions of dev prompts.",
+        config_class="plmkit.recipes.grpo_config:GrpoConfig",
+        run="plmkit.recipes.grpo:grpo",
+        validate="plmkit.recipes.grpo:check",
+    ),
+    "ppo": Recipe(
+        help="PPO with the pre-training mix (InstructGPT's PPO-ptx): RLHF of an SFT model against a reward model",
+        description="Train an SFT causal LM with PPO from RECIPE.yaml (see recipes/ppo/*.yaml): completions "
+        "sampled with the KV cache, the reward model's score (normalised, clipped, a missing-EOS penalty) "
+        "minus a per-token KL to the frozen SFT model (k1 or k3, fixed or adaptive coefficient), GAE "
+        "advantages, clipped policy and value losses over ppo.epochs of mini-batches, and ptx.coef x the "
+        "pre-training NLL in the same optimizer step; a critic from the reward model; optional LoRA actor "
+        "and critic on one shared base (reference = adapters off) and an EMA of the actor.",
+        config_class="plmkit.recipes.ppo_config:PpoConfig",
+        run="plmkit.recipes.ppo:ppo",
+        validate="plmkit.recipes.ppo:check",
     ),
     "reward": Recipe(
         help="train a reward model on preference pairs or K-way rankings (Bradley-Terry)",
@@ -86,5 +120,15 @@ RECIPES: dict[str, Recipe] = {
         config_class="plmkit.recipes.dpo_config:DpoConfig",
         run="plmkit.recipes.dpo:dpo",
         validate="plmkit.recipes.dpo:check",
+    ),
+    "rlhf-demo": Recipe(
+        help="the ChatGPT pipeline on a CPU: pretrain -> SFT -> reward model -> PPO with PTX on additions",
+        description="Run RECIPE.yaml (recipes/rlhf/demo.yaml, `make rlhf`): a synthetic verifiable task "
+        "(two-digit additions), a small GPT pre-trained on equations and text, SFT, a reward model on "
+        "verifier-labelled pairs, then PPO with the pre-training mix; writes <run>/rlhf.png (reward, "
+        "verifier accuracy, KL, pre-training loss per PPO step) and prints accuracy and KL start -> end.",
+        config_class="plmkit.recipes.rlhf_demo:RlhfDemoConfig",
+        run="plmkit.recipes.rlhf_demo:rlhf_demo",
+        validate="plmkit.recipes.rlhf_demo:check",
     ),
 }

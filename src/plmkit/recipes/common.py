@@ -18,6 +18,7 @@ from plmkit.data.objectives import build_objective, objective_class
 from plmkit.data.objectives.base import Objective
 from plmkit.errors import CheckpointError, ConfigError
 from plmkit.model import ModelConfig, get_preset
+from plmkit.model.expert_parallel import share_routing
 from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
@@ -78,11 +79,14 @@ class Run:
     def describe(self) -> str:
         c = self.config
         model = unwrap(self.model)
-        # FSDP parameters are DTensors (numel is the whole tensor's); ZeRO-3 keeps the size in ds_numel
-        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+        n_params = self.strategy.parameter_count(model)  # the whole model's, however it is split
         mc = getattr(model, "config", None)
         name = model_class_name(model)
         arch = f"{name} ({mc.family}, {mc.n_layer}x{mc.d_model})" if mc else name
+        if getattr(mc, "n_experts", None) is not None:  # a mixture of experts
+            arch += f", {mc.n_experts} experts, top-{mc.top_k}"
+            if c.distributed.expert_parallel > 1:
+                arch += f", expert parallel over {c.distributed.expert_parallel} ranks"
         peft = get_config(model)
         tuned = ""
         if peft:  # the recipe's options (or, for an init_from PEFT checkpoint, its recorded ones)
@@ -90,7 +94,11 @@ class Run:
             base = f" on a frozen {c.quantize.mode} base" if c.quantize.mode else ""
             tuned = f"peft: {peft.method} ({options}){base}; {trainable_report(model)}\n"
         shares, tp = self.strategy.data_parallel_size, self.strategy.tensor_parallel
-        if tp > 1:  # the ranks of a tensor-parallel group train on the same rows
+        pp = self.strategy.pipeline_parallel
+        if pp > 1:  # the ranks of one model replica train on the same rows
+            ranks = f"{pp} pipeline stages" + (f" x {tp} tensor-parallel ranks" if tp > 1 else "")
+            batch = f" x {shares} data-parallel group(s) of {ranks}"
+        elif tp > 1:
             batch = f" x {shares} data-parallel group(s) of {tp} tensor-parallel ranks"
         else:
             batch = f" x {shares} processes" if shares > 1 else ""
@@ -224,6 +232,7 @@ def recipe_strategy_name(config: RecipeConfig, world: World) -> str:
     """The recipe's strategy for `world` (plmkit.train.distributed.build.strategy_name), and its tensor
     parallelism checked against the recipe's objective, PEFT and model (before any process waits)."""
     name = strategy_name(config.distributed, world)
+    check_expert_parallel(config)
     tp = config.distributed.tensor_parallel
     if tp == 1:
         return name
@@ -249,6 +258,22 @@ def recipe_strategy_name(config: RecipeConfig, world: World) -> str:
         except ConfigError as e:
             raise ConfigError(f"{key}: {e}") from None
     return name
+
+
+def check_expert_parallel(config: RecipeConfig) -> None:
+    """distributed.expert_parallel against the recipe's model: experts to split, evenly."""
+    ep = config.distributed.expert_parallel
+    architecture = recipe_architecture(config) if ep > 1 else None
+    if architecture is None:  # (a Hugging Face init_from is checked when share_routing runs)
+        return
+    key = f"distributed.expert_parallel={ep}"
+    if architecture.n_experts is None:
+        raise ConfigError(f"{key}, but the model has no experts (model.n_experts=null); set model.n_experts")
+    if architecture.n_experts % ep:
+        raise ConfigError(
+            f"{key} does not divide model.n_experts={architecture.n_experts}: each rank computes "
+            f"n_experts / {ep} experts; choose a divisor of {architecture.n_experts}"
+        )
 
 
 def build_recipe_strategy(config: RecipeConfig) -> Strategy:
@@ -293,6 +318,8 @@ def build_run(config: RecipeConfig, strategy: Strategy | None = None, resume_fro
         global_batch = config.train.batch_size * strategy.data_parallel_size
         train_data = build_recipe_data(config, tokenizer, global_batch)
     val_batches = train_data.validation_batches if train_data.validation else None
+    # a mixture of experts on several ranks: router losses of the whole micro-batch, experts split
+    share_routing(model, config.distributed.expert_parallel)
     model = strategy.wrap(model)  # DDP / FSDP-sharded / the DeepSpeed engine
     optimizer = strategy.make_optimizer(model, config.optim)  # on the (sharded) parameters
     strategy.seed_rank(config.seed)  # dropout differs between data-parallel ranks

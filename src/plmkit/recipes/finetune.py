@@ -44,7 +44,7 @@ from plmkit.recipes.runs import (
     prepare_run_folder,
     record_recipe,
 )
-from plmkit.recipes.tasks import build_task, check_task_name
+from plmkit.recipes.tasks import NEEDS_UNLABELLED, UNLABELLED_TASKS, build_task, check_task_name
 from plmkit.recipes.validate import check_peft_section
 from plmkit.train.checkpoint import load_training_state, read_trainer_info
 from plmkit.train.distributed.base import LAYOUT_PLAIN, Strategy
@@ -133,9 +133,23 @@ def validate(config: FinetuneConfig) -> None:
             f"distributed.tensor_parallel={config.distributed.tensor_parallel}: fine-tuning runs data "
             "parallel only (ddp, fsdp, deepspeed); set distributed.tensor_parallel=1"
         )
+    if config.distributed.pipeline_parallel != 1:
+        raise ConfigError(
+            f"distributed.pipeline_parallel={config.distributed.pipeline_parallel}: fine-tuning runs data parallel "
+            "only (ddp, fsdp, deepspeed); set distributed.pipeline_parallel=1"
+        )
     if config.early_stopping.patience and not config.data.dev:
         raise ConfigError("early_stopping.patience needs dev metrics: set data.dev=FILE or patience=0")
     check_task_name(config.task.name, training=True)
+    if config.data.unlabelled and config.task.name not in UNLABELLED_TASKS:
+        raise ConfigError(
+            f"data.unlabelled is read by the tasks {', '.join(UNLABELLED_TASKS)} only, not by "
+            f"task.name={config.task.name}; remove data.unlabelled"
+        )
+    if config.task.name in NEEDS_UNLABELLED and not config.data.unlabelled:
+        raise ConfigError(
+            f"task.name={config.task.name} trains on unlabelled texts; set data.unlabelled=FILE"
+        )
 
 
 def check(config: FinetuneConfig) -> RunPlan:
@@ -151,6 +165,9 @@ def read_splits(config: FinetuneConfig, task: Task) -> dict[str, TaskSplit]:
     for name in ("train", "dev", "test"):
         if getattr(config.data, name):
             splits[name] = read_split(config.data, name, required, optional, texts)
+    if config.data.unlabelled:  # the task's columns but the label (one there is read and not used)
+        needed = tuple(c for c in required if c != "label")
+        splits["unlabelled"] = read_split(config.data, "unlabelled", needed, (*optional, "label"), texts)
     return splits
 
 
@@ -175,6 +192,7 @@ def build_finetune_run(config: FinetuneConfig, strategy: Strategy, resume_from: 
     splits = read_splits(config, probe)
     labels = probe.label_vocab(splits["train"])  # from the train split (dev labels must be in it)
     task = build_task(config.task, tokenizer, labels)
+    task.prepare(splits)  # PET: the unlabelled texts; PET distillation: the soft labels
 
     base, source = build_base_model(config, tokenizer)
     model = task_model(task, base, source)  # the task head on the base's stack
@@ -186,11 +204,17 @@ def build_finetune_run(config: FinetuneConfig, strategy: Strategy, resume_from: 
     model.to(device)
     if config.train.gradient_checkpointing and hasattr(model, "set_gradient_checkpointing"):
         model.set_gradient_checkpointing(True)
-    features = {name: task.features(split) for name, split in splits.items()}  # bad rows fail here
-
+    encoded = (
+        "train",
+        "dev",
+        "test",
+        task.train_split,
+    )  # data.unlabelled: only PET distillation trains on it
+    features = {name: task.features(split) for name, split in splits.items() if name in encoded}
+    training = features[task.train_split]  # bad rows fail above
     global_batch = config.train.batch_size * strategy.data_parallel_size
-    batches = EpochBatches(len(features["train"]), global_batch, seed=config.seed)
-    steps = planned_steps(config, len(features["train"]), strategy.data_parallel_size)
+    batches = EpochBatches(len(training), global_batch, seed=config.seed)
+    steps = planned_steps(config, len(training), strategy.data_parallel_size)
     model = strategy.wrap(model)
     optimizer = strategy.make_optimizer(model, config.optim)
     strategy.seed_rank(config.seed)
@@ -206,7 +230,7 @@ def build_finetune_run(config: FinetuneConfig, strategy: Strategy, resume_from: 
 # ---- one step, evaluation, checkpoints --------------------------------------------------------------
 def finetune_step(run: FinetuneRun) -> float:
     c = run.config
-    features = run.features["train"]
+    features = run.features[run.task.train_split]
     micro_batches = [
         run.task.collate([features[i] for i in run.batches.next_indices()])
         for _ in range(c.train.accumulation)
@@ -269,9 +293,10 @@ def restore_best(run: FinetuneRun) -> bool:
 
 def write_results(run: FinetuneRun, results: dict[str, TaskResult], summary: dict[str, Any]) -> None:
     """metrics.json and <split>_predictions.jsonl in the run folder, each written atomically."""
-    for split, result in results.items():
-        with atomic_file(run.run_dir / f"{split}_predictions.jsonl") as f:
-            for record in result.records:
+    files = {f"{split}_predictions.jsonl": result.records for split, result in results.items()}
+    for name, records in {**files, **run.task.run_files()}.items():
+        with atomic_file(run.run_dir / name) as f:
+            for record in records:
                 f.write((json.dumps(record, ensure_ascii=False) + "\n").encode())
     with atomic_file(run.run_dir / "metrics.json") as f:
         f.write((json.dumps(summary, indent=1) + "\n").encode())
@@ -377,6 +402,7 @@ def _finetune(config: FinetuneConfig, strategy: Strategy, plan: RunPlan, stream=
         "final_dev": final,
         "evaluated": "best" if used_best else "final",
         **{split: result.metrics for split, result in results.items()},
+        **run.task.summary(),
     }
     if strategy.is_main:
         write_results(run, results, summary)
@@ -411,8 +437,8 @@ def describe(run: FinetuneRun) -> str:
         f"task: {c.task.name}{labels}; data: {sizes}" + (f" ({'; '.join(skipped)})" if skipped else "") + "\n"
         f"model: {type(model).__name__}, {n_params:,} parameters ({trained:,} trained)\n"
         f"train: {run.steps} steps x {c.train.accumulation} x {c.train.batch_size} rows{processes} "
-        f"({run.steps * c.train.accumulation * c.train.batch_size * shares / len(run.features['train']):.2f} "
-        f"epochs) on {run.strategy.device} in {run.precision.name}; lr {c.optim.lr}"
+        f"({run.steps * c.train.accumulation * c.train.batch_size * shares / len(run.features[run.task.train_split]):.2f} "
+        f"epochs of {run.task.train_split}) on {run.strategy.device} in {run.precision.name}; lr {c.optim.lr}"
         + (f"\n{distributed}" if distributed else "")
     )
 

@@ -24,7 +24,8 @@ from typing import Any
 import torch
 
 from plmkit.config import to_dict
-from plmkit.evaluate.loss import loss_metrics, model_token_loss, stream_loss
+from plmkit.evaluate.loss import loss_metrics, stream_loss
+from plmkit.model.moe_losses import RouterTally
 from plmkit.recipes.common import MODEL, Run, build_recipe_strategy, build_run, restore_run
 from plmkit.recipes.config import RecipeConfig
 from plmkit.recipes.runs import (
@@ -63,10 +64,13 @@ def count_targets(model: torch.nn.Module, labels: torch.Tensor | None) -> int:
 
 class PretrainLoss:
     """The recipe's loss_fn: the model's mean loss over its target tokens, times their number (the loop
-    weights the sum). `count` gives the targets before any forward, so the loop weights exactly."""
+    weights the sum). `count` gives the targets before any forward, so the loop weights exactly. A
+    mixture of experts' loss includes its router losses (plmkit.model.moe_losses); `router` tallies its
+    routing from the same forwards for the log."""
 
     def __init__(self, model: torch.nn.Module) -> None:
         self.plain = unwrap(model)  # whether it shifts its labels
+        self.router = RouterTally()
 
     def count(self, batch: dict[str, torch.Tensor]) -> int:
         return count_targets(self.plain, batch.get("labels"))
@@ -75,18 +79,20 @@ class PretrainLoss:
         self, models: dict[str, torch.nn.Module], batch: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, int]:
         n = self.count(batch)
-        return models[MODEL](
-            **batch
-        ).loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
+        out = models[MODEL](**batch)
+        self.router.add(out)
+        return out.loss * n, n  # n == 0 keeps it in the graph: the rank joins the reduction
 
 
-def pretrain_step(run: Run, micro_batches: list[dict[str, torch.Tensor]]) -> float:
+def pretrain_step(
+    run: Run, micro_batches: list[dict[str, torch.Tensor]], loss_fn: PretrainLoss | None = None
+) -> float:
     """One optimizer step of the recipe (plmkit.train.loop.train_step); the mean loss per target token."""
     return train_step(
         {MODEL: run.model},
         {MODEL: run.optimizer},
         {MODEL: run.scheduler},
-        PretrainLoss(run.model),
+        loss_fn or PretrainLoss(run.model),
         micro_batches,
         run.strategy,
         run.precision,
@@ -103,7 +109,8 @@ def evaluate(run: Run) -> dict[str, float]:
     batches = (  # global batches: each rank takes its rows
         strategy.local_rows(run.eval_objective(blocks)) for blocks in run.val_batches(run.config.eval.batches)
     )
-    total, count = stream_loss(run.model, batches, model_token_loss, run.device, run.precision.autocast)
+    # the strategy's loss of a batch: the model's (pipeline stages: the last stage's, 0 on the others)
+    total, count = stream_loss(run.model, batches, strategy.token_loss, run.device, run.precision.autocast)
     total, count = strategy.sum_over_ranks(total, count)  # tensor parallel: both counted T times
     metrics = loss_metrics(total, int(count))
     if metrics and not math.isfinite(metrics["loss"]):  # never report nan as a result with exit 0
@@ -205,10 +212,11 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, plan: RunPlan, stream=No
     logger.begin(progress.step)
     last_log = time.time()
     tokens_at_log = progress.tokens
+    loss_fn = PretrainLoss(run.model)
     while progress.step < config.train.steps:
         micro_batches = [run.objective(run.train_data.next_batch()) for _ in range(config.train.accumulation)]
         progress.tokens += sum(int(b["input_ids"].numel()) for b in micro_batches)
-        loss = pretrain_step(run, micro_batches)
+        loss = pretrain_step(run, micro_batches, loss_fn)
         progress.step += 1
         if math.isnan(loss):
             progress.bad_steps += 1
@@ -230,7 +238,10 @@ def _pretrain(config: RecipeConfig, strategy: Strategy, plan: RunPlan, stream=No
                 "tokens": progress.tokens,
                 "tokens_per_s": (progress.tokens - tokens_at_log) / max(now - last_log, 1e-9),
                 "skipped_steps": progress.skipped_steps,
+                # experts: tokens per expert, load-balance CV, dropped tokens since the last log
+                **loss_fn.router.metrics(run.strategy.sum_over_ranks),
             }
+            loss_fn.router.reset()
             last_log, tokens_at_log = now, progress.tokens
         if (
             config.eval.every

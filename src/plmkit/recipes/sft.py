@@ -133,6 +133,11 @@ def validate(config: SftConfig) -> None:
             f"distributed.tensor_parallel={config.distributed.tensor_parallel}: sft runs data parallel only "
             "(ddp, fsdp, deepspeed); set distributed.tensor_parallel=1"
         )
+    if config.distributed.pipeline_parallel != 1:
+        raise ConfigError(
+            f"distributed.pipeline_parallel={config.distributed.pipeline_parallel}: sft runs data parallel "
+            "only (ddp, fsdp, deepspeed); set distributed.pipeline_parallel=1"
+        )
     if config.pack and config.peft.get("method") in ("prompt", "prefix"):
         raise ConfigError(
             f"pack=true with peft.method={config.peft['method']}: the virtual tokens sit outside the packed "

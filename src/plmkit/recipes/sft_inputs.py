@@ -39,9 +39,14 @@ def sft_tokenizer(config: SftConfig, resume_from: Path | None = None) -> Any:
     raise ConfigError("no tokenizer: set tokenizer.path= or init_from=")
 
 
-def build_causal_lm(config: SftConfig, tokenizer: Any) -> tuple[torch.nn.Module, str]:
+def build_causal_lm(
+    config: SftConfig, tokenizer: Any, max_length: int | None = None, length_key: str = "data.max_length"
+) -> tuple[torch.nn.Module, str]:
     """(the causal LM in train mode, where it came from). A base of another kind (an encoder, an
-    encoder-decoder, a task head) is a ConfigError: SFT trains the LM head's next-token predictions."""
+    encoder-decoder, a task head) is a ConfigError: SFT trains the LM head's next-token predictions.
+    `max_length` (default data.max_length, named `length_key` in messages) must fit its positions; any
+    recipe with init_from / model / tokenizer sections may build its causal LM here (GRPO does)."""
+    max_length = config.data.max_length if max_length is None else max_length
     if config.init_from:
         from plmkit.io import load
 
@@ -68,7 +73,7 @@ def build_causal_lm(config: SftConfig, tokenizer: Any) -> tuple[torch.nn.Module,
         for role in ("pad", "bos", "eos"):
             fields.setdefault(f"{role}_token_id", getattr(tokenizer, f"{role}_id"))
         preset = get_preset(config.model.preset)
-        fields.setdefault("max_positions", max(preset.max_positions, config.data.max_length))
+        fields.setdefault("max_positions", max(preset.max_positions, max_length))
         model_config: ModelConfig = preset.replace(**fields)
         source = f"model.preset={config.model.preset}"
         if model_config.family != "causal":
@@ -77,20 +82,20 @@ def build_causal_lm(config: SftConfig, tokenizer: Any) -> tuple[torch.nn.Module,
                 "(e.g. gpt2-tiny, llama-tiny) or set model.family=causal"
             )
         model = FAMILY_MODELS["causal"](model_config)
-    check_max_length(config, model, source)
+    check_max_length(max_length, length_key, model, source)
     return model.train(), source
 
 
-def check_max_length(config: SftConfig, model: torch.nn.Module, source: str) -> None:
-    """data.max_length fits the model's positions (ConfigError before any example is built)."""
+def check_max_length(max_length: int, key: str, model: torch.nn.Module, source: str) -> None:
+    """`key`=max_length fits the model's positions (ConfigError before any example is built)."""
     model_config = getattr(unwrap(getattr(model, "base_model", model)), "config", None)
     limit = getattr(model_config, "max_positions", None)
     position = getattr(model_config, "position", None)
     bounded = position in ("learned", "sinusoidal", "rotary")
-    if limit is not None and bounded and config.data.max_length > limit:
+    if limit is not None and bounded and max_length > limit:
         raise ConfigError(
-            f"data.max_length={config.data.max_length} is longer than {source} can read "
-            f"(max_positions={limit}); set data.max_length={limit} or less"
+            f"{key}={max_length} is longer than {source} can read (max_positions={limit}); "
+            f"set {key} to {limit} or less"
         )
 
 

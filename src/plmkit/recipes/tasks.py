@@ -1,6 +1,7 @@
 """Every task `plm finetune` and `plm evaluate` know, by name: the fine-tuning tasks of plmkit.evaluate.tasks
 and the prompting paradigms of plmkit.prompting (PET trains the masked LM through its patterns and
-verbalizer; in-context learning and chain of thought evaluate a model as it is). The registry lives here, above both layers, so neither imports the other.
+verbalizer, and pet_distill distils the pattern models' ensemble into a classifier; in-context learning and
+chain of thought evaluate a model as it is). The registry lives here, above both layers, so neither imports the other.
 
     task = build_task(config.task, tokenizer, labels, model=model, data=config.data)
 
@@ -27,9 +28,14 @@ FINETUNE_TASKS: dict[str, str] = {
     "seq2seq": "plmkit.evaluate.tasks.seq2seq:Seq2Seq",
     "spelling_correction": "plmkit.evaluate.tasks.spelling:spelling_task",
 }
-PROMPTING_TRAINABLE = ("pet",)  # pattern-verbalizer training of the masked LM itself
+# pattern-verbalizer training of the masked LM itself; the distillation of the pattern models' ensemble
+PROMPTING_TRAINABLE = ("pet", "pet_distill")
 EVALUATION_ONLY = ("icl", "cot")  # prompting paradigms without training
-TASKS = (*FINETUNE_TASKS, *PROMPTING_TRAINABLE, *EVALUATION_ONLY)
+TRAINING_ONLY = ("pet_distill",)  # its model is a classifier: plm evaluate --task classification
+UNLABELLED_TASKS = ("pet", "pet_distill")  # read data.unlabelled (PET's auxiliary MLM; the distillation set)
+NEEDS_UNLABELLED = ("pet_distill",)
+PROMPTING_TASKS = (*PROMPTING_TRAINABLE, *EVALUATION_ONLY)
+TASKS = (*FINETUNE_TASKS, *PROMPTING_TASKS)
 assert set(TASKS) <= set(TASK_NAMES)
 
 
@@ -46,6 +52,11 @@ def check_task_name(name: str, training: bool) -> None:
             f"task.name={name} evaluates a language model as it is (no training); use plm evaluate CKPT "
             f"--task {name}, or a fine-tuning task ({', '.join(FINETUNE_TASKS)})"
         )
+    if not training and name in TRAINING_ONLY:
+        raise ConfigError(
+            f"task {name} trains a sequence classifier; evaluate the distilled checkpoint with "
+            "--task classification"
+        )
 
 
 def build_task(
@@ -57,11 +68,11 @@ def build_task(
     data: TaskDataConfig | None = None,
 ) -> Any:
     """The task of `config.name`; prompting tasks take their settings from `config.options`."""
-    check_task_name(config.name, training=False)
+    check_task_name(config.name, training=config.name in TRAINING_ONLY)
     if config.name in FINETUNE_TASKS:
         if config.options:
             raise ConfigError(
-                f"task.options is for the prompting tasks ({', '.join(EVALUATION_ONLY)}); remove it"
+                f"task.options is for the prompting tasks ({', '.join(PROMPTING_TASKS)}); remove it"
             )
         return _load(FINETUNE_TASKS[config.name])(config, tokenizer, labels)
     if config.name == "pet":
@@ -69,6 +80,10 @@ def build_task(
 
         options = {"max_length": config.max_length, "batch_size": config.batch_size, **config.options}
         return PetTask(from_dict(PetConfig, options, path="task.options"), tokenizer, labels)
+    if config.name == "pet_distill":
+        from plmkit.prompting.pet_distill import PetDistill
+
+        return PetDistill(config, tokenizer, labels)
     if config.name == "cot":
         from plmkit.prompting.cot_task import CotConfig, CotTask
 

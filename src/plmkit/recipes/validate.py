@@ -21,7 +21,7 @@ from plmkit.config import check_fields, from_dict
 from plmkit.config.fields import not_one_of
 from plmkit.data.objectives import objective_class
 from plmkit.errors import ConfigError
-from plmkit.recipes.common import check_objective_family, recipe_architecture
+from plmkit.recipes.common import check_expert_parallel, check_objective_family, recipe_architecture
 from plmkit.recipes.config import RecipeConfig
 
 
@@ -35,6 +35,8 @@ def validate(config: RecipeConfig) -> None:
     check_objective_options(config.objective.name, config.objective.options)
     check_peft_section(config.peft)
     check_model_family(config)
+    check_pipeline(config)
+    check_expert_parallel(config)  # experts to split, evenly (before any process starts)
 
 
 def check_objective_options(name: str, options: dict[str, Any]) -> None:
@@ -77,3 +79,40 @@ def check_model_family(config: RecipeConfig) -> None:
     architecture = recipe_architecture(config)  # ConfigError from ModelConfig's own checks
     if architecture is not None:  # None: a Hugging Face init_from, checked once loaded (check_family)
         check_objective_family(config.objective.name, architecture.family)
+
+
+def check_pipeline(config: RecipeConfig) -> None:
+    """distributed.pipeline_parallel against the model, objective, PEFT and micro-batch count (the number
+    of processes: plmkit.train.distributed.build.strategy_name)."""
+    from plmkit.model.stages import check_pipeline_parallel
+    from plmkit.train.distributed.pipeline import check_pipeline_schedule
+
+    d = config.distributed
+    if d.pipeline_parallel == 1:
+        return
+    key = f"distributed.pipeline_parallel={d.pipeline_parallel}"
+    if config.objective.name == "electra":
+        raise ConfigError(
+            f"{key} with objective electra: its generator and discriminator are two stacks in one model, "
+            "which the pipeline does not cut; set distributed.pipeline_parallel=1"
+        )
+    if config.peft:
+        raise ConfigError(
+            f"{key} with peft.method={config.peft.get('method')!r}: pipeline stages train whole blocks; "
+            "set distributed.pipeline_parallel=1 for PEFT"
+        )
+    if config.train.compile:
+        raise ConfigError(
+            f"{key} with train.compile=true: compile is not supported on pipeline stages; "
+            "set train.compile=false"
+        )
+    architecture = recipe_architecture(config)
+    if architecture is not None and architecture.n_experts is not None:
+        raise ConfigError(
+            f"{key} with model.n_experts={architecture.n_experts}: the router losses of a mixture of "
+            "experts do not cross pipeline stages yet; set distributed.pipeline_parallel=1 (expert_parallel "
+            "or fsdp split a mixture of experts)"
+        )
+    if architecture is not None:  # else (a Hugging Face init_from) the stage is checked when it is cut
+        check_pipeline_parallel(architecture, d.pipeline_parallel)
+    check_pipeline_schedule(d.pipeline_schedule, d.pipeline_parallel, config.train.accumulation)

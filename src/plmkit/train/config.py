@@ -16,6 +16,7 @@ OptimizerName = Literal["adamw", "adamw8bit"]
 ScheduleKind = Literal["linear", "cosine", "constant", "wsd"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp16"]
 StrategyName = Literal["auto", "single", "ddp", "fsdp", "deepspeed"]
+PipelineSchedule = Literal["gpipe", "1f1b"]
 QuantizeMode = Literal["int8", "int8-dynamic", "nf4"]
 QuantizeBackend = Literal["torch", "bitsandbytes"]
 
@@ -110,6 +111,11 @@ class DistributedConfig:
     tensor_parallel: Positive = (
         1  # N > 1 (strategy fsdp): N-way tensor parallelism in each group of N ranks, FSDP across
     )
+    # N > 1 (strategy fsdp): the blocks split into N pipeline stages; train.accumulation is the micro-batch count
+    pipeline_parallel: Positive = 1
+    pipeline_schedule: PipelineSchedule = "1f1b"  # gpipe (all forwards, then all backwards) | 1f1b
+    # E > 1 (strategy ddp, a mixture of experts): each group of E ranks splits the experts' computation
+    expert_parallel: Positive = 1
     fsdp: FSDPConfig = field(default_factory=FSDPConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 

@@ -72,6 +72,10 @@ class RunLogger:
             parts.append(f"val_loss {metrics['val_loss']:.4f} ppl {metrics['val_ppl']:,.2f}")
         if "lr" in metrics:
             parts.append(f"lr {metrics['lr']:.2e}")
+        if (
+            "moe_load_cv" in metrics
+        ):  # a mixture of experts' load balance (plmkit.model.moe_losses.RouterTally)
+            parts.append(f"expert cv {metrics['moe_load_cv']:.2f}")
         if "tokens_per_s" in metrics:
             parts.append(f"{metrics['tokens_per_s']:,.0f} tok/s")
         if done >= ETA_AFTER_STEPS:  # before that an ETA would be a guess from a step or two

@@ -13,6 +13,10 @@ micro-batches and all data-parallel ranks, exactly:
   clipping. DeepSpeed keeps its gradients inside the engine, so it needs `count`.
 
 A non-finite loss on any rank skips the step on every rank (nan is returned; the caller counts them).
+
+With pipeline stages (`strategy.pipelined`) the strategy's schedule runs the micro-batches' forwards and
+backwards instead of the loop below (plmkit.train.distributed.pipeline: the last stage replays its output
+to `loss_fn`, weighted as here); it needs `count`.
 """
 
 from __future__ import annotations
@@ -50,10 +54,11 @@ def train_step(
     rows (`strategy.local_rows`)."""
     trained = [name for name in models if name in optimizers]
     counter = getattr(loss_fn, "count", None)
-    if counter is None and not strategy.exposes_gradients:
+    if counter is None and (strategy.pipelined or not strategy.exposes_gradients):
+        what = "pipeline parallelism" if strategy.pipelined else f"distributed.strategy={strategy.name}"
         raise ConfigError(
-            f"distributed.strategy={strategy.name} needs a loss with count(batch) (the step's "
-            "targets before the first backward); use strategy ddp or fsdp for this loss"
+            f"{what} needs a loss with count(batch) (the step's targets before the first backward); "
+            "use strategy ddp or fsdp without pipeline stages for this loss"
         )
     if counter is not None:  # the exact weights up front
         counts = [int(counter(batch)) for batch in micro_batches]
@@ -65,11 +70,13 @@ def train_step(
         weight = strategy.data_parallel_size / len(micro_batches)
     finite = counter is None or total > 0  # a step without any target: skip it
     loss_sum, targets = 0.0, 0
+    if strategy.pipelined:  # the pipeline's schedule runs every micro-batch, stage by stage
+        batches = [_on_device(strategy, batch) for batch in micro_batches]
+        if finite:
+            loss_sum, finite = strategy.pipeline_step(models, trained, loss_fn, batches, weight, precision)
+        active = []  # its forwards and backwards are done
     for i in active if finite else []:
-        batch = {
-            k: v.to(strategy.device, non_blocking=True)
-            for k, v in strategy.local_rows(micro_batches[i]).items()
-        }
+        batch = _on_device(strategy, micro_batches[i])
         last = i == active[-1]
         with contextlib.ExitStack() as sync:  # gradients are synchronised on the last micro-batch
             for name in trained:
@@ -83,6 +90,7 @@ def train_step(
         loss_sum += float(summed.detach()) if count else 0.0
         targets += count
     # summed over the ranks: the ranks of a tensor-parallel group hold the same rows, so divide by T
+    # (pipeline stages other than the last hold no loss: they add 0)
     tp = strategy.tensor_parallel
     loss_sum, finite = strategy.agree(loss_sum / tp, finite)
     if counter is None:
@@ -98,9 +106,26 @@ def train_step(
                 strategy.clip_grad_norm(models[name], max_norm)
         for name in trained:
             strategy.step(optimizers[name], precision.scaler)
+            mark_updated(optimizers[name])
         precision.scaler.update()
     for name in trained:
         strategy.zero_grad(optimizers[name], stepped=finite)  # a skipped step drops its gradients
     for scheduler in schedulers.values():
         scheduler.step()
     return loss_sum / total if finite else math.nan
+
+
+def _on_device(strategy: Strategy, batch: Batch) -> Batch:
+    """This rank's rows of a global micro-batch, on its device."""
+    return {k: v.to(strategy.device, non_blocking=True) for k, v in strategy.local_rows(batch).items()}
+
+
+def mark_updated(optimizer: torch.optim.Optimizer) -> None:
+    """Bump the version counter of every parameter the optimizer updates. Fused optimizers (AdamW
+    fused=True, the default where the device has it) write the parameters in place without bumping it,
+    and plmkit.generation's decode-time weights are stamped with it: without this, a model that samples
+    between steps (RL rollouts, PPO / GRPO) would decode with the weights of an earlier step."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if isinstance(p, torch.Tensor):
+                torch.autograd.graph.increment_version(p)

@@ -119,6 +119,8 @@ def test_fsdp_two_ranks_equal_one_process(fsdp, reference):
             "world_size": 2,
             "layout": "dcp",
             "tensor_parallel": 1,
+            "pipeline_parallel": 1,
+            "optimizer_state": "flat",
         }
         assert (ckpt / "dcp" / ".metadata").is_file() and not (ckpt / "model.safetensors").exists()
     assert not list((run_dir / "checkpoints").glob(".step-*"))  # no temporary folder left behind

@@ -83,6 +83,8 @@ def test_two_tensor_parallel_ranks_equal_one_process(root, tp, reference):
             "world_size": 2,
             "layout": "dcp",
             "tensor_parallel": 2,
+            "pipeline_parallel": 1,
+            "optimizer_state": "flat",
         }
     # the clipping was real: without it one process trains differently (AdamW hides a uniform scale of the
     # gradients, so the effect is small; tests/tp_workers.py checks the clipped norm itself under SGD)

@@ -40,9 +40,14 @@ from plmkit.data.tasks.labels import label_name
 from plmkit.errors import ConfigError, DataError, did_you_mean
 
 TASK_FORMATS = ("auto", "jsonl", "json", "csv", "tsv", "parquet", "squad", "datasets")
-SPLITS = ("train", "dev", "test")
+SPLITS = ("train", "dev", "test", "unlabelled")  # unlabelled: texts without labels (PET)
 # The DatasetDict split each of our splits reads, in order of preference.
-DATASETS_SPLITS = {"train": ("train",), "dev": ("validation", "dev"), "test": ("test",)}
+DATASETS_SPLITS = {
+    "train": ("train",),
+    "dev": ("validation", "dev"),
+    "test": ("test",),
+    "unlabelled": ("unlabeled", "unlabelled", "unsupervised"),
+}
 _SKIP_KEY = "data.on_error=skip"
 Record = dict[str, Any]  # one row as the file has it: its own column names -> values
 
@@ -54,12 +59,14 @@ class TaskDataConfig:
     train: str | None = None  # a file (.jsonl .json .csv .tsv .parquet, each also .gz) or a datasets folder
     dev: str | None = None
     test: str | None = None
+    unlabelled: str | None = None  # texts without labels: PET's auxiliary MLM and its distillation set
     format: Literal["auto", "jsonl", "json", "csv", "tsv", "parquet", "squad", "datasets"] = "auto"
     columns: dict[str, str] = field(default_factory=dict)  # canonical name -> the file's column / key
     on_error: Literal["raise", "skip"] = "raise"
     train_rows: str | None = None  # "START:END", a python slice of the split's rows after reading
     dev_rows: str | None = None
     test_rows: str | None = None
+    unlabelled_rows: str | None = None
     drop_labels: list[str] = field(default_factory=list)  # rows with these labels are dropped (SNLI's "-")
 
     def __post_init__(self) -> None:
@@ -114,7 +121,7 @@ def rows_slice(text: str | None, key: str) -> slice:
 
 def read_split(
     config: TaskDataConfig,
-    split: Literal["train", "dev", "test"],
+    split: Literal["train", "dev", "test", "unlabelled"],
     required: Sequence[str],
     optional: Sequence[str] = (),
     texts: Sequence[str] = (),

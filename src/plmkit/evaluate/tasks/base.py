@@ -36,6 +36,8 @@ class Task:
     head: ClassVar[str]  # the model class it trains and evaluates, e.g. "SequenceClassifier"
     uses_labels: ClassVar[bool] = True  # a label vocabulary built from the train split
     main_metric: ClassVar[str]  # the dev metric early stopping and keep_best watch by default
+    uses_unlabelled: ClassVar[bool] = False  # reads data.unlabelled (rows without labels: PET)
+    train_split: ClassVar[str] = "train"  # the split whose features the recipe trains on
 
     def __init__(self, config: TaskConfig, tokenizer: Any, labels: LabelVocab | None = None) -> None:
         self.config, self.tokenizer, self.labels = config, tokenizer, labels
@@ -47,6 +49,10 @@ class Task:
 
     def label_vocab(self, train: TaskSplit) -> LabelVocab | None:
         return LabelVocab.from_rows(train.rows, "label", train.path) if self.uses_labels else None
+
+    def prepare(self, splits: Mapping[str, TaskSplit]) -> None:
+        """Called once by the recipe with every split it read, before any features are made (PET: the
+        unlabelled texts of its auxiliary loss; PET distillation: the ensemble's soft labels)."""
 
     def features(self, split: TaskSplit) -> list[Feature]:
         raise NotImplementedError
@@ -96,6 +102,15 @@ class Task:
     def record(self, row: Row, prediction: Any) -> dict[str, Any]:
         """The line of predictions.jsonl for a row."""
         return {"where": row.where, "prediction": prediction}
+
+    # ---- what the run records besides its metrics --------------------------------------------------
+    def summary(self) -> dict[str, Any]:
+        """Entries the recipe adds to the run's metrics.json (e.g. PET's ensemble weights)."""
+        return {}
+
+    def run_files(self) -> dict[str, list[dict[str, Any]]]:
+        """JSONL files (name -> records) the recipe writes into the run folder (e.g. soft labels)."""
+        return {}
 
 
 def _base_of(model: nn.Module) -> nn.Module:

@@ -18,6 +18,7 @@ TASK_NAMES = (
     "seq2seq",
     "spelling_correction",
     "pet",  # pattern-verbalizer training (plmkit.prompting): patterns, verbalizer in task.options
+    "pet_distill",  # a classifier on the soft labels of PET's pattern models (plmkit.prompting)
     "icl",  # in-context learning (plmkit.prompting): evaluation only
     "cot",  # chain of thought (plmkit.prompting): evaluation only
 )
@@ -44,7 +45,8 @@ class TaskConfig:
     num_beams: Annotated[int, Range(ge=1)] = 1
     # spelling_correction
     corrector: Literal["tagger", "seq2seq"] = "tagger"  # MacBERT4CSC per-character tagger, or a seq2seq model
-    # pet, icl, cot: the paradigm's own settings (PetConfig / IclConfig / CotConfig; icl also train=FILE, encoder=DIR)
+    # pet, pet_distill, icl, cot: the paradigm's own settings (PetConfig / PetDistillConfig / IclConfig / CotConfig;
+    # icl also train=FILE, encoder=DIR)
     options: dict[str, Any] = field(default_factory=dict)
     detection_weight: Annotated[float, Range(ge=0, le=1)] = (
         0.7  # w·detection + (1-w)·correction; 0.7 as macbert4csc (its w=0.3 weighs correction)

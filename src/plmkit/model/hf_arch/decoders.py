@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from plmkit.errors import CheckpointError
@@ -91,7 +92,7 @@ def _rope_theta(hf: dict[str, Any]) -> float:
     return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
 
 
-def _llama_config(hf: dict[str, Any], qwen: bool = False) -> ModelConfig:
+def llama_config(hf: dict[str, Any], qwen: bool = False) -> ModelConfig:
     n_head = hf["num_attention_heads"]
     bias = bool(hf.get("attention_bias", False))
     head_dim = hf.get("head_dim")
@@ -126,7 +127,7 @@ def _first(value: int | list[int] | None) -> int | None:
     return value[0] if isinstance(value, list) else value
 
 
-def _llama_export(c: ModelConfig) -> dict[str, Any]:
+def llama_export(c: ModelConfig) -> dict[str, Any]:
     return dict(
         **shared_hf_fields(c),
         hidden_size=c.d_model,
@@ -144,7 +145,24 @@ def _llama_export(c: ModelConfig) -> dict[str, Any]:
     )
 
 
-def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
+Pairs = list[tuple[str, str | tuple[str, ...]]]
+
+
+def llama_mlp_pairs(ours: str, theirs: str, bias: bool) -> Pairs:
+    """A gated MLP: our fc_in (gate | up) and fc_out, their gate_proj, up_proj and down_proj."""
+    pairs = linear_pairs(ours + "fc_in", (theirs + "gate_proj", theirs + "up_proj"), bias)
+    return pairs + linear_pairs(ours + "fc_out", theirs + "down_proj", bias)
+
+
+def _llama_mlp(c: ModelConfig, i: int, b: str, h: str) -> Pairs:
+    return llama_mlp_pairs(b + "mlp.", h + "mlp.", c.mlp_bias)
+
+
+def llama_weights(
+    c: ModelConfig, head: bool, mlp: Callable[[ModelConfig, int, str, str], Pairs]
+) -> list[Rule]:
+    """The LLaMA layout's rules; `mlp(config, layer, our prefix, their prefix)` names each block's
+    feed-forward (the MoE architectures differ only there)."""
     qkv_bias = c.attention_bias if c.qkv_bias is None else c.qkv_bias
     pairs = [("embed.tokens.weight", "model.embed_tokens.weight")]
     for i in range(c.n_layer):
@@ -155,8 +173,7 @@ def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
             b + "attn.out", h + "self_attn.o_proj", c.attention_bias
         )
         pairs += norm_pairs(b + "mlp_norm", h + "post_attention_layernorm", bias=False)
-        pairs += linear_pairs(b + "mlp.fc_in", (h + "mlp.gate_proj", h + "mlp.up_proj"), c.mlp_bias)
-        pairs += linear_pairs(b + "mlp.fc_out", h + "mlp.down_proj", c.mlp_bias)
+        pairs += mlp(c, i, b, h)
     pairs += norm_pairs("final_norm", "model.norm", bias=False)
     rules = rule_list("transformer.", pairs)
     if head and not c.tie_embeddings:
@@ -165,11 +182,17 @@ def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
 
 
 GPT2 = Architecture("gpt2", _gpt2_config, _gpt2_export, _gpt2_weights, "GPT2LMHeadModel", "GPT2Model")
-LLAMA = Architecture("llama", _llama_config, _llama_export, _llama_weights, "LlamaForCausalLM", "LlamaModel")
+
+
+def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
+    return llama_weights(c, head, _llama_mlp)
+
+
+LLAMA = Architecture("llama", llama_config, llama_export, _llama_weights, "LlamaForCausalLM", "LlamaModel")
 QWEN2 = Architecture(
     "qwen2",
-    lambda hf: _llama_config(hf, qwen=True),
-    _llama_export,
+    lambda hf: llama_config(hf, qwen=True),
+    llama_export,
     _llama_weights,
     "Qwen2ForCausalLM",
     "Qwen2Model",

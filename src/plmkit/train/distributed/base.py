@@ -9,6 +9,9 @@ or many.
                 (FSDP2; plmkit.train.distributed.fsdp)          (set_requires_gradient_sync)    shards (dcp/), any world size
     fsdp + tp   blocks split over T ranks (TP),     FSDP over the dp groups; TP     dcp/ as fsdp, with T recorded
                 then fully_shard over dp groups     grads are already the group's   (any world size or T on resume)
+    fsdp + pp   the model cut into P stages (and    FSDP over the dp groups; the    dcp/ as fsdp, every stage's
+    (+ tp)      TP inside each), fully_shard over   pipeline schedule's backward    shards under the whole model's
+                dp groups (plmkit.train.distributed.pipeline)                       names (any P, or none, on resume)
     deepspeed   the DeepSpeed engine, ZeRO 1/2/3    the engine                      the engine's files (deepspeed/)
                 (plmkit.train.distributed.deepspeed)
 
@@ -22,8 +25,9 @@ Batch semantics, chosen so that N processes compute exactly what one process com
 `train.batch_size` is the micro-batch of one data-parallel rank; the global batch is batch_size x
 data_parallel_size x accumulation. Every process is its own data-parallel rank (data_rank = rank,
 data_parallel_size = world_size) except with tensor parallelism (`distributed.tensor_parallel: T`,
-strategy fsdp), where the T consecutive ranks of a group share one model replica, train on the same rows
-and count as one data-parallel rank (data_rank = rank // T, data_parallel_size = world_size / T).
+strategy fsdp) and pipeline parallelism (`distributed.pipeline_parallel: P`), where the P x T consecutive
+ranks of a group share one model replica, train on the same rows and count as one data-parallel rank
+(data_rank = rank // (P T), data_parallel_size = world_size / (P T)).
 Every rank draws the same global micro-batch (batch_size x data_parallel_size blocks) from the seeded
 sampler, runs the objective (its random masks) on all of it, and trains on its data-parallel rank's rows
 (`local_rows`). The sampler and objective states are therefore identical on every rank (rank 0 saves
@@ -61,8 +65,10 @@ class Strategy:
 
     name = "single"
     layout = LAYOUT_PLAIN  # how its checkpoints hold the weights
-    tensor_parallel = 1  # ranks that hold one model replica between them and train on the same rows
+    tensor_parallel = 1  # ranks that split each block between them and train on the same rows
+    pipeline_parallel = 1  # pipeline stages: ranks that hold a share of the blocks each, on the same rows
     exposes_gradients = True  # the gradients are the parameters' .grad (DeepSpeed keeps them in its engine)
+    pipelined = False  # a pipeline schedule runs the step's micro-batches (pipeline_step), not the loop
 
     def __init__(self, world: World | None = None, device: torch.device | None = None) -> None:
         self.world = world or World()
@@ -77,14 +83,19 @@ class Strategy:
         return self.world.world_size
 
     @property
+    def model_parallel(self) -> int:
+        """Ranks that hold one model replica between them (tensor x pipeline parallel; consecutive ranks)."""
+        return self.tensor_parallel * self.pipeline_parallel
+
+    @property
     def data_rank(self) -> int:
-        """Which rows of the global batch this rank trains on (ranks of one tensor-parallel group: the same)."""
-        return self.world.rank // self.tensor_parallel
+        """Which rows of the global batch this rank trains on (the ranks of one model replica: the same)."""
+        return self.world.rank // self.model_parallel
 
     @property
     def data_parallel_size(self) -> int:
         """Into how many row shares a global batch is split: the model replicas whose gradients are averaged."""
-        return self.world.world_size // self.tensor_parallel
+        return self.world.world_size // self.model_parallel
 
     @property
     def is_main(self) -> bool:
@@ -155,6 +166,16 @@ class Strategy:
         """The model the loop calls (DDP-wrapped, FSDP-sharded, the DeepSpeed engine); call it before
         `make_optimizer`, which builds on its (possibly sharded) parameters."""
         return model
+
+    def parameter_count(self, model: torch.nn.Module) -> int:
+        """The whole model's parameters (FSDP DTensors count whole; ZeRO-3 keeps the size in ds_numel)."""
+        return sum(getattr(p, "ds_numel", p.numel()) for p in unwrap(model).parameters())
+
+    def token_loss(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, Any]:
+        """Validation's (summed loss, target count) of one batch of this rank's rows."""
+        from plmkit.evaluate.loss import model_token_loss
+
+        return model_token_loss(model, batch)
 
     def make_optimizer(self, model: torch.nn.Module, optim: OptimConfig) -> torch.optim.Optimizer:
         """The torch optimizer of the wrapped model (the LR schedule drives it)."""
@@ -237,14 +258,11 @@ class Strategy:
 
         self.check_layout(checkpoint, info, (LAYOUT_PLAIN, LAYOUT_DCP))
         if info.get("distributed", {}).get("layout") == LAYOUT_DCP:  # an FSDP run's shards, gathered whole
-            from plmkit.train.distributed.dcp import load_sharded_state, written_tensor_parallel
+            from plmkit.train.distributed.dcp import load_sharded_state
 
             self.check_one_model(state)
             load_sharded_state(
-                state.models[state.main],
-                state.optimizers[state.main],
-                checkpoint / DCP_FOLDER,
-                written_tensor_parallel(info),
+                state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER, info
             )
         else:
             for name in state.trained:
@@ -286,9 +304,10 @@ class Strategy:
         """This rank's random streams as the checkpoint saved them (a new stream per data-parallel rank when
         the layout of the processes changed)."""
         per_rank = state.get("rank_rng")
-        same_layout = (
+        same_layout = (  # the ranks of a model replica share a stream
             state.get("rank_rng_tensor_parallel", 1) == self.tensor_parallel
-        )  # a group shares a stream
+            and state.get("rank_rng_pipeline_parallel", 1) == self.pipeline_parallel
+        )
         if per_rank is not None and len(per_rank) == self.world_size and same_layout:
             set_rng_state(per_rank[self.rank])
             return

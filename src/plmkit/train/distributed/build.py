@@ -32,10 +32,31 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
             f"distributed.strategy=single, but this is one of {world.world_size} processes started by torchrun; "
             "set distributed.strategy to ddp, fsdp or deepspeed (or auto), or start one process"
         )
+    from plmkit.train.distributed.pipeline import check_pipeline_layout
     from plmkit.train.distributed.tensor_parallel import check_tensor_parallel_layout
 
     check_tensor_parallel_layout(distributed.tensor_parallel, world.world_size, name)
+    check_pipeline_layout(distributed.pipeline_parallel, distributed.tensor_parallel, world.world_size, name)
+    check_expert_parallel_layout(distributed.expert_parallel, world.world_size, name)
     return name
+
+
+def check_expert_parallel_layout(ep: int, world_size: int, strategy: str) -> None:
+    """distributed.expert_parallel fits the strategy and the number of processes (the model's side:
+    plmkit.recipes.common.recipe_strategy_name)."""
+    key = f"distributed.expert_parallel={ep}"
+    if ep == 1:
+        return
+    if strategy != "ddp":
+        raise ConfigError(
+            f"{key} needs distributed.strategy=ddp (the ranks split the experts' computation and average "
+            f"the gradients), not {strategy}; set distributed.strategy=ddp"
+        )
+    if world_size % ep:
+        raise ConfigError(
+            f"{key} does not divide the {world_size} process(es): start a multiple of {ep} "
+            f"(--nproc {ep}), or set distributed.expert_parallel to a divisor of {world_size}"
+        )
 
 
 def build_strategy(
@@ -72,7 +93,23 @@ def build_strategy(
         from plmkit.train.distributed.fsdp import FSDPStrategy, check_fsdp_config
 
         check_fsdp_config(precision, optim)
-        strategy = FSDPStrategy(world, device, distributed.tensor_parallel, distributed.fsdp, precision)
+        if distributed.pipeline_parallel > 1:  # 3-D: data x pipeline x tensor parallel
+            from plmkit.train.distributed.pipeline import PipelineStrategy, check_pipeline_schedule
+
+            check_pipeline_schedule(
+                distributed.pipeline_schedule, distributed.pipeline_parallel, train.accumulation
+            )
+            strategy = PipelineStrategy(
+                world,
+                device,
+                distributed.pipeline_parallel,
+                distributed.pipeline_schedule,
+                distributed.tensor_parallel,
+                distributed.fsdp,
+                precision,
+            )
+        else:
+            strategy = FSDPStrategy(world, device, distributed.tensor_parallel, distributed.fsdp, precision)
     else:
         strategy = DDPStrategy(world, device)
     strategy.start()

@@ -2,7 +2,8 @@
 
 An FSDP run's checkpoints hold the weights as torch.distributed.checkpoint shards (dcp/; with tensor
 parallelism the fused q|k|v and gate|up rows are in the rank-major order of the tensor-parallel size
-that trainer_state.json records, and are put back in order here), a DeepSpeed run's as the engine's
+that trainer_state.json records, and are put back in order here; with pipeline stages every stage wrote
+its blocks under the whole model's names, so the shards together are the model), a DeepSpeed run's as the engine's
 files (deepspeed/). Both are gathered here, in one process without a process group, into a normal
 plmkit checkpoint (plmkit.json + model.safetensors + tokenizer) that `plmkit.load`, `plm generate`,
 `plm eval` and `init_from` read. A checkpoint that already has model.safetensors (single, DDP) is simply

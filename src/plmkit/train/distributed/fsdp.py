@@ -38,7 +38,7 @@ from plmkit.errors import ConfigError
 from plmkit.io import checkpoint_header
 from plmkit.train.config import FSDPConfig, OptimConfig
 from plmkit.train.distributed.base import LAYOUT_DCP
-from plmkit.train.distributed.dcp import load_sharded_state, save_sharded_state, written_tensor_parallel
+from plmkit.train.distributed.dcp import FLAT_OPTIMIZER, load_sharded_state, save_sharded_state
 from plmkit.train.distributed.process_group import ProcessGroupStrategy
 from plmkit.train.distributed.world import World
 from plmkit.weights import DCP_FOLDER
@@ -98,7 +98,6 @@ class FSDPStrategy(ProcessGroupStrategy):
 
     def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
         from torch.distributed.device_mesh import init_device_mesh
-        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
         self.header = checkpoint_header(model)  # before fully_shard changes the class
         if self.tensor_parallel > 1:  # 2-D: TP inside each group of consecutive ranks, FSDP across the groups
@@ -112,8 +111,14 @@ class FSDPStrategy(ProcessGroupStrategy):
             fsdp_mesh = mesh["dp"]
         else:
             fsdp_mesh = init_device_mesh(self.device.type, (self.world_size,))
+        return self.shard(model, fsdp_mesh)
+
+    def shard(self, model: torch.nn.Module, mesh) -> torch.nn.Module:
+        """FSDP2 over the 1-D `mesh`: every Block one unit, the root (the rest) another."""
+        from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
         options: dict[str, Any] = {
-            "mesh": fsdp_mesh,
+            "mesh": mesh,
             "reshard_after_forward": self.fsdp.reshard_after_forward,
         }
         if self.fsdp.mixed_precision and self.precision in ("bf16", "fp16"):
@@ -136,10 +141,15 @@ class FSDPStrategy(ProcessGroupStrategy):
         return super().accumulating(model, last)
 
     def clip_grad_norm(self, model: torch.nn.Module, max_norm: float) -> None:
-        clip_grad_norm(model.parameters(), max_norm, self.device)
+        clip_grad_norm(model.parameters(), max_norm, self.device, self.pipeline_parallel)
 
     def checkpoint_info(self) -> dict[str, Any]:
-        return {**super().checkpoint_info(), "tensor_parallel": self.tensor_parallel}
+        return {
+            **super().checkpoint_info(),
+            "tensor_parallel": self.tensor_parallel,
+            "pipeline_parallel": self.pipeline_parallel,
+            "optimizer_state": FLAT_OPTIMIZER,
+        }
 
     # ---- checkpoints: every rank writes its shards into one temporary folder, rank 0 renames it ---------
     def save(
@@ -167,26 +177,24 @@ class FSDPStrategy(ProcessGroupStrategy):
         self.check_layout(checkpoint, info, (LAYOUT_DCP,))
         self.check_one_model(state)
         load_sharded_state(
-            state.models[state.main],
-            state.optimizers[state.main],
-            checkpoint / DCP_FOLDER,
-            written_tensor_parallel(info),
+            state.models[state.main], state.optimizers[state.main], checkpoint / DCP_FOLDER, info
         )
         self.restore(state, saved)
 
 
 def clip_grad_norm(
-    parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device
+    parameters: Iterable[torch.nn.Parameter], max_norm: float, device: torch.device, stages: int = 1
 ) -> torch.Tensor:
     """torch.nn.utils.clip_grad_norm_ (2-norm) for gradients that are DTensors on different meshes (with
     tensor parallelism: (dp, tp) for the split projections, dp for the rest), which torch's cannot stack.
     Each rank adds the squares of its local shards, each divided by the number of ranks holding that same
-    shard (replicated pieces count once), and one all-reduce sums them. Returns the total norm."""
+    shard (replicated pieces count once), and one all-reduce sums them. With `stages` pipeline stages the
+    ranks of the other stages hold other parameters: the sum covers them all once. Returns the total norm."""
     import torch.distributed as dist
     from torch.distributed.tensor import DTensor, Replicate
 
     grads = [p.grad for p in parameters if p.grad is not None]
-    world = dist.get_world_size()
+    world = dist.get_world_size() // stages  # the ranks of this stage
     squares = torch.zeros((), dtype=torch.float64, device=device)
     for grad in grads:
         if isinstance(grad, DTensor):
@@ -195,11 +203,11 @@ def clip_grad_norm(
                     grad.device_mesh, [Replicate() if p.is_partial() else p for p in grad.placements]
                 )
             mesh = grad.device_mesh
-            copies = world // mesh.size()  # ranks outside the mesh hold the same shards
+            copies = world // mesh.size()  # ranks of this stage outside the mesh hold the same shards
             copies *= math.prod(mesh.size(d) for d, p in enumerate(grad.placements) if p.is_replicate())
             local = grad.to_local()
         else:
-            copies, local = world, grad  # the same whole tensor on every rank
+            copies, local = world, grad  # the same whole tensor on every rank of this stage
         squares += local.detach().double().square().sum().to(device) / copies
     dist.all_reduce(squares)
     total = squares.sqrt().float()

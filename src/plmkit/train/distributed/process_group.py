@@ -130,6 +130,7 @@ class ProcessGroupStrategy(Strategy):
         write_shards(tmp)
         saved["rank_rng"] = self.gather_rng()
         saved["rank_rng_tensor_parallel"] = self.tensor_parallel
+        saved["rank_rng_pipeline_parallel"] = self.pipeline_parallel
         path = run_dir / "checkpoints" / step_folder_name(step)
         if self.is_main:
             (tmp / CONFIG_FILE).write_text(json.dumps(header, indent=2) + "\n", encoding="utf-8")

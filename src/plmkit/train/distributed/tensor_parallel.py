@@ -80,6 +80,11 @@ def check_tensor_parallel(config: ModelConfig, tp: int) -> None:
             "tensor parallelism does not split T5's relative position bias (a table per head); "
             "use model.position=rotary/learned/sinusoidal, or FSDP alone"
         )
+    if config.n_experts is not None:
+        raise ConfigError(
+            f"tensor parallelism splits dense MLPs, not model.n_experts={config.n_experts} routed experts; "
+            "use FSDP alone (distributed.tensor_parallel=1)"
+        )
     kv = config.kv_heads
     checks = [
         ("model.n_head", config.n_head, "each rank computes whole attention heads"),
@@ -202,7 +207,8 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
     prefix = next(name for name, module in model.named_modules() if module is stack)
     row_orders: dict[str, torch.Tensor] = {}
     plan = {**{name: ColwiseParallel() for name in COLWISE}, **{name: RowwiseParallel() for name in ROWWISE}}
-    for i, block in enumerate(stack.blocks):  # check everything before changing anything
+    # named_children: the blocks' indices in the whole stack (a pipeline stage holds some of them)
+    for i, block in stack.blocks.named_children():  # check everything before changing anything
         for name in COLWISE + ROWWISE:
             layer = block.get_submodule(name)
             if type(layer) is not nn.Linear:  # LoRA / quantized layers would be split wrongly
@@ -213,7 +219,7 @@ def apply_tensor_parallel(model: nn.Module, tp_mesh) -> nn.Module:
                 )
     if tp > 1 and (config.dropout > 0 or config.attention_dropout > 0):
         _check_same_rng(model, tp_mesh)
-    for i, block in enumerate(stack.blocks):
+    for i, block in stack.blocks.named_children():
         if tp > 1:
             for name, segments in fused_rows.items():
                 if len(segments) == 1:  # one segment: rank-major order is the identity

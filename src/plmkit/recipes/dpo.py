@@ -27,6 +27,7 @@ import copy
 import hashlib
 import json
 import math
+import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -360,6 +361,11 @@ def precomputed_reference(
             same = (f.metadata() or {}).get("fingerprint") == stamp
         if same:
             return load_file(str(path))
+    if strategy.is_main:  # before the run's log starts: this pass can take minutes
+        pairs = sum(len(split.examples) for split in splits.values())
+        print(
+            f"precompute_reference: the reference's log-probs of {pairs:,} pairs -> {path}", file=sys.stderr
+        )
     models = {MODEL: model.to(strategy.device)}
     if reference_model is not None:
         models[REFERENCE] = reference_model

@@ -178,7 +178,8 @@ def validate(config: PpoConfig) -> None:
         )
     if config.chat_template is not None and not str(config.chat_template).strip():
         raise ConfigError("chat_template is empty; give raw, a built-in name, Jinja source, or null")
-    build_reward_functions(config.verifier) if config.verifier else None
+    if config.verifier:
+        build_reward_functions(config.verifier)  # importable, named once, finite weights
 
 
 def check(config: PpoConfig) -> RunPlan:

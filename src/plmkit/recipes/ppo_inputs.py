@@ -149,12 +149,11 @@ def build_models(config: PpoConfig, tokenizer: Any) -> PpoModels:
     # one frozen base: the critic's body shares the actor's tensors before either gets its adapters
     from plmkit.model.heads import RewardModel
 
-    head_source = load_reward_model(critic_source, critic_key, tokenizer)
+    head_source = load_reward_model(critic_source, critic_key, tokenizer) if config.critic_from else reward
     base = unwrap(actor)
     critic = RewardModel(base.config)
     critic.transformer = shared_copy(base.transformer)
-    critic.value_head.load_state_dict(unwrap(head_source).value_head.state_dict())
-    del head_source
+    critic.value_head.load_state_dict(unwrap(head_source).value_head.state_dict())  # a copy: trained apart
     actor = apply_spec(actor, config.peft, tokenizer)
     critic = apply_spec(critic, {**config.peft, "train_head": True}, tokenizer, where="peft (critic)")
     share_frozen_weights(reward, critic)  # the reward model's body, where it is the SFT model's

@@ -1,31 +1,40 @@
-"""In-context learning, measured: a small GPT pre-trained here on sequences whose item -> label mapping is
-drawn fresh for every sequence (so no mapping can be learnt in the weights; Chan et al. 2022, "Data
-distributional properties drive emergent in-context learning": labels assigned per sequence, bursty
-sequences), then evaluated on mappings it never saw, with k = 0, 1, 2, 4, 8, 16 demonstrations.
+"""In-context learning, measured: a small causal LM pre-trained here on sequences whose item -> label
+mapping is drawn fresh for every sequence (so no mapping can be learnt in the weights: labels assigned per
+sequence, as Chan et al. 2022, "Data distributional properties drive emergent in-context learning"), then
+evaluated on mappings it never saw, with k = 0, 1, 2, 4, 8, 16 demonstrations.
 
-    python benchmarks/icl_synthetic.py [--steps 1000] [--out benchmarks/results]
+    python benchmarks/icl_synthetic.py [--steps 1500] [--out benchmarks/results]
     python benchmarks/icl_synthetic.py --tiny        # the pipeline in seconds (tests); no claim
 
 The world: `classes` classes of `exemplars` item words each (pronounceable nonsense words, "bap", "dek",
-...), and `labels` label words (" red", " blue", ...). A sequence (one training document) draws `ways`
-classes and gives them a random permutation of the label words (its mapping), then `pairs` lines
-"<item> <label>", each an exemplar of one of its classes:
+...; one per class by default), and `labels` label words (" red", " blue", ...). A sequence (one training
+document) draws `ways` classes and gives them distinct label words at random (its mapping), then `pairs`
+lines "<item> <label>", each an exemplar of one of its classes:
 
     dek blue
-    mov red          <- mov and tup are exemplars of one class: they share their label
-    tup red
+    mov red
+    dek blue         <- the label of dek is only known from this sequence's earlier lines
     ...
 
-The class of an item is the same in every sequence, so it can be learnt in the weights; its label is not,
-and is only in the context. A mapping is the set of (class, label) pairs of a sequence; the evaluation
-episodes' mappings are drawn first and no training sequence has one of them (checked). An episode is a
-mapping, 16 demonstrations and a query item; shots=k uses its first k demonstrations (the curves are paired
-across k). The prompt is built by plmkit.prompting.icl (template "{text} {label_word}\\n": the k
+With more than one exemplar per class, an item's class is the same in every sequence (learnable in the
+weights) while its label is not. A mapping is the set of (class, label) pairs of a sequence; the evaluation
+episodes' mappings are drawn first and no training sequence has one of them (redrawn, counted). An episode
+is a mapping, 16 demonstrations and a query item; shots=k uses its first k demonstrations (the curves are
+paired across k). The prompt is built by plmkit.prompting.icl (template "{text} {label_word}\n": the k
 demonstrations, then the query item) and the label words are scored by icl.label_word_scores
 (generation.scoring.continuation_logprobs): the prediction is the likeliest of the `labels` words.
 
-Training is `plm pretrain` (the CLI, in a subprocess) with objective clm on the generated JSONL file: documents
-are packed into blocks with an end-of-text token between them; prompts start with that token too.
+Bursty sequences: a share `repeat` (default 0.5) of the training sequences repeats its first half of the
+lines (the same demonstrations again, in the same order; still one mapping). Predicting a label from an
+earlier line needs two attention layers (an induction head: find the earlier line of the query's item, copy
+the token after it; Olsson et al. 2022); the repeated halves, where every token can be copied, give that
+circuit a strong training signal: without them this model's label loss stayed at chance (log 4) for 1,500
+steps; with them it left chance within a few hundred steps. The held-out episodes never repeat.
+
+Training is `plm pretrain` (the CLI, in a subprocess) with objective clm on the generated JSONL file, a
+llama-tiny (rotary positions) of 2 layers. Each sequence is 3 tokens a line and the end-of-text token
+(checked), and the block size is that length: one sequence per block, none split or joined by packing; a
+prompt starts with its first demonstration, as a block does.
 
 References beside the measured accuracy, per k: chance (1 / labels) and the ideal in-context learner that
 knows the classes: right when the query's class is among the demonstrations, else a uniform guess among the
@@ -109,7 +118,8 @@ def document(pairs: Sequence[tuple[str, str]]) -> str:
 
 
 def make_data(args: argparse.Namespace, world: World) -> tuple[list[str], list[Episode], int]:
-    """(training documents, evaluation episodes, training mappings redrawn because held out)."""
+    """(training documents, evaluation episodes, training mappings redrawn because held out). A share
+    `repeat` of the documents repeats its first half of the lines (module docstring)."""
     rng = random.Random(args.seed)
     episodes = []
     for _ in range(args.episodes):
@@ -123,21 +133,31 @@ def make_data(args: argparse.Namespace, world: World) -> tuple[list[str], list[E
         if mapping in held_out:
             redrawn += 1
             continue
-        documents.append(document(draw_pairs(rng, world, mapping, args.pairs)))
+        pairs = draw_pairs(rng, world, mapping, args.pairs)
+        if rng.random() < args.repeat:
+            half = args.pairs // 2
+            pairs = pairs[:half] * 2 + pairs[2 * half :]
+        documents.append(document(pairs))
     return documents, episodes, redrawn
 
 
 # ---- training --------------------------------------------------------------------------------------
+def block_size(args: argparse.Namespace) -> int:
+    """One sequence per block: `pairs` lines of 3 tokens (item, label, newline) and the end-of-text token
+    (checked after training: check_single_tokens), so that packing never splits or joins sequences."""
+    return 3 * args.pairs + 1
+
+
 def recipe(args: argparse.Namespace, work: Path, corpus: Path) -> dict[str, Any]:
     return {
         "name": "icl-synthetic",
         "out_dir": str(work / "run"),
         "seed": args.seed,
-        "model": {"preset": "gpt2-tiny", "n_layer": args.n_layer, "d_model": args.d_model,
-                  "n_head": args.n_head, "d_ff": 4 * args.d_model, "dropout": 0.0,
-                  "max_positions": args.block_size},
+        "model": {"preset": args.preset, "n_layer": args.n_layer, "d_model": args.d_model,
+                  "n_head": args.n_head, "dropout": 0.0, "max_positions": block_size(args),
+                  **({"n_kv_head": args.n_head} if args.preset.startswith("llama") else {})},
         "tokenizer": {"kind": "bpe", "vocab_size": args.vocab_size},
-        "data": {"sources": [{"path": str(corpus)}], "block_size": args.block_size,
+        "data": {"sources": [{"path": str(corpus)}], "block_size": block_size(args),
                  "validation_fraction": 0.02, "cache_dir": str(work / "cache")},
         "objective": {"name": "clm"},
         "optim": {"lr": args.lr, "weight_decay": 0.1, "betas": [0.9, 0.95]},
@@ -190,13 +210,19 @@ def run_pretrain(recipe: dict[str, Any], work: Path, threads: int) -> tuple[Path
 
 
 # ---- evaluation ------------------------------------------------------------------------------------
-def check_single_tokens(tokenizer: Any, world: World) -> None:
-    """Each item (at a line start) and each label word (after a space) must be one token, so that a
-    label's score is one log-prob and an item one position."""
+def check_single_tokens(tokenizer: Any, world: World, documents: Sequence[str], pairs: int) -> None:
+    """Each item (at a line start), label word (after a space) and newline must be one token, so that a
+    label's score is one log-prob and every sequence 3 tokens a line (one sequence per block)."""
     split = [w for c in world.items for w in c if len(tokenizer.encode(w)) != 1]
     split += [w for w in world.labels if len(tokenizer.encode(" " + w)) != 1]
+    split += [repr(t) for t in ("\n",) if len(tokenizer.encode(t)) != 1]
     if split:
         raise SystemExit(f"these words are split by the trained tokenizer: {split[:8]}; raise --vocab-size")
+    lengths = {len(tokenizer.encode(d)) for d in documents[:500]}
+    if lengths != {3 * pairs}:
+        raise SystemExit(
+            f"sequences of {sorted(lengths)} tokens, expected {3 * pairs}: blocks would not align"
+        )
 
 
 def ideal_accuracy(episode: Episode, world: World, k: int) -> float:
@@ -265,21 +291,22 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add = parser.add_argument
     add("--tiny", action="store_true", help="seconds: a 1x32 model, 5 steps, 24 episodes (tests only)")
     add("--classes", type=int, default=32)
-    add("--exemplars", type=int, default=2, help="item words per class")
+    add("--exemplars", type=int, default=1, help="item words per class")
     add("--labels", type=int, default=4, help="label words")
     add("--ways", type=int, default=4, help="classes per sequence (each its own label)")
-    add("--pairs", type=int, default=24, help="item-label lines per training sequence")
+    add("--pairs", type=int, default=21, help="item-label lines per training sequence (3 tokens each)")
+    add("--repeat", type=float, default=0.5, help="share of sequences that repeat their first half")
     add("--documents", type=int, default=60000, help="training sequences")
     add("--episodes", type=int, default=500, help="held-out evaluation episodes")
     add("--steps", type=int, default=1000)
-    add("--batch-size", type=int, default=16, help="blocks per step")
-    add("--block-size", type=int, default=128)
-    add("--lr", type=float, default=2e-3)
+    add("--batch-size", type=int, default=32, help="sequences per step")
+    add("--lr", type=float, default=3e-3)
     add("--warmup", type=int, default=50)
+    add("--preset", default="llama-tiny", help="model preset (rotary positions: llama-tiny)")
     add("--n-layer", type=int, default=2)
-    add("--d-model", type=int, default=64)
+    add("--d-model", type=int, default=128)
     add("--n-head", type=int, default=4)
-    add("--vocab-size", type=int, default=512)
+    add("--vocab-size", type=int, default=512, help="at most: the corpus has fewer pieces (a warning)")
     add("--eval-batch", type=int, default=64)
     add("--seed", type=int, default=0)
     add("--threads", type=int, default=1)
@@ -287,7 +314,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--work", default=None, help="keep the data and the run in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.steps, args.batch_size, args.block_size, args.warmup = 5, 4, 64, 1
+        args.steps, args.batch_size, args.warmup = 5, 4, 1
         args.n_layer, args.d_model, args.n_head = 1, 32, 2
         args.documents, args.episodes, args.eval_batch = 300, 24, 32
     return args
@@ -309,7 +336,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         corpus = write_documents(work / "sequences.jsonl", documents)
         checkpoint, training = run_pretrain(recipe(args, work, corpus), work, args.threads)
         model, tokenizer = plmkit.load(checkpoint)
-        check_single_tokens(tokenizer, world)
+        check_single_tokens(tokenizer, world, documents, args.pairs)
         eval_started = time.time()
         with torch.inference_mode():
             results = evaluate(args, model, tokenizer, world, episodes)

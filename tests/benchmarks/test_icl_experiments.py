@@ -31,6 +31,9 @@ def test_held_out_mappings_never_trained_on():
         assert len(pairs) == args.pairs and len({c for c, _ in mapping}) == len(mapping)  # one label a class
         assert mapping not in held_out or len(mapping) < args.ways  # a sequence may not show every class
     assert redrawn > 0  # 6 classes, 4 ways: collisions happen and are redrawn
+    half = args.pairs // 2
+    repeated = [t.splitlines()[:half] == t.splitlines()[half : 2 * half] for t in documents]
+    assert 0.4 < sum(repeated) / len(repeated) < 0.6  # --repeat 0.5: bursty sequences
     for e in episodes:  # an episode's labels follow its mapping
         labels = dict(e.mapping)
         assert all(labels[class_of[item]] == label_index[label] for item, label in e.demonstrations)

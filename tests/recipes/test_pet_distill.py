@@ -14,6 +14,7 @@ import pytest
 import torch
 from finetune_helpers import classification_files, save_base, sentiment_rows, tiny_finetune, write_tsv
 
+from tiny import ROOT
 from train_helpers import run_cli
 
 COLUMNS = "data.columns={text: sentence, label: label}"
@@ -198,3 +199,18 @@ def test_plm_pet_runs_the_chain_and_resumes(trained, capsys):
     code, _, err = run_cli([*argv, "--overwrite"], capsys)
     assert code == 0, err
     assert len(list((tmp / "runs").glob("chain.old-*"))) == 1
+
+
+def test_the_pet_recipe_file_is_valid():
+    """recipes/pet/fewclue-eprstmt.yaml reads and validates (the chain's runs and the distillation's keys)."""
+    from plmkit.config import load_config
+    from plmkit.recipes.pet import PetRecipeConfig, distill_run, pattern_runs, validate
+
+    config = load_config(PetRecipeConfig, ROOT / "recipes" / "pet" / "fewclue-eprstmt.yaml", [])
+    validate(config)
+    runs = pattern_runs(config)
+    assert [r.task.options["pattern"] for r in runs] == [0, 1, 2] and runs[0].run_dir.endswith(
+        "pattern-0-seed-0"
+    )
+    final = distill_run(config, ["a", "b", "c"])
+    assert final.task.name == "pet_distill" and final.train.steps == 150 and final.optim.lr == 2e-4

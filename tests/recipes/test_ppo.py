@@ -246,3 +246,14 @@ def test_lora_shared_base_runs_and_its_reference_is_the_base(inputs, tmp_path, c
     sft, _ = load(inputs["policy"])
     torch.testing.assert_close(reference_logprobs(run, batch), frozen_logprobs(sft, batch), atol=1e-5, rtol=0)
     assert not torch.allclose(frozen_logprobs(run.actor, batch), frozen_logprobs(sft, batch), atol=1e-4)
+
+
+def test_the_shipped_recipe_reads_and_validates():
+    from plmkit.config import load_config
+    from plmkit.recipes.ppo import validate
+    from plmkit.recipes.ppo_config import PpoConfig
+    from tiny import RECIPES
+
+    config = load_config(PpoConfig, RECIPES / "ppo" / "arithmetic.yaml")
+    validate(config)
+    assert config.ptx.coef == 1.0 and config.verifier[0].function == "arithmetic"

@@ -82,12 +82,17 @@ def sft_rows(n: int, seed: int = 0, digits: int = 2) -> list[dict[str, str]]:
 
 
 def wrong_answer(problem: Problem, rng: random.Random) -> str:
-    """A plausible mistake: a forgotten carry, off by one or ten, two digits swapped, a digit dropped or
-    repeated, or another sum. Never the right answer."""
+    """A wrong answer: half the time any other number up to the largest sum of numbers this long (a
+    reward model must rank the right sum above all of them), else a plausible mistake: a forgotten
+    carry, off by one or ten, two digits swapped, a digit dropped or repeated. Never the right answer."""
     right = problem.a + problem.b
+    largest = 2 * (10 ** max(len(str(problem.a)), len(str(problem.b))) - 1)
+    if rng.random() < 0.5:
+        wrong = rng.randint(0, largest - 1)
+        return str(wrong if wrong < right else wrong + 1)  # uniform over the others
     no_carry = int("".join(str((int(x) + int(y)) % 10) for x, y in zip(*_aligned(problem.a, problem.b))))
     text = str(right)
-    candidates = [no_carry, right + 1, right - 1, right + 10, right - 10, rng.randint(0, 2 * right + 10)]
+    candidates = [no_carry, right + 1, right - 1, right + 10, right - 10]
     if len(text) > 1:
         i = rng.randrange(len(text) - 1)
         candidates.append(int(text[:i] + text[i + 1] + text[i] + text[i + 2 :]))  # swapped neighbours

@@ -1,11 +1,12 @@
 """`plm rlhf-demo recipes/rlhf/demo.yaml` / `make rlhf`: the ChatGPT pipeline end to end on a CPU in a
-few minutes, on a synthetic verifiable task (two-digit additions, plmkit.prompting.arithmetic):
+few minutes, on a synthetic verifiable task (additions "3+8=" -> "11", plmkit.prompting.arithmetic):
 
-    data       <run>/data: pre-training text (equations "23+58=81" between paragraphs of the Python
-               language reference that ships with CPython), SFT rows, prompts, verifier-labelled pairs
+    data       <run>/data: pre-training text (paragraphs of the Python language reference that ships with
+               CPython, and optionally equations "3+8=11"), SFT rows, prompts, verifier-labelled pairs
     tokenizer  byte-level BPE learnt on the text without its digits (each digit stays one token)
     pretrain   plm pretrain: a small GPT from random weights on the pre-training text
-    sft        plm sft: prompt -> answer rows (prompt_completion, the "plain" chat template)
+    sft        plm sft: prompt -> answer rows (prompt_completion; the demo's template: the prompt as it
+               is, then the answer and EOS)
     reward     plm reward from the SFT model, on pairs labelled by the verifier: the right sum over a
                plausible mistake, and right over wrong among the SFT model's own samples
     ppo        plm ppo: the SFT model against the reward model, KL to the SFT model, PTX on the
@@ -39,11 +40,13 @@ STAGES = ("pretrain", "sft", "reward", "ppo")
 class TaskSection:
     """The synthetic data (plmkit.prompting.arithmetic), every split from its own seed."""
 
-    digits: Annotated[int, Range(ge=1, le=4)] = 2
-    pretrain_equations: Annotated[int, Range(ge=0)] = 4000  # equation lines of the pre-training text
-    pretrain_paragraphs: Annotated[int, Range(ge=0)] = 4000  # Python-reference lines beside them
+    digits: Annotated[int, Range(ge=1, le=4)] = 1  # operands below 10**digits
+    pretrain_equations: Annotated[int, Range(ge=0)] = 0  # equation lines of the pre-training text
+    pretrain_paragraphs: Annotated[int, Range(ge=0)] = 3000  # Python-reference lines beside them
     sft_rows: Annotated[int, Range(ge=1)] = 4000
-    synthetic_pairs: Annotated[int, Range(ge=0)] = 2000  # right sum vs a plausible mistake
+    synthetic_pairs: Annotated[int, Range(ge=0)] = (
+        6000  # right sum vs another number (arithmetic.wrong_answer)
+    )
     sampled_prompts: Annotated[int, Range(ge=0)] = 300  # prompts whose SFT samples are labelled too
     samples_per_prompt: Annotated[int, Range(ge=2)] = 4
     ppo_prompts: Annotated[int, Range(ge=1)] = 2000

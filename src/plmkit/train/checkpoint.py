@@ -14,8 +14,9 @@ makes a single-file checkpoint of them.
 The folder is assembled under a temporary name and renamed into place, so a run killed while
 writing leaves at most a stale temporary folder, never a half checkpoint: `latest_checkpoint`
 only considers complete `step-*` folders, and the previous checkpoint stays valid. A write that fails
-(a full disk, Ctrl-C, an error) deletes the temporary folder; a full disk is a DiskFullError naming the
-last complete checkpoint.
+(a full disk, an error) deletes the temporary folder; a full disk is a DiskFullError naming the
+last complete checkpoint. Ctrl-C while a checkpoint is written waits until it is complete: the run then
+stops on a checkpoint that `--resume` continues from.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import json
 import os
 import random
 import shutil
+import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -79,16 +82,35 @@ def save_checkpoint(
     """Write checkpoint `step` atomically and delete all but the newest `keep_last`. The first of `models`
     goes at the root (with the tokenizer), the others in models/<name>/."""
     tmp = temp_checkpoint_dir(run_dir, step, os.getpid())
-    with removed_on_failure(run_dir, step, tmp):
-        shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed writer with this pid
-        tmp.mkdir(parents=True)
-        (main, model), *others = models.items()
-        write_checkpoint(model, tokenizer, tmp)
-        for name, other in others:
-            folder = tmp / MODELS_FOLDER / name
-            folder.mkdir(parents=True)
-            write_checkpoint(other, None, folder)
-    return finish_checkpoint(run_dir, step, tmp, state, info, keep_last)
+    with interrupts_deferred():
+        with removed_on_failure(run_dir, step, tmp):
+            shutil.rmtree(tmp, ignore_errors=True)  # left over by a killed writer with this pid
+            tmp.mkdir(parents=True)
+            (main, model), *others = models.items()
+            write_checkpoint(model, tokenizer, tmp)
+            for name, other in others:
+                folder = tmp / MODELS_FOLDER / name
+                folder.mkdir(parents=True)
+                write_checkpoint(other, None, folder)
+        return finish_checkpoint(run_dir, step, tmp, state, info, keep_last)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a SIGINT (Ctrl-C) that arrives inside the block and deliver it when the block ends. A
+    KeyboardInterrupt raised inside torch.save leaves its zip writer half-closed, which then raises an
+    unrelated RuntimeError that hides the interrupt; deferring it finishes the checkpoint instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread receives signals
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if pending and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt here
 
 
 @contextlib.contextmanager
@@ -126,7 +148,7 @@ def finish_checkpoint(
     """Add the training state and trainer_state.json (last) to the assembled `tmp` folder, make it durable,
     rename it into place as step-N and prune old checkpoints."""
     final = run_dir / "checkpoints" / step_folder_name(step)
-    with removed_on_failure(run_dir, step, tmp):
+    with interrupts_deferred(), removed_on_failure(run_dir, step, tmp):
         with open(tmp / STATE_FILE, "wb") as f:  # a file object: a full disk surfaces as its OSError
             torch.save(state, f)
         (tmp / TRAINER_FILE).write_text(json.dumps({"step": step, **info}, indent=2) + "\n", encoding="utf-8")

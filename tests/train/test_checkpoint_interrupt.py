@@ -7,7 +7,12 @@ import time
 import pytest
 import torch
 
-from plmkit.train.checkpoint import finish_checkpoint, interrupts_deferred, latest_checkpoint, temp_checkpoint_dir
+from plmkit.train.checkpoint import (
+    finish_checkpoint,
+    interrupts_deferred,
+    latest_checkpoint,
+    temp_checkpoint_dir,
+)
 
 
 def test_an_interrupt_inside_the_block_is_raised_when_it_ends():

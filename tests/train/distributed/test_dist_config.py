@@ -305,3 +305,19 @@ def test_sharded_checkpoints_need_conversion_and_the_right_strategy(root, capsys
     ):
         dh.run_single(root, "wrong", "distributed.strategy=fsdp", f"resume={plain}", batch=8)
     assert not dist.is_initialized()
+
+
+def test_a_stale_deepspeed_build_lock_is_named_instead_of_a_silent_hang(tmp_path, monkeypatch):
+    from plmkit.train.distributed.deepspeed import STALE_LOCK_SECONDS, check_no_stale_build_lock
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    check_no_stale_build_lock()  # nothing built yet
+    lock = tmp_path / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir()
+    lock.touch()
+    written = lock.stat().st_mtime
+    check_no_stale_build_lock(now=written + 30)  # a compile in progress: wait for it as torch does
+    with pytest.raises(
+        ConfigError, match=r"deepspeed_shm_comm/lock is a lock left 11 minutes ago.*delete it"
+    ):
+        check_no_stale_build_lock(now=written + STALE_LOCK_SECONDS + 60)

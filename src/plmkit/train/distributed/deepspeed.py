@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,6 +85,32 @@ def import_deepspeed(device: torch.device) -> Any:
     if not any(isinstance(f, OncePerRun) for f in ds_logger.filters):
         ds_logger.addFilter(OncePerRun())
     return deepspeed
+
+
+# A compile takes ~40 s; a lock older than this was left by a compile that was killed.
+STALE_LOCK_SECONDS = 600
+
+
+def check_no_stale_build_lock(now: float | None = None) -> None:
+    """torch's extension builder waits, silently and forever, while a `lock` file is in the op's build
+    folder; a compile killed midway (Ctrl-C, a timeout) leaves one behind and every later DeepSpeed launch
+    on the CPU hangs. One that old is named with the fix instead."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    custom = os.environ.get("TORCH_EXTENSIONS_DIR")
+    locks = (
+        Path(custom).glob("deepspeed*/lock")
+        if custom
+        else Path(get_default_build_root()).glob("*/deepspeed*/lock")
+    )
+    now = time.time() if now is None else now
+    for lock in locks:
+        age = now - lock.stat().st_mtime
+        if age > STALE_LOCK_SECONDS:
+            raise ConfigError(
+                f"{lock} is a lock left {age / 60:.0f} minutes ago by a DeepSpeed op compile that was "
+                "stopped; torch would wait for it forever: delete it (rm it) when no other run is compiling"
+            )
 
 
 # DeepSpeed warnings that repeat at every step while their cause lasts: the first is shown, not the rest.
@@ -217,6 +244,8 @@ class DeepSpeedStrategy(ProcessGroupStrategy):
         if "LOCAL_RANK" not in os.environ:  # a group of one without torchrun: the engine insists on it
             os.environ["LOCAL_RANK"] = "0"
             self._set_local_rank = True
+        if self.device.type == "cpu":
+            check_no_stale_build_lock()
         if self.device.type == "cpu" and self.is_main:
             print(
                 "deepspeed: loading its CPU communication op (compiled once, ~40 s on the first launch)",

@@ -43,12 +43,8 @@ LINT_PATHS := $(wildcard src tests benchmarks)
 
 .PHONY: test test-fast test-dist-stress demo rlhf bench lint install clean distclean
 
-# The `isolated` tests (tests/serve/test_lm_eval.py) run in a second pytest process that collects only
-# tests/serve: with the whole suite collected in its process, the lm-evaluation-harness test fails and takes
-# pytest down with it (an import side effect of another test module; the cause is not found yet).
 test: lint
-	$(BIN)/python -m pytest -m "not isolated"
-	$(BIN)/python -m pytest -m isolated tests/serve
+	$(BIN)/python -m pytest
 
 test-fast: lint
 	$(BIN)/python -m pytest -m "not slow and not dist"

@@ -90,7 +90,6 @@ def save_sst2_lm(folder: Path, train: list[dict]) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.isolated  # see the Makefile: with the whole suite collected it fails and takes pytest down
 def test_lm_eval_accuracy_equals_plmkit_scoring(shared_data, tmp_path, capsys):
     from plmkit.serve.app import build_app
     from plmkit.serve.batcher import Batcher

@@ -350,3 +350,19 @@ def test_full_queue_is_429(chat_lm):
         first.join()
         second.join()
         assert [r.status_code for r in results] == [200, 200]
+
+
+def test_a_server_thread_leaves_the_host_process_logging_alone(tmp_path):
+    """uvicorn's default log config runs logging.config.dictConfig, which closes every handler of the process
+    and the stream each one owns (here: one a library made on pytest's captured stderr at import, which
+    then took pytest down); the embedded server must not."""
+    import logging
+
+    from fastapi import FastAPI
+
+    # made, like absl's, without being attached to a logger; closing it closes its stream
+    handler = logging.FileHandler(tmp_path / "host.log")
+    with ServerThread(FastAPI()) as thread:
+        assert httpx.get(thread.url + "/nothing-here", timeout=30).status_code == 404
+    assert handler.stream is not None and not handler.stream.closed
+    handler.close()

@@ -111,7 +111,10 @@ class ServerThread:
         self.sock = bind(host, port)
         self.port = self.sock.getsockname()[1]
         self.url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        # log_config=None: uvicorn's default applies logging.config.dictConfig, which closes every logging
+        # handler of the host process (and the streams they own), not only uvicorn's
+        config = uvicorn.Config(app, log_config=None, log_level="warning", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
 
     def __enter__(self) -> ServerThread:

@@ -145,6 +145,7 @@ def test_ptx_gradient_is_the_sum_of_the_two(inputs, tmp_path):
 
     gamma = 2.5
     run = build_run(inputs, tmp_path, **{"ptx.coef": str(gamma), "train.clip_grad": "null"})
+    assert (run.models.reward_mean, run.models.reward_std) == (0.1, 2.0)  # plm reward's stored statistics
     experience, _ = make_experience(run, 0)
     micro = [rows_of(experience, torch.arange(i, i + 2)) for i in (0, 2)]
     with_ptx(run, micro)

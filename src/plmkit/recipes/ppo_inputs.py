@@ -15,7 +15,6 @@ with LoRA on the SFT model then costs only its adapters).
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,13 +84,16 @@ def check_same_vocabulary(tokenizer: Any, folder: Path, key: str) -> None:
 
 
 def reward_statistics(path: str) -> tuple[float, float] | None:
-    """(mean, std) of the reward model's scores on its eval set, as plm reward stores them with the
-    checkpoint (trainer_state.json's "reward_stats"), or None."""
-    state = Path(path) / "trainer_state.json"
-    if not state.is_file():
-        return None
-    stats = json.loads(state.read_text()).get("reward_stats")
+    """(mean, std) of the reward model's scores on its eval set as plm reward stores them with every
+    checkpoint (plmkit.recipes.reward_model.reward_stats), or None (a folder without them warns)."""
+    from plmkit.recipes.reward_model import reward_stats
+    from plmkit.train.logging import warn
+
+    stats = reward_stats(path) if (Path(path) / "trainer_state.json").is_file() else None
     if not stats or not stats.get("std"):
+        warn(
+            f"reward_model={path} stores no score mean / std (plm reward writes them); scores are not normalised"
+        )
         return None
     return float(stats["mean"]), float(stats["std"])
 

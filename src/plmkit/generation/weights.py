@@ -56,14 +56,6 @@ def stamp(model: nn.Module) -> tuple:
     return tuple((p.data_ptr(), p._version) for p in model.parameters())
 
 
-def forget(model: nn.Module) -> None:
-    """Drop the model's prepared weights: the next generate call prepares them again. For callers that
-    change weights where the stamp cannot see it: torch's fused AdamW (fused=True, plmkit's default
-    where supported) updates parameters in place without bumping their _version (torch 2.13)."""
-    with _LOCK:
-        _TABLE.pop(model, None)
-
-
 def cached(model: nn.Module, key: tuple, build: Callable[[], object]) -> object:
     """build(), made once per (model, key) while no parameter of the model changes (see the docstring)."""
     now = stamp(model)

@@ -26,7 +26,6 @@ from torch import nn
 from plmkit.errors import ConfigError, DataError
 from plmkit.generation import GenerationConfig, generate_ids
 from plmkit.generation.config import ABSOLUTE_POSITIONS, resolve
-from plmkit.generation.weights import forget
 from plmkit.model.dropout import dropout_off
 
 
@@ -106,7 +105,6 @@ def sample_rollouts(
     check_prompts(model, prompts, config.max_new_tokens)
     config = resolve(model, config, {})
     device = next(model.parameters()).device
-    forget(model)  # a policy trained since the last call (a fused optimizer step is invisible to the stamp)
     rows = [list(p) for p in prompts for _ in range(n)]
     size = batch_size or len(rows)
     started = time.perf_counter()

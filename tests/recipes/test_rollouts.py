@@ -111,13 +111,16 @@ def test_prompt_longer_than_the_context():
 
 
 def test_rollouts_after_a_fused_optimizer_step_use_the_new_weights():
-    """torch's fused AdamW changes the weights without bumping their version: the decode-time weights
-    must not be the ones prepared before the step."""
+    """torch's fused AdamW changes the weights without bumping their version; the engine's mark_updated
+    (called after every step) does: the decode-time weights must not be the ones prepared before the step."""
+    from plmkit.train.loop import mark_updated
+
     model = model_with_eos()
     sample_rollouts(model, PROMPTS, sampling(), seed=0)  # prepares the decode-time weights
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
     model(torch.tensor([[5, 6, 7, 8]]), labels=torch.tensor([[5, 6, 7, 8]])).loss.backward()
     optimizer.step()
+    mark_updated(optimizer)
     after = sample_rollouts(model, PROMPTS, sampling(), seed=0)
     torch.testing.assert_close(
         frozen_logprobs(model, after.batch()), after.sample_logprobs, atol=1e-5, rtol=0

@@ -18,7 +18,10 @@ and batch-8 decoding measured the same with MATVEC_ROWS 2 or 32.
 The prepared tensors live in a module-level table keyed weakly by the model (nothing is stored on the
 model; the entry goes with the model) and stamped with every parameter's (data_ptr, _version): an
 optimizer step, load_state_dict or .to() changes a stamp, and the next generate call prepares again,
-so a model that trains between calls never decodes with stale weights. Layers that are not a plain
+so a model that trains between calls never decodes with stale weights. One exception: a fused optimizer
+(torch's AdamW fused=True, torch 2.13) writes in place without bumping the versions; plmkit's training
+engine bumps them after every step (plmkit.train.loop.mark_updated), and a hand-written loop with a fused
+optimizer calls that function after its step. Layers that are not a plain
 nn.Linear (LoRA wrappers, plmkit.quant layers) run their own forward.
 """
 

@@ -291,3 +291,24 @@ def test_resume_from_a_checkpoint_of_another_run_folder(tmp_path):
     assert result["step"] == 6
     assert f"resumed from step 4 ({checkpoint})" in stream.getvalue()
     assert [r["step"] for r in h.read_metrics(tmp_path / "b") if "loss" in r] == [5, 6]
+
+
+def test_a_checkpoint_of_an_older_plmkit_resumes(tmp_path):
+    """plmkit.json written before a model key existed (here the mixture-of-experts keys): the missing keys
+    take their defaults, as a load reads them, instead of "a different architecture"."""
+    from plmkit.recipes.pretrain import pretrain
+
+    corpus = h.write_english(tmp_path / "en.txt", 20_000)
+    pretrain(
+        tiny_config(tmp_path, corpus, "checkpoint.every=2", f"out_dir={tmp_path / 'a'}"), stream=io.StringIO()
+    )
+    checkpoint = tmp_path / "a" / "checkpoints" / "step-00000004"
+    header_file = checkpoint / "plmkit.json"
+    header = json.loads(header_file.read_text(encoding="utf-8"))
+    for key in ("top_k", "n_shared_experts", "shared_expert_gate", "shared_expert_d_ff", "capacity_factor"):
+        header["model"].pop(key)
+    header_file.write_text(json.dumps(header), encoding="utf-8")
+    resumed = tiny_config(
+        tmp_path, corpus, "train.steps=6", f"out_dir={tmp_path / 'a'}", f"resume={checkpoint}"
+    )
+    assert pretrain(resumed, stream=io.StringIO())["step"] == 6

@@ -6,6 +6,7 @@ tokenizer -> model -> objective -> data -> optimizer / schedule -> precision.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -353,6 +354,10 @@ def check_resumable(model: torch.nn.Module, checkpoint: Path) -> None:
     model = unwrap(model)
     ours = model.config.to_dict() if hasattr(model, "config") else {}
     theirs = header.get("model", {})
+    if hasattr(model, "config") and theirs:
+        # read as a load reads it: keys a checkpoint of an older plmkit lacks take their defaults
+        with contextlib.suppress(ConfigError):
+            theirs = type(model.config).from_dict(theirs).to_dict()
     differing = [k for k in ours if k != "extra" and theirs.get(k) != ours[k]]
     if header.get("model_class") != model_class_name(model) or differing:
         raise CheckpointError(

@@ -15,6 +15,14 @@ from plmkit.train.checkpoint import (
 )
 
 
+@pytest.fixture(autouse=True)
+def default_sigint():
+    """Ctrl-C raising KeyboardInterrupt, as in a fresh process, whatever an earlier test installed."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def test_an_interrupt_inside_the_block_is_raised_when_it_ends():
     reached_the_end = []
     with pytest.raises(KeyboardInterrupt):

@@ -321,3 +321,22 @@ def test_a_stale_deepspeed_build_lock_is_named_instead_of_a_silent_hang(tmp_path
         ConfigError, match=r"deepspeed_shm_comm/lock is a lock left 11 minutes ago.*delete it"
     ):
         check_no_stale_build_lock(now=written + STALE_LOCK_SECONDS + 60)
+
+
+def test_a_launch_leaves_the_callers_signal_handlers(monkeypatch):
+    """torchrun's agent installs SIGINT / SIGTERM handlers of its own; after launch() the caller's are back
+    (they leaked into every later in-process test, and into a Python caller's Ctrl-C)."""
+    import signal
+
+    from torch.distributed import run as torchrun
+
+    from plmkit.train.distributed.launch import launch
+
+    def agent_run(args) -> None:
+        signal.signal(signal.SIGINT, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: None)
+
+    monkeypatch.setattr(torchrun, "run", agent_run)
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    assert launch(2, ["pretrain", "recipe.yaml"]) == 0
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before

@@ -127,6 +127,21 @@ def is_rank_zero() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+@contextlib.contextmanager
+def _signal_handlers_restored() -> Iterator[None]:
+    """torchrun's agent installs its own SIGINT / SIGTERM / ... handlers and leaves them: put the caller's
+    back (a launch from Python, not only from the CLI, must not change how the process takes Ctrl-C)."""
+    names = ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT")
+    signals = [getattr(signal, n) for n in names if hasattr(signal, n)]
+    saved = {s: signal.getsignal(s) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in saved.items():
+            if handler is not None:  # None: set from C, not restorable from Python
+                signal.signal(s, handler)
+
+
 def launch(nproc: int, argv: Sequence[str]) -> int:
     """Run `python -m plmkit ARGV` in `nproc` processes under torchrun; returns their exit code."""
     from torch.distributed import run as torchrun
@@ -141,6 +156,7 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
                 {LAUNCHER_VARIABLE: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
             ),
             _quiet_agent(),
+            _signal_handlers_restored(),
         ):
             torchrun.run(args)
     except SignalException as signalled:  # Ctrl-C reaches torchrun's agent as a signal

@@ -311,8 +311,10 @@ def check_sides(run, trl: TrlSide, s: Setup, work: Path) -> dict:
 # ---- figures ------------------------------------------------------------------------------------------------
 def split(records: list[dict], warmup: int) -> dict:
     timed = records[warmup:] or records
-    keys = ("generation_seconds", "experience_seconds", "learning_seconds")
-    return {k: statistics.median(r[k] for r in timed) for k in keys} | {"updates": len(timed)}
+    keys = ("generation_seconds", "experience_seconds", "learning_seconds", "gc_seconds")
+    return {k: statistics.median(r[k] for r in timed) for k in keys if k in timed[0]} | {
+        "updates": len(timed)
+    }
 
 
 def limits_of(parts: dict, s: Setup, parameters: dict, peak: float) -> dict:

@@ -16,7 +16,8 @@ line each on the original stdout; whatever the libraries print goes to stderr):
 
 The update is trl's own train() loop, held between two updates by a callback: everything the loop does
 in an update counts. The split comes from two timers put around trl's module functions: batch_generation
-(the rollout's sampling) and np.random.permutation (the first one of an update starts the PPO epochs).
+(the rollout's sampling) and np.random.permutation (the first one of an update starts the PPO epochs);
+a third one adds up the time of trl's gc.collect() calls.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ class Timers:
 
     def __init__(self, module) -> None:
         self.begin = self.generation_start = self.generation_end = self.learning_start = None
+        self.gc_seconds = 0.0
         generate = module.batch_generation
+        collect = module.gc.collect
 
         def timed_generation(*args, **kwargs):
             self.generation_start = time.perf_counter()
@@ -75,14 +78,21 @@ class Timers:
                 self.learning_start = time.perf_counter()
             return numpy.random.permutation(*args, **kwargs)
 
+        def timed_collect(*args, **kwargs):
+            started = time.perf_counter()
+            out = collect(*args, **kwargs)
+            self.gc_seconds += time.perf_counter() - started
+            return out
+
         module.batch_generation = timed_generation
+        module.gc = types.SimpleNamespace(collect=timed_collect)
         proxy = types.ModuleType("numpy_timed")
         proxy.__dict__.update(numpy.__dict__)
         proxy.random = types.SimpleNamespace(permutation=timed_permutation)
         module.np = proxy
 
     def start(self) -> None:
-        self.begin, self.learning_start = time.perf_counter(), None
+        self.begin, self.learning_start, self.gc_seconds = time.perf_counter(), None, 0.0
 
     def split(self) -> dict:
         end = time.perf_counter()
@@ -91,6 +101,7 @@ class Timers:
             "generation_seconds": self.generation_end - self.generation_start,
             "experience_seconds": self.learning_start - self.begin,
             "learning_seconds": end - self.learning_start,
+            "gc_seconds": self.gc_seconds,  # trl's gc.collect() calls (one in the experience, one after it)
             "cpu_seconds": cpu_seconds(),
         }
 

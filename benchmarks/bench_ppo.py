@@ -29,8 +29,9 @@ so the mini-batch is the whole batch here (num_mini_batches 1): one optimizer st
 
 Timing: interleaved rounds with rotating order, contention measured with trl's process CPU counted as the
 benchmark's (benchkit.rounds, benchkit.contention.count_worker); the ratio is trl's seconds per update /
-plmkit's. The split (generation, the rest of the experience, learning) is the median over the timed
-updates; the limits: generation tokens/s and learning FLOP/s (6 N tokens per trained model, per epoch)
+plmkit's; speedup_cpu_time is the same ratio of the median CPU seconds per update of each process (less
+sensitive to what other processes take). The split (generation, the rest of the experience, learning) is
+the median over the timed updates (trl's experience includes its two gc.collect() calls, gc_seconds); the limits: generation tokens/s and learning FLOP/s (6 N tokens per trained model, per epoch)
 against the fp32 GEMM peak measured in the same run.
 
 Without the trl virtualenv the plmkit side is timed alone and the row says why.
@@ -196,8 +197,11 @@ class PlmkitUpdates:
         self.run, self.step, self.records = run, 0, []
 
     def __call__(self) -> None:
+        from benchkit.contention import own_cpu_seconds
+
         from plmkit.recipes.ppo_step import learn, make_experience
 
+        cpu = own_cpu_seconds()  # the trl worker is idle meanwhile: its share of this stays fixed
         experience, metrics = make_experience(self.run, self.step)
         metrics.update(learn(self.run, experience, self.step))
         self.step += 1
@@ -207,6 +211,7 @@ class PlmkitUpdates:
                 "experience_seconds": metrics["experience_seconds"],
                 "learning_seconds": metrics["learn_seconds"],
                 "response_length": metrics["response_length"],
+                "cpu_seconds": own_cpu_seconds() - cpu,
             }
         )
 
@@ -254,7 +259,11 @@ class TrlSide:
             self.ask({"train": True})
             self.training = True
         record = self.ask({"step": True})
-        self.cpu = record["cpu_seconds"]
+        record["cpu_seconds_so_far"], record["cpu_seconds"] = (
+            record["cpu_seconds"],
+            record["cpu_seconds"] - self.cpu,
+        )
+        self.cpu = record["cpu_seconds_so_far"]
         self.records.append(record)
 
     def close(self) -> None:
@@ -311,7 +320,7 @@ def check_sides(run, trl: TrlSide, s: Setup, work: Path) -> dict:
 # ---- figures ------------------------------------------------------------------------------------------------
 def split(records: list[dict], warmup: int) -> dict:
     timed = records[warmup:] or records
-    keys = ("generation_seconds", "experience_seconds", "learning_seconds", "gc_seconds")
+    keys = ("generation_seconds", "experience_seconds", "learning_seconds", "gc_seconds", "cpu_seconds")
     return {k: statistics.median(r[k] for r in timed) for k in keys if k in timed[0]} | {
         "updates": len(timed)
     }
@@ -412,6 +421,8 @@ def run_benchmark(argv: list[str] | None, out) -> int:
     row["split"] = {"plmkit": split(mine.records, warmup)}
     if trl is not None:
         row["split"]["trl"] = split(trl.records, warmup)
+        # the same updates by CPU time (1 thread): what other processes take inflates it far less
+        row["speedup_cpu_time"] = row["split"]["trl"]["cpu_seconds"] / row["split"]["plmkit"]["cpu_seconds"]
     row["limits"] = {
         "fp32_gemm_peak_gflops": peak,
         **{side: limits_of(parts, s, inputs["parameters"], peak) for side, parts in row["split"].items()},

@@ -34,7 +34,11 @@ sensitive to what other processes take). The split (generation, the rest of the 
 the median over the timed updates (trl's experience includes its two gc.collect() calls, gc_seconds); the limits: generation tokens/s and learning FLOP/s (6 N tokens per trained model, per epoch)
 against the fp32 GEMM peak measured in the same run.
 
-Without the trl virtualenv the plmkit side is timed alone and the row says why.
+The trl virtualenv (never plmkit's: trl 1.12 is older than the trl plmkit's tests use; CPU torch):
+    python3 -m venv /tmp/venv-trl-ppo && /tmp/venv-trl-ppo/bin/pip install torch==2.13.0 trl==1.12.0 \
+        transformers==5.25.0 accelerate==1.16.0 datasets==5.2.0
+(the transformers / accelerate / datasets of plmkit's environment, so both sides run the same model code).
+Without it the plmkit side is timed alone and the row says why.
 Writes one JSON line per comparison to stdout and ppo-<cpu>-<date>.json to --out (none with --tiny).
 """
 

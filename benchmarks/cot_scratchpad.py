@@ -169,7 +169,7 @@ def train_arm(args: argparse.Namespace, tmp: Path, name: str, corpus: Path, init
     )  # fmt: skip
     started = time.time()
     result = pretrain(config, stream=sys.stderr)
-    result["train_seconds"] = round(time.time() - started, 1)
+    result["train_seconds"] = round(time.time() - started, 3)
     losses = [r for r in read_metrics(Path(config.run_dir) / "metrics.jsonl") if "loss" in r]
     result["loss_curve"] = [{"step": r["step"], "loss": round(r["loss"], 4)} for r in losses]
     return Path(result["checkpoint"]), result

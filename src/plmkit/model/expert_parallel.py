@@ -12,7 +12,7 @@ expert, go to the ranks that own their experts in one all-to-all (the counts fir
 computed there as one grouped product, and come back in a second all-to-all; autograd runs the same
 exchanges backwards. The expert weights stay replicated on every rank (what a rank does not own gets a
 zero gradient here and the owner's through the data-parallel average), so the computation is divided,
-not the memory. Evaluation and decoding compute every expert locally, without collectives.
+not the memory (under FSDP2 the weights are sharded at rest and gathered per block as usual). Evaluation and decoding compute every expert locally, without collectives.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """A mixture of experts on 2 CPU ranks (gloo, one thread each) computes what one process computes with the
 same global batch: per-step losses within 1e-5 in fp32, router losses included (the whole micro-batch's
 load-balancing and z-loss, shared out over the ranks), with plain DDP and with expert parallelism
-(`distributed.expert_parallel=2`: each rank computes 4 of the 8 experts for both, all-to-all dispatch).
+(`distributed.expert_parallel=2`: each rank computes 4 of the 8 experts for both, all-to-all dispatch),
+under DDP and under FSDP2 (which also shards the expert weights at rest).
 Bad expert-parallel settings stop before anything is written."""
 
 from __future__ import annotations
@@ -40,12 +41,12 @@ def reference(root):
     return root / "single"
 
 
-@pytest.mark.parametrize("expert_parallel", [1, 2])
-def test_two_ranks_equal_one_process(root, reference, expert_parallel):
-    out = f"ep{expert_parallel}"
-    args = [MOE, *moe_overrides(root, out, 4), "distributed.strategy=ddp"]
+@pytest.mark.parametrize("strategy, expert_parallel", [("ddp", 1), ("ddp", 2), ("fsdp", 2)])
+def test_two_ranks_equal_one_process(root, reference, strategy, expert_parallel):
+    out = f"{strategy}-ep{expert_parallel}"
+    args = [MOE, *moe_overrides(root, out, 4), f"distributed.strategy={strategy}"]
     proc = dh.succeeded(dh.launch(root, [*args, f"distributed.expert_parallel={expert_parallel}"]))
-    assert "ddp on 2 process(es), gloo" in proc.stdout
+    assert f"{strategy} on 2 process(es), gloo" in proc.stdout
     assert ("expert parallel over 2 ranks" in proc.stdout) == (expert_parallel == 2)
     dh.assert_same_losses(dh.losses(root / out), dh.losses(reference), STEPS)
     rows = [r for r in h.read_metrics(root / out) if "moe_tokens_per_expert" in r]
@@ -69,8 +70,12 @@ def test_two_ranks_equal_one_process(root, reference, expert_parallel):
         ),
         (["distributed.expert_parallel=2", "model.n_experts=null"], "but the model has no experts"),
         (
-            ["distributed.expert_parallel=2", "distributed.strategy=fsdp"],
-            "distributed.expert_parallel=2 needs distributed.strategy=ddp",
+            ["distributed.expert_parallel=2", "distributed.strategy=deepspeed"],
+            "distributed.expert_parallel=2 needs distributed.strategy=ddp or fsdp",
+        ),
+        (
+            ["distributed.expert_parallel=2", "distributed.strategy=fsdp", "distributed.tensor_parallel=2"],
+            "experts are split over data-parallel ranks only",
         ),
     ],
 )

@@ -37,20 +37,25 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
 
     check_tensor_parallel_layout(distributed.tensor_parallel, world.world_size, name)
     check_pipeline_layout(distributed.pipeline_parallel, distributed.tensor_parallel, world.world_size, name)
-    check_expert_parallel_layout(distributed.expert_parallel, world.world_size, name)
+    check_expert_parallel_layout(distributed.expert_parallel, world.world_size, name, distributed.tensor_parallel)
     return name
 
 
-def check_expert_parallel_layout(ep: int, world_size: int, strategy: str) -> None:
+def check_expert_parallel_layout(ep: int, world_size: int, strategy: str, tensor_parallel: int = 1) -> None:
     """distributed.expert_parallel fits the strategy and the number of processes (the model's side:
     plmkit.recipes.common.recipe_strategy_name)."""
     key = f"distributed.expert_parallel={ep}"
     if ep == 1:
         return
-    if strategy != "ddp":
+    if strategy not in ("ddp", "fsdp"):
         raise ConfigError(
-            f"{key} needs distributed.strategy=ddp (the ranks split the experts' computation and average "
-            f"the gradients), not {strategy}; set distributed.strategy=ddp"
+            f"{key} needs distributed.strategy=ddp or fsdp (the ranks split the experts' computation and "
+            f"average the gradients), not {strategy}; set distributed.strategy=ddp or fsdp"
+        )
+    if tensor_parallel > 1:  # the ranks of a tensor-parallel group share their rows: nothing to exchange
+        raise ConfigError(
+            f"{key} with distributed.tensor_parallel={tensor_parallel}: experts are split over data-parallel "
+            "ranks only; set one of them to 1"
         )
     if world_size % ep:
         raise ConfigError(

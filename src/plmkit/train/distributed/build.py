@@ -37,7 +37,9 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
 
     check_tensor_parallel_layout(distributed.tensor_parallel, world.world_size, name)
     check_pipeline_layout(distributed.pipeline_parallel, distributed.tensor_parallel, world.world_size, name)
-    check_expert_parallel_layout(distributed.expert_parallel, world.world_size, name, distributed.tensor_parallel)
+    check_expert_parallel_layout(
+        distributed.expert_parallel, world.world_size, name, distributed.tensor_parallel
+    )
     return name
 
 

@@ -21,7 +21,9 @@ order with the per-block contention shares, the median of per-round ratios (tran
 plmkit's: > 1 means plmkit is faster). Also timed: plmkit's own GEMMs replayed at their shapes (its matmul
 bound). The limit: the fp32 GEMM peak (4096^3, same run); achieved FLOP/s = 6 x N x tokens per step,
 N = every parameter but the position table (BENCHMARKING.md), tokens = padded batch x length; the figure
-without the word embeddings (a lookup, not a matmul) is given too.
+without the word embeddings (a lookup, not a matmul) is given too. plmkit's training forward computes on
+the real tokens only (plmkit.model.padding: ~35% of these padded batches), so its figure is an effective
+rate, and its matmul bound is that of the products it runs (real-token shapes).
 
 Full runs (unless --skip-full): plmkit's finetune() on the recipe (load_config + init_from, out_dir, data
 paths, eval.every=0 so that, like Trainer here, it evaluates once at the end), and Trainer with the same

@@ -20,6 +20,7 @@ from plmkit.model.config import ModelConfig
 from plmkit.model.dropout import dropout_active
 from plmkit.model.kv_cache import StaticLayer
 from plmkit.model.layers import apply_rotary
+from plmkit.model.padding import PaddingIndex
 
 
 class Attention(nn.Module):
@@ -57,6 +58,7 @@ class Attention(nn.Module):
         memory: torch.Tensor | None = None,  # cross-attention: encoder output (B, S, C)
         is_causal: bool = False,  # let SDPA build the causal mask itself (fast path, no explicit mask)
         prefix: tuple[torch.Tensor, torch.Tensor] | None = None,  # prefix keys, values (B|1, n_kv, P, hd)
+        unpadded: PaddingIndex | None = None,  # x is (N, C), the real tokens: attend in (B, T) layout
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         q_width = self.n_head * self.head_dim
         if self.cross:
@@ -68,7 +70,10 @@ class Attention(nn.Module):
                 k, v = self._heads(k, self.n_kv_head), self._heads(v, self.n_kv_head)
         else:
             kv_width = self.n_kv_head * self.head_dim
-            q, k, v = self.qkv(x).split([q_width, kv_width, kv_width], dim=-1)
+            qkv = self.qkv(x)  # (B, T, .) or (N, .)
+            if unpadded is not None:
+                qkv = unpadded.pad(qkv)  # (B, T, .), zeros at the padding (masked keys)
+            q, k, v = qkv.split([q_width, kv_width, kv_width], dim=-1)
             q, k, v = (
                 self._heads(q, self.n_head),
                 self._heads(k, self.n_kv_head),
@@ -96,7 +101,8 @@ class Attention(nn.Module):
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, H, T, hd)
         b, _, t, _ = y.shape
-        return self.out(y.transpose(1, 2).reshape(b, t, q_width)), new_cache
+        y = y.transpose(1, 2).reshape(b, t, q_width)
+        return self.out(y if unpadded is None else unpadded.rows(y)), new_cache
 
 
 def with_prefix(

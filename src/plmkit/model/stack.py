@@ -17,6 +17,7 @@ from plmkit.model.dropout import Dropout
 from plmkit.model.kv_cache import StaticCache, StaticLayer
 from plmkit.model.layers import Embeddings, RelativePositionBias, Rotary, make_norm
 from plmkit.model.moe import make_feed_forward
+from plmkit.model.padding import PaddingIndex
 
 Cache = list[tuple[torch.Tensor, ...]]  # per block: (k, v) or (k, v, cross k, cross v), each (B, H_kv, T, hd)
 
@@ -58,6 +59,7 @@ class Block(nn.Module):
         memory_mask: torch.Tensor | None = None,
         is_causal: bool = False,
         prefix: tuple[torch.Tensor, ...] | None = None,  # prefix-tuning (k, v[, cross k, cross v])
+        unpadded: PaddingIndex | None = None,  # x is (N, C), the real tokens only (model/padding.py)
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         static = isinstance(cache, StaticLayer)
         self_cache = cache if static else cache[:2] if cache is not None else None
@@ -65,7 +67,9 @@ class Block(nn.Module):
         x, new_cache = self._residual(
             x,
             self.attn_norm,
-            lambda h: self.attn(h, mask, rotary, self_cache, is_causal=is_causal, prefix=self_prefix),
+            lambda h: self.attn(
+                h, mask, rotary, self_cache, is_causal=is_causal, prefix=self_prefix, unpadded=unpadded
+            ),
         )
         if self.cross_attn is not None:
             if static:
@@ -113,6 +117,7 @@ class Stack(nn.Module):
         )
         self.final_norm = make_norm(config) if config.pre_norm and config.final_norm else None
         self.gradient_checkpointing = False
+        self.skip_padding = True  # training computes on the real tokens only (padding_index)
 
     def forward(
         self,
@@ -139,12 +144,15 @@ class Stack(nn.Module):
         mask, memory_mask, rotary, fast_causal = self.attention_inputs(
             x, allowed, is_causal, position_ids, past, memory_allowed
         )
+        unpadded = self.padding_index(allowed, past_key_values, memory, prefix)
+        if unpadded is not None:
+            x = unpadded.rows(x)  # (N, C)
         new_cache: Cache = []
         for i, block in enumerate(self.blocks):
             cache = past_key_values[i] if static or past_key_values else None
             layer_prefix = prefix[i] if prefix is not None else None
             x, layer_cache = self.run_block(
-                block, x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix
+                block, x, mask, rotary, cache, memory, memory_mask, fast_causal, layer_prefix, unpadded
             )
             if layer_cache is not None:
                 new_cache.append(layer_cache)
@@ -153,7 +161,24 @@ class Stack(nn.Module):
             new_cache = past_key_values
         if self.final_norm is not None:
             x = self.final_norm(x)
-        return x, new_cache
+        return (x if unpadded is None else unpadded.pad(x)), new_cache
+
+    def padding_index(
+        self,
+        allowed: torch.Tensor | None,
+        past_key_values: Cache | None,
+        memory: torch.Tensor | None,
+        prefix: list[tuple[torch.Tensor, ...]] | None,
+    ) -> PaddingIndex | None:
+        """Where the real tokens are, when this forward computes on them alone (model/padding.py): a
+        training forward with gradients of a batch with key padding only (a bidirectional stack), no
+        cache, memory, prefix or experts. Evaluation keeps the padded layout (its outputs at the padding
+        positions equal transformers')."""
+        if not (self.skip_padding and self.training and torch.is_grad_enabled()) or allowed is None:
+            return None
+        if past_key_values or memory is not None or prefix is not None or self.config.n_experts is not None:
+            return None
+        return PaddingIndex.from_key_mask(allowed)
 
     def attention_inputs(
         self,

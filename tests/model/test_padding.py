@@ -9,7 +9,6 @@ import pytest
 import torch
 from test_gradient_checkpointing import build, loss_of, stacks
 
-from plmkit.model import padding
 from plmkit.model.padding import PaddingIndex
 
 CASES = ["seq2seq-t5", "electra", "classifier-masked", "tokens-masked", "qa-masked", "encoder-masked"]
@@ -83,4 +82,3 @@ def test_padding_index_round_trip():
     assert torch.equal(index.pad(rows), x * keep[..., None])
     assert PaddingIndex.from_key_mask(torch.ones(2, 1, 1, 3, dtype=torch.bool)) is None
     assert PaddingIndex.from_key_mask(torch.ones(2, 1, 3, 3, dtype=torch.bool)) is None  # not key padding
-    assert padding.PaddingIndex is PaddingIndex

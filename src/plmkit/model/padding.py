@@ -31,10 +31,9 @@ class PaddingIndex:
         if allowed.dtype != torch.bool or allowed.dim() != 4 or allowed.shape[1:3] != (1, 1):
             return None
         keep = allowed[:, 0, 0, :]  # (B, T)
-        if bool(keep.all()):
-            return None
         b, t = keep.shape
-        return cls(b, t, keep.reshape(-1).nonzero().squeeze(1))
+        index = keep.reshape(-1).nonzero().squeeze(1)  # one host sync (nonzero), none for a separate all()
+        return None if index.numel() == b * t else cls(b, t, index)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T, D) -> (N, D): the real tokens' vectors."""

@@ -43,7 +43,7 @@ def strategy_name(distributed: DistributedConfig, world: World) -> str:
     return name
 
 
-def check_expert_parallel_layout(ep: int, world_size: int, strategy: str, tensor_parallel: int = 1) -> None:
+def check_expert_parallel_layout(ep: int, world_size: int, strategy: str, tensor_parallel: int) -> None:
     """distributed.expert_parallel fits the strategy and the number of processes (the model's side:
     plmkit.recipes.common.recipe_strategy_name)."""
     key = f"distributed.expert_parallel={ep}"

@@ -15,9 +15,10 @@ Before timing: logits within 1e-4 and step-1 losses within 1e-4 with dropout off
 step-2 losses are reported, not checked: Trainer's warmup starts at lr 0 and it decays the embeddings,
 plmkit starts at lr/30 and does not). A step is plmkit.train.loop.train_step with the task as the loss
 (what `plm finetune` runs) against what Trainer runs per step (training_step, accelerator.clip_grad_norm_,
-its optimizer — fused AdamW on torch >= 2.8 — and scheduler, zero_grad). Timed with dropout on in both
-(training mode) unless --dropout off; one call = one pass over the batches; interleaved rounds in rotating
-order with the per-block contention shares, the median of per-round ratios (transformers' time over
+its optimizer — fused AdamW on torch >= 2.8 — and scheduler, zero_grad). Both sides use the recipe's
+dropout rates (model.dropout / model.attention_dropout; the checkpoint's own where it sets none: plmkit
+reads them from config.json as transformers does), in training mode unless --dropout off; one call =
+one pass over the batches; interleaved rounds in rotating order with the per-block contention shares, the median of per-round ratios (transformers' time over
 plmkit's: > 1 means plmkit is faster). Also timed: plmkit's own GEMMs replayed at their shapes (its matmul
 bound). The limit: the fp32 GEMM peak (4096^3, same run); achieved FLOP/s = 6 x N x tokens per step,
 N = every parameter but the position table (BENCHMARKING.md), tokens = padded batch x length; the figure
@@ -26,11 +27,14 @@ the real tokens only (plmkit.model.padding: ~35% of these padded batches), so it
 rate, and its matmul bound is that of the products it runs (real-token shapes).
 
 Full runs (unless --skip-full): plmkit's finetune() on the recipe (load_config + init_from, out_dir, data
-paths, eval.every=0 so that, like Trainer here, it evaluates once at the end), and Trainer with the same
-settings (batch 32, lr, weight decay, betas, eps, linear warmup, 1 epoch, max_grad_norm, seed 0, fp32,
-max_length tokenization, DataCollatorWithPadding, trainer.evaluate() at the end). --steps N shortens both
-to N optimizer steps. Reported: the final model's dev accuracy of each, the difference in points, wall
-time (whole run) and training-loop time (plmkit train_seconds, Trainer train_runtime).
+paths, eval.every=0 so that, like Trainer here, it evaluates once at the end), and Trainer twice with the
+same settings (batch 32, lr, weight decay, betas, eps, linear warmup, 1 epoch, max_grad_norm, seed 0,
+dropout, fp32, max_length tokenization, DataCollatorWithPadding, trainer.evaluate() at the end):
+"aligned" also takes plmkit's batch order, AdamW parameter groups and schedule (made by plmkit's own
+functions), "trainer_defaults" keeps Trainer's shuffle, warmup from 0 and decayed embeddings. --steps N
+shortens every run to N optimizer steps. Reported per Trainer run: each final model's dev accuracy, the
+difference in points, wall time (whole run) and training-loop time (plmkit train_seconds, Trainer
+train_runtime).
 
 Prints one JSON line per part; writes <out>/finetune-<cpu>-<date>.json (never over an earlier one).
 --tiny: a 2-layer, 32-wide BERT with MiniLM's tokenizer on a few rows; tests this script, not a figure.
@@ -151,27 +155,38 @@ def trainer_arguments(config, out_dir: Path, steps: int | None):
     )  # fmt: skip
 
 
-def reference_model(model_dir: str, classifier: dict[str, torch.Tensor]):
-    """BertForSequenceClassification from the folder, with plmkit's new classifier weights copied in."""
+def reference_model(model_dir: str, classifier: dict[str, torch.Tensor], config):
+    """BertForSequenceClassification from the folder, with plmkit's new classifier weights copied in and
+    the recipe's dropout rates where it sets them (model.dropout: hidden and classifier dropout,
+    model.attention_dropout: the attention weights'), as plmkit applies them to the checkpoint."""
     import transformers as T
 
-    model = T.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    given = config.model.overrides()
+    names = {"dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
+    rates = {hf: given[ours] for ours, hf in names.items() if ours in given}
+    model = T.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, **rates)
     with torch.no_grad():
         model.classifier.weight.copy_(classifier["weight"])
         model.classifier.bias.copy_(classifier["bias"])
     return model
 
 
-def make_trainer(model, args, train=None, dev=None, tokenizer=None):
+def make_trainer(model, args, train=None, dev=None, tokenizer=None, optimizers=(None, None), order=None):
+    """Trainer with an accuracy metric; `order`: the row indices its training batches take, in order
+    (default: Trainer's own shuffled sampler)."""
     import numpy as np
     import transformers as T
 
     def accuracy(prediction) -> dict:
         return {"accuracy": float((np.argmax(prediction.predictions, -1) == prediction.label_ids).mean())}
 
+    class FixedOrderTrainer(T.Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return order if order is not None else super()._get_train_sampler(train_dataset)
+
     collator = T.DataCollatorWithPadding(tokenizer) if tokenizer is not None else None
-    trainer = T.Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
-                        data_collator=collator, compute_metrics=accuracy)  # fmt: skip
+    trainer = FixedOrderTrainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                                data_collator=collator, compute_metrics=accuracy, optimizers=optimizers)  # fmt: skip
     trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop; training_step divides by it
     return trainer
 
@@ -329,7 +344,7 @@ def step_time(args, model_dir: str, data: Path, peak_gflops: float, log) -> tupl
             warnings.simplefilter("ignore")  # "newly initialized" head weights: expected
             run = build_finetune_run(config, Strategy(), None)  # as plm finetune builds it
         classifier = {k: v.detach().clone() for k, v in run.model.classifier.state_dict().items()}
-        hf_model = reference_model(model_dir, classifier)
+        hf_model = reference_model(model_dir, classifier, config)
         hf_args = trainer_arguments(config, Path(tmp) / "trainer", args.steps)
         batches, result = same_batches(run, model_dir, data, args.batches)
         result["check"] = step_checks(run, run.model, hf_model, hf_args, batches)
@@ -401,8 +416,25 @@ def full_plmkit(model_dir: str, data: Path, steps: int | None, out_dir: Path) ->
     }
 
 
-def full_trainer(model_dir: str, data: Path, steps: int | None, out_dir: Path, classifier: dict) -> dict:
+def plmkit_order(n_rows: int, batch_size: int, seed: int, steps: int) -> list[int]:
+    """The rows of plmkit's first `steps` batches, in order (its EpochBatches stream: full batches, the
+    last one opening epoch 2 when the epoch does not divide)."""
+    from plmkit.data.tasks.batches import EpochBatches
+
+    order = EpochBatches(n_rows, batch_size, seed=seed)
+    return [i for _ in range(steps) for i in order.next_indices()]
+
+
+def full_trainer(
+    model_dir: str, data: Path, steps: int | None, out_dir: Path, classifier: dict, aligned: bool
+) -> dict:
+    """Trainer on the recipe's settings. aligned=True also gives it plmkit's batch order, its AdamW
+    parameter groups (embeddings not decayed) and its schedule (warmup from lr/warmup, not from 0), built
+    by plmkit's own functions: what is left differing is the loop, the model code and dropout's draws."""
     import transformers as T
+
+    from plmkit.recipes.finetune import planned_steps
+    from plmkit.train.optim import build_optimizer, build_scheduler
 
     started = time.perf_counter()
     config = load_recipe(model_dir, data, out_dir / "unused", steps)  # the same settings as plmkit's
@@ -412,7 +444,16 @@ def full_trainer(model_dir: str, data: Path, steps: int | None, out_dir: Path, c
     dev = hf_features(tokenizer, read_tsv(data / "dev.tsv"), max_length)
     args = trainer_arguments(config, out_dir, steps)
     T.set_seed(config.seed)
-    trainer = make_trainer(reference_model(model_dir, classifier), args, train, dev, tokenizer)
+    model = reference_model(model_dir, classifier, config)
+    extra: dict = {}
+    if aligned:
+        total = planned_steps(config, len(train), 1)
+        order = plmkit_order(len(train), config.train.batch_size, config.seed, total)
+        optimizer = build_optimizer(model, config.optim, torch.device("cpu"))
+        extra = {"optimizers": (optimizer, build_scheduler(optimizer, total, config.schedule)),
+                 "order": order}  # fmt: skip
+        args.num_train_epochs, args.max_steps = 1, -1  # the order holds exactly `total` batches
+    trainer = make_trainer(model, args, train, dev, tokenizer, **extra)
     output = trainer.train()
     metrics = trainer.evaluate()
     return {
@@ -420,8 +461,10 @@ def full_trainer(model_dir: str, data: Path, steps: int | None, out_dir: Path, c
         "steps": trainer.state.global_step,
         "wall_s": time.perf_counter() - started,
         "train_s": output.metrics["train_runtime"],
-        "optimizer": str(args.optim),
-    }
+        "optimizer": "plmkit build_optimizer (AdamW)" if aligned else str(args.optim),
+        "settings": "aligned with plmkit: batch order, parameter groups, schedule" if aligned
+        else "Trainer defaults for what the recipe does not set",
+    }  # fmt: skip
 
 
 def full_runs(args, model_dir: str, data: Path, classifier: dict, log) -> dict:
@@ -429,9 +472,14 @@ def full_runs(args, model_dir: str, data: Path, classifier: dict, log) -> dict:
         log("  full run: plmkit finetune()")
         ours = full_plmkit(model_dir, data, args.steps, Path(tmp) / "plmkit")
         log(f"    {json.dumps(ours)}")
-        log("  full run: transformers Trainer")
-        theirs = full_trainer(model_dir, data, args.steps, Path(tmp) / "trainer", classifier)
-    return compare_accuracy(ours, theirs)
+        out: dict = {}
+        for aligned in (True, False):
+            name = "aligned" if aligned else "trainer_defaults"
+            log(f"  full run: transformers Trainer ({name})")
+            theirs = full_trainer(model_dir, data, args.steps, Path(tmp) / name, classifier, aligned)
+            log(f"    {json.dumps(theirs)}")
+            out[name] = compare_accuracy(ours, theirs)
+    return out
 
 
 def compare_accuracy(ours: dict, theirs: dict) -> dict:

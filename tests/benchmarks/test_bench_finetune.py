@@ -88,10 +88,21 @@ def test_tiny_run_checks_then_times_and_runs_both_full_paths(tmp_path, shared_da
         seconds = a["ms_per_step"] * step["steps_per_call"] / 1000
         assert a["gflops"] == pytest.approx(6 * step["parameters"]["N"] * tokens / seconds / 1e9)
 
-    full = result["full"]
-    assert full["plmkit"]["steps"] == full["transformers"]["steps"] == 2 and full["same_steps"]
-    for side in ("plmkit", "transformers"):
-        assert 0.0 <= full[side]["accuracy"] <= 1.0 and full[side]["wall_s"] > 0
-    assert full["accuracy_diff_points"] == pytest.approx(
-        100 * (full["plmkit"]["accuracy"] - full["transformers"]["accuracy"])
-    )
+    for name in ("aligned", "trainer_defaults"):
+        full = result["full"][name]
+        assert full["plmkit"]["steps"] == full["transformers"]["steps"] == 2 and full["same_steps"]
+        for side in ("plmkit", "transformers"):
+            assert 0.0 <= full[side]["accuracy"] <= 1.0 and full[side]["wall_s"] > 0
+        assert full["accuracy_diff_points"] == pytest.approx(
+            100 * (full["plmkit"]["accuracy"] - full["transformers"]["accuracy"])
+        )
+    assert result["full"]["aligned"]["transformers"]["optimizer"].startswith("plmkit")
+
+
+def test_plmkit_order_is_the_stream_of_its_batches():
+    order = B.plmkit_order(10, 4, seed=3, steps=3)  # 12 rows: one epoch and 2 rows of the next
+    assert len(order) == 12 and sorted(order[:10]) == list(range(10))
+    from plmkit.data.tasks.batches import EpochBatches
+
+    batches = EpochBatches(10, 4, seed=3)
+    assert order == [i for _ in range(3) for i in batches.next_indices()]

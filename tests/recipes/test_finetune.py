@@ -292,3 +292,29 @@ def test_task_head_mismatch(bases, tmp_path, capsys):
     train = squad_file(tmp_path / "train.json", 4, 0)
     err = bad_run(capsys, tmp_path, bases["seq2seq"], f"data.train={train}", "task.name=extractive_qa")
     assert "stack" in err
+
+
+def test_model_dropout_rates_apply_to_the_init_from_checkpoint(bases, tmp_path):
+    """model.dropout / model.attention_dropout change an init_from checkpoint's rates (its own are kept
+    otherwise), the new task head's dropout included."""
+    from plmkit.config import load_config
+    from plmkit.model.attention import Attention
+    from plmkit.model.dropout import Dropout
+    from plmkit.recipes.finetune import build_finetune_run
+    from plmkit.recipes.finetune_config import FinetuneConfig
+    from plmkit.train.distributed.base import Strategy
+
+    def rates(*extra: str) -> tuple[set[float], set[float]]:
+        overrides = [
+            f"init_from={bases['masked']}",
+            *tiny_finetune(tmp_path),
+            *classification(tmp_path),
+            *extra,
+        ]
+        run = build_finetune_run(load_config(FinetuneConfig, None, overrides), Strategy(), None)
+        assert isinstance(run.model.dropout, Dropout)  # the new head's, counted below
+        hidden = {m.p for m in run.model.modules() if isinstance(m, Dropout)}
+        return hidden, {m.dropout_p for m in run.model.modules() if isinstance(m, Attention)}
+
+    assert rates() == ({0.0}, {0.0})  # the base was saved without dropout
+    assert rates("model.dropout=0.25", "model.attention_dropout=0.125") == ({0.25}, {0.125})

@@ -42,3 +42,22 @@ class Dropout(nn.Dropout):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.dropout(x, self.p, dropout_active(self.training), self.inplace)
+
+
+def set_dropout_rates(
+    model: nn.Module, dropout: float | None = None, attention_dropout: float | None = None
+) -> None:
+    """Change a built model's rates in place, its config included (a task head built on it later reads
+    them there): `dropout` for every plmkit Dropout (embeddings, residual branches), `attention_dropout`
+    for the attention weights (modules with a `dropout_p`). None keeps a rate."""
+    config = getattr(model, "config", None)
+    for module in model.modules():
+        if dropout is not None and isinstance(module, Dropout):
+            module.p = dropout
+        if attention_dropout is not None and hasattr(module, "dropout_p"):
+            module.dropout_p = attention_dropout
+    if config is not None:
+        if dropout is not None:
+            config.dropout = dropout
+        if attention_dropout is not None:
+            config.attention_dropout = attention_dropout

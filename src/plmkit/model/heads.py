@@ -19,6 +19,7 @@ from torch import nn
 
 from plmkit.errors import CheckpointError, ConfigError, did_you_mean
 from plmkit.model.config import ModelConfig
+from plmkit.model.dropout import Dropout
 from plmkit.model.pretrained import ModelOutput, PretrainedModel, self_attention_allowed, with_token_loss
 from plmkit.model.stack import Stack
 from plmkit.model.transformer import CausalLM, MaskedLM, PrefixLM
@@ -229,7 +230,7 @@ class SequenceClassifier(_HeadModel):
         self.num_labels = num_labels
         self.pooler_dense = pooler_dense  # init arguments are kept so checkpoints can rebuild the model
         self.pooler = nn.Linear(config.d_model, config.d_model) if pooler_dense else None
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)  # obeys dropout_off() like the stack's
         self.classifier = nn.Linear(config.d_model, num_labels)
         self._init_weights()
 
@@ -256,7 +257,7 @@ class TokenClassifier(_HeadModel):
         super().__init__(config)
         self.labels = _checked_labels(labels, num_labels)
         self.num_labels = num_labels
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)  # obeys dropout_off() like the stack's
         self.classifier = nn.Linear(config.d_model, num_labels)
         self._init_weights()
 

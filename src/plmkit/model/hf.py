@@ -164,7 +164,7 @@ def load_hf(
     directory = Path(directory)
     hf_config = read_hf_config(directory)
     arch = architecture(hf_config["model_type"], str(directory / "config.json"))
-    config = arch.to_config(hf_config)
+    config = arch.to_config(hf_config).replace(**arch.dropout.read(hf_config))  # fine-tuning uses them
     config.extra = {"hf_model_type": arch.model_type}
     files = WeightFiles(directory)
     if "final_logits_bias" in files and files.get("final_logits_bias").any():
@@ -273,6 +273,7 @@ def save_hf(model: PretrainedModel, tokenizer: Any, directory: str | Path) -> Pa
         "model_type": arch.model_type,
         "architectures": [arch.lm_class if has_head else arch.base_class],
         **arch.from_config(c),
+        **arch.dropout.write(c),
         "torch_dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     # check that the exported config describes this model exactly (every switch has an HF equivalent)

@@ -23,7 +23,7 @@ from plmkit.model.expert_parallel import share_routing
 from plmkit.model.registry import model_class_name
 from plmkit.peft import apply_spec, get_config, trainable_report
 from plmkit.recipes.config import RecipeConfig
-from plmkit.recipes.inputs import build_tokenizer, check_init_from
+from plmkit.recipes.inputs import build_tokenizer, check_init_from, load_init_from
 from plmkit.train.checkpoint import load_training_state
 from plmkit.train.distributed.base import Strategy
 from plmkit.train.distributed.build import build_strategy, strategy_name
@@ -152,9 +152,7 @@ def recipe_architecture(config: RecipeConfig) -> ModelConfig | None:
 
 def build_recipe_model(config: RecipeConfig, tokenizer: Any) -> torch.nn.Module:
     if config.init_from:  # continual pre-training: a plmkit or Hugging Face checkpoint
-        from plmkit.io import load
-
-        model, _ = load(config.init_from, lm_head=True)  # a bare encoder gets a new head, with a warning
+        model = load_init_from(config, lm_head=True)  # a bare encoder gets a new head, with a warning
         if model.config.vocab_size != tokenizer.vocab_size:
             raise ConfigError(
                 f"init_from {config.init_from} has vocab_size {model.config.vocab_size} but the tokenizer has "

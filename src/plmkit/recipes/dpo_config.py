@@ -50,7 +50,9 @@ class DpoConfig:
     out_dir: str = "runs/{name}"
     seed: Annotated[int, Range(ge=0)] = 0
     init_from: str | None = None  # a plmkit or Hugging Face causal LM; else model.preset from scratch
-    model: ModelSection = field(default_factory=ModelSection)  # random init only (with tokenizer.path)
+    model: ModelSection = field(
+        default_factory=ModelSection
+    )  # random init (with tokenizer.path); init_from: its dropout rates only
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)  # path; default: init_from's
     chat_template: str | None = None  # a built-in name, Jinja source, or null (as plm sft)
     peft: dict[str, Any] = field(default_factory=dict)

@@ -13,7 +13,7 @@ from plmkit.evaluate.tasks.base import Task
 from plmkit.model import ModelConfig, get_preset
 from plmkit.model.registry import FAMILY_MODELS, model_class_name
 from plmkit.recipes.finetune_config import FinetuneConfig
-from plmkit.recipes.inputs import check_init_from, load_tokenizer_folder
+from plmkit.recipes.inputs import check_init_from, load_init_from, load_tokenizer_folder
 
 
 def finetune_tokenizer(config: FinetuneConfig, resume_from: Path | None = None) -> Any:
@@ -32,9 +32,7 @@ def build_base_model(config: FinetuneConfig, tokenizer: Any) -> tuple[torch.nn.M
     """(the base model in train mode, where it came from): init_from's checkpoint, or model.preset with
     the recipe's fields at random initialisation (the vocabulary and special ids are the tokenizer's)."""
     if config.init_from:
-        from plmkit.io import load
-
-        model, _ = load(config.init_from)
+        model = load_init_from(config)
         if model.config.vocab_size < tokenizer.vocab_size:
             raise ConfigError(
                 f"init_from {config.init_from} has vocab_size {model.config.vocab_size} but the tokenizer has "

@@ -81,3 +81,17 @@ def check_init_from(config: RecipeConfig) -> None:
         first = f"run plm pretrain {recipe}" if recipe.is_file() else "train that run"
         how = f"{first} first or set init_from= to a plmkit or Hugging Face model folder"
     raise CheckpointError(f"{start}: {config.name} continues from {base}; {how}")
+
+
+def load_init_from(config: Any, lm_head: bool = False) -> Any:
+    """init_from's model (plmkit.io.load: eval mode, the checkpoint's own dropout rates) with the recipe's
+    model.dropout / model.attention_dropout when set: the model section's only keys that apply to a
+    checkpoint (like transformers' from_pretrained(..., hidden_dropout_prob=0.0)); the others describe a
+    model built from scratch."""
+    from plmkit.io import load
+    from plmkit.model.dropout import set_dropout_rates
+
+    model, _ = load(config.init_from, lm_head=lm_head)
+    given = config.model.overrides() if hasattr(config.model, "overrides") else {}
+    set_dropout_rates(model, given.get("dropout"), given.get("attention_dropout"))
+    return model

@@ -22,6 +22,7 @@ from plmkit.evaluate.tasks.base import with_body
 from plmkit.model import ModelConfig, get_preset
 from plmkit.model.heads import RewardModel
 from plmkit.model.registry import model_class_name
+from plmkit.recipes.inputs import load_init_from
 from plmkit.train.checkpoint import read_trainer_info
 from plmkit.weights import unwrap
 
@@ -70,9 +71,7 @@ def build_reward_model(config: Any, tokenizer: Any) -> tuple[RewardModel, str]:
     """(the recipe's RewardModel in train mode, where it came from): init_from as a reward model, or
     model.preset at random initialisation (the vocabulary and special ids are the tokenizer's)."""
     if config.init_from:
-        from plmkit.io import load
-
-        model, _ = load(config.init_from)
+        model = load_init_from(config)
         if model.config.vocab_size < tokenizer.vocab_size:
             raise ConfigError(
                 f"init_from {config.init_from} has vocab_size {model.config.vocab_size} but the tokenizer has "

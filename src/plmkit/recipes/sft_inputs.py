@@ -19,7 +19,7 @@ from plmkit.model.registry import FAMILY_MODELS, model_class_name
 from plmkit.prompting.chat import BUILTIN, ChatTemplate
 from plmkit.prompting.instructions import to_messages
 from plmkit.prompting.sft_data import collate_packed, collate_sft, pack_examples, sft_example
-from plmkit.recipes.inputs import check_init_from, load_tokenizer_folder
+from plmkit.recipes.inputs import check_init_from, load_init_from, load_tokenizer_folder
 from plmkit.recipes.sft_config import SftConfig
 from plmkit.weights import unwrap
 
@@ -48,9 +48,7 @@ def build_causal_lm(
     recipe with init_from / model / tokenizer sections may build its causal LM here (GRPO does)."""
     max_length = config.data.max_length if max_length is None else max_length
     if config.init_from:
-        from plmkit.io import load
-
-        model, _ = load(config.init_from)
+        model = load_init_from(config)
         source = f"init_from {config.init_from}"
         base = unwrap(getattr(model, "base_model", model))  # under a prompt / prefix-tuning wrapper
         if model_class_name(base) != CAUSAL:

@@ -10,6 +10,7 @@ from plmkit.model.config import ModelConfig
 from plmkit.model.hf_arch.rules import (
     ACTIVATION_TO_HF,
     Architecture,
+    DropoutFields,
     Rule,
     activation_from_hf,
     linear_pairs,
@@ -181,14 +182,20 @@ def llama_weights(
     return rules
 
 
-GPT2 = Architecture("gpt2", _gpt2_config, _gpt2_export, _gpt2_weights, "GPT2LMHeadModel", "GPT2Model")
+GPT2 = Architecture(
+    "gpt2", _gpt2_config, _gpt2_export, _gpt2_weights, "GPT2LMHeadModel", "GPT2Model",
+    DropoutFields(("resid_pdrop", "embd_pdrop"), "attn_pdrop", 0.1, 0.1),
+)  # fmt: skip
 
 
 def _llama_weights(c: ModelConfig, head: bool) -> list[Rule]:
     return llama_weights(c, head, _llama_mlp)
 
 
-LLAMA = Architecture("llama", llama_config, llama_export, _llama_weights, "LlamaForCausalLM", "LlamaModel")
+LLAMA_DROPOUT = DropoutFields(attention="attention_dropout")  # LLaMA-style models have no hidden dropout
+LLAMA = Architecture(
+    "llama", llama_config, llama_export, _llama_weights, "LlamaForCausalLM", "LlamaModel", LLAMA_DROPOUT
+)
 QWEN2 = Architecture(
     "qwen2",
     lambda hf: llama_config(hf, qwen=True),
@@ -196,4 +203,5 @@ QWEN2 = Architecture(
     _llama_weights,
     "Qwen2ForCausalLM",
     "Qwen2Model",
+    LLAMA_DROPOUT,
 )

@@ -9,6 +9,7 @@ from plmkit.model.config import ModelConfig
 from plmkit.model.hf_arch.rules import (
     ACTIVATION_TO_HF,
     Architecture,
+    DropoutFields,
     Rule,
     activation_from_hf,
     linear_pairs,
@@ -110,7 +111,10 @@ def pooler_rules(model_type: str) -> list[Rule]:
     return [Rule(f"pooler.{p}", (f"{base}pooler.dense.{p}",)) for p in ("weight", "bias")]
 
 
-BERT = Architecture("bert", _bert_config, _bert_export, _bert_weights, "BertForMaskedLM", "BertModel")
+BERT_DROPOUT = DropoutFields(("hidden_dropout_prob",), "attention_probs_dropout_prob", 0.1, 0.1)
+BERT = Architecture(
+    "bert", _bert_config, _bert_export, _bert_weights, "BertForMaskedLM", "BertModel", BERT_DROPOUT
+)
 ROBERTA = Architecture(
     "roberta",
     lambda hf: _bert_config(hf, roberta=True),
@@ -118,4 +122,5 @@ ROBERTA = Architecture(
     lambda c, head: _bert_weights(c, head, roberta=True),
     "RobertaForMaskedLM",
     "RobertaModel",
+    BERT_DROPOUT,
 )

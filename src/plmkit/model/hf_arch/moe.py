@@ -15,7 +15,14 @@ from typing import Any
 
 from plmkit.errors import CheckpointError
 from plmkit.model.config import ModelConfig
-from plmkit.model.hf_arch.decoders import Pairs, llama_config, llama_export, llama_mlp_pairs, llama_weights
+from plmkit.model.hf_arch.decoders import (
+    LLAMA_DROPOUT,
+    Pairs,
+    llama_config,
+    llama_export,
+    llama_mlp_pairs,
+    llama_weights,
+)
 from plmkit.model.hf_arch.rules import Architecture, Rule, linear_pairs
 
 
@@ -139,8 +146,9 @@ def _qwen2_moe_weights(c: ModelConfig, head: bool) -> list[Rule]:
 
 
 MIXTRAL = Architecture(
-    "mixtral", _mixtral_config, _mixtral_export, _mixtral_weights, "MixtralForCausalLM", "MixtralModel"
-)
+    "mixtral", _mixtral_config, _mixtral_export, _mixtral_weights, "MixtralForCausalLM", "MixtralModel",
+    LLAMA_DROPOUT,
+)  # fmt: skip
 QWEN2_MOE = Architecture(
     "qwen2_moe",
     _qwen2_moe_config,
@@ -148,4 +156,5 @@ QWEN2_MOE = Architecture(
     _qwen2_moe_weights,
     "Qwen2MoeForCausalLM",
     "Qwen2MoeModel",
+    LLAMA_DROPOUT,
 )

@@ -20,6 +20,29 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class DropoutFields:
+    """Where a config.json keeps its dropout rates, with transformers' defaults for an absent key. They
+    change training only, and fine-tuning an imported checkpoint uses them, as transformers does."""
+
+    hidden: tuple[str, ...] = ()  # -> ModelConfig.dropout: the first key is read, every key written
+    attention: str | None = None  # -> ModelConfig.attention_dropout
+    hidden_default: float = 0.0
+    attention_default: float = 0.0
+
+    def read(self, hf: dict[str, Any]) -> dict[str, float]:
+        out = {}
+        if self.hidden:
+            out["dropout"] = float(hf.get(self.hidden[0], self.hidden_default))
+        if self.attention:
+            out["attention_dropout"] = float(hf.get(self.attention, self.attention_default))
+        return out
+
+    def write(self, c: ModelConfig) -> dict[str, float]:
+        out = {self.attention: c.attention_dropout} if self.attention else {}
+        return out | {key: c.dropout for key in self.hidden}  # T5: one key for both, the hidden rate
+
+
+@dataclass(frozen=True)
 class Architecture:
     model_type: str
     to_config: Callable[[dict[str, Any]], ModelConfig]
@@ -27,6 +50,7 @@ class Architecture:
     weights: Callable[[ModelConfig, bool], list[Rule]]  # (config, with LM head) -> rules
     lm_class: str  # transformers class name of the LM architecture (for export)
     base_class: str  # transformers class name of the bare model
+    dropout: DropoutFields = DropoutFields()
 
 
 def rule_list(prefix: str, pairs: list[tuple[str, str | tuple[str, ...]]], transpose: tuple[str, ...] = ()):

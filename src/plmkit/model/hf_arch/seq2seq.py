@@ -9,6 +9,7 @@ from plmkit.model.config import ModelConfig
 from plmkit.model.hf_arch.rules import (
     ACTIVATION_TO_HF,
     Architecture,
+    DropoutFields,
     Rule,
     activation_from_hf,
     linear_pairs,
@@ -197,6 +198,10 @@ def _t5_weights(c: ModelConfig, head: bool) -> list[Rule]:
 
 
 BART = Architecture(
-    "bart", _bart_config, _bart_export, _bart_weights, "BartForConditionalGeneration", "BartModel"
-)
-T5 = Architecture("t5", _t5_config, _t5_export, _t5_weights, "T5ForConditionalGeneration", "T5Model")
+    "bart", _bart_config, _bart_export, _bart_weights, "BartForConditionalGeneration", "BartModel",
+    DropoutFields(("dropout",), "attention_dropout", 0.1, 0.0),
+)  # fmt: skip
+T5 = Architecture(
+    "t5", _t5_config, _t5_export, _t5_weights, "T5ForConditionalGeneration", "T5Model",
+    DropoutFields(("dropout_rate",), "dropout_rate", 0.1, 0.1),  # T5 drops attention weights at the same rate
+)  # fmt: skip

@@ -6,7 +6,7 @@
 Groups (all by default; --list prints them): decode-gpt2, decode-llama, decode-t5 (6x384, vocab 8192,
 batch 1 and 8, fp32 / bf16 / int8 decode weights vs transformers fp32 generate()), decode-124m
 (GPT-2-small's shape, batch 1, against the read-bandwidth limit), ttft (first token of a 512-token
-prompt), train-gpt2, train-llama, train-bert, train-t5, train-lora (seq 256, batch 8, fp32 and bf16),
+prompt), train-gpt2, train-llama, train-bert, train-t5, train-bart, train-lora (seq 256, batch 8, fp32 and bf16),
 memory (peak RSS of a checkpointed 12x768 step at seq 1024, plmkit vs transformers), scaling (the PNG),
 gpu (CUDA only: bf16 training rows with SDPA, MFU against the device's GEMM peak).
 
@@ -37,7 +37,7 @@ from benchkit import models as M  # noqa: E402
 from benchkit import rounds as R  # noqa: E402
 
 DECODE = ["decode-gpt2", "decode-llama", "decode-t5", "decode-124m", "ttft"]
-TRAIN = ["train-gpt2", "train-llama", "train-bert", "train-t5", "train-lora"]
+TRAIN = ["train-gpt2", "train-llama", "train-bert", "train-t5", "train-bart", "train-lora"]
 GROUPS = [*DECODE, *TRAIN, "memory", "scaling", "gpu"]
 
 
@@ -99,9 +99,18 @@ def run(args: argparse.Namespace) -> dict:
     log(f"machine and limits ({'tiny' if args.tiny else 'quick' if args.quick else 'full'} run)")
     result: dict = {
         "machine": limits.machine(),
-        "options": {"quick": args.quick, "tiny": args.tiny, "only": sorted(only), "threads": args.threads},
+        "options": {
+            "quick": args.quick,
+            "tiny": args.tiny,
+            "only": sorted(only),
+            "threads": args.threads,
+            "precisions": args.precisions,
+        },  # fmt: skip
     }
-    result["limits"] = limits.measure_tiny(log) if args.tiny else limits.measure(args.quick, log)
+    dtypes = args.precisions
+    result["limits"] = (
+        limits.measure_tiny(log, dtypes) if args.tiny else limits.measure(args.quick, log, dtypes)
+    )
     lim = result["limits"]
     rows: list[dict] = []
     result["group_seconds"] = group_seconds = {}
@@ -121,12 +130,12 @@ def run(args: argparse.Namespace) -> dict:
         if f"decode-{family}" in only:
             emit(
                 decode.decode_rows(
-                    family, s["shape"], [1, 8], ["fp32", "bf16", "int8"], s["new_tokens"], s["plan"], log
+                    family, s["shape"], [1, 8], [*dtypes, "int8"], s["new_tokens"], s["plan"], log
                 )
             )
     if "decode-124m" in only:
         new = decode.decode_rows(
-            "gpt2", s["shape_124m"], [1], ["fp32", "bf16", "int8"], s["new_tokens_124m"], s["plan_124m"], log
+            "gpt2", s["shape_124m"], [1], [*dtypes, "int8"], s["new_tokens_124m"], s["plan_124m"], log
         )
         for r in new:
             fill_bandwidth(r, lim["read_gb_s"])
@@ -147,7 +156,7 @@ def run(args: argparse.Namespace) -> dict:
             ]
         )
     peaks = lim["gemm_gflops"]
-    for family in ("gpt2", "llama", "bert", "t5", "lora"):
+    for family in ("gpt2", "llama", "bert", "t5", "bart", "lora"):
         if f"train-{family}" in only:
             emit(
                 train.train_rows(
@@ -155,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
                     s["shape"],
                     s["train_batch"],
                     s["train_seq"],
-                    ["fp32", "bf16"],
+                    dtypes,
                     peaks,
                     s["plan"],
                     log,
@@ -208,6 +217,11 @@ def main() -> None:
     parser.add_argument("--list", action="store_true", help="print the groups and exit")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--precisions", nargs="+", choices=list(limits.DTYPES), default=list(limits.DTYPES),
+        help="float dtypes of the training rows, decode weights and GEMM peaks (default: all); fp32 alone "
+        "on a CPU without native bf16 (AVX2), where bf16 runs emulated and takes many minutes",
+    )  # fmt: skip
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: one memory measurement, in this process
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -5,7 +5,7 @@ rounds.py      warm-up, interleaved rounds with rotating order, median of per-ro
 limits.py      the machine: CPU, flags, versions; GEMM peak per dtype, read bandwidth, matrix-vector rates
 models.py      the same weights on both sides: transformers built, save_pretrained, plmkit.load_hf; checks
 decode.py      decoding rows (GPT-2, LLaMA, T5; fp32 / bf16 / int8; time to first token; 124M shape)
-train.py       training-step rows (GPT-2, LLaMA, BERT MLM, T5, LoRA; fp32 / bf16), MFU, matmul bound
+train.py       training-step rows (GPT-2, LLaMA, BERT MLM, T5, BART, LoRA; fp32 / bf16), MFU, matmul bound
 memory.py      peak RSS of a checkpointed step (subprocesses); step time and memory against length and width
 report.py      the JSON, the Markdown table and the PNG
 """

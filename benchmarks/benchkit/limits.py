@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import time
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -138,13 +139,13 @@ def matvec_rates(
     return rates
 
 
-def measure(quick: bool, log=print) -> dict:
-    """Every limit, sized for --quick (seconds) or the full run (tens of seconds)."""
+def measure(quick: bool, log=print, dtypes: Sequence[str] = tuple(DTYPES)) -> dict:
+    """Every limit (GEMM peaks of `dtypes`), sized for --quick (seconds) or the full run (tens of seconds)."""
     n = 1024 if quick else 4096
     windows, window_s = (2, 0.3) if quick else (3, 2.0)
     limits: dict = {"gemm_n": n, "gemm_gflops": {}}
-    for name, dtype in DTYPES.items():
-        limits["gemm_gflops"][name] = gemm_peak(dtype, n, windows, window_s)
+    for name in dtypes:
+        limits["gemm_gflops"][name] = gemm_peak(DTYPES[name], n, windows, window_s)
         log(f"  GEMM {n}^3 {name}: {limits['gemm_gflops'][name]:.1f} GFLOP/s")
     mb = 512 if quick else 2048
     limits["bandwidth_array_mb"] = mb
@@ -158,11 +159,11 @@ def measure(quick: bool, log=print) -> dict:
     return limits
 
 
-def measure_tiny(log=print) -> dict:
+def measure_tiny(log=print, dtypes: Sequence[str] = tuple(DTYPES)) -> dict:
     """The same fields in well under a second (tests of the harness; not a limit of anything)."""
     limits: dict = {"gemm_n": 128, "gemm_gflops": {}}
-    for name, dtype in DTYPES.items():
-        limits["gemm_gflops"][name] = gemm_peak(dtype, 128, 1, 0.02)
+    for name in dtypes:
+        limits["gemm_gflops"][name] = gemm_peak(DTYPES[name], 128, 1, 0.02)
     limits["bandwidth_array_mb"] = 16
     limits["read_gb_s"] = read_bandwidth(16, 1, 0.02)
     limits["matvec_shape"] = {"d": 64, "matrices": 2, "matrix": [256, 64]}

@@ -21,7 +21,9 @@ HF_CLASS = {
     "llama": "LlamaForCausalLM",
     "bert": "BertForMaskedLM",
     "t5": "T5ForConditionalGeneration",
+    "bart": "BartForConditionalGeneration",
 }
+SEQ2SEQ = ("t5", "bart")
 LOGITS_ATOL = 1e-4
 MASK_ID = 4
 
@@ -91,6 +93,21 @@ def hf_config(family: str, s: Shape):
             eos_token_id=1,
             decoder_start_token_id=0,
         )
+    if family == "bart":
+        return T.BartConfig(
+            vocab_size=s.vocab,
+            d_model=s.d_model,
+            encoder_layers=s.layers,
+            decoder_layers=s.layers,
+            encoder_attention_heads=s.heads,
+            decoder_attention_heads=s.heads,
+            encoder_ffn_dim=4 * s.d_model,
+            decoder_ffn_dim=4 * s.d_model,
+            max_position_embeddings=s.positions,
+            dropout=0.0,
+            attention_dropout=0.0,
+            activation_dropout=0.0,
+        )
     raise ValueError(f"unknown family {family!r}; known: {', '.join(HF_CLASS)}")
 
 
@@ -135,7 +152,7 @@ def attention_of(reference) -> str:
 def check_inputs(family: str, vocab: int, batch: int = 2, length: int = 16) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(7)
     inputs = {"input_ids": torch.randint(5, vocab, (batch, length), generator=g)}
-    if family == "t5":
+    if family in SEQ2SEQ:
         inputs["decoder_input_ids"] = torch.randint(5, vocab, (batch, length // 2), generator=g)
     return inputs
 

@@ -94,8 +94,9 @@ def table(result: dict) -> str:
         f"transformers {m['transformers']}, peft {m['peft']}; load average {m['load_average']}; "
         f"{run_kind(result['options'])}.",
         "",
-        f"Limits measured in this run: GEMM {lim['gemm_n']}³ fp32 {lim['gemm_gflops']['fp32']:.1f} GFLOP/s, "
-        f"bf16 {lim['gemm_gflops']['bf16']:.1f} GFLOP/s; streaming read {lim['read_gb_s']:.1f} GB/s; "
+        f"Limits measured in this run: GEMM {lim['gemm_n']}³ "
+        + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in lim["gemm_gflops"].items())
+        + f"; streaming read {lim['read_gb_s']:.1f} GB/s; "
         "matrix-vector from DRAM: "
         + "; ".join(
             f"{d} " + ", ".join(f"{k} {v:.1f} GB/s" for k, v in rates.items())

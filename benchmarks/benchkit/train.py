@@ -2,7 +2,7 @@
 interleaved comparison per family so that both sides and both precisions share the same minutes.
 
 A step = forward + loss + backward + fused AdamW step (lr 1e-4) + zero_grad. GPT-2 / LLaMA: causal
-LM, labels = inputs; BERT: masked LM (15% masked); T5: labels of the input's length; LoRA: r=8,
+LM, labels = inputs; BERT: masked LM (15% masked); T5 / BART: labels of the input's length; LoRA: r=8,
 alpha 16 on GPT-2's fused QKV (peft: c_attn). Before timing: logits within 1e-4 (fp32) and step-1
 losses within 1e-5 (fp32; bf16 within 2e-3 relative, reported); a failed check leaves the family's
 rows untimed. The limit: MFU = 6 N tokens/s / GEMM peak of the dtype (LoRA: 4 N, no weight
@@ -37,7 +37,7 @@ def make_batch(family: str, vocab: int, batch: int, seq: int, device: str) -> di
     if family == "bert":
         masked = torch.rand(ids.shape, generator=g) < 0.15
         out = {"input_ids": ids.masked_fill(masked, M.MASK_ID), "labels": ids.masked_fill(~masked, -100)}
-    elif family == "t5":
+    elif family in M.SEQ2SEQ:
         out = {"input_ids": ids, "labels": torch.randint(5, vocab, (batch, seq), generator=g)}
     else:
         out = {"input_ids": ids, "labels": ids.clone()}

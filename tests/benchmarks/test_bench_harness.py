@@ -207,6 +207,32 @@ def test_tiny_run_end_to_end_checks_before_timing(tmp_path):
     assert json_path.with_suffix(".md").read_text().count("| decode gpt2 2x64") == 6
 
 
+@pytest.mark.slow
+def test_bart_training_rows_check_parity_and_precisions_restrict_the_run(tmp_path):
+    """BART is timed like T5 (same weights, logits and step-1 loss checked); --precisions fp32 leaves out
+    the bf16 rows and the bf16 GEMM peak (emulated, minutes long, on CPUs without native bf16)."""
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "run.py"),
+        "--quick",
+        "--tiny",
+        "--only",
+        "train-bart",
+    ]
+    done = subprocess.run(
+        [*command, "--precisions", "fp32", "--out", str(tmp_path)], capture_output=True, text=True, env=env,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    (json_path,) = tmp_path.glob("*.json")
+    result = json.loads(json_path.read_text())
+    assert list(result["limits"]["gemm_gflops"]) == ["fp32"] and result["options"]["precisions"] == ["fp32"]
+    (row,) = result["rows"]
+    assert row["name"] == "train bart 2x64 seq 32 b2 fp32" and row["status"] == "ok"
+    assert row["check"]["logits_max_diff"] <= 1e-4 and row["check"]["loss_diff"] <= 1e-5
+
+
 def test_decode_rows_check_before_timing_and_use_the_engines_own_split(monkeypatch):
     """A tiny GPT-2 decoded by both sides: greedy ids identical to transformers, and when the output
     carries prefill_seconds / decode_seconds, the row's limit uses the decode time per token."""

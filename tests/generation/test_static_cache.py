@@ -190,3 +190,20 @@ def test_unknown_dtype_is_refused():
 
     with pytest.raises(ConfigError, match=r"dtype must be one of fp32, bf16, int8, got 'fp16'.*bf16"):
         GenerationConfig(dtype="fp16")
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("bias", [True, False])
+def test_fp32_matvec_column_blocks_equal_the_linear_layer(threads, bias, monkeypatch):
+    """The fp32 few-row product runs as one bmm over a column block per thread; out = 7 leaves a padded
+    last block for 2 and 3 threads. Equal to the layer's own output for 1 and 5 rows."""
+    from plmkit.generation.weights import prepare_linear
+
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(12, 7, bias=bias)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+    product = prepare_linear(layer, "fp32", torch.float32, matvec=True)
+    for rows in (1, 5):
+        x = torch.randn(rows, 12)
+        with torch.no_grad():
+            torch.testing.assert_close(product(x), layer(x), rtol=0, atol=1e-6)

@@ -161,8 +161,10 @@ def reference_model(model_dir: str, classifier: dict[str, torch.Tensor], config)
     model.attention_dropout: the attention weights'), as plmkit applies them to the checkpoint."""
     import transformers as T
 
+    from plmkit.model.hf_arch.encoders import BERT_DROPOUT  # plmkit's own map of BERT's dropout keys
+
     given = config.model.overrides()
-    names = {"dropout": "hidden_dropout_prob", "attention_dropout": "attention_probs_dropout_prob"}
+    names = {"dropout": BERT_DROPOUT.hidden[0], "attention_dropout": BERT_DROPOUT.attention}
     rates = {hf: given[ours] for ours, hf in names.items() if ours in given}
     model = T.AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2, **rates)
     with torch.no_grad():

@@ -92,6 +92,6 @@ def load_init_from(config: Any, lm_head: bool = False) -> Any:
     from plmkit.model.dropout import set_dropout_rates
 
     model, _ = load(config.init_from, lm_head=lm_head)
-    given = config.model.overrides() if hasattr(config.model, "overrides") else {}
+    given = config.model.overrides()
     set_dropout_rates(model, given.get("dropout"), given.get("attention_dropout"))
     return model

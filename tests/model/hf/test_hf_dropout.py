@@ -56,6 +56,8 @@ def test_defaults_are_transformers_defaults(name):
     """An absent key reads as transformers' default for that architecture."""
     fields = ARCHITECTURES[name].dropout
     assert fields.read({}) == fields.read(SMALL[name]().to_dict())
+    null = {key: None for key in (*fields.hidden, fields.attention) if key}  # "null" in a config.json
+    assert fields.read(null) == fields.read({})
 
 
 @pytest.mark.parametrize("name", list(SMALL))

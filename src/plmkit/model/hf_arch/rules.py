@@ -30,11 +30,15 @@ class DropoutFields:
     attention_default: float = 0.0
 
     def read(self, hf: dict[str, Any]) -> dict[str, float]:
+        def rate(key: str, default: float) -> float:
+            value = hf.get(key)
+            return default if value is None else float(value)  # absent or null: transformers' default
+
         out = {}
         if self.hidden:
-            out["dropout"] = float(hf.get(self.hidden[0], self.hidden_default))
+            out["dropout"] = rate(self.hidden[0], self.hidden_default)
         if self.attention:
-            out["attention_dropout"] = float(hf.get(self.attention, self.attention_default))
+            out["attention_dropout"] = rate(self.attention, self.attention_default)
         return out
 
     def write(self, c: ModelConfig) -> dict[str, float]:

@@ -28,7 +28,6 @@ import os
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -280,6 +279,7 @@ def main() -> None:
     import trl
     from benchkit import rounds as R
     from benchkit.limits import machine, slug
+    from benchkit.report import result_path
 
     s = Setup()
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
@@ -353,7 +353,7 @@ def main() -> None:
     print(json.dumps({k: v for k, v in row.items() if k not in ("rounds", "machine")}), flush=True)
     if not args.quick:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"grpo-{slug(info['cpu']['model'])}-{time.strftime('%Y-%m-%d')}.json"
+        path = result_path(args.out, f"grpo-{slug(info['cpu']['model'])}")
         path.write_text(json.dumps(row, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {path}", file=sys.stderr)
 

@@ -413,8 +413,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     report["wall_seconds"] = {"setup": round(setup_seconds, 1), "total": round(time.time() - started, 1)}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"cot-scratchpad{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}.json"
-    (out / name).write_text(json.dumps(report, indent=1) + "\n")
+    from benchkit.report import result_path
+
+    result_path(out, f"cot-scratchpad{'-tiny' if args.tiny else ''}").write_text(
+        json.dumps(report, indent=1) + "\n"
+    )
     return report
 
 

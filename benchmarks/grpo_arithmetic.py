@@ -178,7 +178,9 @@ def main() -> None:
     print(json.dumps(result))
     if not args.tiny:
         args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"grpo-arithmetic-{time.strftime('%Y-%m-%d')}.json"
+        from benchkit.report import result_path
+
+        path = result_path(args.out, "grpo-arithmetic")
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(f"wrote {path}", file=sys.stderr)
 

@@ -255,8 +255,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     print(json.dumps({"summary": report["summary"]}), flush=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"icl-sst2{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}.json"
-    (out / name).write_text(json.dumps(report, indent=1) + "\n")
+    from benchkit.report import result_path
+
+    result_path(out, f"icl-sst2{'-tiny' if args.tiny else ''}").write_text(
+        json.dumps(report, indent=1) + "\n"
+    )
     return report
 
 

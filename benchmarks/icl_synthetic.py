@@ -368,10 +368,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"icl-synthetic{'-tiny' if args.tiny else ''}-{time.strftime('%Y-%m-%d')}"
-    picture = plot(results, out / f"{stem}.png")
+    from benchkit.report import output_stem
+
+    stem = output_stem(out, f"icl-synthetic{'-tiny' if args.tiny else ''}")
+    picture = plot(results, stem.with_suffix(".png"))
     report["png"] = picture.name if picture else None
-    (out / f"{stem}.json").write_text(json.dumps(report, indent=1) + "\n")
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     print(
         json.dumps({"rises_with_shots": report["rises_with_shots"], "wall_seconds": report["wall_seconds"]})
     )

@@ -171,7 +171,9 @@ def main() -> None:
         print(json.dumps({k: results[k] for k in results if k.startswith(("pet_", "distilled_"))}))
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / f"pet-fewclue-distill-{time.strftime('%Y-%m-%d')}.json").write_text(
+        from benchkit.report import result_path
+
+        result_path(out, "pet-fewclue-distill").write_text(
             json.dumps(results, indent=1, ensure_ascii=False) + "\n"
         )
         return
@@ -202,11 +204,11 @@ def main() -> None:
             }
         )
     )
+    from benchkit.report import result_path
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"pet-fewclue-{time.strftime('%Y-%m-%d')}.json").write_text(
-        json.dumps(results, indent=1, ensure_ascii=False) + "\n"
-    )
+    result_path(out, "pet-fewclue").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -82,8 +82,10 @@ def main() -> None:
     print(json.dumps(summary))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y-%m-%d")
-    (out / f"pretraining-helps-{stamp}.json").write_text(json.dumps({**results, **summary}, indent=1) + "\n")
+    from benchkit.report import output_stem
+
+    stem = output_stem(out, "pretraining-helps")
+    stem.with_suffix(".json").write_text(json.dumps({**results, **summary}, indent=1) + "\n")
     try:
         import matplotlib
 
@@ -105,7 +107,7 @@ def main() -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(out / f"pretraining-helps-{stamp}.png", dpi=120)
+    fig.savefig(stem.with_suffix(".png"), dpi=120)
 
 
 if __name__ == "__main__":

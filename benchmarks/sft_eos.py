@@ -368,8 +368,11 @@ def main() -> None:
               "results": results, **summary}  # fmt: skip
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"sft-eos{'-tiny' if args.tiny else ''}-{args.lang}-{time.strftime('%Y-%m-%d')}.json"
-    (out / name).write_text(json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    from benchkit.report import result_path
+
+    result_path(out, f"sft-eos{'-tiny' if args.tiny else ''}-{args.lang}").write_text(
+        json.dumps(record, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
 
 
 def _loadavg() -> list[float] | None:

@@ -22,6 +22,11 @@ def output_stem(folder: Path, cpu_slug: str, date: datetime.date | None = None) 
     return stem
 
 
+def result_path(folder: Path, name: str, suffix: str = ".json") -> Path:
+    """folder/<name>-<date><suffix> for an experiment's result, never an existing one (-2, -3, ...)."""
+    return output_stem(folder, name).with_suffix(suffix)
+
+
 def write_text(path: Path, text: str) -> None:
     """Atomically: a temporary sibling, then a rename."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -261,3 +261,13 @@ def test_decode_rows_check_before_timing_and_use_the_engines_own_split(monkeypat
     assert fp32["prefill_ms"] == pytest.approx(100.0)
     assert fp32["limit"]["measured_ms_per_step"] == pytest.approx(100.0)
     assert bf16["status"] == "ok" and 0.0 <= bf16["check"]["greedy_agreement_vs_fp32"] <= 1.0
+
+
+def test_a_second_result_of_the_same_day_gets_a_new_name(tmp_path):
+    first = report.result_path(tmp_path, "cot-scratchpad")
+    assert first.name.startswith("cot-scratchpad-") and first.suffix == ".json"
+    first.write_text("{}")
+    second = report.result_path(tmp_path, "cot-scratchpad")
+    assert second != first and second.stem == first.stem + "-2"
+    second.write_text("{}")
+    assert report.result_path(tmp_path, "cot-scratchpad").stem == first.stem + "-3"

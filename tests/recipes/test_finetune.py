@@ -294,7 +294,7 @@ def test_task_head_mismatch(bases, tmp_path, capsys):
     assert "stack" in err
 
 
-def test_model_dropout_rates_apply_to_the_init_from_checkpoint(bases, tmp_path):
+def test_model_dropout_rates_apply_to_the_init_from_checkpoint(bases, tmp_path, capsys):
     """model.dropout / model.attention_dropout change an init_from checkpoint's rates (its own are kept
     otherwise), the new task head's dropout included."""
     from plmkit.config import load_config
@@ -318,3 +318,7 @@ def test_model_dropout_rates_apply_to_the_init_from_checkpoint(bases, tmp_path):
 
     assert rates() == ({0.0}, {0.0})  # the base was saved without dropout
     assert rates("model.dropout=0.25", "model.attention_dropout=0.125") == ({0.25}, {0.125})
+    assert "warning" not in capsys.readouterr().err
+    rates("model.dropout=0.25", "model.d_model=64")  # the checkpoint's width stays; said once
+    err = capsys.readouterr().err
+    assert err.count("warning: init_from=") == 1 and "the recipe's model.d_model are ignored" in err, err

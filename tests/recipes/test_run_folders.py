@@ -135,6 +135,7 @@ def test_init_from_ignores_the_model_and_tokenizer_sections_said_once(tmp_path, 
     import plmkit.train.logging as logging
     from plmkit.config import load_config
     from plmkit.recipes.config import RecipeConfig
+    from plmkit.recipes.inputs import ignored_model_keys
     from plmkit.recipes.pretrain import warn_about
 
     monkeypatch.setattr(logging, "_warned", set())
@@ -147,10 +148,13 @@ def test_init_from_ignores_the_model_and_tokenizer_sections_said_once(tmp_path, 
     warn_about(config)
     err = capsys.readouterr().err
     assert err.count("warning: init_from=base: ") == 1, err
-    assert "the recipe's model.n_layer, tokenizer.vocab_size are ignored" in err
+    assert "the recipe's tokenizer.vocab_size are ignored" in err
+    assert ignored_model_keys(config) == ["n_layer"]  # load_init_from's warning names it
     plain = load_config(RecipeConfig, LORA, ["init_from=base", "schedule.warmup_steps=0"])
     warn_about(plain)  # nothing set that it ignores: nothing said
     assert capsys.readouterr().err == ""
+    rates = load_config(RecipeConfig, LORA, ["init_from=base", "model.dropout=0.1", "model.preset=gpt2-tiny"])
+    assert ignored_model_keys(rates) == ["preset"]  # the dropout rates apply to the checkpoint
 
 
 @pytest.mark.slow  # a real subprocess: ~5 s

@@ -83,13 +83,35 @@ def check_init_from(config: RecipeConfig) -> None:
     raise CheckpointError(f"{start}: {config.name} continues from {base}; {how}")
 
 
+# the model section's only keys that apply to an init_from checkpoint (load_init_from)
+INIT_FROM_MODEL_KEYS = ("dropout", "attention_dropout")
+
+
+def ignored_model_keys(config: Any) -> list[str]:
+    """The model.* keys (preset included) that a run from init_from ignores: the checkpoint is the
+    architecture, and only the dropout rates apply to it."""
+    if not config.init_from:
+        return []
+    from plmkit.config.fields import given_fields
+
+    return sorted(k for k in given_fields(config.model) if k not in INIT_FROM_MODEL_KEYS)
+
+
 def load_init_from(config: Any, lm_head: bool = False) -> Any:
     """init_from's model (plmkit.io.load: eval mode, the checkpoint's own dropout rates) with the recipe's
     model.dropout / model.attention_dropout when set: the model section's only keys that apply to a
     checkpoint (like transformers' from_pretrained(..., hidden_dropout_prob=0.0)); the others describe a
-    model built from scratch."""
+    model built from scratch: a warning names any that is set."""
     from plmkit.io import load
     from plmkit.model.dropout import set_dropout_rates
+    from plmkit.train.logging import warn
+
+    if ignored := ignored_model_keys(config):
+        warn(
+            f"init_from={config.init_from}: the model comes from that checkpoint, so the recipe's "
+            f"{', '.join(f'model.{k}' for k in ignored)} are ignored (only model.dropout and "
+            "model.attention_dropout apply to it); remove them (or init_from) to silence this"
+        )
 
     model, _ = load(config.init_from, lm_head=lm_head)
     given = config.model.overrides()

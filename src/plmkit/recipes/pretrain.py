@@ -137,16 +137,13 @@ def check(config: RecipeConfig) -> RunPlan:
 
 def warn_about(config: RecipeConfig) -> None:
     """Settings that run, but probably not as the user thinks (printed once, by rank 0)."""
-    if config.init_from:
-        ignored = sorted(config.model.overrides())
+    if config.init_from and not config.tokenizer.path:  # (the model's keys: load_init_from warns)
         tokenizer = [k for k in ("kind", "vocab_size", "family") if k in _given(config.tokenizer)]
-        if config.tokenizer.path:
-            tokenizer = []  # tokenizer.path is used (instead of the checkpoint's own tokenizer)
-        if ignored or tokenizer:
-            keys = ", ".join([*(f"model.{k}" for k in ignored), *(f"tokenizer.{k}" for k in tokenizer)])
+        if tokenizer:
             warn(
-                f"init_from={config.init_from}: the model and its tokenizer come from that checkpoint, so "
-                f"the recipe's {keys} are ignored; remove them (or init_from) to silence this"
+                f"init_from={config.init_from}: the tokenizer comes from that checkpoint, so the recipe's "
+                f"{', '.join(f'tokenizer.{k}' for k in tokenizer)} are ignored; remove them (or init_from) "
+                "to silence this"
             )
     if config.train.steps < config.schedule.warmup_steps:
         warn(

@@ -8,8 +8,8 @@ evaluated on mappings it never saw, with k = 0, 1, 2, 4, 8, 16 demonstrations.
 
 The world: `classes` classes of `exemplars` item words each (pronounceable nonsense words, "bap", "dek",
 ...; one per class by default), and `labels` label words (" red", " blue", ...). A sequence (one training
-document) draws `ways` classes and gives them distinct label words at random (its mapping), then `pairs`
-lines "<item> <label>", each an exemplar of one of its classes:
+document) draws a number of classes, uniformly from `min_ways` to `ways`, and gives them distinct label
+words at random (its mapping), then `pairs` lines "<item> <label>", each an exemplar of one of its classes:
 
     dek blue
     mov red
@@ -17,20 +17,26 @@ lines "<item> <label>", each an exemplar of one of its classes:
     ...
 
 With more than one exemplar per class, an item's class is the same in every sequence (learnable in the
-weights) while its label is not. A mapping is the set of (class, label) pairs of a sequence; the evaluation
-episodes' mappings are drawn first and no training sequence has one of them (redrawn, counted). An episode
-is a mapping, 16 demonstrations and a query item; shots=k uses its first k demonstrations (the curves are
-paired across k). The prompt is built by plmkit.prompting.icl (template "{text} {label_word}\n": the k
-demonstrations, then the query item) and the label words are scored by icl.label_word_scores
-(generation.scoring.continuation_logprobs): the prediction is the likeliest of the `labels` words.
+weights) while its label is not. A mapping is the set of (class, label) pairs of a sequence. The evaluation
+episodes (always `ways` classes) are drawn first; a training sequence that shows one of their mappings, or
+a part of one of two classes or more, is redrawn (counted). An episode is a mapping, 16 demonstrations and
+a query item; shots=k uses its first k demonstrations (the curves are paired across k). The prompt is built
+by plmkit.prompting.icl (template "{text} {label_word}\n": the k demonstrations, then the query item) and
+the label words are scored by icl.label_word_scores (generation.scoring.continuation_logprobs): the
+prediction is the likeliest of the `labels` words.
 
-Bursty sequences: a share `repeat` (default 0.5) of the training sequences repeats its first half of the
-lines (the same demonstrations again, in the same order; still one mapping). Predicting a label from an
+Why sequences with fewer classes than labels (min_ways 2 of 4 by default). Predicting a label from an
 earlier line needs two attention layers (an induction head: find the earlier line of the query's item, copy
-the token after it; Olsson et al. 2022); the repeated halves, where every token can be copied, give that
-circuit more training signal (a design choice; what the runs show, with and without them, is in the
-README: at this size the circuit that forms is a soft match, not a sharp induction head). The held-out
-episodes never repeat.
+the token after it; Olsson et al. 2022). When every label appears in every sequence (min_ways = ways =
+labels), copying a label seen in the context pays nothing until the item match works too, and the label
+loss stays at chance: 8,000 steps of such sequences learnt nothing. With 2 or 3 classes, copying any label
+of the context already pays, and the match is learnt on top of it (the staged path; Reddy 2023 describes
+the same plateau). The evaluation stays at `ways` classes.
+
+Bursty sequences (optional): a share `repeat` of the training sequences repeats its first half of the
+lines (the same demonstrations again, in the same order; still one mapping). At a fixed offset, that
+copying can be learnt by position alone; the earlier runs with repeat 0.5 and 4 classes per sequence are in
+the README. The held-out episodes never repeat.
 
 Training is `plm pretrain` (the CLI, in a subprocess) with objective clm on the generated JSONL file, a
 llama-tiny (rotary positions) of 2 layers. Each sequence is 3 tokens a line and the end-of-text token
@@ -118,26 +124,43 @@ def document(pairs: Sequence[tuple[str, str]]) -> str:
     return "".join(TEMPLATE.format(text=item, label_word=label) for item, label in pairs)
 
 
+def training_ways(args: argparse.Namespace) -> list[int]:
+    """The class counts a training sequence draws from, uniformly: --min-ways .. --ways."""
+    return list(range(args.min_ways, args.ways + 1))
+
+
+def held_out_parts(episodes: Sequence[Episode]) -> set[tuple[tuple[int, int], ...]]:
+    """Every held-out mapping and each part of it of two classes or more."""
+    return {part for e in episodes for n in range(2, len(e.mapping) + 1) for part in itertools.combinations(e.mapping, n)}  # fmt: skip
+
+
+def shown_mapping(world: World, pairs: Sequence[tuple[str, str]]) -> tuple[tuple[int, int], ...]:
+    """The (class, label index) pairs that a sequence's lines show."""
+    class_of, label_index = world.class_of(), {w: i for i, w in enumerate(world.labels)}
+    return tuple(sorted({(class_of[item], label_index[label]) for item, label in pairs}))
+
+
 def make_data(args: argparse.Namespace, world: World) -> tuple[list[str], list[Episode], int]:
-    """(training documents, evaluation episodes, training mappings redrawn because held out). A share
-    `repeat` of the documents repeats its first half of the lines (module docstring)."""
+    """(training documents, evaluation episodes, training sequences redrawn because they showed a held-out
+    mapping or a part of one of two classes or more). A share `repeat` of the documents repeats its first
+    half of the lines (module docstring)."""
     rng = random.Random(args.seed)
     episodes = []
     for _ in range(args.episodes):
         mapping = draw_mapping(rng, world, args.ways)
         *demos, (query, answer) = draw_pairs(rng, world, mapping, max(SHOTS) + 1)
         episodes.append(Episode(mapping, demos, query, answer))
-    held_out = {e.mapping for e in episodes}
+    held_out = held_out_parts(episodes)
     documents, redrawn = [], 0
     while len(documents) < args.documents:
-        mapping = draw_mapping(rng, world, args.ways)
-        if mapping in held_out:
-            redrawn += 1
-            continue
+        mapping = draw_mapping(rng, world, rng.choice(training_ways(args)))
         pairs = draw_pairs(rng, world, mapping, args.pairs)
         if rng.random() < args.repeat:
             half = args.pairs // 2
             pairs = pairs[:half] * 2 + pairs[2 * half :]
+        if shown_mapping(world, pairs) in held_out:
+            redrawn += 1
+            continue
         documents.append(document(pairs))
     return documents, episodes, redrawn
 
@@ -295,8 +318,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--exemplars", type=int, default=1, help="item words per class")
     add("--labels", type=int, default=4, help="label words")
     add("--ways", type=int, default=4, help="classes per sequence (each its own label)")
+    add(
+        "--min-ways",
+        type=int,
+        default=2,
+        help="training sequences draw min-ways..ways classes (evaluation: ways)",
+    )
     add("--pairs", type=int, default=21, help="item-label lines per training sequence (3 tokens each)")
-    add("--repeat", type=float, default=0.5, help="share of sequences that repeat their first half")
+    add("--repeat", type=float, default=0.0, help="share of sequences that repeat their first half")
     add("--documents", type=int, default=60000, help="training sequences")
     add("--episodes", type=int, default=500, help="held-out evaluation episodes")
     add("--steps", type=int, default=8000)
@@ -315,6 +344,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--out", default=str(ROOT / "benchmarks" / "results"))
     add("--work", default=None, help="keep the data and the run in this folder (default: a temporary one)")
     args = parser.parse_args(argv)
+    if not 2 <= args.min_ways <= args.ways:
+        parser.error(f"--min-ways {args.min_ways} must be between 2 and --ways {args.ways}")
     if args.tiny:
         args.steps, args.batch_size, args.warmup = 5, 4, 1
         args.n_layer, args.d_model, args.n_head = 1, 32, 2

@@ -19,7 +19,9 @@ import icl_synthetic as synthetic  # noqa: E402
 
 
 def test_held_out_mappings_never_trained_on():
-    args = synthetic.parse_args(["--documents", "2000", "--episodes", "200", "--classes", "6"])
+    args = synthetic.parse_args(
+        ["--documents", "2000", "--episodes", "200", "--classes", "6", "--min-ways", "4", "--repeat", "0.5"]
+    )
     world = synthetic.make_world(args.classes, args.exemplars, args.labels, args.seed)
     documents, episodes, redrawn = synthetic.make_data(args, world)
     held_out = {e.mapping for e in episodes}
@@ -29,7 +31,7 @@ def test_held_out_mappings_never_trained_on():
         pairs = [line.split(" ") for line in text.splitlines()]
         mapping = tuple(sorted({(class_of[item], label_index[label]) for item, label in pairs}))
         assert len(pairs) == args.pairs and len({c for c, _ in mapping}) == len(mapping)  # one label a class
-        assert mapping not in held_out or len(mapping) < args.ways  # a sequence may not show every class
+        assert mapping not in held_out
     assert redrawn > 0  # 6 classes, 4 ways: collisions happen and are redrawn
     half = args.pairs // 2
     repeated = [t.splitlines()[:half] == t.splitlines()[half : 2 * half] for t in documents]
@@ -38,6 +40,24 @@ def test_held_out_mappings_never_trained_on():
         labels = dict(e.mapping)
         assert all(labels[class_of[item]] == label_index[label] for item, label in e.demonstrations)
         assert labels[class_of[e.query]] == label_index[e.answer]
+
+
+def test_sequences_with_fewer_classes_never_show_a_part_of_a_held_out_mapping():
+    import itertools
+
+    args = synthetic.parse_args(
+        ["--documents", "3000", "--episodes", "100", "--classes", "8", "--min-ways", "2"]
+    )
+    world = synthetic.make_world(args.classes, args.exemplars, args.labels, args.seed)
+    documents, episodes, redrawn = synthetic.make_data(args, world)
+    parts = {p for e in episodes for n in (2, 3, 4) for p in itertools.combinations(e.mapping, n)}
+    shown = [synthetic.shown_mapping(world, [line.split(" ") for line in t.splitlines()]) for t in documents]
+    assert redrawn > 0 and not any(m in parts for m in shown)
+    assert {len(m) for m in shown} >= {2, 3, 4}  # every class count of 2..4 is trained on
+    assert all(len(e.mapping) == 4 for e in episodes)  # evaluation: --ways classes
+    for bad in ("1", "5"):
+        with pytest.raises(SystemExit):
+            synthetic.parse_args(["--min-ways", bad])
 
 
 def test_ideal_learner():

@@ -127,7 +127,9 @@ def recipe(args: argparse.Namespace, tmp: Path, **fields: Any) -> Any:
         "train": {"steps": args.steps, "batch_size": args.batch_size, "precision": "fp32",
                   "threads": args.threads, "device": args.device},
         "eval": {"every": 0},
-        "checkpoint": {"every": 0, "keep_last": 1},
+        # --checkpoints saved along training (self-consistency is measured at each: along_training)
+        "checkpoint": {"every": args.steps // args.checkpoints if args.checkpoints else 0,
+                       "keep_last": args.checkpoints + 1},
         "log": {"every": max(args.steps // 10, 1), "tensorboard": False, "plot": False},
         **fields,
     }  # fmt: skip
@@ -228,8 +230,9 @@ def sign_test(only_a: int, only_b: int) -> float:
 
 
 def self_consistency_maj(args, model, tokenizer, prompts, gold, temperature: float) -> dict[str, float]:
-    """maj@1, 2, 4, ..., n of n paths sampled at `temperature` (plmkit.prompting.cot.self_consistency)."""
-    from plmkit.prompting.answers import maj_at_k
+    """(maj@1, 2, 4, ..., n of n paths sampled at `temperature` (plmkit.prompting.cot.self_consistency),
+    whether each problem's majority of the n paths is right)."""
+    from plmkit.prompting.answers import is_correct, maj_at_k, majority_vote
     from plmkit.prompting.cot import self_consistency
 
     sampled = self_consistency(
@@ -237,12 +240,17 @@ def self_consistency_maj(args, model, tokenizer, prompts, gold, temperature: flo
         max_new_tokens=args.max_new_tokens, seed=args.seed, batch_size=args.eval_batch * args.n_samples,
     )  # fmt: skip
     ks = [k for k in (1, 2, 4, 8, 16, 32) if k <= args.n_samples]
-    return {f"maj@{k}": maj_at_k(sampled, gold, k) for k in ks}
+    return {f"maj@{k}": maj_at_k(sampled, gold, k) for k in ks}, [
+        is_correct(majority_vote(answers), g) for answers, g in zip(sampled, gold, strict=True)
+    ]
 
 
-def evaluate_arm(args: argparse.Namespace, checkpoint: Path, test: Sequence[Problem]) -> dict[str, Any]:
+def evaluate_arm(
+    args: argparse.Namespace, checkpoint: Path, test: Sequence[Problem], check: bool = True
+) -> dict[str, Any]:
     """Greedy accuracy (flexible and strict extraction), the rationales' step diagnostics and
-    self-consistency maj@k on `test`; "greedy_hits": which problems greedy decoding got right."""
+    self-consistency maj@k on `test`; "greedy_hits" / "majority_hits": which problems greedy decoding /
+    the majority of the n paths got right. check=False: not at --check-temperature."""
     import torch
 
     import plmkit
@@ -260,10 +268,12 @@ def evaluate_arm(args: argparse.Namespace, checkpoint: Path, test: Sequence[Prob
         texts = generate_batched(model, tokenizer, prompts, greedy, args.eval_batch)
         greedy_seconds = time.time() - started
         started = time.time()
-        majority = self_consistency_maj(args, model, tokenizer, prompts, gold, args.temperature)
-        if args.check_temperature:
-            check = self_consistency_maj(args, model, tokenizer, prompts, gold, args.check_temperature)
-            majority.update({f"{k}_T{args.check_temperature:g}": v for k, v in check.items()})
+        majority, majority_hits = self_consistency_maj(
+            args, model, tokenizer, prompts, gold, args.temperature
+        )
+        if check and args.check_temperature:
+            at, _ = self_consistency_maj(args, model, tokenizer, prompts, gold, args.check_temperature)
+            majority.update({f"{k}_T{args.check_temperature:g}": v for k, v in at.items()})
     hits = [is_correct(extract_flexible(t), g) for t, g in zip(texts, gold)]
     strict = [is_correct(extract_strict(t), g) for t, g in zip(texts, gold)]
     return {
@@ -275,6 +285,7 @@ def evaluate_arm(args: argparse.Namespace, checkpoint: Path, test: Sequence[Prob
         "greedy_seconds": round(greedy_seconds, 1),
         "sampling_seconds": round(time.time() - started, 1),
         "greedy_hits": hits,
+        "majority_hits": majority_hits,
     }  # fmt: skip
 
 
@@ -306,6 +317,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--max-new-tokens", type=int, default=48)
     add("--eval-batch", type=int, default=50, help="problems per generate call")
     add("--seed", type=int, default=0)
+    add(
+        "--checkpoints",
+        type=int,
+        default=5,
+        help="checkpoints saved along training; self-consistency vs greedy is measured at each (0: the end only)",
+    )
     add("--threads", type=int, default=1, help="torch threads per training process")
     add(
         "--jobs",
@@ -327,6 +344,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.n_layer, args.d_model, args.n_head, args.vocab_size = 1, 32, 2, 300
         args.train_problems, args.test_problems, args.n_samples = 200, 8, 4
         args.max_new_tokens, args.eval_batch, args.threads, args.jobs = 24, 8, 1, 1
+        args.checkpoints = 3  # one a step
     return args
 
 
@@ -340,6 +358,41 @@ def arm_report(result: dict[str, Any], metrics: dict[str, Any], tokens_per_probl
         **rounded(metrics),
         "loss_curve": curve,
     }
+
+
+def majority_vs_greedy(metrics: dict[str, Any], n: int) -> dict[str, Any]:
+    """maj@n against greedy on the same problems: the difference and the paired sign test."""
+    only_majority = sum(m and not g for m, g in zip(metrics["majority_hits"], metrics["greedy_hits"]))
+    only_greedy = sum(g and not m for m, g in zip(metrics["majority_hits"], metrics["greedy_hits"]))
+    return {
+        "greedy": round(metrics["greedy_accuracy_flexible"], 4),
+        f"maj@{n}": round(metrics[f"maj@{n}"], 4),
+        "maj@1": round(metrics["maj@1"], 4),
+        "majority_minus_greedy_points": round(100 * (metrics[f"maj@{n}"] - metrics["greedy_accuracy_flexible"]), 1),
+        "only_majority_right": only_majority, "only_greedy_right": only_greedy,
+        "sign_test_p": float(f"{sign_test(only_majority, only_greedy):.3g}"),
+    }  # fmt: skip
+
+
+def along_training(
+    args: argparse.Namespace, final: Path, final_point: dict[str, Any], test: Sequence[Problem]
+) -> list[dict[str, Any]]:
+    """Self-consistency against greedy at each checkpoint the rationale arm saved (--checkpoints), the
+    final one (`final`, measured already: `final_point`) last: where along training, i.e. at which
+    accuracy, voting over sampled paths helps."""
+    points = []
+    for checkpoint in sorted(final.parent.glob("step-*")):
+        step = int(checkpoint.name.split("-")[1])
+        if checkpoint == final:
+            points.append({"step": step, **final_point})
+            continue
+        point = {
+            "step": step,
+            **majority_vs_greedy(evaluate_arm(args, checkpoint, test, check=False), args.n_samples),
+        }
+        print(json.dumps({"arm": "rationale", **point}), flush=True)
+        points.append(point)
+    return points
 
 
 def compare(report: dict[str, Any], hits: dict[str, list[bool]]) -> dict[str, Any]:
@@ -356,6 +409,11 @@ def compare(report: dict[str, Any], hits: dict[str, list[bool]]) -> dict[str, An
         f"rationale_maj@{n}_minus_greedy_points": round(100 * (r[f"maj@{n}"] - r["greedy_accuracy_flexible"]), 1),
         "rationale_wins": r["greedy_accuracy_flexible"] > a["greedy_accuracy_flexible"],
         "self_consistency_wins": r[f"maj@{n}"] > r["greedy_accuracy_flexible"],
+        # the checkpoints where maj@n beats greedy beyond the noise (paired sign test, p < 0.05)
+        "self_consistency_wins_at_steps": [
+            p["step"] for p in report.get("self_consistency_along_training", [])
+            if p["majority_minus_greedy_points"] > 0 and p["sign_test_p"] < 0.05
+        ],
     }  # fmt: skip
 
 
@@ -388,7 +446,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, with_rationale in arms.items():
             checkpoint, result = trained[name]
             metrics = evaluate_arm(args, checkpoint, test)
+            if name == "rationale":
+                report["self_consistency_final"] = majority_vs_greedy(metrics, args.n_samples)
+                if args.checkpoints:
+                    report["self_consistency_along_training"] = along_training(
+                        args, checkpoint, report["self_consistency_final"], test
+                    )
             hits[name] = metrics.pop("greedy_hits")
+            metrics.pop("majority_hits")
             docs = [training_text(p, with_rationale) for p in train[:2000]]
             tokens_per_problem = sum(len(tokenizer.encode(d)) + 1 for d in docs) / len(docs)  # + its eos
             report["arms"][name] = arm_report(result, metrics, tokens_per_problem)

@@ -79,7 +79,8 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
     work = tmp_path / "work"
     report = bench.main(["--tiny", "--out", str(tmp_path), "--work", str(work)])
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
-    assert [line.get("arm") for line in lines] == ["rationale", "answer_only", None]
+    # the rationale arm at its checkpoints of steps 1 and 2, then each arm at the end, then the summary
+    assert [line.get("arm") for line in lines] == ["rationale", "rationale", "rationale", "answer_only", None]
     (written,) = tmp_path.glob("cot-scratchpad-tiny-*.json")
     assert json.loads(written.read_text()) == json.loads(json.dumps(report))
     for arm in report["arms"].values():
@@ -101,3 +102,14 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
     assert isinstance(report["rationale_wins"], bool) and isinstance(report["self_consistency_wins"], bool)
     assert report["only_rationale_right"] + report["only_answer_only_right"] <= 8
     assert 0 <= report["sign_test_p"] <= 1 and {"maj@4_T0.3", "greedy_steps"} <= set(rationale)
+    along = report["self_consistency_along_training"]
+    assert [p["step"] for p in along] == [1, 2, 3] and along[-1] == {
+        "step": 3,
+        **report["self_consistency_final"],
+    }
+    for point in along:
+        assert (
+            point["only_majority_right"] + point["only_greedy_right"] <= 8 and 0 <= point["sign_test_p"] <= 1
+        )
+        assert point["majority_minus_greedy_points"] == round(100 * (point["maj@4"] - point["greedy"]), 1)
+    assert set(report["self_consistency_wins_at_steps"]) <= {1, 2, 3}

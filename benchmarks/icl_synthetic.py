@@ -3,7 +3,7 @@ mapping is drawn fresh for every sequence (so no mapping can be learnt in the we
 sequence, as Chan et al. 2022, "Data distributional properties drive emergent in-context learning"), then
 evaluated on mappings it never saw, with k = 0, 1, 2, 4, 8, 16 demonstrations.
 
-    python benchmarks/icl_synthetic.py [--steps 8000] [--out benchmarks/results]   # ~22 minutes, 1 thread
+    python benchmarks/icl_synthetic.py [--steps 8000] [--out benchmarks/results]   # 20-30 minutes, 1 thread
     python benchmarks/icl_synthetic.py --tiny        # the pipeline in seconds (tests); no claim
 
 The world: `classes` classes of `exemplars` item words each (pronounceable nonsense words, "bap", "dek",

@@ -323,6 +323,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=5,
         help="checkpoints saved along training; self-consistency vs greedy is measured at each (0: the end only)",
     )
+    add(
+        "--rescore",
+        default=None,
+        metavar="STEPS",
+        help="no training: the rationale checkpoints of an earlier run's --work at these steps (e.g. 1000,1500), "
+        "self-consistency (--n-samples paths) vs greedy at each of --temperatures",
+    )
+    add("--temperatures", default="0.3,0.5,1.0", help="comma-separated, for --rescore")
     add("--threads", type=int, default=1, help="torch threads per training process")
     add(
         "--jobs",
@@ -339,6 +347,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="keep the corpora and checkpoints in this folder (default: a temporary one)",
     )
     args = parser.parse_args(argv)
+    if args.rescore and not args.work:
+        parser.error("--rescore reads the checkpoints of an earlier run: give its --work folder")
     if args.tiny:
         args.steps, args.batch_size, args.block_size, args.warmup = 3, 4, 64, 1
         args.n_layer, args.d_model, args.n_head, args.vocab_size = 1, 32, 2, 300
@@ -417,6 +427,25 @@ def compare(report: dict[str, Any], hits: dict[str, list[bool]]) -> dict[str, An
     }  # fmt: skip
 
 
+def rescore(args: argparse.Namespace, test: Sequence[Problem]) -> dict[str, Any]:
+    """Self-consistency vs greedy of saved rationale checkpoints at other temperatures (--rescore)."""
+    folder = Path(args.work) / "runs" / "rationale" / "checkpoints"
+    points = []
+    for step in (int(s) for s in args.rescore.split(",")):
+        checkpoint = folder / f"step-{step:08d}"
+        if not checkpoint.is_dir():
+            raise SystemExit(f"error: no checkpoint {checkpoint}; --rescore takes the steps saved there")
+        for temperature in (float(t) for t in args.temperatures.split(",")):
+            args.temperature = temperature
+            metrics = evaluate_arm(args, checkpoint, test, check=False)
+            point = {"step": step, "temperature": temperature, **majority_vs_greedy(metrics, args.n_samples)}
+            point.update({k: round(v, 4) for k, v in metrics.items() if k.startswith("maj@")})
+            print(json.dumps(point), flush=True)
+            points.append(point)
+    settings = {k: v for k, v in vars(args).items() if k not in ("out", "work", "temperature")}
+    return {"rescore": points, "settings": settings}
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     import torch
@@ -428,6 +457,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     train, test = make_split(
         args.train_problems, args.test_problems, args.seed, args.max_start, args.max_operand
     )
+    if args.rescore:
+        from benchkit.report import result_path
+
+        report = rescore(args, test)
+        path = result_path(Path(args.out), f"cot-scratchpad-rescore{'-tiny' if args.tiny else ''}")
+        path.write_text(json.dumps(report, indent=1) + "\n")
+        return report
     arms = {"rationale": True, "answer_only": False}
     report: dict[str, Any] = {"arms": {}}
     hits: dict[str, list[bool]] = {}

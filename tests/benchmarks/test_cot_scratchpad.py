@@ -113,3 +113,21 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
         )
         assert point["majority_minus_greedy_points"] == round(100 * (point["maj@4"] - point["greedy"]), 1)
     assert set(report["self_consistency_wins_at_steps"]) <= {1, 2, 3}
+    capsys.readouterr()
+    # the saved checkpoints again, at other temperatures and no training
+    again = bench.main(
+        ["--tiny", "--out", str(tmp_path), "--work", str(work), "--rescore", "1,3", "--temperatures", "0.3,1"]
+    )
+    assert [(p["step"], p["temperature"]) for p in again["rescore"]] == [
+        (1, 0.3),
+        (1, 1.0),
+        (3, 0.3),
+        (3, 1.0),
+    ]
+    assert (
+        again["rescore"][2]["greedy"] == along[-1]["greedy"]
+    )  # the same checkpoint, the same greedy answers
+    (rescored,) = tmp_path.glob("cot-scratchpad-rescore-tiny-*.json")
+    assert json.loads(rescored.read_text()) == json.loads(json.dumps(again))
+    with pytest.raises(SystemExit):
+        bench.main(["--tiny", "--work", str(work), "--rescore", "7", "--out", str(tmp_path)])

@@ -7,5 +7,5 @@ models.py      the same weights on both sides: transformers built, save_pretrain
 decode.py      decoding rows (GPT-2, LLaMA, T5; fp32 / bf16 / int8; time to first token; 124M shape)
 train.py       training-step rows (GPT-2, LLaMA, BERT MLM, T5, BART, LoRA; fp32 / bf16), MFU, matmul bound
 memory.py      peak RSS of a checkpointed step (subprocesses); step time and memory against length and width
-report.py      the JSON, the Markdown table and the PNG
+report.py      the JSON, the Markdown table and the PNG; result_path: every experiment's dated, never-overwritten file name
 """

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import os
 import statistics
@@ -304,8 +303,9 @@ def main() -> None:
     if not args.tiny or args.out:
         out = Path(args.out or Path(__file__).resolve().parent / "results")
         out.mkdir(parents=True, exist_ok=True)
-        stamp = datetime.date.today().isoformat()
-        path = out / f"moe-{limits.slug(machine['cpu']['model'])}-{stamp}.json"
+        from benchkit.report import result_path
+
+        path = result_path(out, f"moe-{limits.slug(machine['cpu']['model'])}")
         path.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
         print(json.dumps({"written": str(path)}))
 

@@ -144,7 +144,9 @@ def main() -> None:
         return
     out = Path(args.out or ROOT / "benchmarks" / "results")
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"moe-vs-dense-{summary['date']}"
+    from benchkit.report import output_stem
+
+    stem = output_stem(out, "moe-vs-dense")
     stem.with_suffix(".json").write_text(json.dumps({**results, "summary": summary}, indent=1) + "\n")
     try:
         import matplotlib

@@ -4,6 +4,7 @@ from the same random initialisation, tokenizer, steps, batch and learning rate; 
 (Wang et al. 2023: maj@k of n sampled paths) against greedy decoding.
 
     python benchmarks/cot_scratchpad.py [--steps 1000] [--jobs 2] [--out benchmarks/results]
+    python benchmarks/cot_scratchpad.py --work W --rescore 1000,1500 --temperatures 0.3,0.5,1.0
     python benchmarks/cot_scratchpad.py --tiny        # the pipeline in seconds (tests); no claim
 
 A problem has 2 or 3 steps of + / - on numbers 1..9 (a count from 2..9):
@@ -25,8 +26,14 @@ for both arms, also at a second, lower temperature as a check. Prompts start wit
 every training document does. Diagnostics of the rationales: arithmetic, operands copied from the question,
 chaining (plmkit.prompting has no such thing: they are specific to these problems).
 
+The rationale arm also saves --checkpoints along training; at each, maj@n against greedy on the same
+problems with the paired sign test (self_consistency_along_training): where, i.e. at which accuracy,
+voting helps. --rescore re-measures saved checkpoints of an earlier --work at other --temperatures without
+training (cot-scratchpad-rescore-<date>.json).
+
 Writes cot-scratchpad-<date>.json (accuracies, maj@k, paired counts and sign test, settings, loss curves,
-wall times, the load average) and prints one JSON line per arm and a summary line.
+wall times, the load average; -2, -3, ... for a second run that day) and prints one JSON line per arm and
+checkpoint and a summary line.
 """
 
 from __future__ import annotations

@@ -236,7 +236,9 @@ def sign_test(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def self_consistency_maj(args, model, tokenizer, prompts, gold, temperature: float) -> dict[str, float]:
+def self_consistency_maj(
+    args, model, tokenizer, prompts, gold, temperature: float
+) -> tuple[dict[str, float], list[bool]]:
     """(maj@1, 2, 4, ..., n of n paths sampled at `temperature` (plmkit.prompting.cot.self_consistency),
     whether each problem's majority of the n paths is right)."""
     from plmkit.prompting.answers import is_correct, maj_at_k, majority_vote
@@ -356,6 +358,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.rescore and not args.work:
         parser.error("--rescore reads the checkpoints of an earlier run: give its --work folder")
+    if not 0 <= args.checkpoints <= args.steps:
+        parser.error(f"--checkpoints {args.checkpoints} must be between 0 and --steps {args.steps}")
+    try:
+        steps = [int(s) for s in args.rescore.split(",")] if args.rescore else []
+        temperatures = [float(t) for t in args.temperatures.split(",")]
+    except ValueError as e:
+        parser.error(f"--rescore takes steps and --temperatures numbers, comma-separated ({e})")
+    if any(s < 1 for s in steps) or any(t <= 0 for t in temperatures):
+        parser.error("--rescore steps must be >= 1 and --temperatures > 0 (greedy is measured anyway)")
     if args.tiny:
         args.steps, args.batch_size, args.block_size, args.warmup = 3, 4, 64, 1
         args.n_layer, args.d_model, args.n_head, args.vocab_size = 1, 32, 2, 300

@@ -131,3 +131,19 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
     assert json.loads(rescored.read_text()) == json.loads(json.dumps(again))
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--work", str(work), "--rescore", "7", "--out", str(tmp_path)])
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--rescore", "1000"],  # no --work
+        ["--checkpoints", "-1"],
+        ["--steps", "10", "--checkpoints", "11"],
+        ["--work", "w", "--rescore", "10,x"],
+        ["--work", "w", "--rescore", "0"],
+        ["--work", "w", "--rescore", "10", "--temperatures", "0"],
+    ],
+)
+def test_out_of_range_options_are_refused(bad):
+    with pytest.raises(SystemExit):
+        bench.parse_args(bad)

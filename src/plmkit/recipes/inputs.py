@@ -104,9 +104,10 @@ def load_init_from(config: Any, lm_head: bool = False) -> Any:
     model built from scratch: a warning names any that is set."""
     from plmkit.io import load
     from plmkit.model.dropout import set_dropout_rates
+    from plmkit.train.distributed.launch import is_rank_zero
     from plmkit.train.logging import warn
 
-    if ignored := ignored_model_keys(config):
+    if (ignored := ignored_model_keys(config)) and is_rank_zero():  # said once, not by every rank
         warn(
             f"init_from={config.init_from}: the model comes from that checkpoint, so the recipe's "
             f"{', '.join(f'model.{k}' for k in ignored)} are ignored (only model.dropout and "

@@ -340,3 +340,62 @@ def test_a_launch_leaves_the_callers_signal_handlers(monkeypatch):
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     assert launch(2, ["pretrain", "recipe.yaml"]) == 0
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+
+
+def test_a_workers_error_file_is_whole_or_absent(tmp_path, monkeypatch):
+    """When one worker fails, torchrun terminates the others and parses their error files too: a worker
+    stopped halfway through writing its file must leave none (a half-written one made torchrun itself
+    crash with JSONDecodeError), and a whole file is what torchrun's ProcessFailure reads."""
+    import json
+
+    from torch.distributed.elastic.multiprocessing.errors import ProcessFailure
+
+    from plmkit.train.distributed import launch
+
+    error_file = tmp_path / "error.json"
+    monkeypatch.setenv("TORCHELASTIC_ERROR_FILE", str(error_file))
+    monkeypatch.setenv("RANK", "1")
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # what a signal arriving in the middle of the write looks like
+
+    with monkeypatch.context() as m:
+        m.setattr(launch.json, "dumps", stopped)
+        with pytest.raises(KeyboardInterrupt):
+            launch.report_worker_error("model.n_kv_head=1 is not divisible")
+    assert list(tmp_path.iterdir()) == []
+
+    launch.report_worker_error("model.n_kv_head=1 is not divisible")
+    failure = ProcessFailure(local_rank=1, pid=1, exitcode=2, error_file=str(error_file))
+    assert failure.message["message"] == "model.n_kv_head=1 is not divisible"
+    assert json.loads(error_file.read_text())["message"]["message"] == failure.message["message"]
+
+
+def test_the_launcher_reports_a_workers_user_error_even_when_another_was_terminated_first(
+    tmp_path, monkeypatch, capsys
+):
+    """torchrun's first failure may be a worker it terminated (exit -15) after another raised a user error:
+    the launcher prints that error line and exits 2, not 'training process 0 failed with exit code -15'."""
+    import json
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    from plmkit.train.distributed.launch import launch
+
+    error_file = tmp_path / "error.json"
+    error_file.write_text(
+        json.dumps({"message": {"message": "bad setting", "extraInfo": {"timestamp": "9"}}})
+    )
+    failures = {
+        0: ProcessFailure(local_rank=0, pid=1, exitcode=-15, error_file=str(tmp_path / "absent.json")),
+        1: ProcessFailure(local_rank=1, pid=2, exitcode=2, error_file=str(error_file)),
+    }
+    failures[0].timestamp = 0  # the terminated one counts as first
+
+    def agent_run(args) -> None:
+        raise ChildFailedError("plmkit", failures)
+
+    monkeypatch.setattr(torchrun, "run", agent_run)
+    assert launch(2, ["pretrain", "recipe.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == "error: bad setting"

@@ -22,9 +22,11 @@ import signal
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
-from plmkit.errors import ConfigError
+from plmkit.errors import ConfigError, DiskFullError
+from plmkit.files import atomic_file
 
 LAUNCHER_VARIABLE = "PLMKIT_LAUNCHER"  # set in workers started by `plm --nproc`: the launcher reports errors
 USER_ERROR_CODE = 2
@@ -111,9 +113,10 @@ def report_worker_error(message: str) -> None:
                 "extraInfo": {"py_callstack": f"error: {message}", "timestamp": str(int(time.time()))},
             }
         }
-        with contextlib.suppress(OSError):
-            with open(path, "w", encoding="utf-8") as f:
-                json.dump(data, f)
+        # Atomically: when one worker fails, torchrun terminates the others and reads their error files
+        # too; a worker stopped halfway through a plain write would leave a half-written (unparsable) file.
+        with contextlib.suppress(OSError, DiskFullError), atomic_file(Path(path)) as f:
+            f.write(json.dumps(data).encode("utf-8"))
     if os.environ.get("RANK", "0") == "0" and not os.environ.get(LAUNCHER_VARIABLE):
         print(f"error: {message}", file=sys.stderr)
 
@@ -167,10 +170,11 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
         rank, failure = failed.get_first_failure()
         if failure.exitcode in (INTERRUPTED_CODE, -signal.SIGINT):  # a worker saw the Ctrl-C first
             raise KeyboardInterrupt from None
-        message = failure.message.get("message", "") if isinstance(failure.message, dict) else ""
-        if failure.exitcode == USER_ERROR_CODE and message:  # a PlmkitError, reported by report_worker_error
-            print(f"error: {message}", file=sys.stderr)
-            return USER_ERROR_CODE
+        for user_error in failed.failures.values():  # not only the first: the others were terminated
+            message = user_error.message.get("message", "") if isinstance(user_error.message, dict) else ""
+            if user_error.exitcode == USER_ERROR_CODE and message:  # a PlmkitError (report_worker_error)
+                print(f"error: {message}", file=sys.stderr)
+                return USER_ERROR_CODE
         code = failure.exitcode
         print(
             f"error: training process {rank} of {nproc} failed with exit code {code} (its output is above)",

@@ -144,7 +144,10 @@ def test_ptx_gradient_is_the_sum_of_the_two(inputs, tmp_path):
     from plmkit.train.loop import train_step
 
     gamma = 2.5
-    run = build_run(inputs, tmp_path, **{"ptx.coef": str(gamma), "train.clip_grad": "null"})
+    # fp32: precision=auto trains under bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX), while
+    # the gradient by hand below runs in fp32
+    settings = {"ptx.coef": str(gamma), "train.clip_grad": "null", "train.precision": "fp32"}
+    run = build_run(inputs, tmp_path, **settings)
     assert (run.models.reward_mean, run.models.reward_std) == (0.1, 2.0)  # plm reward's stored statistics
     experience, _ = make_experience(run, 0)
     micro = [rows_of(experience, torch.arange(i, i + 2)) for i in (0, 2)]

@@ -10,7 +10,7 @@
 #   make rlhf       pretrain -> SFT -> reward model -> PPO with PTX on additions, on CPU (recipes/rlhf/demo.yaml;
 #                   ARGS="--overwrite" moves runs/rlhf aside, ARGS="compare_ptx=true" adds a ptx.coef=0 run)
 #   make lint       ruff check, ruff format --check, and the import layers (lint-imports)
-#   make bench      plmkit vs transformers / peft with the machine's limits, ~9 minutes on 2 cores
+#   make bench      plmkit vs transformers / peft with the machine's limits, ~12 minutes on 2 cores
 #                   (ARGS=--quick: ~2 minutes; ARGS="--only decode-gpt2 train-gpt2"; see benchmarks/run.py);
 #                   writes benchmarks/results/<cpu>-<date>.json, .md and .png
 #   make clean   caches and build outputs (keeps .venv); `make distclean` also removes .venv

@@ -5,6 +5,7 @@ from the same random initialisation, tokenizer, steps, batch and learning rate; 
 
     python benchmarks/cot_scratchpad.py [--steps 1000] [--jobs 2] [--out benchmarks/results]
     python benchmarks/cot_scratchpad.py --work W --rescore 1000,1500 --temperatures 0.3,0.5,1.0
+    python benchmarks/cot_scratchpad.py --work W --rescore 1000 --temperatures 0.3 --fresh-test 2000
     python benchmarks/cot_scratchpad.py --tiny        # the pipeline in seconds (tests); no claim
 
 A problem has 2 or 3 steps of + / - on numbers 1..9 (a count from 2..9):
@@ -29,7 +30,8 @@ chaining (plmkit.prompting has no such thing: they are specific to these problem
 The rationale arm also saves --checkpoints along training; at each, maj@n against greedy on the same
 problems with the paired sign test (self_consistency_along_training): where, i.e. at which accuracy,
 voting helps. --rescore re-measures saved checkpoints of an earlier --work at other --temperatures without
-training (cot-scratchpad-rescore-<date>.json).
+training (cot-scratchpad-rescore-<date>.json); with --fresh-test N it scores N new problems, in neither the
+run's training nor its test problems: a setting chosen on the test set is confirmed on data it never saw.
 
 Writes cot-scratchpad-<date>.json (accuracies, maj@k, paired counts and sign test, settings, loss curves,
 wall times, the load average; -2, -3, ... for a second run that day) and prints one JSON line per arm and
@@ -104,6 +106,21 @@ def make_split(n_train: int, n_test: int, seed: int, max_start: int, max_operand
         if p.question not in test:
             train.append(p)
     return train, list(test.values())
+
+
+def fresh_problems(
+    n: int, seen: Sequence[Problem], seed: int, max_start: int, max_operand: int
+) -> list[Problem]:
+    """`n` more problems, none of whose questions is in `seen` (a run's training and test problems), from
+    a generator of their own (seed + 1): a second held-out set, for a confirmation run (--fresh-test)."""
+    rng = random.Random(seed + 1)
+    taken = {p.question for p in seen}
+    fresh: dict[str, Problem] = {}
+    while len(fresh) < n:
+        p = make_problem(rng, max_start, max_operand)
+        if p.question not in taken:
+            fresh.setdefault(p.question, p)
+    return list(fresh.values())
 
 
 def training_text(problem: Problem, with_rationale: bool) -> str:
@@ -340,6 +357,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "self-consistency (--n-samples paths) vs greedy at each of --temperatures",
     )
     add("--temperatures", default="0.3,0.5,1.0", help="comma-separated, for --rescore")
+    add(
+        "--fresh-test",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --rescore: score N new problems instead of the run's test set, none of them in its "
+        "training or test problems (a confirmation on data the choice of setting never saw)",
+    )
     add("--threads", type=int, default=1, help="torch threads per training process")
     add(
         "--jobs",
@@ -365,6 +390,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         temperatures = [float(t) for t in args.temperatures.split(",")]
     except ValueError as e:
         parser.error(f"--rescore takes steps and --temperatures numbers, comma-separated ({e})")
+    if args.fresh_test and not args.rescore:
+        parser.error("--fresh-test scores saved checkpoints: give --rescore STEPS and --work")
+    if args.fresh_test < 0:
+        parser.error(
+            f"--fresh-test {args.fresh_test}: give a number of problems >= 1 (0: the run's test set)"
+        )
     if any(s < 1 for s in steps) or any(t <= 0 for t in temperatures):
         parser.error("--rescore steps must be >= 1 and --temperatures > 0 (greedy is measured anyway)")
     if args.tiny:
@@ -478,7 +509,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.rescore:
         from benchkit.report import result_path
 
+        if args.fresh_test:
+            test = fresh_problems(
+                args.fresh_test, [*train, *test], args.seed, args.max_start, args.max_operand
+            )
         report = rescore(args, test)
+        report["test_problems_scored"] = len(test)
         path = result_path(Path(args.out), f"cot-scratchpad-rescore{'-tiny' if args.tiny else ''}")
         path.write_text(json.dumps(report, indent=1) + "\n")
         return report

@@ -14,7 +14,7 @@ Method (BENCHMARKING.md): the same saved weights on both sides, checked before t
 greedy ids identical, step-1 loss 1e-5; a failed check reports the row failed, untimed); warm-up, then
 interleaved rounds in rotating order, each block's others_share / steal_share from /proc/stat, a
 bounded wait for a quiet second before each round; the median of per-round ratios over quiet rounds
-with min, max and the count. The full run took 8m36s on 2 quiet AMD EPYC cores, --quick 1m41s (shorter decodes,
+with min, max and the count. The full run took 12m01s on 2 quiet AMD EPYC cores (8m36s with --precisions fp32), --quick 1m41s (shorter decodes,
 smaller training batches and limits, fewer rounds). --tiny shrinks every model and limit to seconds:
 for testing this harness, not for figures.
 

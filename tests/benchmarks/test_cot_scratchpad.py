@@ -129,6 +129,12 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
     )  # the same checkpoint, the same greedy answers
     (rescored,) = tmp_path.glob("cot-scratchpad-rescore-tiny-*.json")
     assert json.loads(rescored.read_text()) == json.loads(json.dumps(again))
+    assert again["test_problems_scored"] == 8
+    # a confirmation on new problems: their number, and scored by the same checkpoint
+    fresh = bench.main(
+        ["--tiny", "--out", str(tmp_path), "--work", str(work), "--rescore", "3", "--fresh-test", "12"]
+    )
+    assert fresh["test_problems_scored"] == 12 and [p["step"] for p in fresh["rescore"]] == [3, 3, 3]
     with pytest.raises(SystemExit):
         bench.main(["--tiny", "--work", str(work), "--rescore", "7", "--out", str(tmp_path)])
 
@@ -142,8 +148,18 @@ def test_tiny_pipeline_writes_both_arms(tmp_path, capsys):
         ["--work", "w", "--rescore", "10,x"],
         ["--work", "w", "--rescore", "0"],
         ["--work", "w", "--rescore", "10", "--temperatures", "0"],
+        ["--fresh-test", "100"],  # without --rescore
+        ["--work", "w", "--rescore", "10", "--fresh-test", "-1"],
     ],
 )
 def test_out_of_range_options_are_refused(bad):
     with pytest.raises(SystemExit):
         bench.parse_args(bad)
+
+
+def test_fresh_problems_are_new_and_distinct():
+    train, test = bench.make_split(300, 40, 0, 9, 9)
+    fresh = bench.fresh_problems(50, [*train, *test], 0, 9, 9)
+    questions = [p.question for p in fresh]
+    assert len(set(questions)) == 50 and not set(questions) & {p.question for p in [*train, *test]}
+    assert [p.question for p in bench.fresh_problems(50, [*train, *test], 0, 9, 9)] == questions  # seeded

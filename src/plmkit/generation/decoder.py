@@ -11,7 +11,8 @@ decode from one model at once. Each model call
   * runs with dropout off through `dropout_off()`, a context variable private to the calling thread:
     the model's train/eval flag stays as the caller left it (flipping it would switch dropout off for
     a training step running beside us, and back on under another decoding thread);
-  * keeps keys/values in a preallocated StaticCache (model/kv_cache.py), written in place per step.
+  * keeps keys/values in a preallocated StaticCache (model/kv_cache.py), written in place per step; on
+    the CPU it is fp32 also for bf16 / int8 decode weights (generation/weights.py, cache_dtype).
 After the prefill, a step of a stock model runs the fast pass of generation/engine.py (prepared
 weights in the layout and dtype that read fastest, `GenerationConfig.dtype`); any other model (prompt
 tuning's wrapper, prefix tuning's hooks) steps through its own forward, on the same cache.
@@ -87,8 +88,8 @@ class Decoder:
         self.prepare_seconds = time.perf_counter() - start
         self.prefill_seconds = 0.0
         self.steps = 0
-        # the fallback steps through the model's forward, in the model's own dtype
-        cdtype = self.plan.cdtype if self.plan is not None else compute_dtype(model, "fp32")
+        # the cache's dtype (weights.cache_dtype); the fallback steps through the model's forward, in its own
+        kv_dtype = self.plan.kv_dtype if self.plan is not None else compute_dtype(model, "fp32")
         config = model.config
         seq2seq = self.family == "seq2seq"
         capacity = (1 if seq2seq else t) + max_new_tokens
@@ -98,7 +99,7 @@ class Decoder:
             config.kv_heads,
             config.dim_per_head,
             capacity,
-            cdtype,
+            kv_dtype,
             self.device,
         )
         self.memory: torch.Tensor | None = None  # seq2seq encoder output (B, S, C)
@@ -110,10 +111,10 @@ class Decoder:
         if self.mask is not None and not seq2seq:
             self.key_mask = self.mask.new_ones(b, capacity)
             self.key_mask[:, :t] = self.mask
-            self.additive = masks.to_additive(masks.padding(self.key_mask), cdtype)
+            self.additive = masks.to_additive(masks.padding(self.key_mask), kv_dtype)
         self.bias = None  # T5 relative bias of the fast steps (1, H, 1, capacity)
         if self.plan is not None:
-            self.bias = engine.relative_bias_table(self.plan.stack, capacity, cdtype)
+            self.bias = engine.relative_bias_table(self.plan.stack, capacity, kv_dtype)
         self.head = _only_lm_head(model)
         self.head_weight = None
         if self.head is not None and self.plan is None and b <= MATVEC_ROWS:
@@ -148,7 +149,7 @@ class Decoder:
             with dropout_off():
                 self.memory = model.encode(input_ids=ids, attention_mask=self.mask, check_inputs=False)
             if self.mask is not None and self.plan is not None:
-                self.cross_mask = masks.to_additive(masks.padding(self.mask), self.plan.cdtype)
+                self.cross_mask = masks.to_additive(masks.padding(self.mask), self.plan.kv_dtype)
             self.positions = torch.zeros(b, 1, dtype=torch.long, device=self.device)
             start = torch.full((b, 1), model.config.decoder_start_id, dtype=torch.long, device=self.device)
             return self._decode(start)

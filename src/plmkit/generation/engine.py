@@ -21,7 +21,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plmkit.generation.weights import MATVEC_ROWS, DecodeDtype, Linear, cached, compute_dtype, prepare_linear
+from plmkit.generation.weights import (
+    MATVEC_ROWS,
+    DecodeDtype,
+    Linear,
+    cache_dtype,
+    cached,
+    compute_dtype,
+    prepare_linear,
+)
 from plmkit.model.kv_cache import StaticCache
 from plmkit.model.layers import RMSNorm, apply_rotary, relative_position_bucket
 from plmkit.model.pretrained import LMHead
@@ -68,7 +76,8 @@ class BlockPlan:
 
 @dataclass(frozen=True)
 class Plan:
-    cdtype: torch.dtype
+    cdtype: torch.dtype  # activations and products
+    kv_dtype: torch.dtype  # the KV cache and attention over it (weights.cache_dtype)
     stack: Stack
     blocks: tuple[BlockPlan, ...]
     final_norm: Norm | None
@@ -132,6 +141,7 @@ def _build(model: nn.Module, dtype: DecodeDtype, matvec: bool) -> Plan:
     attn = stack.blocks[0].attn
     return Plan(
         cdtype=cdtype,
+        kv_dtype=cache_dtype(model, dtype),
         stack=stack,
         blocks=tuple(blocks),
         final_norm=_prepare_norm(stack.final_norm, cdtype),
@@ -163,8 +173,8 @@ def step(
     cache: StaticCache,
     tokens: torch.Tensor,  # (B,) long
     positions: torch.Tensor,  # (B, 1) long: each row's position of this token
-    mask: torch.Tensor | None,  # additive (B|1, 1|H, 1, length + 1) over the self-attention keys
-    cross_mask: torch.Tensor | None,  # additive (B, 1, 1, S) over the encoder's states
+    mask: torch.Tensor | None,  # additive (B|1, 1|H, 1, length + 1) over the self-attention keys, kv_dtype
+    cross_mask: torch.Tensor | None,  # additive (B, 1, 1, S) over the encoder's states, kv_dtype
     columns: torch.Tensor | None = None,  # (B,) long: per-row write columns (a server's slots), or None
     widths: Sequence[int] = (),  # with columns: the key columns row b attends (columns[b] + 1)
 ) -> torch.Tensor:
@@ -181,12 +191,15 @@ def step(
     q_width, kv_width = n_head * hd, n_kv * hd
     gqa = n_kv != n_head
     stack = p.stack
+    recast = p.kv_dtype != p.cdtype  # bf16 / int8 weights on the CPU: attention in fp32 (weights.cache_dtype)
     x = stack.embed(tokens[:, None], positions)[:, 0].to(p.cdtype)  # (B, C)
-    rotary = stack.rotary.cos_sin(positions, p.cdtype) if stack.rotary is not None else None
+    rotary = stack.rotary.cos_sin(positions, p.kv_dtype) if stack.rotary is not None else None
     for i, blk in enumerate(p.blocks):
         keys, values = cache.room(i, span, n_kv)
         h = blk.attn_norm(x) if blk.pre_norm else x
         qkv = blk.qkv(h)
+        if recast:
+            qkv = qkv.to(p.kv_dtype)
         q = qkv[:, :q_width].view(b, n_head, 1, hd)
         k = qkv[:, q_width : q_width + kv_width].view(b, n_kv, 1, hd)
         v = qkv[:, q_width + kv_width :].view(b, n_kv, 1, hd)
@@ -213,14 +226,14 @@ def step(
                     for r, w in enumerate(widths)
                 ]
             )
-        h = blk.out(y.view(b, q_width))
+        h = blk.out(y.view(b, q_width).to(p.cdtype))
         x = x + h if blk.pre_norm else blk.attn_norm(x + h)
         if blk.cross_q is not None:
             ck, cv = cache.cross[i]
             h = blk.cross_norm(x) if blk.pre_norm else x
-            q = blk.cross_q(h).view(b, n_head, 1, hd)
+            q = blk.cross_q(h).to(p.kv_dtype).view(b, n_head, 1, hd)
             y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_mask, scale=p.scale, enable_gqa=gqa)
-            h = blk.cross_out(y.view(b, q_width))
+            h = blk.cross_out(y.view(b, q_width).to(p.cdtype))
             x = x + h if blk.pre_norm else blk.cross_norm(x + h)
         h = blk.mlp_norm(x) if blk.pre_norm else x
         h = blk.fc_in(h)

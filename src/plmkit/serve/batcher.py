@@ -153,7 +153,7 @@ class Batcher:
             config.kv_heads,
             config.dim_per_head,
             served.max_len,
-            self.plan.cdtype,
+            self.plan.kv_dtype,
             device,
         )
         self.running: list[_Sequence] = []  # row i of the store holds running[i]

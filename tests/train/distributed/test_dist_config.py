@@ -399,3 +399,26 @@ def test_the_launcher_reports_a_workers_user_error_even_when_another_was_termina
     monkeypatch.setattr(torchrun, "run", agent_run)
     assert launch(2, ["pretrain", "recipe.yaml"]) == 2
     assert capsys.readouterr().err.strip() == "error: bad setting"
+
+
+def test_a_launch_leaves_no_torchrun_log_folder(monkeypatch):
+    """torchrun keeps the workers' error files in a log folder; by default a /tmp/torchelastic_* folder
+    that stays after every launch. The launcher gives it a temporary folder and removes it."""
+    from pathlib import Path
+
+    from torch.distributed import run as torchrun
+
+    from plmkit.train.distributed.launch import launch
+
+    seen = []
+
+    def agent_run(args) -> None:
+        folder = Path(args.log_dir)
+        assert folder.is_dir()
+        (folder / "run_0" / "attempt_0").mkdir(parents=True)
+        (folder / "run_0" / "attempt_0" / "error.json").write_text("{}")
+        seen.append(folder)
+
+    monkeypatch.setattr(torchrun, "run", agent_run)
+    assert launch(2, ["pretrain", "recipe.yaml"]) == 0
+    assert len(seen) == 1 and not seen[0].exists()

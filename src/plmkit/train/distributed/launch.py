@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -151,10 +152,16 @@ def launch(nproc: int, argv: Sequence[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    args = torchrun.parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "plmkit", *argv])
+    # torchrun's own log folder (the workers' error files) in a temporary folder removed afterwards: by
+    # default it makes /tmp/torchelastic_* and leaves it behind, one per launch
+    logs = tempfile.TemporaryDirectory(prefix="plmkit-torchrun-", ignore_cleanup_errors=True)
+    args = torchrun.parse_args(
+        ["--standalone", f"--nproc-per-node={nproc}", "--log-dir", logs.name, "--module", "plmkit", *argv]
+    )
     threads = str(max(1, (os.cpu_count() or 1) // nproc))  # torchrun's default is 1 thread per process
     try:
         with (
+            logs,
             _environment(
                 {LAUNCHER_VARIABLE: "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", threads)}
             ),

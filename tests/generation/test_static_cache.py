@@ -218,20 +218,20 @@ def test_fp32_matvec_column_blocks_equal_the_linear_layer(threads, bias, monkeyp
 
 
 def test_int8_decode_products_call_the_kernel_directly_only_where_it_is_right():
-    from plmkit.generation.weights import _direct_int8pack, prepare_linear
+    from plmkit.generation.weights import prepare_linear
     from plmkit.quant.formats import quantize_int8
-    from plmkit.quant.modules import weight_only_int8
+    from plmkit.quant.modules import int8pack_product, weight_only_int8
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(32, 48)
     x = torch.randn(3, 32, dtype=torch.bfloat16)
     q, scale = quantize_int8(layer.weight.detach())
-    direct = _direct_int8pack(q, scale.to(torch.bfloat16))
+    direct = int8pack_product(q, scale.to(torch.bfloat16))
     assert direct is not None and torch.equal(direct(x), weight_only_int8(x, q, scale.to(torch.bfloat16)))
     product = prepare_linear(layer, "int8", torch.bfloat16, matvec=True)
     assert torch.equal(product(x), direct(x) + layer.bias.detach().to(torch.bfloat16))
     # in_features not a multiple of 16 (wrong bf16 results from the kernel in torch 2.13): the fallback
     q24, scale24 = quantize_int8(torch.randn(48, 24))
-    assert _direct_int8pack(q24, scale24.to(torch.bfloat16)) is None
+    assert int8pack_product(q24, scale24.to(torch.bfloat16)) is None
     narrow = prepare_linear(torch.nn.Linear(24, 48), "int8", torch.bfloat16, matvec=True)
     assert narrow(torch.randn(2, 24, dtype=torch.bfloat16)).shape == (2, 48)

@@ -226,14 +226,17 @@ def step(
                     for r, w in enumerate(widths)
                 ]
             )
-        h = blk.out(y.view(b, q_width).to(p.cdtype))
+        y = y.view(b, q_width)
+        h = blk.out(y.to(p.cdtype) if recast else y)
         x = x + h if blk.pre_norm else blk.attn_norm(x + h)
         if blk.cross_q is not None:
             ck, cv = cache.cross[i]
             h = blk.cross_norm(x) if blk.pre_norm else x
-            q = blk.cross_q(h).to(p.kv_dtype).view(b, n_head, 1, hd)
+            q = blk.cross_q(h)
+            q = (q.to(p.kv_dtype) if recast else q).view(b, n_head, 1, hd)
             y = F.scaled_dot_product_attention(q, ck, cv, attn_mask=cross_mask, scale=p.scale, enable_gqa=gqa)
-            h = blk.cross_out(y.view(b, q_width).to(p.cdtype))
+            y = y.view(b, q_width)
+            h = blk.cross_out(y.to(p.cdtype) if recast else y)
             x = x + h if blk.pre_norm else blk.cross_norm(x + h)
         h = blk.mlp_norm(x) if blk.pre_norm else x
         h = blk.fc_in(h)

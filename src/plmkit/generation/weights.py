@@ -24,7 +24,7 @@ rounds each). Other thread counts were not measured.
 Two more choices, A/B in 7-9 interleaved rounds on a 2-core AMD EPYC with AVX512-BF16 (2026-12-07, 2
 threads, 6x384 models): the KV cache and attention stay fp32 on the CPU under bf16 / int8 products
 (cache_dtype): decode steps 1.02-1.06x faster at batch 1 and 1.09-1.15x at batch 8 (GPT-2, LLaMA, T5);
-int8 products call the int8pack kernel directly (_direct_int8pack): 1.11x at batch 1, 1.04x at batch 8,
+int8 products call the int8pack kernel directly (quant.modules.int8pack_product): 1.11x at batch 1, 1.04x at batch 8,
 the same greedy ids.
 
 The prepared tensors live in a module-level table keyed weakly by the model (nothing is stored on the
@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from plmkit.quant.formats import quantize_int8
-from plmkit.quant.modules import INT8PACK_K_MULTIPLE, weight_only_int8
+from plmkit.quant.modules import int8pack_product, weight_only_int8
 
 DecodeDtype = Literal["fp32", "bf16", "int8"]
 MATVEC_ROWS = 32  # (in, out) fp32 copies up to this many rows: 1.7x faster at 1 row, within ~10% at 4-32
@@ -95,28 +95,18 @@ def cached(model: nn.Module, key: tuple, build: Callable[[], object]) -> object:
 
 def _int8_linear(weight: torch.Tensor, bias: torch.Tensor | None, dtype: torch.dtype) -> Linear:
     """plmkit.quant's weight-only int8 format and kernel: torch._weight_int8pack_mm called directly where
-    it runs for this matrix (checked once, here), else plmkit.quant's weight_only_int8 with its fallback.
+    it runs for this matrix (quant.modules.int8pack_product, probed once), else plmkit.quant's weight_only_int8 with its fallback.
     The direct call skips that function's per-call checks and no-op conversions (a step makes 25-40
     products of a few microseconds each)."""
     q, scale = quantize_int8(weight)
     scale = scale.to(dtype)
     bias = None if bias is None else bias.detach().to(dtype)
-    product = _direct_int8pack(q, scale) or (lambda x: weight_only_int8(x, q, scale))
+    # bf16 activations (the int8 compute dtype); the fp32 CPU kernel is scalar (quant.modules)
+    direct = int8pack_product(q, scale) if dtype == torch.bfloat16 else None
+    product = direct or (lambda x: weight_only_int8(x, q, scale))
     if bias is None:
         return product
     return lambda x: product(x) + bias
-
-
-def _direct_int8pack(q: torch.Tensor, scale: torch.Tensor) -> Linear | None:
-    """x -> torch._weight_int8pack_mm(x, q, scale) for x in the scale's dtype (bf16 here), or None where
-    the kernel does not run or is not right for this shape (plmkit.quant.modules, INT8PACK_K_MULTIPLE)."""
-    if q.shape[1] % INT8PACK_K_MULTIPLE or scale.dtype != torch.bfloat16:
-        return None
-    try:
-        torch._weight_int8pack_mm(torch.zeros(1, q.shape[1], dtype=scale.dtype, device=q.device), q, scale)
-    except (RuntimeError, NotImplementedError, AttributeError):
-        return None
-    return lambda x: torch._weight_int8pack_mm(x, q, scale)
 
 
 def prepare_linear(module: nn.Module, dtype: DecodeDtype, cdtype: torch.dtype, matvec: bool) -> Linear:

@@ -27,6 +27,7 @@ frozen integers and never get a gradient.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -264,6 +265,21 @@ def weight_only_int8(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor) -> t
         except (RuntimeError, NotImplementedError, AttributeError):
             _UNSUPPORTED.add(key)
     return x @ formats.dequantize_int8(q, scale, x.dtype).t()
+
+
+def int8pack_product(q: torch.Tensor, scale: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """x -> torch._weight_int8pack_mm(x, q, scale), x contiguous in the scale's dtype, without
+    weight_only_int8's per-call checks; None where the kernel is not right for this shape or does not run
+    (probed here once, on a zero row, and remembered like weight_only_int8's failures)."""
+    key = ("int8pack", q.device.type, scale.dtype)
+    if key in _UNSUPPORTED or q.shape[1] % INT8PACK_K_MULTIPLE:
+        return None
+    try:
+        torch._weight_int8pack_mm(torch.zeros(1, q.shape[1], dtype=scale.dtype, device=q.device), q, scale)
+    except (RuntimeError, NotImplementedError, AttributeError):  # no such kernel for this device / dtype
+        _UNSUPPORTED.add(key)
+        return None
+    return lambda x: torch._weight_int8pack_mm(x, q, scale)
 
 
 def quantize_rows(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

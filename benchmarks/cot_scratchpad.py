@@ -6,6 +6,7 @@ from the same random initialisation, tokenizer, steps, batch and learning rate; 
     python benchmarks/cot_scratchpad.py [--steps 1000] [--jobs 2] [--out benchmarks/results]
     python benchmarks/cot_scratchpad.py --work W --rescore 1000,1500 --temperatures 0.3,0.5,1.0
     python benchmarks/cot_scratchpad.py --work W --rescore 1000 --temperatures 0.3 --fresh-test 2000
+    python benchmarks/cot_scratchpad.py --any-order --steps 2500 --batch-size 8 --test-problems 500
     python benchmarks/cot_scratchpad.py --tiny        # the pipeline in seconds (tests); no claim
 
 A problem has 2 or 3 steps of + / - on numbers 1..9 (a count from 2..9):
@@ -13,6 +14,10 @@ A problem has 2 or 3 steps of + / - on numbers 1..9 (a count from 2..9):
     Q: Tom has 7 apples. He buys 5 more. Then he gives away 3. How many apples does he have now?
     A: 7 + 5 = 12. 12 - 3 = 9. The answer is 9.         (rationale arm)
     A: The answer is 9.                                 (answer-only arm)
+
+--any-order: 3-step problems whose rationales apply the steps in an order drawn at random among those
+that never go below zero ("7 - 3 = 4. 4 + 5 = 9." for the problem above with a third step): several valid
+paths to one answer, the diversity self-consistency relies on (the default task has exactly one).
 
 Both arms' (prompt, target) pairs come from plmkit.prompting.cot.rationale_text on a GSM8K-format answer
 ("7 + 5 = 12.\\n12 - 3 = 9.\\n#### 9"); one example is one document (a JSONL line). Training is the
@@ -52,6 +57,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import permutations
 from pathlib import Path
 from typing import Any
 
@@ -73,43 +79,56 @@ class Problem:
     gold: str
 
 
-def make_problem(rng: random.Random, max_start: int, max_operand: int) -> Problem:
-    """A problem of 2 or 3 steps; the count never goes below zero."""
+def make_problem(rng: random.Random, max_start: int, max_operand: int, any_order: bool = False) -> Problem:
+    """A problem of 2 or 3 steps; the count never goes below zero. The rationale applies the steps in the
+    story's order, or (any_order: always 3 steps) in an order drawn at random among those whose running
+    count never goes below zero: several valid ways to the one answer, as self-consistency assumes."""
     name, pronoun = rng.choice(NAMES)
     item = rng.choice(ITEMS)
-    total = rng.randint(2, max_start)
-    sentences, equations = [f"{name} has {total} {item}."], []
-    for step in range(rng.choice((2, 3))):
+    start = total = rng.randint(2, max_start)
+    sentences, steps = [f"{name} has {total} {item}."], []
+    for step in range(3 if any_order else rng.choice((2, 3))):
         subtract = total > 1 and rng.random() < 0.5
         n = rng.randint(1, min(max_operand, total) if subtract else max_operand)
         template = rng.choice(SUB if subtract else ADD)
         then = rng.choice(THEN) if step else ""
         subject = pronoun if then else pronoun.capitalize()
         sentences.append(then + template.format(p=subject, n=n))
-        new = total - n if subtract else total + n
-        equations.append(f"{total} {'-' if subtract else '+'} {n} = {new}.")
-        total = new
+        steps.append(-n if subtract else n)
+        total += steps[-1]
     sentences.append(f"How many {item} does {pronoun} have now?")
+    if any_order:
+        steps = list(rng.choice([order for order in permutations(steps) if never_negative(start, order)]))
+    equations, total = [], start
+    for change in steps:
+        equations.append(f"{total} {'-' if change < 0 else '+'} {abs(change)} = {total + change}.")
+        total += change
     return Problem(" ".join(sentences), "\n".join([*equations, f"#### {total}"]), str(total))
 
 
-def make_split(n_train: int, n_test: int, seed: int, max_start: int, max_operand: int) -> tuple[list, list]:
+def never_negative(start: int, changes: Sequence[int]) -> bool:
+    return all(start + sum(changes[: k + 1]) >= 0 for k in range(len(changes)))
+
+
+def make_split(
+    n_train: int, n_test: int, seed: int, max_start: int, max_operand: int, any_order: bool = False
+) -> tuple[list, list]:
     """Training and held-out problems; no held-out question occurs in the training set."""
     rng = random.Random(seed)
     test: dict[str, Problem] = {}
     while len(test) < n_test:
-        p = make_problem(rng, max_start, max_operand)
+        p = make_problem(rng, max_start, max_operand, any_order)
         test.setdefault(p.question, p)
     train = []
     while len(train) < n_train:
-        p = make_problem(rng, max_start, max_operand)
+        p = make_problem(rng, max_start, max_operand, any_order)
         if p.question not in test:
             train.append(p)
     return train, list(test.values())
 
 
 def fresh_problems(
-    n: int, seen: Sequence[Problem], seed: int, max_start: int, max_operand: int
+    n: int, seen: Sequence[Problem], seed: int, max_start: int, max_operand: int, any_order: bool = False
 ) -> list[Problem]:
     """`n` more problems, none of whose questions is in `seen` (a run's training and test problems), from
     a generator of their own (seed + 1): a second held-out set, for a confirmation run (--fresh-test)."""
@@ -117,7 +136,7 @@ def fresh_problems(
     taken = {p.question for p in seen}
     fresh: dict[str, Problem] = {}
     while len(fresh) < n:
-        p = make_problem(rng, max_start, max_operand)
+        p = make_problem(rng, max_start, max_operand, any_order)
         if p.question not in taken:
             fresh.setdefault(p.question, p)
     return list(fresh.values())
@@ -217,11 +236,14 @@ def train_arms(args: argparse.Namespace, tmp: Path, corpora: dict[str, Path], in
 
 
 # ---- evaluation ----------------------------------------------------------------------------------------
-def step_diagnostics(problems: Sequence[Problem], texts: Sequence[str]) -> dict[str, Any]:
+def step_diagnostics(
+    problems: Sequence[Problem], texts: Sequence[str], any_order: bool = False
+) -> dict[str, Any]:
     """Where rationales go wrong. Each written equation "a +/- b = c" is checked against the problem's step
     at its place: arithmetic_right (c == a op b), operand_right (op and b are that step's: copied from the
-    question), chained (a is the previous equation's c; the first: the starting count); step_count_right:
-    the texts with as many equations as the problem has steps. Fractions; None without equations."""
+    question; any_order: one of the steps not written yet), chained (a is the previous equation's c; the
+    first: the starting count); step_count_right: the texts with as many equations as the problem has
+    steps. Fractions; None without equations."""
     counts = {"arithmetic_right": 0, "operand_right": 0, "chained": 0}
     equations = right_count = 0
     for problem, text in zip(problems, texts, strict=True):
@@ -229,10 +251,15 @@ def step_diagnostics(problems: Sequence[Problem], texts: Sequence[str]) -> dict[
         written = EQUATION.findall(text)
         right_count += len(written) == len(steps)
         previous = steps[0][0] if steps else None
+        unused = [step[1:3] for step in steps]
         for k, (a, op, b, c) in enumerate(written):
             equations += 1
             counts["arithmetic_right"] += int(a) + (int(b) if op == "+" else -int(b)) == int(c)
-            counts["operand_right"] += k < len(steps) and (op, b) == steps[k][1:3]
+            if any_order and (op, b) in unused:
+                unused.remove((op, b))
+                counts["operand_right"] += 1
+            elif not any_order:
+                counts["operand_right"] += k < len(steps) and (op, b) == steps[k][1:3]
             counts["chained"] += a == previous
             previous = c
     fractions = {k: round(v / equations, 4) if equations else None for k, v in counts.items()}
@@ -306,7 +333,7 @@ def evaluate_arm(
         "greedy_accuracy_flexible": sum(hits) / len(gold),
         "greedy_accuracy_strict": sum(strict) / len(gold),
         **majority,
-        "greedy_steps": step_diagnostics(test, texts),
+        "greedy_steps": step_diagnostics(test, texts, args.any_order),
         "greedy_examples": [{"question": p.question, "gold": p.gold, "output": t} for p, t in zip(test[:5], texts)],
         "greedy_seconds": round(greedy_seconds, 1),
         "sampling_seconds": round(time.time() - started, 1),
@@ -337,6 +364,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     add("--test-problems", type=int, default=250)
     add("--max-start", type=int, default=9, help="the starting count is 2..max-start")
     add("--max-operand", type=int, default=9, help="each step adds or takes 1..max-operand")
+    add(
+        "--any-order",
+        action="store_true",
+        help="3-step problems whose rationales apply the steps in a random valid order (several paths to one answer)",
+    )
     add("--n-samples", type=int, default=8, help="self-consistency paths per problem")
     add("--temperature", type=float, default=0.7)
     add("--check-temperature", type=float, default=0.3, help="maj@k also at this temperature (0: not)")
@@ -504,14 +536,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.time()
     load_before = os.getloadavg()
     train, test = make_split(
-        args.train_problems, args.test_problems, args.seed, args.max_start, args.max_operand
+        args.train_problems, args.test_problems, args.seed, args.max_start, args.max_operand, args.any_order
     )
     if args.rescore:
         from benchkit.report import result_path
 
         if args.fresh_test:
             test = fresh_problems(
-                args.fresh_test, [*train, *test], args.seed, args.max_start, args.max_operand
+                args.fresh_test, [*train, *test], args.seed, args.max_start, args.max_operand, args.any_order
             )
         report = rescore(args, test)
         report["test_problems_scored"] = len(test)

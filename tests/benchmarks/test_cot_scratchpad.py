@@ -36,6 +36,45 @@ def test_problems_have_right_rationales_and_unseen_test_questions():
     assert not {p.question for p in train} & {p.question for p in test}
 
 
+def test_any_order_problems_have_several_valid_paths_to_one_answer():
+    """--any-order: 3 steps, applied in a random order whose running count never goes below zero; the
+    story is generated as in the default task, so the answer is the story's."""
+    rng = random.Random(5)
+    orders = set()
+    for _ in range(300):
+        p = bench.make_problem(rng, max_start=9, max_operand=9, any_order=True)
+        equations = bench.EQUATION.findall(p.answer)
+        assert len(equations) == 3 and gold_answer(p.answer) == p.gold
+        changes = [int(b) if op == "+" else -int(b) for _, op, b, _ in equations]
+        start = int(equations[0][0])
+        assert f"has {start} " in p.question and bench.never_negative(start, changes)
+        assert start + sum(changes) == int(p.gold) and all(int(c) >= 0 for *_, c in equations)
+        diagnostics = bench.step_diagnostics([p], [p.answer], any_order=True)
+        assert (
+            diagnostics["arithmetic_right"] == diagnostics["operand_right"] == diagnostics["chained"] == 1.0
+        )
+        orders.add(tuple(changes) != tuple(story_changes(p.question)))
+    assert orders == {True, False}  # some rationales follow the story's order, some do not
+
+
+def story_changes(question: str) -> list[int]:
+    sentences = question.split(". ")[1:]
+    signs = [1 if any(w in s for w in ("buys", "finds", "gets", "wins")) else -1 for s in sentences]
+    numbers = [
+        int(next(w for w in s.split() if w.isdigit())) for s in sentences if any(c.isdigit() for c in s)
+    ]
+    return [sign * n for sign, n in zip(signs, numbers)]
+
+
+def test_any_order_diagnostics_take_each_step_once_in_any_order():
+    p = bench.Problem("…", "7 + 5 = 12.\n12 - 3 = 9.\n#### 9", "9")
+    swapped = " 7 - 3 = 4. 4 + 5 = 9. The answer is 9."
+    assert bench.step_diagnostics([p], [swapped], any_order=True)["operand_right"] == 1.0
+    assert bench.step_diagnostics([p], [swapped])["operand_right"] == 0.0  # the default task: at its place
+    twice = " 7 + 5 = 12. 12 + 5 = 17. The answer is 17."  # one step used twice, one never
+    assert bench.step_diagnostics([p], [twice], any_order=True)["operand_right"] == 0.5
+
+
 def test_the_two_arms_differ_in_the_target_only():
     p = bench.Problem(
         "Tom has 7 apples. He buys 5 more. How many apples does he have now?", "7 + 5 = 12.\n#### 12", "12"

@@ -151,8 +151,9 @@ def run(args: argparse.Namespace) -> dict:
     if "ttft" in only:
         emit(
             [
-                decode.ttft_row(f, s["shape"], s["ttft_prompt"], s["plan"], log)
+                r
                 for f in ("gpt2", "llama", "t5")
+                for r in decode.ttft_rows(f, s["shape"], s["ttft_prompt"], s["plan"], log)
             ]
         )
     peaks = lim["gemm_gflops"]

@@ -142,35 +142,47 @@ def decode_rows(
     return out
 
 
-def ttft_row(family: str, shape: M.Shape, prompt: int, plan: R.Plan, log) -> dict:
-    """Time to first token: a max_new_tokens=1 call on a `prompt`-token prompt, batch 1, fp32."""
+def ttft_rows(family: str, shape: M.Shape, prompt: int, plan: R.Plan, log) -> list[dict]:
+    """Time to first token: a max_new_tokens=1 call on a `prompt`-token prompt, batch 1, against
+    transformers fp32; plmkit with fp32 weights (first token identical, else untimed) and with bf16 decode
+    weights (a bf16 prefill where the device's bf16 matmuls are fast: weights.prefill_autocast; whether its
+    first token equals transformers' fp32 one is reported, not required)."""
     name = f"time to first token {family} {shape.label()} prompt {prompt}"
     with tempfile.TemporaryDirectory() as tmp:
         folder = M.save_reference(family, shape, Path(tmp))
         ours, reference = M.load_plmkit(folder), M.load_reference(family, folder)
     diff = M.logits_difference(family, ours, reference, shape.vocab)
     if diff > M.LOGITS_ATOL:
-        return rows.not_timed("ttft", name, "failed", f"logits differ by {diff:.2e}")
+        return [
+            rows.not_timed("ttft", f"{name} {d}", "failed", f"logits differ by {diff:.2e}")
+            for d in ("fp32", "bf16")
+        ]
     sides = Sides(family, ours, reference)
     ids = prompts(1, prompt, shape.vocab)
-    if not torch.equal(sides.plmkit(ids, 1, "fp32"), sides.transformers(ids, 1)):
-        return rows.not_timed("ttft", name, "failed", "first token differs from transformers")
+    first = sides.transformers(ids, 1)
+    if not torch.equal(sides.plmkit(ids, 1, "fp32"), first):
+        return [
+            rows.not_timed("ttft", f"{name} {d}", "failed", "first token differs from transformers")
+            for d in ("fp32", "bf16")
+        ]
+    bf16_same = torch.equal(sides.plmkit(ids, 1, "bf16"), first)
     log(f"  {name}: timing")
     comparison = R.compare(
         {
             "transformers": lambda: sides.transformers(ids, 1),
             "plmkit_fp32": lambda: sides.plmkit(ids, 1, "fp32"),
+            "plmkit_bf16": lambda: sides.plmkit(ids, 1, "bf16"),
         },
         plan,
     )
-    r = rows.timed(
-        "ttft",
-        name,
-        name,
-        comparison,
-        "plmkit_fp32",
-        "transformers",
-        "ms",
-        check={"first_token_identical": True},
-    )
-    return rows.ratio_at_least(r, 1.3)
+    out = []
+    for d, check in (
+        ("fp32", {"first_token_identical": True}),
+        ("bf16", {"first_token_equals_fp32_reference": bf16_same}),
+    ):
+        r = rows.timed(
+            "ttft", f"{name} {d}", name, comparison, f"plmkit_{d}", "transformers", "ms", check=check
+        )
+        r["reference_name"] = "transformers fp32"
+        out.append(rows.ratio_at_least(r, 1.3, "transformers fp32"))
+    return out

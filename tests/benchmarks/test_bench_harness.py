@@ -207,6 +207,23 @@ def test_tiny_run_end_to_end_checks_before_timing(tmp_path):
     assert json_path.with_suffix(".md").read_text().count("| decode gpt2 2x64") == 6
 
 
+def test_time_to_first_token_rows_fp32_and_bf16_against_transformers_fp32(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--tiny", "--only", "ttft"]
+    done = subprocess.run(
+        [*command, "--out", str(tmp_path)], capture_output=True, text=True, env=env, timeout=180
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    (json_path,) = tmp_path.glob("*.json")
+    rows = {r["name"]: r for r in json.loads(json_path.read_text())["rows"]}
+    for family in ("gpt2", "llama", "t5"):
+        fp32, bf16 = (rows[f"time to first token {family} 2x64 prompt 64 {d}"] for d in ("fp32", "bf16"))
+        assert fp32["status"] == bf16["status"] == "ok" and fp32["check"] == {"first_token_identical": True}
+        assert isinstance(bf16["check"]["first_token_equals_fp32_reference"], bool)
+        assert fp32["reference"] > 0 and bf16["plmkit"] > 0 and bf16["goal"] == ">= 1.3x transformers fp32"
+    assert len(rows) == 6
+
+
 @pytest.mark.slow
 def test_bart_training_rows_check_parity_and_precisions_restrict_the_run(tmp_path):
     """BART is timed like T5 (same weights, logits and step-1 loss checked); --precisions fp32 leaves out

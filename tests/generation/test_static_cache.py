@@ -235,3 +235,29 @@ def test_int8_decode_products_call_the_kernel_directly_only_where_it_is_right():
     assert int8pack_product(q24, scale24.to(torch.bfloat16)) is None
     narrow = prepare_linear(torch.nn.Linear(24, 48), "int8", torch.bfloat16, matvec=True)
     assert narrow(torch.randn(2, 24, dtype=torch.bfloat16)).shape == (2, 48)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "t5"])
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_decoding_prefills_in_bf16_where_bf16_matmuls_are_fast(monkeypatch, name, fast):
+    """--dtype bf16: the prompt's forward runs under bf16 autocast on a device with fast bf16 matmuls
+    (weights.prefill_autocast), in the model's fp32 elsewhere; the cache stays fp32 on the CPU."""
+    from plmkit.generation import weights
+
+    monkeypatch.setattr(weights, "bf16_matmuls_are_fast", lambda device: fast)
+    family, overrides = FAMILIES[name]
+    overrides = {k: v for k, v in overrides.items() if k != "family"}
+    model = tiny_model(family, 3, **{**SMALL, **overrides, "d_model": 64, "d_ff": 128}).eval()
+    ids = torch.tensor([PROMPTS[0]])
+
+    def first_logits(dtype: str, autocast: bool) -> torch.Tensor:
+        decoder = decoder_module.Decoder(model, ids, None, 4, dtype)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logits = decoder.prefill()
+        assert logits.dtype == torch.float32 and decoder.cache.dtype == torch.float32
+        return logits
+
+    fp32 = first_logits("fp32", autocast=False)
+    by_hand = first_logits("fp32", autocast=True)  # the same prefill under the caller's bf16 autocast
+    assert not torch.equal(fp32, by_hand)
+    assert torch.equal(first_logits("bf16", autocast=False), by_hand if fast else fp32)

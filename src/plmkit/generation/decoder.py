@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from plmkit.generation import engine
-from plmkit.generation.weights import MATVEC_ROWS, DecodeDtype, compute_dtype
+from plmkit.generation.weights import MATVEC_ROWS, DecodeDtype, compute_dtype, prefill_autocast
 from plmkit.model import masks
 from plmkit.model.dropout import dropout_off
 from plmkit.model.kv_cache import StaticCache
@@ -78,6 +78,7 @@ class Decoder:
     ) -> None:
         self.model = model
         self.family = model.config.family
+        self.dtype = dtype
         self.input_ids = input_ids
         self.device = input_ids.device
         b, t = input_ids.shape
@@ -137,7 +138,8 @@ class Decoder:
 
     def prefill(self) -> torch.Tensor:
         start = time.perf_counter()
-        logits = self._prefill()
+        with prefill_autocast(self.model, self.dtype):  # bf16 decoding: a bf16 prompt forward where fast
+            logits = self._prefill().float()
         sync_device(self.device)
         self.prefill_seconds = time.perf_counter() - start
         return logits

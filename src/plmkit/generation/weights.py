@@ -39,6 +39,7 @@ nn.Linear (LoRA wrappers, plmkit.quant layers) run their own forward.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
 from collections.abc import Callable
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from plmkit.model.hardware import bf16_matmuls_are_fast
 from plmkit.quant.formats import quantize_int8
 from plmkit.quant.modules import int8pack_product, weight_only_int8
 
@@ -74,6 +76,18 @@ def cache_dtype(model: nn.Module, dtype: DecodeDtype) -> torch.dtype:
     step's attention reads only the cache, not the weights. Elsewhere (CUDA) the compute dtype."""
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     return torch.float32 if device.type == "cpu" else compute_dtype(model, dtype)
+
+
+def prefill_autocast(model: nn.Module, dtype: DecodeDtype) -> contextlib.AbstractContextManager:
+    """The context the prompt's forward (prefill) runs in. With bf16 decode weights, an fp32 model and a
+    device whose bf16 matmuls are fast (AMX / AVX512-BF16 CPUs, CUDA): bf16 autocast, since a long prompt is
+    a matmul-bound forward (512 tokens, 6x384, AMD EPYC with AVX512-BF16, 2 threads: GPT-2 95 -> 62 ms,
+    LLaMA 91 -> 65 ms, T5 128 -> 76 ms). Otherwise (fp32 or int8 decoding, emulated bf16) the model's dtype."""
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    fp32 = compute_dtype(model, "fp32") == torch.float32
+    if dtype == "bf16" and fp32 and bf16_matmuls_are_fast(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def stamp(model: nn.Module) -> tuple:

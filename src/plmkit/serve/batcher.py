@@ -41,6 +41,7 @@ from plmkit.generation import engine
 from plmkit.generation.config import GenerationConfig
 from plmkit.generation.sampling import filter_for_sampling
 from plmkit.generation.text import _find_stop, _held_back
+from plmkit.generation.weights import compute_dtype, prefill_autocast
 from plmkit.model.dropout import dropout_off
 from plmkit.model.kv_cache import StaticCache
 from plmkit.serve.served import ServedModel
@@ -263,10 +264,17 @@ class Batcher:
         generate = params.max_tokens > 0
         first_row = len(self.running)
         cache = self._row_view(first_row) if generate else None
-        out = self.model(
-            input_ids=ids, check_inputs=False, use_cache=generate, past_key_values=cache, compute_logits=False
-        )
-        hidden = out.hidden_states[0]  # (T, C)
+        with prefill_autocast(
+            self.model, self.served.dtype
+        ):  # bf16 serving: a bf16 prompt forward where fast
+            out = self.model(
+                input_ids=ids,
+                check_inputs=False,
+                use_cache=generate,
+                past_key_values=cache,
+                compute_logits=False,
+            )
+        hidden = out.hidden_states[0].to(compute_dtype(self.model, "fp32"))  # (T, C), the model's dtype
         echo = _prompt_logprobs(self.model, hidden, prompt, params.prompt_logprobs)
         if not generate:  # the prompt only (echo with max_tokens=0)
             for j in range(group.n):

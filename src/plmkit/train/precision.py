@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from plmkit.errors import ConfigError, did_you_mean
+from plmkit.model.hardware import cpu_bf16_is_fast
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
@@ -19,15 +20,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name!r} but CUDA is not available here; use train.device=cpu")
     return device
-
-
-def cpu_bf16_is_fast() -> bool:
-    """bf16 matmuls beat fp32 on CPUs with AMX tiles or AVX512-BF16 (measured 1.65-1.8x per training step
-    on an AVX512-BF16 CPU, benchmarks/run.py --only train-gpt2); elsewhere bf16 is emulated and slower."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except AttributeError:
-        return False
 
 
 def resolve_precision(name: str, device: torch.device) -> str:

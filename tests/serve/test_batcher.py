@@ -90,6 +90,39 @@ def test_max_batch_1_is_plmkit_generation(served):
         b.close()
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_bf16_serving_prefills_like_plmkit_generation(monkeypatch, plain_lm, fast):
+    """--dtype bf16: the server's prefill runs in the context plmkit.generation's does (bf16 autocast where
+    bf16 matmuls are fast, weights.prefill_autocast), so max_batch 1 answers as generate_ids(dtype=bf16)."""
+    from plmkit.generation import weights
+
+    monkeypatch.setattr(weights, "bf16_matmuls_are_fast", lambda device: fast)
+    served = load_served(plain_lm, dtype="bf16")
+    from plmkit.serve import batcher as batcher_module
+
+    contexts = []  # (the dtype asked for, the context's autocast)
+
+    def recording(model, dtype):
+        context = weights.prefill_autocast(model, dtype)
+        contexts.append((dtype, isinstance(context, torch.autocast)))
+        return context
+
+    monkeypatch.setattr(batcher_module, "prefill_autocast", recording)
+    b = Batcher(served, max_batch=1)
+    try:
+        submit(b, served.prompt_ids(TEXTS[0]), GREEDY).wait()
+        assert contexts == [("bf16", fast)]
+        for text in TEXTS[:3]:
+            prompt = served.prompt_ids(text)
+            got = submit(b, prompt, GREEDY).wait()
+            expected = generate_ids(
+                served.model, torch.tensor([prompt]), max_new_tokens=20, eos_token_id=[], dtype="bf16"
+            )
+            assert got.tokens[0] == expected[0].tolist()
+    finally:
+        b.close()
+
+
 def test_greedy_alone_equals_under_load(served, batcher):
     prompts = [served.prompt_ids(t) for t in TEXTS]
     alone = [submit(batcher, p, GREEDY).wait() for p in prompts]

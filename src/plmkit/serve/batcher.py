@@ -264,9 +264,8 @@ class Batcher:
         generate = params.max_tokens > 0
         first_row = len(self.running)
         cache = self._row_view(first_row) if generate else None
-        with prefill_autocast(
-            self.model, self.served.dtype
-        ):  # bf16 serving: a bf16 prompt forward where fast
+        # bf16 serving: a bf16 prompt forward where bf16 matmuls are fast, as plmkit.generation prefills
+        with prefill_autocast(self.model, self.served.dtype):
             out = self.model(
                 input_ids=ids,
                 check_inputs=False,

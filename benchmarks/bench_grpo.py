@@ -23,8 +23,10 @@ Writes one JSON line per comparison to stdout and grpo-<cpu>-<date>.json to --ou
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import threading
@@ -283,6 +285,7 @@ def main() -> None:
 
     s = Setup()
     work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
+    atexit.register(shutil.rmtree, work, True)  # also after SystemExit (the sides disagree)
     folder, prompts = build_folder(work / "model", s)
     prompts_file = work / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")

@@ -346,11 +346,12 @@ def limits_of(parts: dict, s: Setup, parameters: dict, peak: float) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """stdout carries the JSON lines only: whatever the libraries print goes to stderr."""
     out = sys.stdout
-    with contextlib.redirect_stdout(sys.stderr):
-        return run_benchmark(argv, out)
+    with contextlib.redirect_stdout(sys.stderr), tempfile.TemporaryDirectory(prefix="bench-ppo-") as work:
+        return run_benchmark(argv, out, Path(work))
 
 
-def run_benchmark(argv: list[str] | None, out) -> int:
+def run_benchmark(argv: list[str] | None, out, work: Path) -> int:
+    """The benchmark; its checkpoints, prompts and the trl side's files go to `work` (removed by main)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=3, help="quiet rounds wanted")
@@ -382,7 +383,6 @@ def run_benchmark(argv: list[str] | None, out) -> int:
         else limits.gemm_peak(torch.float32, 4096, 3, 2.0)
     )
     log(f"machine: {machine['cpu']['model']}; fp32 GEMM peak {peak:.1f} GFLOP/s ({args.threads} threads)")
-    work = Path(tempfile.mkdtemp(prefix="bench-ppo-"))
     inputs = build_inputs(work, s)
     run = plmkit_run(inputs, s, args.threads, work)
     mine = PlmkitUpdates(run)

@@ -16,13 +16,16 @@ TRL_PYTHON = os.environ.get("PLMKIT_TRL_PPO_PYTHON", "/tmp/venv-trl-ppo/bin/pyth
 
 
 def run_tiny(tmp_path, trl_python: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1"}
+    scratch = tmp_path / "tmp"  # the benchmark's temporary folder goes here, and must be gone after
+    scratch.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(SRC), "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     command = [
         sys.executable, str(ROOT / "benchmarks" / "bench_ppo.py"), "--tiny", "--out", str(tmp_path),
         "--trl-python", trl_python,
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert not list(scratch.glob("bench-ppo-*"))  # (torch may leave its own inductor cache there)
     (line,) = [json.loads(x) for x in done.stdout.splitlines()]  # stdout: the JSON line only
     (path,) = tmp_path.glob("ppo-*.json")
     written = json.loads(path.read_text())

@@ -261,3 +261,16 @@ def test_bf16_decoding_prefills_in_bf16_where_bf16_matmuls_are_fast(monkeypatch,
     by_hand = first_logits("fp32", autocast=True)  # the same prefill under the caller's bf16 autocast
     assert not torch.equal(fp32, by_hand)
     assert torch.equal(first_logits("bf16", autocast=False), by_hand if fast else fp32)
+
+
+def test_prefill_autocast_only_for_bf16_decoding_of_an_fp32_model_on_fast_hardware(monkeypatch):
+    from plmkit.generation import weights
+
+    model = model_of("gpt2")
+    monkeypatch.setattr(weights, "bf16_matmuls_are_fast", lambda device: True)
+    assert isinstance(weights.prefill_autocast(model, "bf16"), torch.autocast)
+    for dtype in ("fp32", "int8"):  # int8 prefills with the model's float weights, as before
+        assert not isinstance(weights.prefill_autocast(model, dtype), torch.autocast)
+    assert not isinstance(weights.prefill_autocast(model.to(torch.bfloat16), "bf16"), torch.autocast)
+    monkeypatch.setattr(weights, "bf16_matmuls_are_fast", lambda device: False)  # emulated bf16
+    assert not isinstance(weights.prefill_autocast(model_of("gpt2"), "bf16"), torch.autocast)

@@ -23,10 +23,8 @@ Writes one JSON line per comparison to stdout and grpo-<cpu>-<date>.json to --ou
 from __future__ import annotations
 
 import argparse
-import atexit
 import json
 import os
-import shutil
 import sys
 import tempfile
 import threading
@@ -277,6 +275,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a look, not a figure)")
     args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="bench-grpo-") as work:  # removed on SystemExit too
+        run_benchmark(args, Path(work))
+
+
+def run_benchmark(args: argparse.Namespace, work: Path) -> None:
+    """The benchmark; the model folder, prompts and both sides' files go to `work` (removed by main)."""
     torch.set_num_threads(args.threads)
     import trl
     from benchkit import rounds as R
@@ -284,8 +288,6 @@ def main() -> None:
     from benchkit.report import result_path
 
     s = Setup()
-    work = Path(tempfile.mkdtemp(prefix="bench-grpo-"))
-    atexit.register(shutil.rmtree, work, True)  # also after SystemExit (the sides disagree)
     folder, prompts = build_folder(work / "model", s)
     prompts_file = work / "prompts.jsonl"
     prompts_file.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts), encoding="utf-8")

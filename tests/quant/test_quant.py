@@ -128,6 +128,29 @@ def test_weight_only_falls_back_to_dequantize_then_matmul(monkeypatch):
     assert torch.allclose(y, x @ formats.dequantize_int8(q, scale).t(), atol=1e-6)
 
 
+def test_int8pack_probe_remembers_a_kernel_that_does_not_run(monkeypatch):
+    """int8pack_product probes the kernel once: where it raises (no such kernel for the device / dtype),
+    None (decoding falls back to weight_only_int8) and the failure is remembered, as weight_only_int8 does."""
+    q, scale = formats.quantize_int8(torch.randn(32, 48))
+    calls = []
+
+    def missing(*args):
+        calls.append(args)
+        raise NotImplementedError("no int8pack kernel here")
+
+    monkeypatch.setattr(modules, "_UNSUPPORTED", set())
+    monkeypatch.setattr(torch, "_weight_int8pack_mm", missing)
+    assert modules.int8pack_product(q, scale.to(torch.bfloat16)) is None
+    assert modules._UNSUPPORTED == {("int8pack", "cpu", torch.bfloat16)} and len(calls) == 1
+    assert (
+        modules.int8pack_product(q, scale.to(torch.bfloat16)) is None and len(calls) == 1
+    )  # not probed again
+    x = torch.randn(4, 48)
+    assert torch.allclose(
+        modules.weight_only_int8(x, q, scale), x @ formats.dequantize_int8(q, scale).t(), atol=1e-6
+    )
+
+
 def test_dynamic_int8_is_int8_times_int8_with_int32_accumulation():
     torch.manual_seed(0)
     q, scale = formats.quantize_int8(torch.randn(40, 72))
